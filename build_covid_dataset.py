@@ -1,0 +1,197 @@
+"""Copy the COVID-19 positive PA chest X-rays out of Cohen's COVID-19 image collection.
+
+The tutorial's first dataset builder, rewritten to work on every version of the collection's
+`metadata.csv` (github.com/ieee8023/covid-chestxray-dataset). A plain
+`finding == "COVID-19" and view == "PA"` filter finds nothing in today's file, whose findings are
+hierarchical (`Pneumonia/Viral/COVID-19`), so copies of the tutorial silently build an empty
+folder. This script matches each label of the finding, and says so when nothing matches.
+
+Usage:
+    python build_covid_dataset.py --covid covid-chestxray-dataset --output dataset/covid
+    python build_covid_dataset.py -c covid-chestxray-dataset -o dataset/covid --limit 25
+    python build_covid_dataset.py -c covid-chestxray-dataset --finding SARS --view PA --view AP
+
+Reruns are safe: identical files already in the output are left alone, and a different file
+with the same name is never overwritten (reported, and the exit code is 1).
+"""
+
+import argparse
+import csv
+import os
+import random
+import re
+import sys
+
+from covid19_common import (
+    CONFLICT,
+    COPIED,
+    PRESENT,
+    UserError,
+    cli,
+    copy_all,
+    format_summary,
+    prepare_output_folder,
+    same_or_inside,
+)
+
+REQUIRED_COLUMNS = ("finding", "view", "filename")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Copy COVID-19 positive PA X-rays from Cohen's collection into a folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("-c", "--covid", required=True,
+                    help="path to a checkout of Cohen's covid-chestxray-dataset "
+                         "(with metadata.csv and images/)")
+    ap.add_argument("-o", "--output", default=os.path.join("dataset", "covid"),
+                    help="folder to copy the selected images into (created if missing)")
+    ap.add_argument("--finding", action="append",
+                    help="finding label to select, repeatable (default: COVID-19)")
+    ap.add_argument("--view", action="append",
+                    help="radiographic view to select, repeatable (default: PA)")
+    ap.add_argument("--limit", type=int,
+                    help="copy a reproducible random sample of at most this many images")
+    ap.add_argument("--seed", type=int, default=42, help="seed of the --limit sample")
+    args = ap.parse_args(argv)
+    args.finding = args.finding or ["COVID-19"]
+    args.view = args.view or ["PA"]
+    if args.limit is not None and args.limit <= 0:
+        ap.error(f"--limit must be greater than 0, got {args.limit}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Read metadata.csv, whatever its version
+# ---------------------------------------------------------------------------------------------
+
+
+def read_metadata(covid):
+    """Rows of `<covid>/metadata.csv` as dicts keyed by trimmed, lower-cased column names.
+
+    The header changed between versions (`Patientid` vs `patientid`, `" url"`, a trailing empty
+    column, a `folder` column since June 2020); normalising the names makes all of them work.
+    Undecodable bytes (seen in free-text notes) are replaced: the columns we use are ASCII.
+    """
+    path = os.path.join(covid, "metadata.csv")
+    if not os.path.isfile(path):
+        raise UserError(f"--covid {covid!r} has no metadata.csv; point it at a checkout of "
+                        "Cohen's covid-chestxray-dataset")
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise UserError(f"{path} is empty")
+        columns = [name.strip().lower() for name in header]
+        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+        if missing:
+            raise UserError(f"{path} has no {', '.join(missing)} column; its header is: "
+                            f"{','.join(header)}")
+        rows = [dict(zip(columns, [value.strip() for value in row])) for row in reader if row]
+    return columns, rows
+
+
+def finding_labels(finding):
+    """The labels of a finding: `Pneumonia/Viral/COVID-19` -> {pneumonia, viral, covid-19}."""
+    return {label.strip().casefold() for label in re.split(r"[/,]", finding) if label.strip()}
+
+
+def select_rows(rows, findings, views):
+    """Rows with a finding label among `findings` and a view among `views` (case-insensitive)."""
+    findings = {finding.strip().casefold() for finding in findings}
+    views = {view.strip().casefold() for view in views}
+    return [row for row in rows
+            if finding_labels(row.get("finding", "")) & findings
+            and row.get("view", "").casefold() in views]
+
+
+def image_path(covid, row):
+    """Where a row's image is: `<covid>/<folder>/<filename>` (or `images/`), or None if refused.
+
+    A filename or folder that is absolute or climbs out with `..` is refused, and so is one that
+    resolves (through links) outside `covid`: nothing outside the collection is ever read.
+    """
+    folder = row.get("folder") or "images"
+    filename = row.get("filename", "")
+    parts = re.split(r"[/\\]", folder) + re.split(r"[/\\]", filename)
+    if os.path.isabs(folder) or os.path.isabs(filename) or ".." in parts:
+        return None
+    path = os.path.join(covid, folder, filename)
+    return path if same_or_inside(path, covid) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolve, sample and copy
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_sources(covid, rows):
+    """The distinct, existing image files of `rows`, sorted, with counts of what was dropped."""
+    # keyed by the resolved path, so one file listed twice (or through a link) is copied once
+    sources, counts = {}, {"missing files": 0, "refused": 0, "duplicates": 0}
+    for row in rows:
+        path = image_path(covid, row)
+        if path is None:
+            counts["refused"] += 1
+            print(f"[WARNING] refusing {row.get('filename')!r}: it points outside --covid",
+                  file=sys.stderr)
+        elif not os.path.isfile(path):
+            counts["missing files"] += 1
+        elif os.path.realpath(path) in sources:
+            counts["duplicates"] += 1
+        else:
+            sources[os.path.realpath(path)] = path
+    return sorted(sources.values()), counts
+
+
+def sample(sources, limit, seed):
+    """A reproducible random `limit` of `sources` (sorted first, then a seeded shuffle)."""
+    if limit is None or limit >= len(sources):
+        return list(sources)
+    chosen = sorted(sources)
+    random.Random(seed).shuffle(chosen)
+    return sorted(chosen[:limit])
+
+
+def describe_seen(rows):
+    """The distinct findings and views in the file, to show why nothing matched."""
+    findings = sorted({row.get("finding", "") for row in rows})
+    views = sorted({row.get("view", "") for row in rows})
+    return f"findings seen: {findings}; views seen: {views}"
+
+
+@cli
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not os.path.isdir(args.covid):
+        raise UserError(f"--covid {args.covid!r} is not a folder")
+
+    # read and filter metadata.csv before creating anything
+    _, rows = read_metadata(args.covid)
+    matched = select_rows(rows, args.finding, args.view)
+    print(f"[INFO] {len(rows)} rows in metadata.csv, {len(matched)} with finding "
+          f"{' or '.join(args.finding)} and view {' or '.join(args.view)}")
+    if not matched:
+        raise UserError(f"no row has finding {' or '.join(args.finding)} and view "
+                        f"{' or '.join(args.view)}; {describe_seen(rows)}")
+
+    sources, dropped = resolve_sources(args.covid, matched)
+    chosen = sample(sources, args.limit, args.seed)
+    if args.limit is not None:
+        print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {args.seed})")
+
+    prepare_output_folder(args.output, "--output", args.covid, "--covid")
+    copied = copy_all(chosen, args.output)
+
+    summary = {"rows read": len(rows), "rows matched": len(matched), COPIED: copied[COPIED],
+               PRESENT: copied[PRESENT], **dropped, CONFLICT: copied[CONFLICT]}
+    print(f"[INFO] {format_summary(summary)}")
+    if copied[CONFLICT]:
+        raise UserError(f"{copied[CONFLICT]} file(s) in {args.output!r} have the names of "
+                        "selected images but other contents; they were not overwritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Code shared by the project's scripts: one place, imported by all, importing none of them.
+
+- `UserError` and `cli`: a problem the user can fix ends as one line on stderr and exit code 1,
+  never a traceback.
+- `list_images`: the image files under a folder, in sorted order.
+- `load_xray` and `scale_pixels`: reading and preprocessing an X-ray. Training and prediction both
+  call these two, so their preprocessing can never drift apart.
+- `copy_new_file`, `atomic_output` and `check_output_path`: writing without losing anything (no
+  overwrite of a different file, no half-written output, source data never modified).
+
+This module needs only the standard library, NumPy, OpenCV and imutils; TensorFlow is imported
+lazily where a function needs it, so the dataset builders start instantly.
+"""
+
+import contextlib
+import filecmp
+import functools
+import os
+import shutil
+import sys
+import uuid
+
+import cv2
+import numpy as np
+from imutils import paths
+
+# The tutorial resizes every X-ray to VGG16's native input size, ignoring aspect ratio.
+IMAGE_SIZE = (224, 224)
+
+
+class UserError(Exception):
+    """An error the user can fix (a wrong path or flag); `cli` prints it as one line."""
+
+
+def cli(main):
+    """Wrap a script's `main(argv)` so that a `UserError` or Ctrl-C becomes one line on stderr.
+
+    Errors that are bugs still raise with a full traceback: hiding those would help nobody.
+    """
+    # the script's file name, also when a test calls main() directly
+    prog = os.path.basename(sys.modules[main.__module__].__file__)
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except UserError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted; no output was replaced", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def _is_hidden(name):
+    # Dot-files (macOS `._x.jpg` resource forks, `.DS_Store`) and `__MACOSX` folders from zips
+    # are never X-rays, even when their names end in `.jpg`.
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def list_images(root):
+    """Every image under `root` (the file types imutils accepts, recursively), sorted.
+
+    Sorting makes the listing, and so the train/test split and any sample, the same on every
+    filesystem: `os.walk` returns files in an order that differs between machines.
+    """
+    images = []
+    for path in paths.list_images(root):
+        relative = os.path.relpath(path, root)
+        if not any(_is_hidden(part) for part in relative.split(os.sep)):
+            images.append(path)
+    return sorted(images)
+
+
+def load_xray(path, size=IMAGE_SIZE):
+    """Load an image as the tutorial did: OpenCV, BGR->RGB, resized to `size` ignoring aspect ratio.
+
+    Returns a uint8 array of shape (height, width, 3), or None when OpenCV cannot decode the file.
+    `cv2.IMREAD_COLOR` turns grayscale, palette, RGBA and 16-bit files into 3-channel 8-bit.
+    Pixels stay uint8 (a quarter of the memory of float32, an eighth of the tutorial's float64);
+    `scale_pixels` does the tutorial's division by 255 when the batch enters the model.
+    """
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.resize(image, size)
+
+
+def scale_pixels(images):
+    """The tutorial's preprocessing: uint8 pixels -> float32 in [0, 1] (no ImageNet mean subtraction).
+
+    Works on NumPy arrays and on tensors inside a tf.data pipeline alike.
+    """
+    import tensorflow as tf  # lazy: the dataset builders never need TensorFlow
+
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def check_output_path(path, flag, suffix=None):
+    """Fail now, not after training, if `path` cannot be written as an output file."""
+    if suffix and not path.lower().endswith(suffix):
+        raise UserError(f"{flag} {path!r} must end in {suffix}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path!r}: folder {folder!r} does not exist; create it first")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a folder; give a file name")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {path!r}: folder {folder!r} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or Ctrl-C while writing leaves the previous file at `path` byte-for-byte intact and
+    no half-written file there. The temporary name keeps the suffix, because Keras and
+    matplotlib choose the file format from it.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = os.path.splitext(name)[1]
+    # A fresh unique name, created by the writer itself so the file gets the usual permissions.
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+# The outcomes of `copy_new_file`, also the keys of the builders' summaries.
+COPIED, PRESENT, CONFLICT = "copied", "already present", "conflicts"
+
+
+def copy_new_file(source, destination):
+    """Copy `source` to `destination` (with its metadata) unless something is already there.
+
+    Returns COPIED; PRESENT when an identical file is already at `destination` (reruns are safe);
+    CONFLICT when a different file is there, which is never overwritten. The copy goes to a
+    temporary file first, so an interrupted copy never leaves a truncated image behind.
+    """
+    if os.path.lexists(destination):
+        if os.path.isfile(destination) and filecmp.cmp(source, destination, shallow=False):
+            return PRESENT
+        return CONFLICT
+    with atomic_output(destination) as temporary:
+        shutil.copy2(source, temporary)
+    return COPIED
+
+
+def copy_all(sources, output):
+    """Copy each source file into the folder `output` under its own name, never overwriting.
+
+    Returns the count of each outcome (COPIED, PRESENT, CONFLICT); each conflict is also
+    reported on stderr. The caller exits non-zero when there were conflicts.
+    """
+    counts = {COPIED: 0, PRESENT: 0, CONFLICT: 0}
+    for source in sources:
+        destination = os.path.join(output, os.path.basename(source))
+        outcome = copy_new_file(source, destination)
+        counts[outcome] += 1
+        if outcome == CONFLICT:
+            print(f"[WARNING] not overwriting {destination}: a different file is already there "
+                  f"(wanted to copy {source})", file=sys.stderr)
+    return counts
+
+
+def prepare_output_folder(folder, flag, source, source_flag):
+    """Create a builder's output folder if needed.
+
+    Refuses a file, an unwritable folder, and a folder inside the source (source data is
+    never modified).
+    """
+    if same_or_inside(folder, source):
+        raise UserError(f"{flag} {folder!r} is inside {source_flag} {source!r}; write the "
+                        "dataset elsewhere, source data is never modified")
+    """Create the output folder of a builder if needed; refuse a file or an unwritable folder."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{flag} {folder!r} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {folder!r} cannot be created: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {folder!r} is not writable")
+
+
+def same_or_inside(path, folder):
+    """True when `path` is `folder` or lies inside it, after resolving links."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def format_summary(counts):
+    """One summary line: `key: value` pairs in the order given."""
+    return ", ".join(f"{key}: {value}" for key, value in counts.items())

@@ -1,0 +1,107 @@
+"""Sample healthy chest X-rays from Kaggle's Chest X-Ray Images (Pneumonia) dataset.
+
+The tutorial's second dataset builder, fixed. The tutorial listed images from the whole Kaggle
+tree, so 18 of its 25 "normal" images were pneumonia cases; this script samples only from
+`<kaggle>/train/NORMAL` (or the `--split`/`--label` folder you choose). The sample is the same on
+every machine: the paths are sorted before a seeded shuffle, where the tutorial shuffled an
+`os.walk` listing whose order differs between filesystems.
+
+Usage:
+    python sample_kaggle_dataset.py --kaggle chest_xray --output dataset/normal
+    python sample_kaggle_dataset.py -k chest_xray -o dataset/normal --sample 25 --seed 42
+    python sample_kaggle_dataset.py -k chest_xray -o dataset/pneumonia --label PNEUMONIA
+
+`--kaggle` is the unpacked download: `chest_xray/` itself, or the folder holding the zip's
+nested `chest_xray/`. Reruns are safe and never overwrite a different file.
+"""
+
+import argparse
+import os
+import random
+import sys
+
+from covid19_common import (
+    CONFLICT,
+    COPIED,
+    PRESENT,
+    UserError,
+    cli,
+    copy_all,
+    format_summary,
+    list_images,
+    prepare_output_folder,
+)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Sample healthy X-rays from Kaggle's Chest X-Ray Images (Pneumonia).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("-k", "--kaggle", required=True,
+                    help="path to the unpacked Kaggle dataset (chest_xray/)")
+    ap.add_argument("-o", "--output", default=os.path.join("dataset", "normal"),
+                    help="folder to copy the sampled images into (created if missing)")
+    ap.add_argument("-s", "--sample", type=int, default=25, help="number of images to sample")
+    ap.add_argument("--split", choices=["train", "val", "test"], default="train",
+                    help="Kaggle split to sample from")
+    ap.add_argument("--label", choices=["NORMAL", "PNEUMONIA"], default="NORMAL",
+                    help="Kaggle class folder to sample from")
+    ap.add_argument("--seed", type=int, default=42, help="seed of the sample")
+    args = ap.parse_args(argv)
+    if args.sample <= 0:
+        ap.error(f"--sample must be greater than 0, got {args.sample}")
+    return args
+
+
+def find_class_folder(kaggle, split, label):
+    """`<kaggle>/<split>/<label>`, or the zip's nested `<kaggle>/chest_xray/<split>/<label>`."""
+    if not os.path.isdir(kaggle):
+        raise UserError(f"--kaggle {kaggle!r} is not a folder")
+    for folder in (os.path.join(kaggle, split, label),
+                   os.path.join(kaggle, "chest_xray", split, label)):
+        if os.path.isdir(folder):
+            return folder
+    contents = sorted(name for name in os.listdir(kaggle)
+                      if not name.startswith(".") and name != "__MACOSX")
+    raise UserError(f"--kaggle {kaggle!r} has no {split}/{label} folder (nor "
+                    f"chest_xray/{split}/{label}); it contains: "
+                    f"{', '.join(contents) if contents else 'nothing'}")
+
+
+def sample_images(images, size, seed):
+    """The first `size` images after a seeded shuffle of the sorted list: the same everywhere."""
+    shuffled = sorted(images)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:size]
+
+
+@cli
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    folder = find_class_folder(args.kaggle, args.split, args.label)
+    images = list_images(folder)
+    if not images:
+        raise UserError(f"{folder!r} has no images")
+    chosen = sample_images(images, args.sample, args.seed)
+    if len(images) < args.sample:
+        print(f"[INFO] {folder} has only {len(images)} images, fewer than --sample "
+              f"{args.sample}: copying all of them")
+    else:
+        print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {folder} "
+              f"(seed {args.seed})")
+
+    prepare_output_folder(args.output, "--output", args.kaggle, "--kaggle")
+    copied = copy_all(chosen, args.output)
+
+    summary = {"images found": len(images), "sampled": len(chosen), COPIED: copied[COPIED],
+               PRESENT: copied[PRESENT], CONFLICT: copied[CONFLICT]}
+    print(f"[INFO] {format_summary(summary)}")
+    if copied[CONFLICT]:
+        raise UserError(f"{copied[CONFLICT]} file(s) in {args.output!r} have the names of "
+                        "sampled images but other contents; they were not overwritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""build_covid_dataset.py on every version of Cohen's metadata.csv header."""
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+import build_covid_dataset
+from conftest import ROOT, run_main, write_image
+
+HEADERS = {
+    "march-2020": "Patientid,offset,sex,age,finding,survival,view,date,location,filename,doi, "
+                  "url,license,notes",
+    "april-2020": "Patientid,offset,sex,age,finding,survival,view,modality,date,location,"
+                  "filename,doi, url,license,clinical notes,other notes,",
+    "june-2020": "patientid,offset,sex,age,finding,survival,intubated,intubation_present,"
+                 "went_icu,in_icu,needed_supplemental_O2,extubated,temperature,pO2_saturation,"
+                 "leukocyte_count,neutrophil_count,lymphocyte_count,view,modality,date,location,"
+                 "folder,filename,doi,url,license,clinical_notes,other_notes,",
+    "current": "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,"
+               "intubation_present,went_icu,in_icu,needed_supplemental_O2,extubated,temperature,"
+               "pO2_saturation,leukocyte_count,neutrophil_count,lymphocyte_count,view,modality,"
+               "date,location,folder,filename,doi,url,license,clinical_notes,other_notes,",
+}
+
+# (finding in the flat 2020 style, finding in today's hierarchical style, view, filename)
+ROWS = [
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "a.jpg"),           # copied
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "AP", "b.jpg"),           # wrong view
+    ("SARS", "Pneumonia/Viral/SARS", "PA", "c.jpg"),                   # other finding
+    ("COVID-19, ARDS", "Pneumonia/Viral/COVID-19, ARDS", " pa ", "d.png"),  # copied
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "missing.jpg"),     # file missing
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "a.jpg"),           # listed twice
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "../outside.jpg"),  # refused
+    ("MERS-CoV", "Pneumonia/Viral/MERS-CoV", "PA", "e.jpg"),           # other finding
+    ("Streptococcus", "Pneumonia/Bacterial/Streptococcus", "PA", "f.jpg"),
+    ("No Finding", "No Finding", "PA", "h.jpg"),
+    ("covid-19", "Pneumonia/Viral/COVID-19", "PA", "g.jpeg"),          # copied; notes not UTF-8
+]
+IMAGES = ["a.jpg", "b.jpg", "c.jpg", "d.png", "e.jpg", "f.jpg", "g.jpeg", "h.jpg"]
+
+
+def write_collection(root, version, rows=ROWS, images=IMAGES, volume=True):
+    """A Cohen-shaped checkout: metadata.csv with `version`'s header, images/, volumes/."""
+    header = HEADERS[version]
+    columns = [name.strip().lower() for name in header.split(",")]
+    hierarchical = version == "current"
+    lines = [header.encode()]
+    table = [(f2 if hierarchical else f1, view, name) for f1, f2, view, name in rows]
+    if "folder" in columns and volume:  # since June 2020: a row stored under volumes/
+        table.append(("Pneumonia/Viral/COVID-19" if hierarchical else "COVID-19", "PA",
+                      "v.jpg", "volumes"))
+    for i, (finding, view, name, *folder) in enumerate(table):
+        values = [b""] * len(columns)
+        values[columns.index("patientid")] = str(i).encode()
+        values[columns.index("finding")] = f'"{finding}"'.encode()
+        values[columns.index("view")] = view.encode()
+        values[columns.index("filename")] = name.encode()
+        if "folder" in columns:
+            values[columns.index("folder")] = (folder[0] if folder else "images").encode()
+        notes = [c for c in columns if "notes" in c][0]
+        # a Latin-1 byte in free text, as in real copies of the file
+        values[columns.index(notes)] = b"\"patient from S\xe3o Paulo, 'note', with comma\""
+        lines.append(b",".join(values))
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "metadata.csv"), "wb") as f:
+        f.write(b"\r\n".join(lines) + b"\r\n")
+    for k, name in enumerate(images):
+        write_image(os.path.join(root, "images", name), seed=k, size=(32, 32))
+    if "folder" in columns:
+        write_image(os.path.join(root, "volumes", "v.jpg"), seed=99, size=(32, 32))
+    # a file outside the collection that the `../outside.jpg` row points at: never read
+    write_image(os.path.join(os.path.dirname(root), "outside.jpg"), seed=50, size=(32, 32))
+    return root
+
+
+def snapshot(folder):
+    """{relative path: (bytes, mtime)} of every file under `folder`."""
+    result = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                result[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
+    return result
+
+
+def build(covid, output, *extra):
+    return run_main(build_covid_dataset.main, ["--covid", covid, "--output", output, *extra])
+
+
+@pytest.mark.parametrize("version", list(HEADERS))
+def test_every_metadata_version_selects_the_covid_pa_images(tmp_path, version):
+    covid = write_collection(str(tmp_path / "src" / "covid-chestxray-dataset"), version)
+    output = str(tmp_path / "dataset" / "covid")
+    source_before = snapshot(str(tmp_path / "src"))
+
+    code, out, err = build(covid, output)
+
+    has_folder = version in ("june-2020", "current")
+    expected = {"a.jpg", "d.png", "g.jpeg"} | ({"v.jpg"} if has_folder else set())
+    assert code == 0, err
+    assert set(os.listdir(output)) == expected
+    rows = len(ROWS) + has_folder
+    assert out.strip().splitlines()[-1] == (
+        f"[INFO] rows read: {rows}, rows matched: {6 + has_folder}, copied: {len(expected)}, "
+        "already present: 0, missing files: 1, refused: 1, duplicates: 1, conflicts: 0")
+    assert "refusing '../outside.jpg'" in err
+    # copies are byte-identical and keep the source's modification time
+    for name in expected:
+        source = os.path.join(covid, "volumes" if name == "v.jpg" else "images", name)
+        with open(source, "rb") as a, open(os.path.join(output, name), "rb") as b:
+            assert a.read() == b.read()
+        assert os.stat(source).st_mtime_ns == os.stat(os.path.join(output, name)).st_mtime_ns
+    assert snapshot(str(tmp_path / "src")) == source_before  # source never modified
+
+    # a rerun copies nothing and changes nothing
+    output_before = snapshot(output)
+    code, out, _ = build(covid, output)
+    assert code == 0
+    assert f"copied: 0, already present: {len(expected)}," in out
+    assert snapshot(output) == output_before
+
+
+def test_finding_and_view_flags_change_the_targets(tmp_path):
+    covid = write_collection(str(tmp_path / "c"), "current")
+    code, _, _ = build(covid, str(tmp_path / "sars"), "--finding", "sars")
+    assert code == 0 and os.listdir(tmp_path / "sars") == ["c.jpg"]
+    code, _, _ = build(covid, str(tmp_path / "pa_ap"), "--view", "PA", "--view", "AP")
+    assert code == 0 and set(os.listdir(tmp_path / "pa_ap")) == {
+        "a.jpg", "b.jpg", "d.png", "g.jpeg", "v.jpg"}
+    code, _, _ = build(covid, str(tmp_path / "viral"), "--finding", "COVID-19",
+                       "--finding", "MERS-CoV")
+    assert code == 0 and set(os.listdir(tmp_path / "viral")) == {
+        "a.jpg", "d.png", "e.jpg", "g.jpeg", "v.jpg"}
+
+
+def test_finding_labels_split_on_slash_and_comma():
+    labels = build_covid_dataset.finding_labels
+    assert labels("Pneumonia/Viral/COVID-19") == {"pneumonia", "viral", "covid-19"}
+    assert labels("COVID-19, ARDS") == {"covid-19", "ards"}
+    assert "covid-19" not in labels("Pneumonia/Viral/MERS-CoV") | labels("SARS")
+
+
+def test_nothing_matched_fails_and_shows_what_was_seen(tmp_path):
+    rows = [r for r in ROWS if "COVID" not in r[0].upper()]
+    covid = write_collection(str(tmp_path / "c"), "current", rows=rows, volume=False)
+    output = str(tmp_path / "out")
+    code, out, err = build(covid, output)
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "no row has finding COVID-19 and view PA" in err
+    assert "'Pneumonia/Viral/SARS'" in err and "'No Finding'" in err
+    assert err.rstrip().endswith("views seen: ['PA']")
+    assert not os.path.exists(output)  # nothing created
+
+
+def test_a_different_file_with_the_same_name_is_never_overwritten(tmp_path):
+    covid = write_collection(str(tmp_path / "c"), "june-2020")
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "a.jpg").write_bytes(b"the user's own file")
+    code, out, err = build(covid, str(output))
+    assert code == 1
+    assert (output / "a.jpg").read_bytes() == b"the user's own file"
+    assert set(os.listdir(output)) == {"a.jpg", "d.png", "g.jpeg", "v.jpg"}  # the rest copied
+    assert "copied: 3, already present: 0," in out and out.rstrip().endswith("conflicts: 1")
+    assert "not overwriting" in err and "were not overwritten" in err.strip().splitlines()[-1]
+
+
+def test_limit_copies_a_reproducible_sample(tmp_path):
+    names = [f"img{i:02d}.jpg" for i in range(20)]
+    rows = [("COVID-19", "", "PA", name) for name in names]
+    covid = write_collection(str(tmp_path / "src"), "april-2020", rows=rows, images=names)
+
+    def sample(output, seed):
+        code, out, _ = build(covid, str(tmp_path / output), "--limit", "5", "--seed", seed)
+        assert code == 0 and "[INFO] sampled 5 of 20 images" in out
+        return sorted(os.listdir(tmp_path / output))
+
+    # sorted candidates, seeded shuffle, first N: the documented selection, on any machine
+    expected = sorted(names)
+    random.Random(42).shuffle(expected)
+    assert sample("a", "42") == sorted(expected[:5])
+    assert sample("b", "42") == sorted(expected[:5])
+    assert sample("c", "7") != sorted(expected[:5])
+
+
+@pytest.mark.parametrize("header", [
+    "patientid,finding,filename",  # no view
+    "patientid,view,filename",     # no finding
+    "patientid,finding,view",      # no filename
+])
+def test_metadata_without_a_needed_column(tmp_path, header):
+    covid = tmp_path / "c"
+    covid.mkdir()
+    (covid / "metadata.csv").write_text(header + "\n1,COVID-19,PA\n")
+    code, _, err = build(str(covid), str(tmp_path / "out"))
+    assert code == 1 and "column; its header is: " + header in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_metadata_and_output_inside_source(tmp_path):
+    code, _, err = build(str(tmp_path), str(tmp_path.parent / "out"))
+    assert code == 1 and "has no metadata.csv" in err
+    covid = write_collection(str(tmp_path / "c"), "current")
+    code, _, err = build(covid, os.path.join(covid, "images"))
+    assert code == 1 and "source data is never modified" in err
+
+
+def test_command_line_run_in_a_subprocess(tmp_path):
+    covid = write_collection(str(tmp_path / "covid-chestxray-dataset"), "current")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "build_covid_dataset.py"),
+         "-c", covid, "-o", os.path.join("dataset", "covid")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "dataset" / "covid")) == [
+        "a.jpg", "d.png", "g.jpeg", "v.jpg"]
+    assert "copied: 4" in result.stdout

@@ -1,0 +1,131 @@
+"""sample_kaggle_dataset.py: only healthy images, the same sample on every machine."""
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+import sample_kaggle_dataset
+from conftest import ROOT, run_main, write_image
+from test_build_covid_dataset import snapshot
+
+# Kaggle's file names: NORMAL images are IM-*/NORMAL2-IM-*, PNEUMONIA ones person*_bacteria|virus_*
+COUNTS = {("train", "NORMAL"): 30, ("train", "PNEUMONIA"): 12, ("val", "NORMAL"): 4,
+          ("val", "PNEUMONIA"): 4, ("test", "NORMAL"): 6, ("test", "PNEUMONIA"): 8}
+
+
+def kaggle_name(split, label, i):
+    if label == "NORMAL":
+        return f"IM-{i:04d}-0001.jpeg" if i % 2 else f"NORMAL2-IM-{i:04d}-0001.jpeg"
+    return f"person{i}_{'bacteria' if i % 2 else 'virus'}_{i + 7}.jpeg"
+
+
+def write_kaggle(root):
+    """A Kaggle-shaped `chest_xray/` tree, with the macOS debris the zip carries."""
+    for (split, label), count in COUNTS.items():
+        for i in range(count):
+            write_image(os.path.join(root, split, label, kaggle_name(split, label, i)),
+                        seed=i, gray=True, size=(24, 24))
+        with open(os.path.join(root, split, label, ".DS_Store"), "wb") as f:
+            f.write(b"\0\0")
+        with open(os.path.join(root, split, label, "._IM-0001-0001.jpeg"), "wb") as f:
+            f.write(b"AppleDouble")  # a resource fork with an image's name
+    write_image(os.path.join(root, "__MACOSX", "train", "NORMAL", "IM-9999-0001.jpeg"), seed=1,
+                size=(24, 24))
+    return root
+
+
+def sample(kaggle, output, *extra):
+    return run_main(sample_kaggle_dataset.main, ["--kaggle", kaggle, "--output", output, *extra])
+
+
+def expected_sample(split, label, n, seed=42):
+    names = sorted(kaggle_name(split, label, i) for i in range(COUNTS[split, label]))
+    random.Random(seed).shuffle(names)
+    return sorted(names[:n])
+
+
+def test_samples_only_train_normal_reproducibly(tmp_path):
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    before = snapshot(kaggle)
+    code, out, err = sample(kaggle, str(tmp_path / "dataset" / "normal"))
+    assert code == 0, err
+    copied = sorted(os.listdir(tmp_path / "dataset" / "normal"))
+    assert copied == expected_sample("train", "NORMAL", 25)
+    assert all(name.startswith(("IM-", "NORMAL2-IM-")) for name in copied)
+    assert out.strip().splitlines()[-1] == (
+        "[INFO] images found: 30, sampled: 25, copied: 25, already present: 0, conflicts: 0")
+    assert snapshot(kaggle) == before
+
+    # rerun: nothing copied, nothing changed
+    output_before = snapshot(str(tmp_path / "dataset" / "normal"))
+    code, out, _ = sample(kaggle, str(tmp_path / "dataset" / "normal"))
+    assert code == 0 and "copied: 0, already present: 25, conflicts: 0" in out
+    assert snapshot(str(tmp_path / "dataset" / "normal")) == output_before
+
+
+def test_the_zips_nested_layout_and_other_seeds(tmp_path):
+    write_kaggle(str(tmp_path / "download" / "chest_xray" / "chest_xray"))
+    code, _, err = sample(str(tmp_path / "download" / "chest_xray"), str(tmp_path / "out"),
+                          "--sample", "10", "--seed", "3")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "out")) == expected_sample("train", "NORMAL", 10, seed=3)
+
+
+def test_split_and_label_flags(tmp_path):
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    code, _, _ = sample(kaggle, str(tmp_path / "pneumonia"), "--split", "test",
+                        "--label", "PNEUMONIA", "-s", "5")
+    assert code == 0
+    assert sorted(os.listdir(tmp_path / "pneumonia")) == expected_sample("test", "PNEUMONIA", 5)
+
+
+def test_fewer_images_than_asked_copies_all_and_says_so(tmp_path):
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    code, out, _ = sample(kaggle, str(tmp_path / "out"), "--split", "val")
+    assert code == 0
+    assert "has only 4 images, fewer than --sample 25: copying all of them" in out
+    assert sorted(os.listdir(tmp_path / "out")) == expected_sample("val", "NORMAL", 4)
+
+
+def test_folder_without_train_normal_lists_what_it_contains(tmp_path):
+    (tmp_path / "wrong" / "images").mkdir(parents=True)
+    (tmp_path / "wrong" / "metadata.csv").write_text("x")
+    code, _, err = sample(str(tmp_path / "wrong"), str(tmp_path / "out"))
+    assert code == 1
+    assert err.strip() == (
+        f"sample_kaggle_dataset.py: error: --kaggle '{tmp_path / 'wrong'}' has no train/NORMAL "
+        "folder (nor chest_xray/train/NORMAL); it contains: images, metadata.csv")
+    assert not (tmp_path / "out").exists()
+
+
+def test_conflicting_file_is_kept_and_reported(tmp_path):
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    victim = expected_sample("train", "NORMAL", 25)[0]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / victim).write_bytes(b"mine")
+    code, out, err = sample(kaggle, str(tmp_path / "out"))
+    assert code == 1
+    assert (tmp_path / "out" / victim).read_bytes() == b"mine"
+    assert "copied: 24, already present: 0, conflicts: 1" in out
+    assert f"not overwriting {tmp_path / 'out' / victim}" in err
+
+
+@pytest.mark.parametrize("flags", [["--sample", "0"], ["--label", "normal"]])
+def test_bad_flags_are_usage_errors(tmp_path, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        sample(str(tmp_path), str(tmp_path / "out"), *flags)
+    assert exit_info.value.code == 2
+
+
+def test_command_line_run_in_a_subprocess(tmp_path):
+    write_kaggle(str(tmp_path / "chest_xray"))
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "sample_kaggle_dataset.py"),
+         "--kaggle", "chest_xray", "--output", os.path.join("dataset", "normal")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "dataset" / "normal")) == expected_sample(
+        "train", "NORMAL", 25)
