@@ -22,17 +22,7 @@ import random
 import re
 import sys
 
-from covid19_common import (
-    CONFLICT,
-    COPIED,
-    PRESENT,
-    UserError,
-    cli,
-    copy_all,
-    format_summary,
-    prepare_output_folder,
-    same_or_inside,
-)
+from covid19_common import UserError, cli, copy_into_output, same_or_inside
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
 
@@ -40,20 +30,20 @@ REQUIRED_COLUMNS = ("finding", "view", "filename")
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description="Copy COVID-19 positive PA X-rays from Cohen's collection into a folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("-c", "--covid", required=True,
                     help="path to a checkout of Cohen's covid-chestxray-dataset "
                          "(with metadata.csv and images/)")
     ap.add_argument("-o", "--output", default=os.path.join("dataset", "covid"),
-                    help="folder to copy the selected images into (created if missing)")
+                    help="folder to copy the selected images into, created if missing "
+                         "(default: %(default)s)")
     ap.add_argument("--finding", action="append",
                     help="finding label to select, repeatable (default: COVID-19)")
     ap.add_argument("--view", action="append",
                     help="radiographic view to select, repeatable (default: PA)")
     ap.add_argument("--limit", type=int,
                     help="copy a reproducible random sample of at most this many images")
-    ap.add_argument("--seed", type=int, default=42, help="seed of the --limit sample")
+    ap.add_argument("--seed", type=int, default=42, help="seed of the --limit sample (default: %(default)s)")
     args = ap.parse_args(argv)
     args.finding = args.finding or ["COVID-19"]
     args.view = args.view or ["PA"]
@@ -181,15 +171,8 @@ def main(argv=None) -> int:
     if args.limit is not None:
         print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {args.seed})")
 
-    prepare_output_folder(args.output, "--output", args.covid, "--covid")
-    copied = copy_all(chosen, args.output)
-
-    summary = {"rows read": len(rows), "rows matched": len(matched), COPIED: copied[COPIED],
-               PRESENT: copied[PRESENT], **dropped, CONFLICT: copied[CONFLICT]}
-    print(f"[INFO] {format_summary(summary)}")
-    if copied[CONFLICT]:
-        raise UserError(f"{copied[CONFLICT]} file(s) in {args.output!r} have the names of "
-                        "selected images but other contents; they were not overwritten")
+    copy_into_output(chosen, args.output, args.covid, "--covid",
+                     {"rows read": len(rows), "rows matched": len(matched)}, dropped)
     return 0
 
 

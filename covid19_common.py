@@ -3,10 +3,11 @@
 - `UserError` and `cli`: a problem the user can fix ends as one line on stderr and exit code 1,
   never a traceback.
 - `list_images`: the image files under a folder, in sorted order.
-- `load_xray` and `scale_pixels`: reading and preprocessing an X-ray. Training and prediction both
-  call these two, so their preprocessing can never drift apart.
-- `copy_new_file`, `atomic_output` and `check_output_path`: writing without losing anything (no
-  overwrite of a different file, no half-written output, source data never modified).
+- `load_xray` and `scale_pixels`: reading and preprocessing an X-ray. Whatever feeds the model
+  (training, evaluation, any later prediction) calls these two, so preprocessing cannot drift.
+- `atomic_output`, `check_output_path`, `copy_new_file` and `copy_into_output`: writing without
+  losing anything (no overwrite of a different file, no half-written output, source data never
+  modified).
 
 This module needs only the standard library, NumPy, OpenCV and imutils; TensorFlow is imported
 lazily where a function needs it, so the dataset builders start instantly.
@@ -21,7 +22,6 @@ import sys
 import uuid
 
 import cv2
-import numpy as np
 from imutils import paths
 
 # The tutorial resizes every X-ray to VGG16's native input size, ignoring aspect ratio.
@@ -195,6 +195,17 @@ def same_or_inside(path, folder):
     return path == folder or path.startswith(folder + os.sep)
 
 
-def format_summary(counts):
-    """One summary line: `key: value` pairs in the order given."""
-    return ", ".join(f"{key}: {value}" for key, value in counts.items())
+def copy_into_output(sources, output, source, source_flag, counts_before, counts_after=None):
+    """A builder's last step: create `output`, copy `sources` into it, print one summary line.
+
+    The summary is `counts_before`, then what the copy did, then `counts_after`, then the
+    conflicts. Conflicts (files never overwritten) make it fail once everything else is copied.
+    """
+    prepare_output_folder(output, "--output", source, source_flag)
+    copied = copy_all(sources, output)
+    summary = {**counts_before, COPIED: copied[COPIED], PRESENT: copied[PRESENT],
+               **(counts_after or {}), CONFLICT: copied[CONFLICT]}
+    print("[INFO] " + ", ".join(f"{key}: {value}" for key, value in summary.items()))
+    if copied[CONFLICT]:
+        raise UserError(f"{copied[CONFLICT]} file(s) in {output!r} have the names of "
+                        "selected images but other contents; they were not overwritten")

@@ -20,34 +20,24 @@ import os
 import random
 import sys
 
-from covid19_common import (
-    CONFLICT,
-    COPIED,
-    PRESENT,
-    UserError,
-    cli,
-    copy_all,
-    format_summary,
-    list_images,
-    prepare_output_folder,
-)
+from covid19_common import UserError, cli, copy_into_output, list_images
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description="Sample healthy X-rays from Kaggle's Chest X-Ray Images (Pneumonia).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("-k", "--kaggle", required=True,
                     help="path to the unpacked Kaggle dataset (chest_xray/)")
     ap.add_argument("-o", "--output", default=os.path.join("dataset", "normal"),
-                    help="folder to copy the sampled images into (created if missing)")
-    ap.add_argument("-s", "--sample", type=int, default=25, help="number of images to sample")
+                    help="folder to copy the sampled images into, created if missing "
+                         "(default: %(default)s)")
+    ap.add_argument("-s", "--sample", type=int, default=25, help="number of images to sample (default: %(default)s)")
     ap.add_argument("--split", choices=["train", "val", "test"], default="train",
-                    help="Kaggle split to sample from")
+                    help="Kaggle split to sample from (default: %(default)s)")
     ap.add_argument("--label", choices=["NORMAL", "PNEUMONIA"], default="NORMAL",
-                    help="Kaggle class folder to sample from")
-    ap.add_argument("--seed", type=int, default=42, help="seed of the sample")
+                    help="Kaggle class folder to sample from (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=42, help="seed of the sample (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.sample <= 0:
         ap.error(f"--sample must be greater than 0, got {args.sample}")
@@ -91,15 +81,8 @@ def main(argv=None) -> int:
         print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {folder} "
               f"(seed {args.seed})")
 
-    prepare_output_folder(args.output, "--output", args.kaggle, "--kaggle")
-    copied = copy_all(chosen, args.output)
-
-    summary = {"images found": len(images), "sampled": len(chosen), COPIED: copied[COPIED],
-               PRESENT: copied[PRESENT], CONFLICT: copied[CONFLICT]}
-    print(f"[INFO] {format_summary(summary)}")
-    if copied[CONFLICT]:
-        raise UserError(f"{copied[CONFLICT]} file(s) in {args.output!r} have the names of "
-                        "sampled images but other contents; they were not overwritten")
+    copy_into_output(chosen, args.output, args.kaggle, "--kaggle",
+                     {"images found": len(images), "sampled": len(chosen)})
     return 0
 
 

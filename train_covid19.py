@@ -74,25 +74,25 @@ def _positive(kind):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description="Fine-tune a frozen VGG16 on chest X-rays (COVID-19 vs normal).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("-d", "--dataset", required=True,
                     help="path to input dataset: one folder of images per class")
     ap.add_argument("-p", "--plot", default="plot.png",
-                    help="path to output loss/accuracy plot (PNG)")
+                    help="path to output loss/accuracy plot, PNG (default: %(default)s)")
     ap.add_argument("-m", "--model", default="covid19.h5",
-                    help="path to output model; HDF5, so the name must end in .h5")
+                    help="path to output model, HDF5: the name must end in .h5 (default: %(default)s)")
     ap.add_argument("--epochs", type=_positive(int), default=EPOCHS,
-                    help="number of training epochs")
+                    help="number of training epochs (default: %(default)s)")
     ap.add_argument("--batch-size", type=_positive(int), default=BS,
-                    help="images per training step")
+                    help="images per training step (default: %(default)s)")
     ap.add_argument("--lr", type=_positive(float), default=INIT_LR,
-                    help="initial learning rate (decays as Keras 2's decay=lr/epochs did)")
+                    help="initial learning rate; decays per step as Keras 2's decay=lr/epochs did "
+                         "(default: %(default)s)")
     ap.add_argument("--seed", type=int, default=SEED,
-                    help="seeds the split, Python, NumPy and TensorFlow")
+                    help="seeds the split, Python, NumPy and TensorFlow (default: %(default)s)")
     ap.add_argument("--weights", default="imagenet",
                     help="VGG16 base weights: 'imagenet' (downloaded by Keras), 'none' (random), "
-                         f"or PATH to a local copy of {VGG16_NOTOP_FILE}")
+                         f"or PATH to a local copy of {VGG16_NOTOP_FILE} (default: %(default)s)")
     return ap.parse_args(argv)
 
 
