@@ -365,6 +365,11 @@ def main(argv=None) -> int:
     # Seeds Python's random, NumPy and TensorFlow in one call.
     keras.utils.set_random_seed(args.seed)
 
+    # Build the network first: a wrong --weights, or no network for ImageNet's, fails in
+    # seconds instead of after loading every image.
+    print(f"[INFO] loading VGG16 base (weights: {args.weights})...")
+    model = build_model(args.weights)
+
     # load the images, one-hot encode the labels, split 80/20
     print("[INFO] loading images...")
     data, labels, paths = load_dataset(args.dataset)
@@ -374,8 +379,6 @@ def main(argv=None) -> int:
     print(f"[INFO] {len(data)} images, classes {class_names}: "
           f"{len(trainX)} for training, {len(testX)} for testing")
 
-    print(f"[INFO] loading VGG16 base (weights: {args.weights})...")
-    model = build_model(args.weights, num_classes=len(class_names))
     H = train(model, trainX, trainY, testX, testY, args.epochs, args.batch_size, args.lr,
               args.seed)
 
