@@ -43,7 +43,8 @@ def parse_args(argv=None):
                     help="radiographic view to select, repeatable (default: PA)")
     ap.add_argument("--limit", type=int,
                     help="copy a reproducible random sample of at most this many images")
-    ap.add_argument("--seed", type=int, default=42, help="seed of the --limit sample (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=42,
+                    help="seed of the --limit sample (default: %(default)s)")
     args = ap.parse_args(argv)
     args.finding = args.finding or ["COVID-19"]
     args.view = args.view or ["PA"]

@@ -90,7 +90,7 @@ def load_xray(path, size=IMAGE_SIZE):
 
 
 def scale_pixels(images):
-    """The tutorial's preprocessing: uint8 pixels -> float32 in [0, 1] (no ImageNet mean subtraction).
+    """The tutorial's preprocessing: uint8 pixels -> float32 in [0, 1], no ImageNet mean subtracted.
 
     Works on NumPy arrays and on tensors inside a tf.data pipeline alike.
     """
@@ -178,7 +178,6 @@ def prepare_output_folder(folder, flag, source, source_flag):
     if same_or_inside(folder, source):
         raise UserError(f"{flag} {folder!r} is inside {source_flag} {source!r}; write the "
                         "dataset elsewhere, source data is never modified")
-    """Create the output folder of a builder if needed; refuse a file or an unwritable folder."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{flag} {folder!r} is a file, not a folder")
     try:

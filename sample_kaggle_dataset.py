@@ -32,12 +32,14 @@ def parse_args(argv=None):
     ap.add_argument("-o", "--output", default=os.path.join("dataset", "normal"),
                     help="folder to copy the sampled images into, created if missing "
                          "(default: %(default)s)")
-    ap.add_argument("-s", "--sample", type=int, default=25, help="number of images to sample (default: %(default)s)")
+    ap.add_argument("-s", "--sample", type=int, default=25,
+                    help="number of images to sample (default: %(default)s)")
     ap.add_argument("--split", choices=["train", "val", "test"], default="train",
                     help="Kaggle split to sample from (default: %(default)s)")
     ap.add_argument("--label", choices=["NORMAL", "PNEUMONIA"], default="NORMAL",
                     help="Kaggle class folder to sample from (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=42, help="seed of the sample (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=42,
+                    help="seed of the sample (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.sample <= 0:
         ap.error(f"--sample must be greater than 0, got {args.sample}")

@@ -80,7 +80,8 @@ def parse_args(argv=None):
     ap.add_argument("-p", "--plot", default="plot.png",
                     help="path to output loss/accuracy plot, PNG (default: %(default)s)")
     ap.add_argument("-m", "--model", default="covid19.h5",
-                    help="path to output model, HDF5: the name must end in .h5 (default: %(default)s)")
+                    help="path to output model, HDF5: the name must end in .h5 "
+                         "(default: %(default)s)")
     ap.add_argument("--epochs", type=_positive(int), default=EPOCHS,
                     help="number of training epochs (default: %(default)s)")
     ap.add_argument("--batch-size", type=_positive(int), default=BS,
@@ -228,7 +229,7 @@ def load_vgg16_base(weights):
 
 
 def build_model(weights="imagenet", num_classes=2):
-    """The tutorial's network: frozen VGG16 base, then pool -> flatten -> dense -> dropout -> softmax."""
+    """The tutorial's network: frozen VGG16 base, then pool, flatten, dense, dropout, softmax."""
     baseModel = load_vgg16_base(weights)
 
     # construct the head of the model that will be placed on top of the base model
