@@ -7,10 +7,15 @@ Usage:
     python train_covid19.py --dataset dataset
     python train_covid19.py --dataset dataset --plot plot.png --model covid19.h5 \
         --epochs 25 --batch-size 8 --lr 1e-3 --seed 42 --weights imagenet
+    python train_covid19.py --dataset dataset --cache-features   # no augmentation, ~20x faster
 
 `--dataset` holds one folder per class (`covid/`, `normal/`); the folder name is the label.
 Writes the trained model (HDF5) and a loss/accuracy plot, and prints the classification report
 with accuracy, sensitivity and specificity on the 20% test split.
+
+Only the small head is trained; the VGG16 base is frozen, so this script never recomputes what
+the base already computed: the test split goes through VGG16 once, not once per epoch, and with
+`--cache-features` every image does. Images are read from disk as each batch needs them.
 """
 
 import argparse
@@ -42,6 +47,7 @@ from covid19_common import (
     cli,
     list_images,
     load_xray,
+    readable_images,
     scale_pixels,
 )
 
@@ -51,6 +57,14 @@ EPOCHS = 25
 BS = 8
 SEED = 42  # the tutorial's random_state for the train/test split
 TEST_SIZE = 0.20
+
+# The head's AveragePooling2D(4x4) turns VGG16's 7x7 output into 1x1 with "valid" pooling, so it
+# reads only the top-left 4x4 cells. Those depend only on the top-left 218x218 input pixels and,
+# after each of VGG16's pooling layers, only on the top-left region of the size below (each
+# 3x3 convolution widens the region a cell depends on by one row and column). Computing just
+# these regions gives the same features, bit for bit, with 15% fewer operations.
+FEATURE_CROPS = {"input": 218, "block1_pool": 108, "block2_pool": 53, "block3_pool": 25,
+                 "block4_pool": 11}
 
 # The file Keras downloads for `VGG16(weights="imagenet", include_top=False)`.
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -94,6 +108,10 @@ def parse_args(argv=None):
     ap.add_argument("--weights", default="imagenet",
                     help="VGG16 base weights: 'imagenet' (downloaded by Keras), 'none' (random), "
                          f"or PATH to a local copy of {VGG16_NOTOP_FILE} (default: %(default)s)")
+    ap.add_argument("--cache-features", action="store_true",
+                    help="no augmentation: pass every image through VGG16 once and train the "
+                         "head on the cached features (much faster; the saved model is the same "
+                         "whole network)")
     return ap.parse_args(argv)
 
 
@@ -102,10 +120,11 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_dataset(dataset):
-    """Load every image under `dataset` as uint8 RGB 224x224; the label is the parent folder.
+def find_images(dataset):
+    """Every readable image under `dataset` and its label (the parent folder's name).
 
-    Returns (data, labels, paths). Files OpenCV cannot decode are skipped with a warning.
+    Returns (paths, labels). Files OpenCV cannot decode are skipped with a warning. The pixels
+    are not kept: the input pipelines read each image from disk when a batch needs it.
     """
     if not os.path.isdir(dataset):
         raise UserError(f"--dataset {dataset!r} is not a folder")
@@ -114,21 +133,15 @@ def load_dataset(dataset):
         raise UserError(f"--dataset {dataset!r} has no images (.jpg, .jpeg, .png, .bmp, .tif, "
                         ".tiff); put one folder of images per class in it")
 
-    data, labels, kept = [], [], []
-    for image_path in image_paths:
-        image = load_xray(image_path)
-        if image is None:
-            print(f"[WARNING] skipping {image_path}: not a readable image", file=sys.stderr)
-            continue
-        data.append(image)
-        labels.append(os.path.basename(os.path.dirname(image_path)))
-        kept.append(image_path)
-    if len(kept) < len(image_paths):
-        print(f"[WARNING] skipped {len(image_paths) - len(kept)} unreadable image(s)",
-              file=sys.stderr)
-    if not data:
+    kept, unreadable = readable_images(image_paths)
+    for image_path in unreadable:
+        print(f"[WARNING] skipping {image_path}: not a readable image", file=sys.stderr)
+    if unreadable:
+        print(f"[WARNING] skipped {len(unreadable)} unreadable image(s)", file=sys.stderr)
+    if not kept:
         raise UserError(f"--dataset {dataset!r}: none of its images could be read")
-    return np.stack(data), np.array(labels), kept
+    labels = np.array([os.path.basename(os.path.dirname(path)) for path in kept])
+    return kept, labels
 
 
 def encode_labels(labels):
@@ -145,14 +158,15 @@ def encode_labels(labels):
     return onehot, [str(name) for name in lb.classes_]
 
 
-def split_dataset(data, onehot, paths, class_names, seed=SEED):
-    """The tutorial's 80/20 split, stratified on the one-hot labels.
+def split_dataset(paths, onehot, class_names, seed=SEED):
+    """The tutorial's 80/20 split, stratified on the one-hot labels: (trainP, testP, trainY, testY).
 
-    Stratifying on the one-hot rows (not on class indices) matters: scikit-learn orders the
-    strata by their text, and another order would give another split than the tutorial's.
+    Splitting the paths with the same arguments picks the same images as the tutorial's split of
+    the pixel arrays. Stratifying on the one-hot rows (not on class indices) matters:
+    scikit-learn orders the strata by their text, and another order would give another split.
     """
     try:
-        return train_test_split(data, onehot, paths, test_size=TEST_SIZE, stratify=onehot,
+        return train_test_split(paths, onehot, test_size=TEST_SIZE, stratify=onehot,
                                 random_state=seed)
     except ValueError:
         # scikit-learn needs 2+ images per class and one per class on each side; 3 per class
@@ -167,25 +181,40 @@ def split_dataset(data, onehot, paths, class_names, seed=SEED):
 # ---------------------------------------------------------------------------------------------
 
 
-def make_train_dataset(trainX, trainY, batch_size, seed):
-    """Shuffled, endlessly repeated batches with the tutorial's augmentation.
+def read_xray(path):
+    """tf.data step: the uint8 224x224x3 image at `path`, loaded by the shared `load_xray`."""
+    image = tf.numpy_function(lambda p: load_xray(p.decode()), [path], tf.uint8, stateful=False)
+    image.set_shape((*IMAGE_SIZE, 3))
+    return image
 
+
+def image_batches(paths, batch_size):
+    """The images at `paths`, in order, read from disk and scaled to [0, 1]; never augmented."""
+    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    dataset = dataset.map(read_xray, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    return dataset.map(scale_pixels).prefetch(tf.data.AUTOTUNE)
+
+
+def make_train_dataset(inputs, labels, batch_size, seed, augment=True):
+    """Shuffled, endlessly repeated training batches of (input, one-hot label).
+
+    `inputs` are image paths (read from disk as needed; only the paths are shuffled, so memory
+    does not grow with the dataset) or, with `augment=False`, cached feature vectors.
     The tutorial's ImageDataGenerator(rotation_range=15, fill_mode="nearest") becomes Keras's
     RandomRotation layer: a factor is a fraction of a full turn, so 15/360 rotates by up to 15
-    degrees either way. Only training images are augmented.
+    degrees either way. Loading and rotating run on tf.data's threads while the model computes.
     """
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels))
+    dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True).repeat()
+    if not augment:
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     rotate = layers.RandomRotation(factor=15 / 360, fill_mode="nearest", seed=seed)
-    dataset = tf.data.Dataset.from_tensor_slices((trainX, trainY))
-    dataset = dataset.shuffle(len(trainX), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.map(lambda path, y: (read_xray(path), y),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size)
-    dataset = dataset.map(lambda x, y: (rotate(scale_pixels(x), training=True), y))
+    dataset = dataset.map(lambda x, y: (rotate(scale_pixels(x), training=True), y),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def make_test_dataset(testX, testY, batch_size):
-    """Test batches: scaled to [0, 1], never augmented."""
-    dataset = tf.data.Dataset.from_tensor_slices((testX, testY)).batch(batch_size)
-    return dataset.map(lambda x, y: (scale_pixels(x), y)).prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +278,65 @@ def build_model(weights="imagenet", num_classes=2):
     return model
 
 
+def make_feature_extractor(model):
+    """The frozen part of `model` (VGG16, pooling, flatten) as a function: images -> 512 features.
+
+    It runs in inference mode and computes only the regions the pooling reads (FEATURE_CROPS),
+    so its output equals the frozen layers' output on the whole 224x224 image.
+    """
+    frozen = model.layers[1:model.layers.index(model.get_layer("flatten")) + 1]
+
+    @tf.function(reduce_retracing=True)
+    def extract(images):
+        x = images[:, :FEATURE_CROPS["input"], :FEATURE_CROPS["input"], :]
+        for layer in frozen:
+            x = layer(x, training=False)
+            if layer.name in FEATURE_CROPS:
+                x = x[:, :FEATURE_CROPS[layer.name], :FEATURE_CROPS[layer.name], :]
+        return x
+
+    return extract
+
+
+def make_head(model):
+    """The trainable layers after `flatten` (Dense, Dropout, Dense) as a model on 512 features.
+
+    It shares its layers, and so its weights, with `model`: training the head trains the model.
+    """
+    features = keras.Input(shape=(model.get_layer("flatten").output.shape[-1],))
+    x = features
+    for layer in model.layers[model.layers.index(model.get_layer("flatten")) + 1:]:
+        x = layer(x)
+    return keras.Model(features, x, name="head")
+
+
+def extract_features(extract, paths, batch_size):
+    """The frozen part's output for the images at `paths`, computed once: (len(paths), 512)."""
+    return np.concatenate([extract(batch).numpy() for batch in image_batches(paths, batch_size)])
+
+
+class HeadTrainer(keras.Model):
+    """Trains only the head: each batch's images pass through the frozen base before the tape.
+
+    Keras's own `train_step` differentiates everything `call` computes. Running the base here,
+    outside it, records nothing for the 14.7M frozen weights, and the step then trains the head
+    on the features exactly as `fit` would. Validation data are features already (`call`).
+    """
+
+    def __init__(self, head, extract=None):
+        super().__init__()
+        self.head = head
+        self._extract = extract  # None: the training batches are cached features
+
+    def call(self, features, training=False):
+        return self.head(features, training=training)
+
+    def train_step(self, data):
+        inputs, y = data
+        features = inputs if self._extract is None else self._extract(inputs)
+        return super().train_step((features, y))
+
+
 # ---------------------------------------------------------------------------------------------
 # Train
 # ---------------------------------------------------------------------------------------------
@@ -266,25 +354,26 @@ def make_optimizer(lr=INIT_LR, epochs=EPOCHS):
     return keras.optimizers.Adam(learning_rate=schedule)
 
 
-def train(model, trainX, trainY, testX, testY, epochs, batch_size, lr, seed):
-    """Compile as the tutorial did and train the head, validating on the test split each epoch."""
-    steps_per_epoch = len(trainX) // batch_size
-    if steps_per_epoch == 0:
-        raise UserError(f"--batch-size {batch_size} is larger than the training split "
-                        f"({len(trainX)} images); use --batch-size {len(trainX)} or less")
+def train(head, train_inputs, trainY, testF, testY, epochs, batch_size, lr, seed, extract=None):
+    """Compile as the tutorial did and train the head, validating on the test split each epoch.
 
+    `train_inputs` are image paths with `extract` (augmented, through the frozen base every
+    epoch) or cached features without it. `testF` are the test split's cached features.
+    """
     print("[INFO] compiling model...")
+    trainer = HeadTrainer(head, extract)
     # Two classes with a 2-unit softmax and binary cross-entropy, as in the tutorial.
-    model.compile(loss="binary_crossentropy", optimizer=make_optimizer(lr, epochs),
-                  metrics=["accuracy"])
+    trainer.compile(loss="binary_crossentropy", optimizer=make_optimizer(lr, epochs),
+                    metrics=["accuracy"])
 
     print("[INFO] training head...")
-    return model.fit(
-        make_train_dataset(trainX, trainY, batch_size, seed),
-        steps_per_epoch=steps_per_epoch,
-        validation_data=make_test_dataset(testX, testY, batch_size),
+    return trainer.fit(
+        make_train_dataset(train_inputs, trainY, batch_size, seed, augment=extract is not None),
+        # as the tutorial: whole batches only, len(train) // batch_size steps per epoch
+        steps_per_epoch=len(train_inputs) // batch_size,
+        validation_data=(testF, testY),
+        validation_batch_size=batch_size,
         epochs=epochs,
-        shuffle=False,  # the dataset shuffles itself; Keras warns if asked to as well
         # Keras's live bar on a terminal; one line per epoch in logs and CI output.
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -295,11 +384,14 @@ def train(model, trainX, trainY, testX, testY, epochs, batch_size, lr, seed):
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate(model, testX, testY, class_names, batch_size):
-    """Print the classification report, confusion matrix, accuracy, sensitivity, specificity."""
+def evaluate(head, testF, testY, class_names, batch_size):
+    """Print the classification report, confusion matrix, accuracy, sensitivity, specificity.
+
+    The head on the test split's cached features predicts what the whole model predicts on the
+    test images; only the frozen base's recomputation is skipped.
+    """
     print("[INFO] evaluating network...")
-    predIdxs = np.argmax(model.predict(make_test_dataset(testX, testY, batch_size), verbose=0),
-                         axis=1)
+    predIdxs = np.argmax(head.predict(testF, batch_size=batch_size, verbose=0), axis=1)
     trueIdxs = testY.argmax(axis=1)
 
     # zero_division=0: a model that never predicts a class gets precision 0, not a warning
@@ -367,23 +459,36 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(args.seed)
 
     # Build the network first: a wrong --weights, or no network for ImageNet's, fails in
-    # seconds instead of after loading every image.
+    # seconds instead of after reading every image.
     print(f"[INFO] loading VGG16 base (weights: {args.weights})...")
     model = build_model(args.weights)
+    extract, head = make_feature_extractor(model), make_head(model)
 
-    # load the images, one-hot encode the labels, split 80/20
+    # find the images, one-hot encode the labels, split 80/20
     print("[INFO] loading images...")
-    data, labels, paths = load_dataset(args.dataset)
+    paths, labels = find_images(args.dataset)
     onehot, class_names = encode_labels(labels)
-    trainX, testX, trainY, testY, _, _ = split_dataset(data, onehot, paths, class_names,
-                                                           args.seed)
-    print(f"[INFO] {len(data)} images, classes {class_names}: "
-          f"{len(trainX)} for training, {len(testX)} for testing")
+    trainP, testP, trainY, testY = split_dataset(paths, onehot, class_names, args.seed)
+    print(f"[INFO] {len(paths)} images, classes {class_names}: "
+          f"{len(trainP)} for training, {len(testP)} for testing")
+    if args.batch_size > len(trainP):
+        raise UserError(f"--batch-size {args.batch_size} is larger than the training split "
+                        f"({len(trainP)} images); use --batch-size {len(trainP)} or less")
 
-    H = train(model, trainX, trainY, testX, testY, args.epochs, args.batch_size, args.lr,
-              args.seed)
+    # The base is frozen and test images are never augmented, so their features are the same
+    # every epoch: compute them once. With --cache-features the training images' too.
+    testF = extract_features(extract, testP, args.batch_size)
+    if args.cache_features:
+        print("[INFO] --cache-features: augmentation off, each image passes through VGG16 once")
+        H = train(head, extract_features(extract, trainP, args.batch_size), trainY, testF,
+                  testY, args.epochs, args.batch_size, args.lr, args.seed)
+    else:
+        H = train(head, trainP, trainY, testF, testY, args.epochs, args.batch_size, args.lr,
+                  args.seed, extract=extract)
 
-    evaluate(model, testX, testY, class_names, args.batch_size)
+    evaluate(head, testF, testY, class_names, args.batch_size)
+    if args.cache_features:
+        print("(trained with --cache-features: no augmentation)")
     plt.close(plot_history(H.history, args.plot))
 
     print("[INFO] saving COVID-19 detector model...")
