@@ -15,20 +15,27 @@ Reruns are safe: identical files already in the output are left alone, and a dif
 with the same name is never overwritten (reported, and the exit code is 1).
 """
 
-import argparse
+import codecs
 import csv
 import os
 import random
 import re
 import sys
 
-from covid19_common import UserError, cli, copy_into_output, same_or_inside
+from covid19_common import (
+    ArgumentParser,
+    UserError,
+    check_output_folder,
+    cli,
+    copy_into_output,
+    same_or_inside,
+)
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         description="Copy COVID-19 positive PA X-rays from Cohen's collection into a folder.",
     )
     ap.add_argument("-c", "--covid", required=True,
@@ -58,28 +65,56 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 
 
+def read_text(path):
+    """The text of `path` in the encodings spreadsheet programs save CSV files in.
+
+    UTF-8 (with or without a byte-order mark), UTF-16 with a byte-order mark, else Windows-1252,
+    which decodes any byte: a stray Latin-1 byte in a free-text note (seen in real copies) must
+    not stop the build, and the columns this script reads are plain ASCII in every encoding.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
 def read_metadata(covid):
     """Rows of `<covid>/metadata.csv` as dicts keyed by trimmed, lower-cased column names.
 
     The header changed between versions (`Patientid` vs `patientid`, `" url"`, a trailing empty
     column, a `folder` column since June 2020); normalising the names makes all of them work.
-    Undecodable bytes (seen in free-text notes) are replaced: the columns we use are ASCII.
+    A file re-saved by a spreadsheet in another encoding, or with `;` or tabs between the
+    columns, works too.
     """
     path = os.path.join(covid, "metadata.csv")
     if not os.path.isfile(path):
         raise UserError(f"--covid {covid!r} has no metadata.csv; point it at a checkout of "
                         "Cohen's covid-chestxray-dataset")
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.reader(f)
+    text = read_text(path)
+    first_line = text.split("\n", 1)[0]
+    try:
+        dialect = csv.Sniffer().sniff(first_line, delimiters=",;\t")
+    except csv.Error:  # one column, or an empty file: say what is wrong below
+        dialect = csv.excel
+    reader = csv.reader(text.splitlines(), delimiter=dialect.delimiter)
+    try:
         header = next(reader, None)
-        if header is None:
+        if header is None or not any(name.strip() for name in header):
             raise UserError(f"{path} is empty")
         columns = [name.strip().lower() for name in header]
         missing = [name for name in REQUIRED_COLUMNS if name not in columns]
         if missing:
             raise UserError(f"{path} has no {', '.join(missing)} column; its header is: "
-                            f"{','.join(header)}")
+                            f"{first_line.strip()[:300]}")
         rows = [dict(zip(columns, [value.strip() for value in row])) for row in reader if row]
+    except csv.Error as err:  # a NUL byte, a field over csv's size limit
+        raise UserError(f"{path} line {reader.line_num}: not a readable CSV file ({err})") from None
+    if not rows:
+        raise UserError(f"{path} has a header but no rows")
     return columns, rows
 
 
@@ -106,7 +141,8 @@ def image_path(covid, row):
     folder = row.get("folder") or "images"
     filename = row.get("filename", "")
     parts = re.split(r"[/\\]", folder) + re.split(r"[/\\]", filename)
-    if os.path.isabs(folder) or os.path.isabs(filename) or ".." in parts:
+    if os.path.isabs(folder) or os.path.isabs(filename) or ".." in parts \
+            or "\0" in folder + filename:  # no file has a NUL in its name; os would raise
         return None
     path = os.path.join(covid, folder, filename)
     return path if same_or_inside(path, covid) else None
@@ -125,7 +161,7 @@ def resolve_sources(covid, rows):
         path = image_path(covid, row)
         if path is None:
             counts["refused"] += 1
-            print(f"[WARNING] refusing {row.get('filename')!r}: it points outside --covid",
+            print(f"[WARNING] refusing {row.get('filename')!r}: not a file inside --covid",
                   file=sys.stderr)
         elif not os.path.isfile(path):
             counts["missing files"] += 1
@@ -157,6 +193,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not os.path.isdir(args.covid):
         raise UserError(f"--covid {args.covid!r} is not a folder")
+    check_output_folder(args.output, "--output", args.covid, "--covid")
 
     # read and filter metadata.csv before creating anything
     _, rows = read_metadata(args.covid)
@@ -168,12 +205,16 @@ def main(argv=None) -> int:
                         f"{' or '.join(args.view)}; {describe_seen(rows)}")
 
     sources, dropped = resolve_sources(args.covid, matched)
+    if not sources:
+        # The tutorial's copies end here with an empty folder and no word: say why instead.
+        raise UserError(f"none of the {len(matched)} matching rows has its image in --covid "
+                        f"{args.covid!r} ({', '.join(f'{k}: {v}' for k, v in dropped.items())}); "
+                        "is the checkout complete, with images/ (and volumes/)?")
     chosen = sample(sources, args.limit, args.seed)
     if args.limit is not None:
         print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {args.seed})")
 
-    copy_into_output(chosen, args.output, args.covid, "--covid",
-                     {"rows read": len(rows), "rows matched": len(matched)}, dropped)
+    copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)}, dropped)
     return 0
 
 

@@ -1,12 +1,13 @@
 """Code shared by the project's scripts: one place, imported by all, importing none of them.
 
-- `UserError` and `cli`: a problem the user can fix ends as one line on stderr and exit code 1,
-  never a traceback.
+- `UserError`, `ArgumentParser` and `cli`: a problem the user can fix ends as one line on stderr
+  and a non-zero exit code (2 for a bad flag, as argparse does, 1 otherwise), never a traceback.
 - `list_images`: the image files under a folder, in sorted order.
 - `load_xray` and `scale_pixels`: reading and preprocessing an X-ray. Whatever feeds the model
   (training, evaluation, any later prediction) calls these two, so preprocessing cannot drift.
   `readable_images` finds the files `load_xray` cannot decode.
-- `atomic_output`, `check_output_path`, `copy_new_file` and `copy_into_output`: writing without
+- `atomic_output`, `check_output_path`, `check_output_folder`, `copy_new_file` and
+  `copy_into_output`: writing without
   losing anything (no overwrite of a different file, no half-written output, source data never
   modified).
 
@@ -14,6 +15,7 @@ This module needs only the standard library, NumPy, OpenCV and imutils; TensorFl
 lazily where a function needs it, so the dataset builders start instantly.
 """
 
+import argparse
 import concurrent.futures
 import contextlib
 import filecmp
@@ -33,6 +35,21 @@ IMAGE_SIZE = (224, 224)
 class UserError(Exception):
     """An error the user can fix (a wrong path or flag); `cli` prints it as one line."""
 
+    exit_code = 1
+
+
+class UsageError(UserError):
+    """A flag argparse rejects; exit code 2, as argparse's own."""
+
+    exit_code = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr, not the usage block plus the error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
 
 def cli(main):
     """Wrap a script's `main(argv)` so that a `UserError` or Ctrl-C becomes one line on stderr.
@@ -48,7 +65,7 @@ def cli(main):
             return main(argv)
         except UserError as err:
             print(f"{prog}: error: {err}", file=sys.stderr)
-            return 1
+            return err.exit_code
         except KeyboardInterrupt:
             print(f"{prog}: interrupted; no output was replaced", file=sys.stderr)
             return 130
@@ -187,23 +204,25 @@ def copy_all(sources, output):
     return counts
 
 
-def prepare_output_folder(folder, flag, source, source_flag):
-    """Create a builder's output folder if needed.
+def check_output_folder(folder, flag, source, source_flag):
+    """Fail before any work if `folder` cannot be a builder's output; creates nothing.
 
-    Refuses a file, an unwritable folder, and a folder inside the source (source data is
-    never modified).
+    Refuses a file, a folder inside the source (source data is never modified), and a folder
+    that cannot be created or written.
     """
     if same_or_inside(folder, source):
         raise UserError(f"{flag} {folder!r} is inside {source_flag} {source!r}; write the "
                         "dataset elsewhere, source data is never modified")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{flag} {folder!r} is a file, not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{flag} {folder!r} cannot be created: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{flag} {folder!r} is not writable")
+    existing = os.path.abspath(folder)  # the folder, or the nearest parent that exists
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{flag} {folder!r} cannot be created: {existing!r} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {folder!r} is not writable" if existing == os.path.abspath(folder)
+                        else f"{flag} {folder!r} cannot be created: {existing!r} is not writable")
 
 
 def same_or_inside(path, folder):
@@ -212,13 +231,17 @@ def same_or_inside(path, folder):
     return path == folder or path.startswith(folder + os.sep)
 
 
-def copy_into_output(sources, output, source, source_flag, counts_before, counts_after=None):
+def copy_into_output(sources, output, counts_before, counts_after=None):
     """A builder's last step: create `output`, copy `sources` into it, print one summary line.
 
-    The summary is `counts_before`, then what the copy did, then `counts_after`, then the
-    conflicts. Conflicts (files never overwritten) make it fail once everything else is copied.
+    `output` was checked by `check_output_folder` before the builder started. The summary is
+    `counts_before`, then what the copy did, then `counts_after`, then the conflicts.
+    Conflicts (files never overwritten) make it fail once everything else is copied.
     """
-    prepare_output_folder(output, "--output", source, source_flag)
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {output!r} cannot be created: {err.strerror}") from None
     copied = copy_all(sources, output)
     summary = {**counts_before, COPIED: copied[COPIED], PRESENT: copied[PRESENT],
                **(counts_after or {}), CONFLICT: copied[CONFLICT]}

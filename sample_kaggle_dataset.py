@@ -15,16 +15,22 @@ Usage:
 nested `chest_xray/`. Reruns are safe and never overwrite a different file.
 """
 
-import argparse
 import os
 import random
 import sys
 
-from covid19_common import UserError, cli, copy_into_output, list_images
+from covid19_common import (
+    ArgumentParser,
+    UserError,
+    check_output_folder,
+    cli,
+    copy_into_output,
+    list_images,
+)
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         description="Sample healthy X-rays from Kaggle's Chest X-Ray Images (Pneumonia).",
     )
     ap.add_argument("-k", "--kaggle", required=True,
@@ -72,6 +78,7 @@ def sample_images(images, size, seed):
 def main(argv=None) -> int:
     args = parse_args(argv)
     folder = find_class_folder(args.kaggle, args.split, args.label)
+    check_output_folder(args.output, "--output", args.kaggle, "--kaggle")
     images = list_images(folder)
     if not images:
         raise UserError(f"{folder!r} has no images")
@@ -83,8 +90,7 @@ def main(argv=None) -> int:
         print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {folder} "
               f"(seed {args.seed})")
 
-    copy_into_output(chosen, args.output, args.kaggle, "--kaggle",
-                     {"images found": len(images), "sampled": len(chosen)})
+    copy_into_output(chosen, args.output, {"images found": len(images), "sampled": len(chosen)})
     return 0
 
 

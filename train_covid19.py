@@ -40,6 +40,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 
 from covid19_common import (
+    ArgumentParser,
     IMAGE_SIZE,
     UserError,
     atomic_output,
@@ -86,7 +87,7 @@ def _positive(kind):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         description="Fine-tune a frozen VGG16 on chest X-rays (COVID-19 vs normal).",
     )
     ap.add_argument("-d", "--dataset", required=True,

@@ -113,11 +113,16 @@ def test_conflicting_file_is_kept_and_reported(tmp_path):
     assert f"not overwriting {tmp_path / 'out' / victim}" in err
 
 
-@pytest.mark.parametrize("flags", [["--sample", "0"], ["--label", "normal"]])
-def test_bad_flags_are_usage_errors(tmp_path, flags):
-    with pytest.raises(SystemExit) as exit_info:
-        sample(str(tmp_path), str(tmp_path / "out"), *flags)
-    assert exit_info.value.code == 2
+@pytest.mark.parametrize("flags, message", [
+    (["--sample", "0"], "--sample must be greater than 0, got 0 (see --help)"),
+    (["--label", "normal"], "argument --label: invalid choice: 'normal'"),
+])
+def test_bad_flags_are_one_line_usage_errors(tmp_path, flags, message):
+    code, _, err = sample(str(tmp_path), str(tmp_path / "out"), *flags)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("sample_kaggle_dataset.py: error: ")
+    assert message in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_command_line_run_in_a_subprocess(tmp_path):
