@@ -12,7 +12,9 @@ Usage:
     python build_covid_dataset.py -c covid-chestxray-dataset --finding SARS --view PA --view AP
 
 Reruns are safe: identical files already in the output are left alone, and a different file
-with the same name is never overwritten (reported, and the exit code is 1).
+with the same name is never overwritten (reported, and the exit code is 1). Each image's patient
+goes into `manifest.csv` beside the output folder (`dataset/manifest.csv`), which
+`train_covid19.py --split patient` reads.
 """
 
 import codecs
@@ -154,9 +156,13 @@ def image_path(covid, row):
 
 
 def resolve_sources(covid, rows):
-    """The distinct, existing image files of `rows`, sorted, with counts of what was dropped."""
+    """The distinct, existing image files of `rows`, sorted, with counts of what was dropped.
+
+    Returns (paths, counts, patients): `patients` maps each path to its row's `patientid`
+    (`Patientid` in 2020 files), or to the file name when the row has none.
+    """
     # keyed by the resolved path, so one file listed twice (or through a link) is copied once
-    sources, counts = {}, {"missing files": 0, "refused": 0, "duplicates": 0}
+    sources, counts, patients = {}, {"missing files": 0, "refused": 0, "duplicates": 0}, {}
     for row in rows:
         path = image_path(covid, row)
         if path is None:
@@ -169,7 +175,8 @@ def resolve_sources(covid, rows):
             counts["duplicates"] += 1
         else:
             sources[os.path.realpath(path)] = path
-    return sorted(sources.values()), counts
+            patients[path] = row.get("patientid") or os.path.basename(path)
+    return sorted(sources.values()), counts, patients
 
 
 def sample(sources, limit, seed):
@@ -204,7 +211,7 @@ def main(argv=None) -> int:
         raise UserError(f"no row has finding {' or '.join(args.finding)} and view "
                         f"{' or '.join(args.view)}; {describe_seen(rows)}")
 
-    sources, dropped = resolve_sources(args.covid, matched)
+    sources, dropped, patients = resolve_sources(args.covid, matched)
     if not sources:
         # The tutorial's copies end here with an empty folder and no word: say why instead.
         raise UserError(f"none of the {len(matched)} matching rows has its image in --covid "
@@ -214,7 +221,8 @@ def main(argv=None) -> int:
     if args.limit is not None:
         print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {args.seed})")
 
-    copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)}, dropped)
+    copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)},
+                     dropped, patient_of=patients.get, source_name="cohen")
     return 0
 
 

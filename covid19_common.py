@@ -18,6 +18,7 @@ lazily where a function needs it, so the dataset builders start instantly.
 import argparse
 import concurrent.futures
 import contextlib
+import csv
 import filecmp
 import functools
 import os
@@ -30,6 +31,10 @@ from imutils import paths
 
 # The tutorial resizes every X-ray to VGG16's native input size, ignoring aspect ratio.
 IMAGE_SIZE = (224, 224)
+
+# The HDF5 attribute where train_covid19.py stores the class names (a JSON list, in the order of
+# the model's outputs) and predict_covid19.py reads them.
+CLASS_NAMES_ATTR = "covid19_class_names"
 
 
 class UserError(Exception):
@@ -148,23 +153,36 @@ def check_output_path(path, flag, suffix=None):
 
 
 @contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+def atomic_outputs(*paths):
+    """Yield one temporary path beside each of `paths`; rename them all into place only if the
+    block succeeds.
 
-    A crash or Ctrl-C while writing leaves the previous file at `path` byte-for-byte intact and
-    no half-written file there. The temporary name keeps the suffix, because Keras and
-    matplotlib choose the file format from it.
+    A crash or Ctrl-C while writing leaves every previous file at `paths` byte-for-byte intact
+    and no half-written file there: a run that dies while saving the model keeps the earlier
+    plot too. The temporary names keep the suffix, because Keras and matplotlib choose the file
+    format from it.
     """
-    folder, name = os.path.split(os.path.abspath(path))
-    suffix = os.path.splitext(name)[1]
-    # A fresh unique name, created by the writer itself so the file gets the usual permissions.
-    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+    temporaries = []
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(path))
+        suffix = os.path.splitext(name)[1]
+        # A fresh unique name, created by the writer itself so the file gets the usual mode.
+        temporaries.append(os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{suffix}"))
     try:
-        yield temporary
-        os.replace(temporary, path)
+        yield temporaries
+        for temporary, path in zip(temporaries, paths):
+            os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """`atomic_outputs` for one file: yields its temporary path."""
+    with atomic_outputs(path) as (temporary,):
+        yield temporary
 
 
 # The outcomes of `copy_new_file`, also the keys of the builders' summaries.
@@ -190,10 +208,11 @@ def copy_new_file(source, destination):
 def copy_all(sources, output):
     """Copy each source file into the folder `output` under its own name, never overwriting.
 
-    Returns the count of each outcome (COPIED, PRESENT, CONFLICT); each conflict is also
-    reported on stderr. The caller exits non-zero when there were conflicts.
+    Returns the count of each outcome (COPIED, PRESENT, CONFLICT) and the sources now in
+    `output` (copied or already present). Each conflict is reported on stderr; the caller
+    exits non-zero when there were conflicts.
     """
-    counts = {COPIED: 0, PRESENT: 0, CONFLICT: 0}
+    counts, in_place = {COPIED: 0, PRESENT: 0, CONFLICT: 0}, []
     for source in sources:
         destination = os.path.join(output, os.path.basename(source))
         outcome = copy_new_file(source, destination)
@@ -201,7 +220,9 @@ def copy_all(sources, output):
         if outcome == CONFLICT:
             print(f"[WARNING] not overwriting {destination}: a different file is already there "
                   f"(wanted to copy {source})", file=sys.stderr)
-    return counts
+        else:
+            in_place.append(source)
+    return counts, in_place
 
 
 def check_output_folder(folder, flag, source, source_flag):
@@ -231,10 +252,13 @@ def same_or_inside(path, folder):
     return path == folder or path.startswith(folder + os.sep)
 
 
-def copy_into_output(sources, output, counts_before, counts_after=None):
+def copy_into_output(sources, output, counts_before, counts_after=None, patient_of=None,
+                     source_name=""):
     """A builder's last step: create `output`, copy `sources` into it, print one summary line.
 
-    `output` was checked by `check_output_folder` before the builder started. The summary is
+    `output` was checked by `check_output_folder` before the builder started. With `patient_of`
+    (source path -> patient id), every image now in `output` gets a row in the manifest of the
+    dataset folder above it (`dataset/manifest.csv` for `dataset/covid`). The summary is
     `counts_before`, then what the copy did, then `counts_after`, then the conflicts.
     Conflicts (files never overwritten) make it fail once everything else is copied.
     """
@@ -242,10 +266,56 @@ def copy_into_output(sources, output, counts_before, counts_after=None):
         os.makedirs(output, exist_ok=True)
     except OSError as err:
         raise UserError(f"--output {output!r} cannot be created: {err.strerror}") from None
-    copied = copy_all(sources, output)
+    copied, in_place = copy_all(sources, output)
+    if patient_of is not None:
+        dataset = os.path.dirname(os.path.abspath(output))
+        label = os.path.basename(os.path.abspath(output))
+        total = update_manifest(dataset, [
+            {"file": f"{label}/{os.path.basename(source)}", "class": label,
+             "patient_id": patient_of(source), "source": source_name} for source in in_place])
+        print(f"[INFO] {os.path.join(os.path.dirname(output), MANIFEST)}: {len(in_place)} "
+              f"row(s) for {label}/, {total} in all")
     summary = {**counts_before, COPIED: copied[COPIED], PRESENT: copied[PRESENT],
                **(counts_after or {}), CONFLICT: copied[CONFLICT]}
     print("[INFO] " + ", ".join(f"{key}: {value}" for key, value in summary.items()))
     if copied[CONFLICT]:
         raise UserError(f"{copied[CONFLICT]} file(s) in {output!r} have the names of "
                         "selected images but other contents; they were not overwritten")
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset/manifest.csv: which patient each image comes from
+# ---------------------------------------------------------------------------------------------
+
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("file", "class", "patient_id", "source")
+
+
+def read_manifest(dataset):
+    """{file relative to `dataset`, with `/`: row dict} from `<dataset>/manifest.csv`, or None."""
+    path = os.path.join(dataset, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} has no {', '.join(missing)} column; delete it and rerun "
+                            "the dataset builders to write it again")
+        return {row["file"]: row for row in reader}
+
+
+def update_manifest(dataset, rows):
+    """Merge `rows` (dicts with MANIFEST_COLUMNS) into `<dataset>/manifest.csv`, by file.
+
+    Rows of other files stay, so the two builders (and reruns) add to one manifest. Written
+    to a temporary file and renamed: an interrupted update never leaves half a manifest.
+    """
+    merged = read_manifest(dataset) or {}
+    merged.update({row["file"]: row for row in rows})
+    with atomic_output(os.path.join(dataset, MANIFEST)) as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(merged[file] for file in sorted(merged))
+    return len(merged)

@@ -12,11 +12,13 @@ Usage:
     python sample_kaggle_dataset.py -k chest_xray -o dataset/pneumonia --label PNEUMONIA
 
 `--kaggle` is the unpacked download: `chest_xray/` itself, or the folder holding the zip's
-nested `chest_xray/`. Reruns are safe and never overwrite a different file.
+nested `chest_xray/`. Reruns are safe and never overwrite a different file. Each image's patient
+(from its file name) goes into `manifest.csv` beside the output folder (`dataset/manifest.csv`).
 """
 
 import os
 import random
+import re
 import sys
 
 from covid19_common import (
@@ -67,6 +69,17 @@ def find_class_folder(kaggle, split, label):
                     f"{', '.join(contents) if contents else 'nothing'}")
 
 
+def kaggle_patient(path):
+    """The patient in a Kaggle file name: `person1102_bacteria_2957.jpeg` -> `person1102`,
+    `IM-0033-0001.jpeg` -> `IM-0033`, `NORMAL2-IM-1427-0001.jpeg` -> `NORMAL2-IM-1427`.
+
+    A name of another shape is its own patient.
+    """
+    name = os.path.basename(path)
+    match = re.match(r"(person\d+)_|((?:NORMAL2-)?IM-\d+)-", name)
+    return (match.group(1) or match.group(2)) if match else os.path.splitext(name)[0]
+
+
 def sample_images(images, size, seed):
     """The first `size` images after a seeded shuffle of the sorted list: the same everywhere."""
     shuffled = sorted(images)
@@ -90,7 +103,8 @@ def main(argv=None) -> int:
         print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {folder} "
               f"(seed {args.seed})")
 
-    copy_into_output(chosen, args.output, {"images found": len(images), "sampled": len(chosen)})
+    copy_into_output(chosen, args.output, {"images found": len(images), "sampled": len(chosen)},
+                     patient_of=kaggle_patient, source_name="kaggle")
     return 0
 
 

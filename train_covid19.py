@@ -19,8 +19,10 @@ the base already computed: the test split goes through VGG16 once, not once per 
 """
 
 import argparse
+import json
 import logging
 import os
+import platform
 import sys
 
 # Keep TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines) off the console.
@@ -30,25 +32,34 @@ import matplotlib
 
 matplotlib.use("Agg")  # write the plot to a file; no display needed
 
+import cv2
+import h5py
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
+import scipy
+import sklearn
 import tensorflow as tf
 from keras import layers
-from sklearn.metrics import classification_report, confusion_matrix
-from sklearn.model_selection import train_test_split
+from scipy.stats import binomtest
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from sklearn.preprocessing import LabelBinarizer
 
 from covid19_common import (
     ArgumentParser,
     IMAGE_SIZE,
+    CLASS_NAMES_ATTR,
+    MANIFEST,
     UserError,
-    atomic_output,
+    atomic_outputs,
     check_output_path,
     cli,
     list_images,
     load_xray,
+    read_manifest,
     readable_images,
+    same_or_inside,
     scale_pixels,
 )
 
@@ -58,6 +69,7 @@ EPOCHS = 25
 BS = 8
 SEED = 42  # the tutorial's random_state for the train/test split
 TEST_SIZE = 0.20
+CONFIDENCE = 0.95  # of the Wilson intervals in the report
 
 # The head's AveragePooling2D(4x4) turns VGG16's 7x7 output into 1x1 with "valid" pooling, so it
 # reads only the top-left 4x4 cells. Those depend only on the top-left 218x218 input pixels and,
@@ -96,6 +108,14 @@ def parse_args(argv=None):
                     help="path to output loss/accuracy plot, PNG (default: %(default)s)")
     ap.add_argument("-m", "--model", default="covid19.h5",
                     help="path to output model, HDF5: the name must end in .h5 "
+                         "(default: %(default)s)")
+    ap.add_argument("-r", "--report", default="report.json",
+                    help="path to output JSON report: counts, confusion matrix, metrics with "
+                         "95%% intervals, ROC AUC, seed, flags, versions; roc.png is written "
+                         "beside --plot (default: %(default)s)")
+    ap.add_argument("--split", choices=["random", "patient"], default="random",
+                    help="random: the tutorial's stratified 80/20 split of images; patient: "
+                         f"every patient's images on one side, from --dataset's {MANIFEST} "
                          "(default: %(default)s)")
     ap.add_argument("--epochs", type=_positive(int), default=EPOCHS,
                     help="number of training epochs (default: %(default)s)")
@@ -146,17 +166,21 @@ def find_images(dataset):
 
 
 def encode_labels(labels):
-    """One-hot encode exactly as the tutorial: LabelBinarizer, then to_categorical.
+    """One-hot encode as the tutorial: LabelBinarizer (then to_categorical for two classes).
 
-    Classes are in sorted order, so covid is index 0 and normal is index 1.
+    Classes are in sorted order, so covid is index 0 and normal is index 1. For two classes
+    LabelBinarizer gives one column and to_categorical makes it two, as in the tutorial; for
+    more (covid/, normal/, pneumonia/) LabelBinarizer's rows are one-hot already.
     """
     class_names = sorted(set(labels))
-    if len(class_names) != 2:
+    if len(class_names) < 2:
         raise UserError(f"found {len(class_names)} class folder(s) ({', '.join(class_names)}); "
-                        "this trainer needs exactly two, such as covid/ and normal/")
+                        "training needs two or more, such as covid/ and normal/")
     lb = LabelBinarizer()
-    onehot = keras.utils.to_categorical(lb.fit_transform(labels))
-    return onehot, [str(name) for name in lb.classes_]
+    onehot = lb.fit_transform(labels)
+    if len(class_names) == 2:
+        onehot = keras.utils.to_categorical(onehot)
+    return onehot.astype("float32"), [str(name) for name in lb.classes_]
 
 
 def split_dataset(paths, onehot, class_names, seed=SEED):
@@ -175,6 +199,50 @@ def split_dataset(paths, onehot, class_names, seed=SEED):
         counts = ", ".join(f"{name}: {int(n)}" for name, n in zip(class_names, onehot.sum(axis=0)))
         raise UserError(f"too few images for a stratified 80/20 split ({counts}); "
                         "each class needs at least 3 images") from None
+
+
+def patients_of(dataset, paths):
+    """The patient id of each image from `<dataset>/manifest.csv`, or None with no manifest.
+
+    An image the manifest does not list counts as a patient of its own.
+    """
+    manifest = read_manifest(dataset)
+    if manifest is None:
+        return None
+    relative = [os.path.relpath(path, dataset).replace(os.sep, "/") for path in paths]
+    return np.array([manifest[file]["patient_id"] if file in manifest else f"file:{file}"
+                     for file in relative])
+
+
+def split_by_patient(paths, onehot, class_names, patients, seed=SEED):
+    """An 80/20 split that keeps every patient's images on one side, stratified by class.
+
+    scikit-learn's StratifiedGroupKFold with 5 folds: the first fold's held-out fifth of the
+    patients is the test split. Returns what `split_dataset` returns.
+    """
+    classes = onehot.argmax(axis=1)
+    folds = StratifiedGroupKFold(n_splits=round(1 / TEST_SIZE), shuffle=True, random_state=seed)
+    try:
+        train_idx, test_idx = next(folds.split(paths, classes, groups=patients))
+    except ValueError as err:
+        raise UserError(f"cannot split {len(set(patients))} patients into 5 folds ({err}); "
+                        "use --split random") from None
+    for side, idx in (("training", train_idx), ("test", test_idx)):
+        missing = [name for c, name in enumerate(class_names) if c not in set(classes[idx])]
+        if missing:
+            raise UserError(f"the patient split leaves no {', '.join(missing)} image on the "
+                            f"{side} side; each class needs images of more patients "
+                            "(or use --split random)")
+    paths = np.array(paths)
+    return list(paths[train_idx]), list(paths[test_idx]), onehot[train_idx], onehot[test_idx]
+
+
+def patients_on_both_sides(trainP, testP, dataset):
+    """How many patients have images in both splits (None without a manifest)."""
+    patients = patients_of(dataset, list(trainP) + list(testP))
+    if patients is None:
+        return None
+    return len(set(patients[:len(trainP)]) & set(patients[len(trainP):]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,10 +326,8 @@ def load_vgg16_base(weights):
                         f"{VGG16_NOTOP_FILE}: {reason}") from None
 
 
-def build_model(weights="imagenet", num_classes=2):
+def build_model(baseModel, num_classes=2):
     """The tutorial's network: frozen VGG16 base, then pool, flatten, dense, dropout, softmax."""
-    baseModel = load_vgg16_base(weights)
-
     # construct the head of the model that will be placed on top of the base model
     headModel = baseModel.output
     headModel = layers.AveragePooling2D(pool_size=(4, 4))(headModel)
@@ -363,9 +429,10 @@ def train(head, train_inputs, trainY, testF, testY, epochs, batch_size, lr, seed
     """
     print("[INFO] compiling model...")
     trainer = HeadTrainer(head, extract)
-    # Two classes with a 2-unit softmax and binary cross-entropy, as in the tutorial.
-    trainer.compile(loss="binary_crossentropy", optimizer=make_optimizer(lr, epochs),
-                    metrics=["accuracy"])
+    # Two classes: a 2-unit softmax with binary cross-entropy, as in the tutorial. More classes:
+    # categorical cross-entropy, the loss that matches a softmax over all of them.
+    loss = "binary_crossentropy" if trainY.shape[1] == 2 else "categorical_crossentropy"
+    trainer.compile(loss=loss, optimizer=make_optimizer(lr, epochs), metrics=["accuracy"])
 
     print("[INFO] training head...")
     return trainer.fit(
@@ -375,6 +442,7 @@ def train(head, train_inputs, trainY, testF, testY, epochs, batch_size, lr, seed
         validation_data=(testF, testY),
         validation_batch_size=batch_size,
         epochs=epochs,
+        shuffle=False,  # the dataset shuffles itself; Keras warns if asked to as well
         # Keras's live bar on a terminal; one line per epoch in logs and CI output.
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -385,32 +453,78 @@ def train(head, train_inputs, trainY, testF, testY, epochs, batch_size, lr, seed
 # ---------------------------------------------------------------------------------------------
 
 
+def wilson(successes, trials):
+    """The 95% Wilson score interval of successes/trials (SciPy's), or None with no trials."""
+    if trials == 0:
+        return None
+    interval = binomtest(int(successes), int(trials)).proportion_ci(CONFIDENCE, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def metric(successes, trials):
+    """{"value", "ci95", "successes", "trials"}: a proportion and what it rests on."""
+    return {"value": float(successes / trials) if trials else None,
+            "ci95": wilson(successes, trials), "successes": int(successes),
+            "trials": int(trials)}
+
+
+def describe(name, m):
+    """`sensitivity: 1.0000 (95% CI 0.57-1.00)`: the tutorial's line plus its interval."""
+    if m["value"] is None:
+        return f"{name}: undefined (no images)"
+    return f"{name}: {m['value']:.4f} (95% CI {m['ci95'][0]:.2f}-{m['ci95'][1]:.2f})"
+
+
 def evaluate(head, testF, testY, class_names, batch_size):
     """Print the classification report, confusion matrix, accuracy, sensitivity, specificity.
 
     The head on the test split's cached features predicts what the whole model predicts on the
-    test images; only the frozen base's recomputation is skipped.
+    test images; only the frozen base's recomputation is skipped. Each proportion comes with
+    its 95% Wilson interval: 5 of 5 test images support a sensitivity between 0.57 and 1.
+    Returns the metrics, the predicted probabilities and the true class indices.
     """
     print("[INFO] evaluating network...")
-    predIdxs = np.argmax(head.predict(testF, batch_size=batch_size, verbose=0), axis=1)
+    probabilities = head.predict(testF, batch_size=batch_size, verbose=0)
+    predIdxs = np.argmax(probabilities, axis=1)
     trueIdxs = testY.argmax(axis=1)
+    labels = list(range(len(class_names)))
 
     # zero_division=0: a model that never predicts a class gets precision 0, not a warning
-    print(classification_report(trueIdxs, predIdxs, labels=[0, 1], target_names=class_names,
+    print(classification_report(trueIdxs, predIdxs, labels=labels, target_names=class_names,
                                 zero_division=0))
 
-    # sensitivity = recall of covid (index 0), specificity = recall of normal (index 1)
-    cm = confusion_matrix(trueIdxs, predIdxs, labels=[0, 1])
+    # Each class against the rest: sensitivity = its recall, specificity = the other classes'
+    # images not called it. With two classes, covid's are the tutorial's two numbers.
+    cm = confusion_matrix(trueIdxs, predIdxs, labels=labels)
     total = cm.sum()
-    acc = (cm[0, 0] + cm[1, 1]) / total
-    sensitivity = cm[0, 0] / (cm[0, 0] + cm[0, 1])
-    specificity = cm[1, 1] / (cm[1, 0] + cm[1, 1])
+    per_class = {}
+    for c, name in enumerate(class_names):
+        tp, positives = cm[c, c], cm[c].sum()
+        tn = total - positives - (cm[:, c].sum() - tp)
+        per_class[name] = {"sensitivity": metric(tp, positives),
+                           "specificity": metric(tn, total - positives)}
+    results = {"confusion_matrix": cm.tolist(), "accuracy": metric(np.trace(cm), total),
+               "per_class": per_class}
+
     print(cm)
-    print("acc: {:.4f}".format(acc))
-    print("sensitivity: {:.4f}".format(sensitivity))
-    print("specificity: {:.4f}".format(specificity))
-    return {"confusion_matrix": cm, "accuracy": acc, "sensitivity": sensitivity,
-            "specificity": specificity}
+    print(describe("acc", results["accuracy"]))
+    if len(class_names) == 2:
+        # sensitivity = recall of covid (index 0), specificity = recall of normal (index 1)
+        results["positive_class"] = class_names[0]
+        results["sensitivity"] = per_class[class_names[0]]["sensitivity"]
+        results["specificity"] = per_class[class_names[0]]["specificity"]
+        print(describe("sensitivity", results["sensitivity"]))
+        print(describe("specificity", results["specificity"]))
+        # the positive class's probability ranks the images; AUC 0.5 is chance
+        results["roc_auc"] = float(roc_auc_score(trueIdxs == 0, probabilities[:, 0]))
+    else:
+        for name, m in per_class.items():
+            print(f"{name}: {describe('sensitivity', m['sensitivity'])}, "
+                  f"{describe('specificity', m['specificity'])}")
+        results["roc_auc"] = float(roc_auc_score(trueIdxs, probabilities, labels=labels,
+                                                 multi_class="ovr"))
+    print(f"ROC AUC: {results['roc_auc']:.4f}")
+    return results, probabilities, trueIdxs
 
 
 def plot_history(history, path):
@@ -426,22 +540,67 @@ def plot_history(history, path):
         ax.set_xlabel("Epoch #")
         ax.set_ylabel("Loss/Accuracy")
         ax.legend(loc="lower left")
-        with atomic_output(path) as temporary:
-            fig.savefig(temporary)
+        fig.savefig(path)
     return fig
 
 
-def save_model(model, path):
-    """Save the whole model as HDF5, replacing `path` only once the file is complete."""
+def plot_roc(trueIdxs, probabilities, class_names, path):
+    """The ROC curve on the test split (one curve per class against the rest if more than two)."""
+    shown = class_names[:1] if len(class_names) == 2 else class_names
+    with plt.style.context("ggplot"):
+        fig, ax = plt.subplots()
+        for c, name in enumerate(shown):
+            fpr, tpr, _ = roc_curve(trueIdxs == c, probabilities[:, c])
+            ax.plot(fpr, tpr, label=f"{name} vs rest" if len(shown) > 1 else name)
+        ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance")
+        ax.set_title("ROC curve on the test split")
+        ax.set_xlabel("False positive rate (1 - specificity)")
+        ax.set_ylabel("True positive rate (sensitivity)")
+        ax.legend(loc="lower right")
+        fig.savefig(path)
+    return fig
+
+
+def save_model(model, path, class_names):
+    """Save the whole model as HDF5, with the class names in the file's attributes.
+
+    predict_covid19.py reads them back, so it never has to guess which output is which class.
+    """
     # HDF5 is the tutorial's format; Keras 3 logs a warning calling it legacy on every save.
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
     try:
-        with atomic_output(path) as temporary:
-            model.save(temporary)
+        model.save(path)
     finally:
         absl_logger.setLevel(level)
+    with h5py.File(path, "a") as f:
+        f.attrs[CLASS_NAMES_ATTR] = json.dumps(class_names)
+
+
+def versions():
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "scikit-learn": sklearn.__version__,
+            "scipy": scipy.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
+
+
+def write_report(path, results, class_names, counts, args, split_info):
+    """The JSON report: everything needed to judge, and to repeat, this run."""
+    report = {
+        "class_names": class_names,
+        "counts": counts,
+        "split": split_info,
+        "augmentation": ("off (--cache-features)" if args.cache_features
+                         else "random rotation up to 15 degrees either way"),
+        **results,
+        "confidence_level": CONFIDENCE,
+        "seed": args.seed,
+        "flags": vars(args),
+        "versions": versions(),
+    }
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,32 +608,73 @@ def save_model(model, path):
 # ---------------------------------------------------------------------------------------------
 
 
+def roc_path(plot):
+    """roc.png in the folder of the loss/accuracy plot."""
+    return os.path.join(os.path.dirname(plot), "roc.png")
+
+
+def check_outputs(args):
+    """Fail now, not after training, if an output cannot be written or would land in the data."""
+    outputs = [(args.model, "--model", ".h5"), (args.plot, "--plot", ".png"),
+               (args.report, "--report", ".json"), (roc_path(args.plot), "--plot", ".png")]
+    for path, flag, suffix in outputs:
+        check_output_path(path, flag, suffix=suffix)
+        if os.path.isdir(args.dataset) and same_or_inside(path, args.dataset):
+            raise UserError(f"{flag} {path!r} is inside --dataset {args.dataset!r}; write "
+                            "outputs elsewhere, source data is never modified")
+    names = [os.path.abspath(path) for path, _, _ in outputs]
+    if len(set(names)) < len(names):
+        raise UserError("--model, --plot, --report and roc.png (beside --plot) must be four "
+                        "different files")
+
+
+def split(args, paths, onehot, class_names):
+    """The chosen split, plus what the report says about patients."""
+    if args.split == "patient":
+        patients = patients_of(args.dataset, paths)
+        if patients is None:
+            raise UserError(f"--split patient needs {os.path.join(args.dataset, MANIFEST)}, "
+                            "which the dataset builders write; rebuild the dataset with them "
+                            "or use --split random")
+        parts = split_by_patient(paths, onehot, class_names, patients, args.seed)
+    else:
+        parts = split_dataset(paths, onehot, class_names, args.seed)
+    shared = patients_on_both_sides(parts[0], parts[1], args.dataset)
+    if shared:
+        print(f"[WARNING] {shared} patient(s) have images on both sides of the random split, "
+              "so the test images are not all new patients; --split patient keeps each "
+              "patient on one side", file=sys.stderr)
+    return parts, {"kind": args.split, "patients_on_both_sides": shared}
+
+
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Check the outputs before spending minutes on training.
-    check_output_path(args.model, "--model", suffix=".h5")
-    check_output_path(args.plot, "--plot", suffix=".png")
+    check_outputs(args)
 
     # Seeds Python's random, NumPy and TensorFlow in one call.
     keras.utils.set_random_seed(args.seed)
 
-    # Build the network first: a wrong --weights, or no network for ImageNet's, fails in
-    # seconds instead of after reading every image.
+    # Load VGG16 first: a wrong --weights, or no network for ImageNet's, fails in seconds
+    # instead of after reading every image.
     print(f"[INFO] loading VGG16 base (weights: {args.weights})...")
-    model = build_model(args.weights)
-    extract, head = make_feature_extractor(model), make_head(model)
+    baseModel = load_vgg16_base(args.weights)
 
     # find the images, one-hot encode the labels, split 80/20
     print("[INFO] loading images...")
     paths, labels = find_images(args.dataset)
     onehot, class_names = encode_labels(labels)
-    trainP, testP, trainY, testY = split_dataset(paths, onehot, class_names, args.seed)
+    (trainP, testP, trainY, testY), split_info = split(args, paths, onehot, class_names)
     print(f"[INFO] {len(paths)} images, classes {class_names}: "
           f"{len(trainP)} for training, {len(testP)} for testing")
     if args.batch_size > len(trainP):
         raise UserError(f"--batch-size {args.batch_size} is larger than the training split "
                         f"({len(trainP)} images); use --batch-size {len(trainP)} or less")
+
+    # the tutorial's head on the frozen base, one softmax output per class
+    model = build_model(baseModel, len(class_names))
+    extract, head = make_feature_extractor(model), make_head(model)
 
     # The base is frozen and test images are never augmented, so their features are the same
     # every epoch: compute them once. With --cache-features the training images' too.
@@ -487,14 +687,24 @@ def main(argv=None) -> int:
         H = train(head, trainP, trainY, testF, testY, args.epochs, args.batch_size, args.lr,
                   args.seed, extract=extract)
 
-    evaluate(head, testF, testY, class_names, args.batch_size)
+    results, probabilities, trueIdxs = evaluate(head, testF, testY, class_names,
+                                                args.batch_size)
     if args.cache_features:
         print("(trained with --cache-features: no augmentation)")
-    plt.close(plot_history(H.history, args.plot))
 
+    # Every output goes to a temporary file first and all are renamed into place together at
+    # the end: a crash or Ctrl-C anywhere before leaves the earlier files exactly as they were.
     print("[INFO] saving COVID-19 detector model...")
-    save_model(model, args.model)
-    print(f"[INFO] wrote {args.model} (model) and {args.plot} (plot)")
+    counts = {side: {name: int(n) for name, n in zip(class_names, Y.sum(axis=0))}
+              for side, Y in (("train", trainY), ("test", testY))}
+    with atomic_outputs(args.model, args.plot, roc_path(args.plot), args.report) as temporary:
+        model_tmp, plot_tmp, roc_tmp, report_tmp = temporary
+        plt.close(plot_history(H.history, plot_tmp))
+        plt.close(plot_roc(trueIdxs, probabilities, class_names, roc_tmp))
+        write_report(report_tmp, results, class_names, counts, args, split_info)
+        save_model(model, model_tmp, class_names)
+    print(f"[INFO] wrote {args.model} (model), {args.plot} and {roc_path(args.plot)} (plots), "
+          f"{args.report} (report)")
     return 0
 
 

@@ -220,3 +220,53 @@ def test_command_line_run_in_a_subprocess(tmp_path):
     assert sorted(os.listdir(tmp_path / "dataset" / "covid")) == [
         "a.jpg", "d.png", "g.jpeg", "v.jpg"]
     assert "copied: 4" in result.stdout
+
+
+def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
+    import csv
+
+    import sample_kaggle_dataset
+    from test_sample_kaggle_dataset import expected_sample, write_kaggle
+
+    covid = write_collection(str(tmp_path / "c"), "current")
+    dataset = tmp_path / "dataset"
+    code, out, err = build(covid, str(dataset / "covid"))
+    assert code == 0, err
+    assert f"[INFO] {dataset / 'manifest.csv'}: 4 row(s) for covid/, 4 in all" in out
+
+    def manifest():
+        with open(dataset / "manifest.csv", newline="") as f:
+            return [tuple(row.values()) for row in csv.DictReader(f)]
+
+    # write_collection numbers the patients by row: a.jpg is row 0, d.png 3, g.jpeg 10, v.jpg 11
+    assert manifest() == [("covid/a.jpg", "covid", "0", "cohen"),
+                          ("covid/d.png", "covid", "3", "cohen"),
+                          ("covid/g.jpeg", "covid", "10", "cohen"),
+                          ("covid/v.jpg", "covid", "11", "cohen")]
+
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    code, out, err = run_main(sample_kaggle_dataset.main, [
+        "--kaggle", kaggle, "--output", str(dataset / "normal"), "--sample", "3"])
+    assert code == 0, err
+    normal = [row for row in manifest() if row[1] == "normal"]
+    names = expected_sample("train", "NORMAL", 3)
+    assert [row[0] for row in normal] == [f"normal/{name}" for name in names]
+    # IM-0007-0001.jpeg -> IM-0007, NORMAL2-IM-0010-0001.jpeg -> NORMAL2-IM-0010
+    assert [row[2] for row in normal] == [name.rsplit("-", 1)[0] for name in names]
+    assert {row[3] for row in normal} == {"kaggle"}
+
+    # a rerun of either builder leaves one row per file
+    before = manifest()
+    assert build(covid, str(dataset / "covid"))[0] == 0
+    assert manifest() == before and len(before) == 7
+
+
+def test_kaggle_patient_ids():
+    from sample_kaggle_dataset import kaggle_patient
+
+    assert kaggle_patient("x/person1102_bacteria_2957.jpeg") == "person1102"
+    assert kaggle_patient("person3_virus_16.jpeg") == "person3"
+    assert kaggle_patient("IM-0033-0001.jpeg") == "IM-0033"
+    assert kaggle_patient("IM-0033-0001-0002.jpeg") == "IM-0033"
+    assert kaggle_patient("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
+    assert kaggle_patient("scan.png") == "scan"
