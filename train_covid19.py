@@ -21,6 +21,7 @@ the base already computed: the test split goes through VGG16 once, not once per 
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -194,11 +195,25 @@ def split_dataset(paths, onehot, class_names, seed=SEED):
         return train_test_split(paths, onehot, test_size=TEST_SIZE, stratify=onehot,
                                 random_state=seed)
     except ValueError:
-        # scikit-learn needs 2+ images per class and one per class on each side; 3 per class
-        # always suffices. Say so instead of showing its traceback.
+        # Say what scikit-learn needs instead of showing its traceback.
         counts = ", ".join(f"{name}: {int(n)}" for name, n in zip(class_names, onehot.sum(axis=0)))
-        raise UserError(f"too few images for a stratified 80/20 split ({counts}); "
-                        "each class needs at least 3 images") from None
+        raise UserError(f"too few images for a stratified 80/20 split ({counts}); each class "
+                        f"needs at least {min_images_per_class(len(class_names))} "
+                        "images") from None
+
+
+def min_images_per_class(num_classes):
+    """The fewest images per class for which the stratified 80/20 split always works.
+
+    scikit-learn puts ceil(20% of the images) on the test side and needs one image of every
+    class on each side: 3 per class for two classes, 4 for three, 5 from five classes on.
+    """
+    m = 2
+    while True:
+        test = math.ceil(TEST_SIZE * num_classes * m)
+        if test >= num_classes and num_classes * m - test >= num_classes:
+            return m
+        m += 1
 
 
 def patients_of(dataset, paths):
@@ -697,12 +712,16 @@ def main(argv=None) -> int:
     print("[INFO] saving COVID-19 detector model...")
     counts = {side: {name: int(n) for name, n in zip(class_names, Y.sum(axis=0))}
               for side, Y in (("train", trainY), ("test", testY))}
-    with atomic_outputs(args.model, args.plot, roc_path(args.plot), args.report) as temporary:
-        model_tmp, plot_tmp, roc_tmp, report_tmp = temporary
-        plt.close(plot_history(H.history, plot_tmp))
-        plt.close(plot_roc(trueIdxs, probabilities, class_names, roc_tmp))
-        write_report(report_tmp, results, class_names, counts, args, split_info)
-        save_model(model, model_tmp, class_names)
+    try:
+        with atomic_outputs(args.model, args.plot, roc_path(args.plot), args.report) as tmp:
+            model_tmp, plot_tmp, roc_tmp, report_tmp = tmp
+            plt.close(plot_history(H.history, plot_tmp))
+            plt.close(plot_roc(trueIdxs, probabilities, class_names, roc_tmp))
+            write_report(report_tmp, results, class_names, counts, args, split_info)
+            save_model(model, model_tmp, class_names)
+    except OSError as err:  # a full disk, a folder removed meanwhile
+        raise UserError(f"cannot write the outputs ({err.strerror or err}); every earlier "
+                        f"{args.model}, {args.plot} and {args.report} was kept") from None
     print(f"[INFO] wrote {args.model} (model), {args.plot} and {roc_path(args.plot)} (plots), "
           f"{args.report} (report)")
     return 0

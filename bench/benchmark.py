@@ -11,7 +11,7 @@ ratios to the reference's median.
 2,000 images (resized copies of --dataset's images, in a temporary folder, deleted afterwards)
 and trains on each for --memory-epochs epochs.
 
-Usage (from the repository root; needs bench/requirements.txt):
+Usage (from the repository root, with requirements.txt installed):
     python bench/benchmark.py --dataset ../shared/data/tutorial-dataset --epochs 25 --pairs 3 \
         --weights none
     python bench/benchmark.py --dataset ../shared/data/tutorial-dataset --memory --weights none
@@ -91,7 +91,7 @@ def time_programs(args):
                   f"{accuracy_line(lines)}", flush=True)
 
     reference = statistics.median(times["reference"]) if "reference" in times else None
-    print(f"\n| program | runs (s) | median (s) | median / reference | peak RSS (MiB) |")
+    print("\n| program | runs (s) | median (s) | median / reference | peak RSS (MiB) |")
     print("|---|---|---|---|---|")
     for name in args.programs:
         median = statistics.median(times[name])

@@ -48,12 +48,51 @@ def make_dataset(root, per_class=5, classes=("covid", "normal")):
     return sorted(paths)
 
 
+def write_odd_formats(folder, seed=0):
+    """Images OpenCV must turn into 3-channel 8-bit: 16-bit gray PNG, RGBA PNG, palette PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = {"16bit": os.path.join(folder, "odd-16bit.png"),
+             "rgba": os.path.join(folder, "odd-rgba.png"),
+             "palette": os.path.join(folder, "odd-palette.png")}
+    assert cv2.imwrite(paths["16bit"], rng.integers(0, 65535, (50, 60), dtype=np.uint16))
+    assert cv2.imwrite(paths["rgba"], rng.integers(0, 255, (50, 60, 4), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 255, (50, 60), dtype=np.uint8)).convert("P").save(
+        paths["palette"])
+    return paths
+
+
+def write_junk(folder):
+    """Files a real X-ray folder holds besides X-rays. Returns the undecodable 'images'."""
+    os.makedirs(folder, exist_ok=True)
+    for name, content in [("notes.txt", b"not an image"), (".DS_Store", b"\0\0\0\1Bud1"),
+                          ("Thumbs.db", b"\xd0\xcf\x11\xe0")]:
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(content)
+    png = cv2.imencode(".png", np.full((40, 40, 3), 128, np.uint8))[1].tobytes()
+    broken = {"empty.jpg": b"", "truncated.png": png[:len(png) // 2],
+              "text.jpg": b"this is not a JPEG, it is text\n"}
+    for name, content in broken.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(content)
+    return sorted(os.path.join(folder, name) for name in broken)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
-    """Two classes of 5 images: an 8/2 split, so 1-2 epochs of VGG16 take seconds."""
-    root = tmp_path_factory.mktemp("dataset")
-    make_dataset(str(root))
-    return str(root)
+    """Two classes of 5 readable images (an 8/2 split, so 1-2 epochs of VGG16 take seconds),
+    as messy as real folders: mixed JPEG/PNG, grayscale, 16-bit, RGBA and palette images, and
+    files that are not images or cannot be decoded."""
+    root = str(tmp_path_factory.mktemp("dataset"))
+    make_dataset(root, per_class=5)
+    # swap three normal images for the odd formats, keeping 5 readable images per class
+    for name in ["normal-02.jpg", "normal-03.png", "normal-04.jpg"]:
+        os.remove(os.path.join(root, "normal", name))
+    write_odd_formats(os.path.join(root, "normal"))
+    write_junk(os.path.join(root, "covid"))
+    return root
 
 
 def run_main(main, argv):
@@ -70,9 +109,9 @@ def trained(tiny_dataset, tmp_path_factory):
     import train_covid19
 
     out = tmp_path_factory.mktemp("trained")
-    model, plot = str(out / "covid19.h5"), str(out / "plot.png")
+    model, plot, report = str(out / "covid19.h5"), str(out / "plot.png"), str(out / "report.json")
     code, stdout, stderr = run_main(train_covid19.main, [
         "--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights", "none",
-        "--seed", "7", "--model", model, "--plot", plot])
+        "--seed", "7", "--model", model, "--plot", plot, "--report", report])
     return {"code": code, "stdout": stdout, "stderr": stderr, "model": model, "plot": plot,
-            "dataset": tiny_dataset, "seed": 7, "batch_size": 4}
+            "report": report, "dataset": tiny_dataset, "seed": 7, "batch_size": 4}
