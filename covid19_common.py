@@ -5,7 +5,6 @@
 - `list_images`: the image files under a folder, in sorted order.
 - `load_xray` and `scale_pixels`: reading and preprocessing an X-ray. Whatever feeds the model
   (training, evaluation, any later prediction) calls these two, so preprocessing cannot drift.
-  `readable_images` finds the files `load_xray` cannot decode.
 - `atomic_output`, `check_output_path`, `check_output_folder`, `copy_new_file` and
   `copy_into_output`: writing without
   losing anything (no overwrite of a different file, no half-written output, source data never
@@ -16,7 +15,6 @@ lazily where a function needs it, so the dataset builders start instantly.
 """
 
 import argparse
-import concurrent.futures
 import contextlib
 import csv
 import filecmp
@@ -111,22 +109,6 @@ def load_xray(path, size=IMAGE_SIZE):
         return None
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return cv2.resize(image, size)
-
-
-def readable_images(image_paths, workers=None):
-    """Split `image_paths` into (readable, unreadable) by decoding each one with `load_xray`.
-
-    Decoding everything once up front means a file OpenCV cannot read (zero bytes, truncated,
-    a `.jpg` that is really text) is skipped before the split, not discovered mid-training.
-    The decoded pixels are dropped: training reads the images from disk again as it needs them,
-    so memory does not grow with the dataset. OpenCV releases the GIL, so threads decode in
-    parallel. Both lists keep the input order.
-    """
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        ok = list(pool.map(lambda path: load_xray(path) is not None, image_paths))
-    readable = [path for path, good in zip(image_paths, ok) if good]
-    unreadable = [path for path, good in zip(image_paths, ok) if not good]
-    return readable, unreadable
 
 
 def scale_pixels(images):

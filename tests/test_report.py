@@ -145,7 +145,7 @@ def make_patient_dataset(root, patients_per_class=8, images_per_patient=2):
 
 
 def split_with(dataset, kind, seed=42):
-    paths, labels = train_covid19.find_images(dataset)
+    _, paths, labels = train_covid19.find_images(dataset)
     onehot, names = train_covid19.encode_labels(labels)
     args = argparse.Namespace(split=kind, dataset=dataset, seed=seed)
     return train_covid19.split(args, paths, onehot, names)
@@ -163,7 +163,7 @@ def test_patient_split_keeps_every_patient_on_one_side(tmp_path, seed, capsys):
     assert len(trainP) + len(testP) == 32
     # stratified: both classes on both sides, about a fifth of the patients held out
     assert testY.sum(axis=0).min() >= 2 and trainY.sum(axis=0).min() >= 2
-    assert 4 <= len({patient(p) for p in testP}) <= 4 + 2
+    assert len({patient(p) for p in testP}) in (3, 4)  # a fifth of 16 patients
     assert info == {"kind": "patient", "patients_on_both_sides": 0}
     assert "[WARNING]" not in capsys.readouterr().err
 

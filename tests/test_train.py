@@ -22,7 +22,7 @@ from covid19_common import CLASS_NAMES_ATTR, UserError, list_images, load_xray, 
 
 
 def load_and_split(dataset, seed):
-    paths, labels = train_covid19.find_images(dataset)
+    _, paths, labels = train_covid19.find_images(dataset)
     onehot, class_names = train_covid19.encode_labels(labels)
     return class_names, train_covid19.split_dataset(paths, onehot, class_names, seed)
 
@@ -66,11 +66,12 @@ def test_split_and_class_order_are_the_tutorials(tmp_path):
 
 def test_training_batches_are_uint8_from_disk_then_scaled_and_rotated(tiny_dataset):
     _, (trainP, _, trainY, _) = load_and_split(tiny_dataset, 42)
-    image = train_covid19.read_xray(trainP[0])
+    images = train_covid19.DecodedImages(trainP)
+    image = train_covid19.reader(images)(images.slots(trainP)[0])
     assert image.dtype.name == "uint8" and tuple(image.shape) == (224, 224, 3)
     np.testing.assert_array_equal(image.numpy(), load_xray(trainP[0]))
 
-    batches = train_covid19.make_train_dataset(trainP, trainY, 4, seed=1)
+    batches = train_covid19.make_train_dataset(trainP, trainY, 4, seed=1, images=images)
     x, y = next(iter(batches))
     assert x.dtype.name == "float32" and tuple(x.shape) == (4, 224, 224, 3)
     assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0
@@ -197,7 +198,9 @@ def test_imagenet_offline_says_what_to_do(tiny_dataset, tmp_path):
 def parse_report(stdout):
     """The confusion matrix and the three metric lines the tutorial prints."""
     rows = re.findall(r"^\s*\[+\s*(\d+)\s+(\d+)\s*\]+\s*$", stdout, re.M)
-    metrics = dict(re.findall(r"^(acc|sensitivity|specificity): (\d\.\d{4})$", stdout, re.M))
+    # the tutorial's "acc: 0.9000", now followed by " (95% CI 0.60-0.98)"
+    metrics = dict(re.findall(r"^(acc|sensitivity|specificity): (\d\.\d{4}) \(95% CI ", stdout,
+                              re.M))
     return np.array(rows, dtype=int), {k: float(v) for k, v in metrics.items()}
 
 
@@ -260,8 +263,9 @@ def test_cached_test_features_equal_the_frozen_base_on_whole_images(tiny_dataset
     # what the tutorial computes every epoch: the whole 224x224 image through VGG16 + pooling
     frozen = keras.Model(model.input, model.get_layer("flatten").output)
     expected = frozen.predict(np.asarray(scale_pixels(load_images(testP))), verbose=0)
-    cached = train_covid19.extract_features(train_covid19.make_feature_extractor(model), testP,
-                                            batch_size=8)
+    images, _, _ = train_covid19.find_images(tiny_dataset)
+    cached = train_covid19.extract_features(train_covid19.make_feature_extractor(model), images,
+                                            testP, batch_size=8)
     assert cached.shape == (2, 512)
     assert np.abs(expected).max() > 0  # random weights still give non-zero features
     np.testing.assert_allclose(cached, expected, rtol=1e-5, atol=1e-7)
@@ -328,12 +332,13 @@ def test_same_seed_same_split_and_first_epoch_loss(tiny_dataset):
     def first_epoch(seed):
         keras.utils.set_random_seed(seed)  # as main() does
         _, (trainP, testP, trainY, testY) = load_and_split(tiny_dataset, seed)
+        images, _, _ = train_covid19.find_images(tiny_dataset)
         model = random_model()
         extract = train_covid19.make_feature_extractor(model)
-        testF = train_covid19.extract_features(extract, testP, 4)
+        testF = train_covid19.extract_features(extract, images, testP, 4)
         history = train_covid19.train(train_covid19.make_head(model), trainP, trainY, testF,
                                       testY, epochs=1, batch_size=4, lr=1e-3, seed=seed,
-                                      extract=extract)
+                                      extract=extract, images=images)
         return testP, history.history["loss"][0]
 
     split_a, loss_a = first_epoch(11)
