@@ -9,13 +9,16 @@ Usage:
         --epochs 25 --batch-size 8 --lr 1e-3 --seed 42 --weights imagenet
     python train_covid19.py --dataset dataset --cache-features   # no augmentation, ~20x faster
 
-`--dataset` holds one folder per class (`covid/`, `normal/`); the folder name is the label.
-Writes the trained model (HDF5) and a loss/accuracy plot, and prints the classification report
-with accuracy, sensitivity and specificity on the 20% test split.
+`--dataset` holds one folder per class (`covid/`, `normal/`; more classes work too); the folder
+name is the label. Writes the trained model (HDF5, with its class names), the loss/accuracy
+plot, the ROC curve (`roc.png` beside the plot) and `report.json`, and prints the classification
+report with accuracy, sensitivity and specificity, each with its 95% interval, on the 20% test
+split. `--split patient` keeps every patient's images on one side (from `dataset/manifest.csv`).
 
 Only the small head is trained; the VGG16 base is frozen, so this script never recomputes what
 the base already computed: the test split goes through VGG16 once, not once per epoch, and with
-`--cache-features` every image does. Images are read from disk as each batch needs them.
+`--cache-features` every image does. Each image is decoded once; batches read the pixels back
+from a temporary file as they need them, so memory does not grow with the dataset.
 """
 
 import argparse
@@ -648,12 +651,14 @@ def versions():
             "scipy": scipy.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
 
 
-def write_report(path, results, class_names, counts, args, split_info):
+def write_report(path, results, class_names, counts, args, split_info, test_files):
     """The JSON report: everything needed to judge, and to repeat, this run."""
     report = {
         "class_names": class_names,
         "counts": counts,
         "split": split_info,
+        # relative to --dataset: predict_covid19.py on these is prediction on unseen images
+        "test_files": [os.path.relpath(path, args.dataset) for path in test_files],
         "augmentation": ("off (--cache-features)" if args.cache_features
                          else "random rotation up to 15 degrees either way"),
         **results,
@@ -772,7 +777,7 @@ def train_and_report(args, baseModel, images, paths, labels):
             model_tmp, plot_tmp, roc_tmp, report_tmp = tmp
             plt.close(plot_history(H.history, plot_tmp))
             plt.close(plot_roc(trueIdxs, probabilities, class_names, roc_tmp))
-            write_report(report_tmp, results, class_names, counts, args, split_info)
+            write_report(report_tmp, results, class_names, counts, args, split_info, testP)
             save_model(model, model_tmp, class_names)
     except OSError as err:  # a full disk, a folder removed meanwhile
         raise UserError(f"cannot write the outputs ({err.strerror or err}); every earlier "

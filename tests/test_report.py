@@ -39,6 +39,12 @@ def test_wilson_interval_of_nothing_is_none():
         "sensitivity: 1.0000 (95% CI 0.57-1.00)")
 
 
+def split_inputs(dataset):
+    _, paths, labels = train_covid19.find_images(dataset)
+    onehot, names = train_covid19.encode_labels(labels)
+    return paths, onehot, names
+
+
 def test_report_json_says_what_the_run_printed(trained):
     report = json.loads(open(trained["report"]).read())
     out = trained["stdout"]
@@ -46,6 +52,10 @@ def test_report_json_says_what_the_run_printed(trained):
     assert report["counts"] == {"train": {"covid": 4, "normal": 4},
                                 "test": {"covid": 1, "normal": 1}}
     assert report["split"] == {"kind": "random", "patients_on_both_sides": None}
+    _, testP, _, _ = train_covid19.split_dataset(*split_inputs(trained["dataset"]),
+                                                 seed=trained["seed"])
+    assert report["test_files"] == [os.path.relpath(p, trained["dataset"]) for p in testP]
+    assert len(report["test_files"]) == 2
     assert report["augmentation"] == "random rotation up to 15 degrees either way"
     assert report["seed"] == 7 and report["flags"]["epochs"] == 2
     assert report["flags"]["dataset"] == trained["dataset"]
