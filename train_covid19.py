@@ -7,7 +7,7 @@ Usage:
     python train_covid19.py --dataset dataset
     python train_covid19.py --dataset dataset --plot plot.png --model covid19.h5 \
         --epochs 25 --batch-size 8 --lr 1e-3 --seed 42 --weights imagenet
-    python train_covid19.py --dataset dataset --cache-features   # no augmentation, ~20x faster
+    python train_covid19.py --dataset dataset --cache-features   # no augmentation, ~18x faster
 
 `--dataset` holds one folder per class (`covid/`, `normal/`; more classes work too); the folder
 name is the label. Writes the trained model (HDF5, with its class names), the loss/accuracy
