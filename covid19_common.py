@@ -207,13 +207,13 @@ def copy_all(sources, output):
     return counts, in_place
 
 
-def check_output_folder(folder, flag, source, source_flag):
-    """Fail before any work if `folder` cannot be a builder's output; creates nothing.
+def check_output_folder(folder, flag, source=None, source_flag=None):
+    """Fail before any work if `folder` cannot be an output folder; creates nothing.
 
-    Refuses a file, a folder inside the source (source data is never modified), and a folder
-    that cannot be created or written.
+    Refuses a file, a folder inside `source` if given (source data is never modified), and a
+    folder that cannot be created or written.
     """
-    if same_or_inside(folder, source):
+    if source is not None and same_or_inside(folder, source):
         raise UserError(f"{flag} {folder!r} is inside {source_flag} {source!r}; write the "
                         "dataset elsewhere, source data is never modified")
     if os.path.exists(folder) and not os.path.isdir(folder):

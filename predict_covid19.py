@@ -34,6 +34,7 @@ from covid19_common import (
     ArgumentParser,
     UserError,
     atomic_output,
+    check_output_folder,
     check_output_path,
     cli,
     list_images,
@@ -139,14 +140,18 @@ def last_conv_layer(model):
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][-1]
 
 
-def grad_cam(model, image, class_index):
+def gradcam_model(model):
+    """`model` with the last convolutional layer's output as a second output; build it once."""
+    return keras.Model(model.inputs, [last_conv_layer(model).output, model.output])
+
+
+def grad_cam(grad_model, image, class_index):
     """Grad-CAM heatmap in [0, 1] of `class_index` for one uint8 image, at the conv map's size.
 
     The gradient of the class score with respect to the last convolutional layer's output,
     averaged over each channel, weights that channel; the weighted sum, with negatives
     clipped, shows where the evidence for the class is.
     """
-    grad_model = keras.Model(model.inputs, [last_conv_layer(model).output, model.output])
     batch = scale_pixels(image[None])
     with tf.GradientTape() as tape:
         conv_output, predictions = grad_model(batch, training=False)
@@ -180,11 +185,11 @@ def gradcam_name(path, used):
 
 def write_gradcams(model, paths, images, predicted, folder):
     os.makedirs(folder, exist_ok=True)
-    used = set()
+    grad_model, used = gradcam_model(model), set()
     for path, image, class_index in zip(paths, images, predicted):
         target = os.path.join(folder, gradcam_name(path, used))
         with atomic_output(target) as temporary:
-            cv2.imwrite(temporary, overlay(path, grad_cam(model, image, class_index)))
+            cv2.imwrite(temporary, overlay(path, grad_cam(grad_model, image, class_index)))
     print(f"[INFO] wrote {len(paths)} Grad-CAM overlay(s) to {folder}")
 
 
@@ -209,14 +214,6 @@ def write_csv(path, paths, probabilities, class_names):
                                  *[f"{p:.6f}" for p in row]])
 
 
-def check_gradcam_folder(folder):
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"--gradcam {folder!r} is a file, not a folder")
-    parent = os.path.dirname(os.path.abspath(folder))
-    if not os.path.isdir(parent):
-        raise UserError(f"--gradcam {folder!r}: folder {parent!r} does not exist; create it first")
-
-
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -224,7 +221,7 @@ def main(argv=None) -> int:
     if args.csv:
         check_output_path(args.csv, "--csv", suffix=".csv")
     if args.gradcam:
-        check_gradcam_folder(args.gradcam)
+        check_output_folder(args.gradcam, "--gradcam")
     image_paths = find_inputs(args.images)
     if not image_paths:
         raise UserError(f"no images in {', '.join(args.images)}")

@@ -297,14 +297,6 @@ def split_by_patient(paths, onehot, class_names, patients, seed=SEED):
     return list(paths[train_idx]), list(paths[test_idx]), onehot[train_idx], onehot[test_idx]
 
 
-def patients_on_both_sides(trainP, testP, dataset):
-    """How many patients have images in both splits (None without a manifest)."""
-    patients = patients_of(dataset, list(trainP) + list(testP))
-    if patients is None:
-        return None
-    return len(set(patients[:len(trainP)]) & set(patients[len(trainP):]))
-
-
 # ---------------------------------------------------------------------------------------------
 # Input pipelines
 # ---------------------------------------------------------------------------------------------
@@ -699,8 +691,8 @@ def check_outputs(args):
 
 def split(args, paths, onehot, class_names):
     """The chosen split, plus what the report says about patients."""
+    patients = patients_of(args.dataset, paths)
     if args.split == "patient":
-        patients = patients_of(args.dataset, paths)
         if patients is None:
             raise UserError(f"--split patient needs {os.path.join(args.dataset, MANIFEST)}, "
                             "which the dataset builders write; rebuild the dataset with them "
@@ -708,7 +700,10 @@ def split(args, paths, onehot, class_names):
         parts = split_by_patient(paths, onehot, class_names, patients, args.seed)
     else:
         parts = split_dataset(paths, onehot, class_names, args.seed)
-    shared = patients_on_both_sides(parts[0], parts[1], args.dataset)
+    shared = None  # unknown without a manifest
+    if patients is not None:
+        patient = dict(zip(paths, patients))
+        shared = len({patient[p] for p in parts[0]} & {patient[p] for p in parts[1]})
     if shared:
         print(f"[WARNING] {shared} patient(s) have images on both sides of the random split, "
               "so the test images are not all new patients; --split patient keeps each "

@@ -88,11 +88,12 @@ def test_gradcam_heatmap_of_a_head_that_uses_the_features(trained, tmp_path):
     out.set_weights([np.stack([np.ones(64), -np.ones(64)], axis=1), np.zeros(2)])
     image = load_xray(write_image(str(tmp_path / "x.png"), seed=5, size=(224, 224)))
     assert predict_covid19.last_conv_layer(model).name == "block5_conv3"
-    heatmap = predict_covid19.grad_cam(model, image, class_index=0)
+    grad_model = predict_covid19.gradcam_model(model)
+    heatmap = predict_covid19.grad_cam(grad_model, image, class_index=0)
     assert heatmap.shape == (14, 14)
     assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
     # for the other class every channel weighs negatively: no evidence anywhere
-    assert predict_covid19.grad_cam(model, image, class_index=1).max() == 0
+    assert predict_covid19.grad_cam(grad_model, image, class_index=1).max() == 0
 
 
 def test_command_line_run_in_a_subprocess(trained, tmp_path):
