@@ -7,14 +7,20 @@ hierarchical (`Pneumonia/Viral/COVID-19`), so copies of the tutorial silently bu
 folder. This script matches each label of the finding, and says so when nothing matches.
 
 Usage:
-    python build_covid_dataset.py --covid covid-chestxray-dataset --output dataset/covid
-    python build_covid_dataset.py -c covid-chestxray-dataset -o dataset/covid --limit 25
+    python build_covid_dataset.py --covid covid-chestxray-dataset --output mydata/covid
+    python build_covid_dataset.py -c covid-chestxray-dataset -o mydata/covid --limit 25
+    python build_covid_dataset.py -c covid-chestxray-dataset -o mydata/covid \
+        --license "CC BY" --per-patient 1 --limit 25
     python build_covid_dataset.py -c covid-chestxray-dataset --finding SARS --view PA --view AP
 
+`--license "CC BY"` keeps rows whose `license` is CC BY of any version (never CC BY-NC-SA or
+CC BY-NC-ND); `--per-patient 1` keeps one image of each patient, so no patient can end up on
+both sides of a random train/test split.
+
 Reruns are safe: identical files already in the output are left alone, and a different file
-with the same name is never overwritten (reported, and the exit code is 1). Each image's patient
-goes into `manifest.csv` beside the output folder (`dataset/manifest.csv`), which
-`train_covid19.py --split patient` reads.
+with the same name is never overwritten (reported, and the exit code is 1). Each image's patient,
+licence and source URL go into `manifest.csv` beside the output folder (`mydata/manifest.csv`),
+which `train_covid19.py --split patient` reads and which is the dataset's attribution list.
 """
 
 import codecs
@@ -43,22 +49,33 @@ def parse_args(argv=None):
     ap.add_argument("-c", "--covid", required=True,
                     help="path to a checkout of Cohen's covid-chestxray-dataset "
                          "(with metadata.csv and images/)")
-    ap.add_argument("-o", "--output", default=os.path.join("dataset", "covid"),
-                    help="folder to copy the selected images into, created if missing "
-                         "(default: %(default)s)")
+    # Required, as in the tutorial: a default of dataset/covid would add images to the shipped
+    # dataset instead of building a new one.
+    ap.add_argument("-o", "--output", required=True,
+                    help="folder to copy the selected images into, created if "
+                         "missing, for example mydata/covid")
     ap.add_argument("--finding", action="append",
                     help="finding label to select, repeatable (default: COVID-19)")
     ap.add_argument("--view", action="append",
                     help="radiographic view to select, repeatable (default: PA)")
+    ap.add_argument("--license", action="append",
+                    help="keep only rows with this licence, repeatable; a bare name matches "
+                         "every version: 'CC BY' matches CC BY, CC BY 3.0 and CC BY 4.0, never "
+                         "CC BY-NC-SA (default: any licence)")
+    ap.add_argument("--per-patient", type=int, metavar="N",
+                    help="keep at most N images of each patient, picked with --seed, before "
+                         "--limit (default: all)")
     ap.add_argument("--limit", type=int,
                     help="copy a reproducible random sample of at most this many images")
     ap.add_argument("--seed", type=int, default=42,
-                    help="seed of the --limit sample (default: %(default)s)")
+                    help="seed of the --per-patient and --limit picks (default: %(default)s)")
     args = ap.parse_args(argv)
     args.finding = args.finding or ["COVID-19"]
     args.view = args.view or ["PA"]
-    if args.limit is not None and args.limit <= 0:
-        ap.error(f"--limit must be greater than 0, got {args.limit}")
+    for flag in ("limit", "per_patient"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            ap.error(f"--{flag.replace('_', '-')} must be greater than 0, got {value}")
     return args
 
 
@@ -125,13 +142,32 @@ def finding_labels(finding):
     return {label.strip().casefold() for label in re.split(r"[/,]", finding) if label.strip()}
 
 
-def select_rows(rows, findings, views):
-    """Rows with a finding label among `findings` and a view among `views` (case-insensitive)."""
+def normalize_license(text):
+    """`' cc  BY 4.0 '` -> `'cc by 4.0'`: trimmed, case-folded, inner spaces folded."""
+    return " ".join(text.split()).casefold()
+
+
+def license_matches(license, wanted):
+    """True when `license` is `wanted`, or `wanted` with a version after it.
+
+    `CC BY` matches `CC BY`, `CC BY 3.0` and `CC BY 4.0`, never `CC BY-NC-SA` or `CC BY-SA`;
+    `CC BY 4.0` matches only itself. An empty licence matches nothing.
+    """
+    license, wanted = normalize_license(license), normalize_license(wanted)
+    return bool(license) and (license == wanted or bool(
+        re.fullmatch(re.escape(wanted) + r" v?\d+(\.\d+)*", license)))
+
+
+def select_rows(rows, findings, views, licenses=None):
+    """Rows with a finding label among `findings`, a view among `views` (case-insensitive) and,
+    if `licenses` is given, a licence matching one of them."""
     findings = {finding.strip().casefold() for finding in findings}
     views = {view.strip().casefold() for view in views}
     return [row for row in rows
             if finding_labels(row.get("finding", "")) & findings
-            and row.get("view", "").casefold() in views]
+            and row.get("view", "").casefold() in views
+            and (licenses is None
+                 or any(license_matches(row.get("license", ""), w) for w in licenses))]
 
 
 def image_path(covid, row):
@@ -155,14 +191,20 @@ def image_path(covid, row):
 # ---------------------------------------------------------------------------------------------
 
 
+def source_url(row):
+    """Where a row's image was published: its `url`, else its DOI as a link, else ''."""
+    if row.get("url"):
+        return row["url"]
+    return f"https://doi.org/{row['doi']}" if row.get("doi") else ""
+
+
 def resolve_sources(covid, rows):
     """The distinct, existing image files of `rows`, sorted, with counts of what was dropped.
 
-    Returns (paths, counts, patients): `patients` maps each path to its row's `patientid`
-    (`Patientid` in 2020 files), or to the file name when the row has none.
+    Returns (paths, counts, rows_of): `rows_of` maps each path to the first row naming it.
     """
     # keyed by the resolved path, so one file listed twice (or through a link) is copied once
-    sources, counts, patients = {}, {"missing files": 0, "refused": 0, "duplicates": 0}, {}
+    sources, counts, rows_of = {}, {"missing files": 0, "refused": 0, "duplicates": 0}, {}
     for row in rows:
         path = image_path(covid, row)
         if path is None:
@@ -175,8 +217,27 @@ def resolve_sources(covid, rows):
             counts["duplicates"] += 1
         else:
             sources[os.path.realpath(path)] = path
-            patients[path] = row.get("patientid") or os.path.basename(path)
-    return sorted(sources.values()), counts, patients
+            rows_of[path] = row
+    return sorted(sources.values()), counts, rows_of
+
+
+def patient_of(path, row):
+    """A row's `patientid` (`Patientid` in 2020 files), or the file name when it has none."""
+    return row.get("patientid") or os.path.basename(path)
+
+
+def at_most_per_patient(sources, rows_of, per_patient, seed):
+    """At most `per_patient` of each patient's images: each patient's sorted images are shuffled
+    by one generator seeded with `seed`, patients in sorted order, and the first N are kept."""
+    by_patient = {}
+    for path in sorted(sources):
+        by_patient.setdefault(patient_of(path, rows_of[path]), []).append(path)
+    rng, kept = random.Random(seed), []
+    for patient in sorted(by_patient):
+        images = by_patient[patient]
+        rng.shuffle(images)
+        kept.extend(images[:per_patient])
+    return sorted(kept)
 
 
 def sample(sources, limit, seed):
@@ -188,11 +249,21 @@ def sample(sources, limit, seed):
     return sorted(chosen[:limit])
 
 
-def describe_seen(rows):
-    """The distinct findings and views in the file, to show why nothing matched."""
-    findings = sorted({row.get("finding", "") for row in rows})
-    views = sorted({row.get("view", "") for row in rows})
-    return f"findings seen: {findings}; views seen: {views}"
+def describe_seen(rows, licenses=None):
+    """The distinct findings and views (and licences) in the file, to show why nothing matched."""
+    seen = f"findings seen: {sorted({row.get('finding', '') for row in rows})}; " \
+           f"views seen: {sorted({row.get('view', '') for row in rows})}"
+    if licenses is not None:
+        seen += f"; licences seen: {sorted({row.get('license', '') for row in rows})}"
+    return seen
+
+
+def describe_selection(args):
+    """`finding COVID-19 and view PA (and licence CC BY)`, as the messages say it."""
+    text = f"finding {' or '.join(args.finding)} and view {' or '.join(args.view)}"
+    if args.license:
+        text += f" and licence {' or '.join(args.license)}"
+    return text
 
 
 @cli
@@ -203,26 +274,40 @@ def main(argv=None) -> int:
     check_output_folder(args.output, "--output", args.covid, "--covid")
 
     # read and filter metadata.csv before creating anything
-    _, rows = read_metadata(args.covid)
-    matched = select_rows(rows, args.finding, args.view)
-    print(f"[INFO] {len(rows)} rows in metadata.csv, {len(matched)} with finding "
-          f"{' or '.join(args.finding)} and view {' or '.join(args.view)}")
+    columns, rows = read_metadata(args.covid)
+    if args.license and "license" not in columns:
+        raise UserError(f"{os.path.join(args.covid, 'metadata.csv')} has no license column, so "
+                        "--license cannot select rows; drop --license or use a newer "
+                        "metadata.csv")
+    matched = select_rows(rows, args.finding, args.view, args.license)
+    print(f"[INFO] {len(rows)} rows in metadata.csv, {len(matched)} with "
+          f"{describe_selection(args)}")
     if not matched:
-        raise UserError(f"no row has finding {' or '.join(args.finding)} and view "
-                        f"{' or '.join(args.view)}; {describe_seen(rows)}")
+        raise UserError(f"no row has {describe_selection(args)}; "
+                        f"{describe_seen(rows, args.license)}")
 
-    sources, dropped, patients = resolve_sources(args.covid, matched)
+    sources, dropped, rows_of = resolve_sources(args.covid, matched)
     if not sources:
         # The tutorial's copies end here with an empty folder and no word: say why instead.
         raise UserError(f"none of the {len(matched)} matching rows has its image in --covid "
                         f"{args.covid!r} ({', '.join(f'{k}: {v}' for k, v in dropped.items())}); "
                         "is the checkout complete, with images/ (and volumes/)?")
+    if args.per_patient is not None:
+        capped = at_most_per_patient(sources, rows_of, args.per_patient, args.seed)
+        print(f"[INFO] at most {args.per_patient} image(s) per patient: {len(capped)} of "
+              f"{len(sources)} images (seed {args.seed})")
+        sources = capped
     chosen = sample(sources, args.limit, args.seed)
     if args.limit is not None:
         print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {args.seed})")
 
+    def manifest_row(path):
+        row = rows_of[path]
+        return {"patient_id": patient_of(path, row), "license": row.get("license", ""),
+                "url": source_url(row)}
+
     copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)},
-                     dropped, patient_of=patients.get, source_name="cohen")
+                     dropped, manifest_row=manifest_row, source_name="cohen")
     return 0
 
 

@@ -234,27 +234,28 @@ def same_or_inside(path, folder):
     return path == folder or path.startswith(folder + os.sep)
 
 
-def copy_into_output(sources, output, counts_before, counts_after=None, patient_of=None,
+def copy_into_output(sources, output, counts_before, counts_after=None, manifest_row=None,
                      source_name=""):
     """A builder's last step: create `output`, copy `sources` into it, print one summary line.
 
-    `output` was checked by `check_output_folder` before the builder started. With `patient_of`
-    (source path -> patient id), every image now in `output` gets a row in the manifest of the
-    dataset folder above it (`dataset/manifest.csv` for `dataset/covid`). The summary is
-    `counts_before`, then what the copy did, then `counts_after`, then the conflicts.
-    Conflicts (files never overwritten) make it fail once everything else is copied.
+    `output` was checked by `check_output_folder` before the builder started. With
+    `manifest_row` (source path -> {"patient_id", "license", "url"}), every image now in
+    `output` gets a row in the manifest of the dataset folder above it (`dataset/manifest.csv`
+    for `dataset/covid`). The summary is `counts_before`, then what the copy did, then
+    `counts_after`, then the conflicts. Conflicts (files never overwritten) make it fail once
+    everything else is copied.
     """
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as err:
         raise UserError(f"--output {output!r} cannot be created: {err.strerror}") from None
     copied, in_place = copy_all(sources, output)
-    if patient_of is not None:
+    if manifest_row is not None:
         dataset = os.path.dirname(os.path.abspath(output))
         label = os.path.basename(os.path.abspath(output))
         total = update_manifest(dataset, [
             {"file": f"{label}/{os.path.basename(source)}", "class": label,
-             "patient_id": patient_of(source), "source": source_name} for source in in_place])
+             "source": source_name, **manifest_row(source)} for source in in_place])
         print(f"[INFO] {os.path.join(os.path.dirname(output), MANIFEST)}: {len(in_place)} "
               f"row(s) for {label}/, {total} in all")
     summary = {**counts_before, COPIED: copied[COPIED], PRESENT: copied[PRESENT],
@@ -270,7 +271,10 @@ def copy_into_output(sources, output, counts_before, counts_after=None, patient_
 # ---------------------------------------------------------------------------------------------
 
 MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ("file", "class", "patient_id", "source")
+# `license` and `url` (the image's source, for attribution) came later: a manifest without them
+# is still read, and its rows are written back with those two cells empty.
+MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url")
+MANIFEST_REQUIRED = ("file", "class", "patient_id", "source")
 
 
 def read_manifest(dataset):
@@ -280,11 +284,12 @@ def read_manifest(dataset):
         return None
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in MANIFEST_REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path} has no {', '.join(missing)} column; delete it and rerun "
                             "the dataset builders to write it again")
-        return {row["file"]: row for row in reader}
+        return {row["file"]: {column: row.get(column) or "" for column in MANIFEST_COLUMNS}
+                for row in reader}
 
 
 def update_manifest(dataset, rows):

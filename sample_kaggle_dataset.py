@@ -7,13 +7,14 @@ every machine: the paths are sorted before a seeded shuffle, where the tutorial 
 `os.walk` listing whose order differs between filesystems.
 
 Usage:
-    python sample_kaggle_dataset.py --kaggle chest_xray --output dataset/normal
-    python sample_kaggle_dataset.py -k chest_xray -o dataset/normal --sample 25 --seed 42
-    python sample_kaggle_dataset.py -k chest_xray -o dataset/pneumonia --label PNEUMONIA
+    python sample_kaggle_dataset.py --kaggle chest_xray --output mydata/normal
+    python sample_kaggle_dataset.py -k chest_xray -o mydata/normal --sample 25 --seed 42
+    python sample_kaggle_dataset.py -k chest_xray -o mydata/pneumonia --label PNEUMONIA
 
 `--kaggle` is the unpacked download: `chest_xray/` itself, or the folder holding the zip's
 nested `chest_xray/`. Reruns are safe and never overwrite a different file. Each image's patient
-(from its file name) goes into `manifest.csv` beside the output folder (`dataset/manifest.csv`).
+(from its file name), licence (CC BY 4.0) and source (the dataset's DOI) go into `manifest.csv`
+beside the output folder (`mydata/manifest.csv`).
 """
 
 import os
@@ -37,9 +38,11 @@ def parse_args(argv=None):
     )
     ap.add_argument("-k", "--kaggle", required=True,
                     help="path to the unpacked Kaggle dataset (chest_xray/)")
-    ap.add_argument("-o", "--output", default=os.path.join("dataset", "normal"),
-                    help="folder to copy the sampled images into, created if missing "
-                         "(default: %(default)s)")
+    # Required, as in the tutorial: a default of dataset/normal would add images to the shipped
+    # dataset instead of building a new one.
+    ap.add_argument("-o", "--output", required=True,
+                    help="folder to copy the sampled images into, created if "
+                         "missing, for example mydata/normal")
     ap.add_argument("-s", "--sample", type=int, default=25,
                     help="number of images to sample (default: %(default)s)")
     ap.add_argument("--split", choices=["train", "val", "test"], default="train",
@@ -80,6 +83,16 @@ def kaggle_patient(path):
     return (match.group(1) or match.group(2)) if match else os.path.splitext(name)[0]
 
 
+# Kaggle's dataset is CC BY 4.0 as a whole; its DOI is where each image comes from.
+KAGGLE_LICENSE = "CC BY 4.0"
+KAGGLE_URL = "https://doi.org/10.17632/rscbjbr9sj.2"
+
+
+def manifest_row(path):
+    """The manifest cells of a Kaggle image: its patient, the dataset's licence and DOI."""
+    return {"patient_id": kaggle_patient(path), "license": KAGGLE_LICENSE, "url": KAGGLE_URL}
+
+
 def sample_images(images, size, seed):
     """The first `size` images after a seeded shuffle of the sorted list: the same everywhere."""
     shuffled = sorted(images)
@@ -104,7 +117,7 @@ def main(argv=None) -> int:
               f"(seed {args.seed})")
 
     copy_into_output(chosen, args.output, {"images found": len(images), "sampled": len(chosen)},
-                     patient_of=kaggle_patient, source_name="kaggle")
+                     manifest_row=manifest_row, source_name="kaggle")
     return 0
 
 

@@ -238,11 +238,12 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
         with open(dataset / "manifest.csv", newline="") as f:
             return [tuple(row.values()) for row in csv.DictReader(f)]
 
-    # write_collection numbers the patients by row: a.jpg is row 0, d.png 3, g.jpeg 10, v.jpg 11
-    assert manifest() == [("covid/a.jpg", "covid", "0", "cohen"),
-                          ("covid/d.png", "covid", "3", "cohen"),
-                          ("covid/g.jpeg", "covid", "10", "cohen"),
-                          ("covid/v.jpg", "covid", "11", "cohen")]
+    # write_collection numbers the patients by row: a.jpg is row 0, d.png 3, g.jpeg 10, v.jpg 11;
+    # its rows have neither a licence nor a url
+    assert manifest() == [("covid/a.jpg", "covid", "0", "cohen", "", ""),
+                          ("covid/d.png", "covid", "3", "cohen", "", ""),
+                          ("covid/g.jpeg", "covid", "10", "cohen", "", ""),
+                          ("covid/v.jpg", "covid", "11", "cohen", "", "")]
 
     kaggle = write_kaggle(str(tmp_path / "chest_xray"))
     code, out, err = run_main(sample_kaggle_dataset.main, [
@@ -253,12 +254,24 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
     assert [row[0] for row in normal] == [f"normal/{name}" for name in names]
     # IM-0007-0001.jpeg -> IM-0007, NORMAL2-IM-0010-0001.jpeg -> NORMAL2-IM-0010
     assert [row[2] for row in normal] == [name.rsplit("-", 1)[0] for name in names]
-    assert {row[3] for row in normal} == {"kaggle"}
+    assert {row[3:] for row in normal} == {
+        ("kaggle", "CC BY 4.0", "https://doi.org/10.17632/rscbjbr9sj.2")}
 
     # a rerun of either builder leaves one row per file
     before = manifest()
     assert build(covid, str(dataset / "covid"))[0] == 0
     assert manifest() == before and len(before) == 7
+
+    # a manifest of the previous version (no license, no url) is still read, and merged rows
+    # are written back with the new columns: old rows empty, rows written now filled in
+    with open(dataset / "manifest.csv", "w", newline="") as f:
+        f.write("file,class,patient_id,source\ncovid/old.jpg,covid,x,cohen\n")
+    code, _, err = run_main(sample_kaggle_dataset.main, [
+        "--kaggle", kaggle, "--output", str(dataset / "normal"), "--sample", "1"])
+    assert code == 0, err
+    rows = manifest()
+    assert rows[0] == ("covid/old.jpg", "covid", "x", "cohen", "", "")
+    assert rows[1][3:] == ("kaggle", "CC BY 4.0", "https://doi.org/10.17632/rscbjbr9sj.2")
 
 
 def test_kaggle_patient_ids():
@@ -270,3 +283,150 @@ def test_kaggle_patient_ids():
     assert kaggle_patient("IM-0033-0001-0002.jpeg") == "IM-0033"
     assert kaggle_patient("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
     assert kaggle_patient("scan.png") == "scan"
+
+
+# ---------------------------------------------------------------------------------------------
+# --license and --per-patient
+# ---------------------------------------------------------------------------------------------
+
+LICENSED = [  # (file, patient, licence, url, doi)
+    ("by.jpg", "1", "CC BY", "https://example.org/by", ""),
+    ("by3.jpg", "2", "CC BY 3.0", "", "10.1000/by3"),           # no url: the DOI stands in
+    ("by4.jpg", "3", "CC BY 4.0", "https://example.org/by4", "10.1000/by4"),
+    ("by4-spaced.jpg", "4", "  cc  by 4.0 ", "https://example.org/sp", ""),
+    ("ncsa.jpg", "5", "CC BY-NC-SA", "https://example.org/ncsa", ""),
+    ("ncnd4.jpg", "6", "CC BY-NC-ND 4.0", "https://example.org/ncnd", ""),
+    ("sa.jpg", "7", "CC BY-SA", "https://example.org/sa", ""),
+    ("none.jpg", "8", "", "https://example.org/none", ""),
+    ("blank.jpg", "9", "   ", "https://example.org/blank", ""),
+    ("apache.jpg", "10", "Apache 2.0", "https://example.org/apache", ""),
+]
+
+
+def write_licensed(root, rows=LICENSED, license_column=True):
+    """A June-2020-style checkout whose COVID-19 PA rows carry the licences of `rows`."""
+    header = "patientid,finding,view,folder,filename,doi,url" + (",license" if license_column
+                                                                 else "")
+    lines = [header]
+    for k, (name, patient, license, url, doi) in enumerate(rows):
+        cells = [patient, "COVID-19", "PA", "images", name, doi, url]
+        if license_column:
+            cells.append(f'"{license}"')
+        lines.append(",".join(cells))
+        write_image(os.path.join(root, "images", name), seed=k, size=(32, 32))
+    with open(os.path.join(root, "metadata.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("licenses, expected", [
+    (["CC BY"], {"by.jpg", "by3.jpg", "by4.jpg", "by4-spaced.jpg"}),
+    (["cc by"], {"by.jpg", "by3.jpg", "by4.jpg", "by4-spaced.jpg"}),
+    (["CC BY 4.0"], {"by4.jpg", "by4-spaced.jpg"}),
+    (["CC BY-NC-SA"], {"ncsa.jpg"}),
+    (["CC BY-NC-ND"], {"ncnd4.jpg"}),
+    (["CC BY-SA", "Apache 2.0"], {"sa.jpg", "apache.jpg"}),
+])
+def test_license_selects_every_version_of_a_bare_name_and_nothing_else(tmp_path, licenses,
+                                                                        expected):
+    covid = write_licensed(str(tmp_path / "c"))
+    flags = [flag for license in licenses for flag in ("--license", license)]
+    code, out, err = build(covid, str(tmp_path / "out"), *flags)
+    assert code == 0, err
+    assert set(os.listdir(tmp_path / "out")) == expected
+    assert f"rows matched: {len(expected)}, copied: {len(expected)}," in out
+
+
+def test_license_matching_rule():
+    matches = build_covid_dataset.license_matches
+    assert matches("CC BY 4.0", "CC BY") and matches("CC BY 3.0", "cc by ")
+    assert matches("CC BY", "CC BY") and matches("CC BY v2.5", "CC BY")
+    assert not matches("CC BY-NC-SA 4.0", "CC BY") and not matches("CC BY-SA", "CC BY")
+    assert not matches("CC BY 4.0", "CC BY 3.0") and not matches("CC BY", "CC BY 4.0")
+    assert not matches("", "CC BY") and not matches("  ", "") and not matches("", "")
+
+
+def test_license_without_a_license_column_is_one_line(tmp_path):
+    covid = write_licensed(str(tmp_path / "c"), license_column=False)
+    code, out, err = build(covid, str(tmp_path / "out"), "--license", "CC BY")
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"build_covid_dataset.py: error: {os.path.join(covid, 'metadata.csv')} has no license "
+        "column, so --license cannot select rows; drop --license or use a newer metadata.csv"]
+    assert not (tmp_path / "out").exists()
+    # without --license the same file builds
+    assert build(covid, str(tmp_path / "out"))[0] == 0
+
+
+def test_no_licence_match_lists_the_licences_seen(tmp_path):
+    covid = write_licensed(str(tmp_path / "c"))
+    code, _, err = build(covid, str(tmp_path / "out"), "--license", "CC0")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "no row has finding COVID-19 and view PA and licence CC0" in err
+    assert err.rstrip().endswith(
+        "licences seen: ['', 'Apache 2.0', 'CC BY', 'CC BY 3.0', 'CC BY 4.0', 'CC BY-NC-ND 4.0', "
+        "'CC BY-NC-SA', 'CC BY-SA', 'cc  by 4.0']")
+
+
+def per_patient_collection(root):
+    """12 patients with 1 to 4 images each (30 images), all CC BY 4.0."""
+    rows = [(f"p{p:02d}-{i}.jpg", f"p{p:02d}", "CC BY 4.0", f"https://example.org/{p}", "")
+            for p in range(12) for i in range(1 + p % 4)]
+    return write_licensed(root, rows), rows
+
+
+def expected_per_patient(rows, per_patient, limit, seed):
+    """The documented selection: each patient's sorted images shuffled by one generator (patients
+    in sorted order), the first N kept; then --limit's seeded sample of the sorted survivors."""
+    rng, kept = random.Random(seed), []
+    for patient in sorted({row[1] for row in rows}):
+        images = sorted(row[0] for row in rows if row[1] == patient)
+        rng.shuffle(images)
+        kept += images[:per_patient]
+    kept.sort()
+    random.Random(seed).shuffle(kept)
+    return sorted(kept[:limit])
+
+
+@pytest.mark.parametrize("per_patient, limit, seed", [(1, 10, "42"), (2, 15, "42"), (1, 10, "3")])
+def test_per_patient_then_limit_is_reproducible(tmp_path, per_patient, limit, seed):
+    covid, rows = per_patient_collection(str(tmp_path / "c"))
+    expected = expected_per_patient(rows, per_patient, limit, int(seed))
+    selections = []
+    for output in ("a", "b"):
+        code, out, err = build(covid, str(tmp_path / output), "--per-patient", str(per_patient),
+                               "--limit", str(limit), "--seed", seed)
+        assert code == 0, err
+        selections.append(sorted(os.listdir(tmp_path / output)))
+    assert selections[0] == selections[1] == expected
+    kept = sum(min(1 + p % 4, per_patient) for p in range(12))
+    assert f"[INFO] at most {per_patient} image(s) per patient: {kept} of 30 images" in out
+    patients = [name.split("-")[0] for name in expected]
+    assert max(patients.count(p) for p in patients) <= per_patient
+
+
+def test_per_patient_seed_changes_the_pick(tmp_path):
+    covid, rows = per_patient_collection(str(tmp_path / "c"))
+    picks = {}
+    for seed in ("1", "2"):
+        assert build(covid, str(tmp_path / seed), "--per-patient", "1", "--seed", seed)[0] == 0
+        picks[seed] = sorted(os.listdir(tmp_path / seed))
+        assert picks[seed] == expected_per_patient(rows, 1, 12, int(seed))
+    assert len(picks["1"]) == 12 and picks["1"] != picks["2"]
+
+
+def test_manifest_holds_each_images_licence_and_source(tmp_path):
+    import csv
+
+    covid = write_licensed(str(tmp_path / "c"))
+    dataset = tmp_path / "d"
+    assert build(covid, str(dataset / "covid"), "--license", "CC BY")[0] == 0
+    with open(dataset / "manifest.csv", newline="") as f:
+        rows = {row["file"]: (row["patient_id"], row["license"], row["url"])
+                for row in csv.DictReader(f)}
+    assert rows == {
+        "covid/by.jpg": ("1", "CC BY", "https://example.org/by"),
+        "covid/by3.jpg": ("2", "CC BY 3.0", "https://doi.org/10.1000/by3"),
+        "covid/by4.jpg": ("3", "CC BY 4.0", "https://example.org/by4"),
+        "covid/by4-spaced.jpg": ("4", "cc  by 4.0", "https://example.org/sp"),
+    }

@@ -1,0 +1,91 @@
+"""The dataset that ships in dataset/: what it holds, its licences, and that the main command
+trains on it as written."""
+
+import collections
+import csv
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+from covid19_common import list_images, load_xray
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASET = os.path.join(ROOT, "dataset")
+# licences that allow redistribution and adaptation with attribution at most
+OPEN_LICENSE = re.compile(r"(cc by( \d+(\.\d+)*)?|cc0( 1\.0)?|public domain)", re.I)
+
+
+def shipped_manifest():
+    with open(os.path.join(DATASET, "manifest.csv"), newline="", encoding="utf-8") as f:
+        return {row["file"]: row for row in csv.DictReader(f)}
+
+
+def test_exactly_25_covid_and_25_normal_images_that_decode():
+    images = list_images(DATASET)
+    by_class = collections.Counter(os.path.basename(os.path.dirname(p)) for p in images)
+    assert by_class == {"covid": 25, "normal": 25}
+    for path in images:
+        image = load_xray(path)
+        assert image is not None and image.shape == (224, 224, 3), path
+
+
+def test_every_image_has_an_open_licence_and_a_source_in_the_manifest():
+    manifest = shipped_manifest()
+    files = [os.path.relpath(p, DATASET).replace(os.sep, "/") for p in list_images(DATASET)]
+    assert sorted(manifest) == sorted(files)  # one row per image, none for a missing file
+    for file, row in manifest.items():
+        assert OPEN_LICENSE.fullmatch(row["license"].strip()), (file, row["license"])
+        assert row["url"].startswith("https://"), file
+        assert row["class"] == file.split("/")[0]
+        assert row["source"] in ("cohen", "kaggle")
+
+
+def test_no_two_files_are_identical_and_every_covid_image_is_another_patient():
+    digests = collections.Counter()
+    for path in list_images(DATASET):
+        with open(path, "rb") as f:
+            digests[hashlib.sha256(f.read()).hexdigest()] += 1
+    assert len(digests) == 50 and set(digests.values()) == {1}
+    patients = [row["patient_id"] for row in shipped_manifest().values()
+                if row["class"] == "covid"]
+    assert len(patients) == 25 and len(set(patients)) == 25 and "" not in patients
+
+
+def test_size_stays_small():
+    total = sum(os.path.getsize(os.path.join(base, name))
+                for base, _, names in os.walk(DATASET) for name in names)
+    assert total <= 15 * 1024 * 1024
+
+
+def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
+    # The README's command, from the repository root, with random weights, one epoch and the
+    # outputs sent to a temporary folder instead of the checkout.
+    outputs = {"--model": tmp_path / "covid19.h5", "--plot": tmp_path / "plot.png",
+               "--report": tmp_path / "report.json"}
+    dataset_before = sorted(os.walk(DATASET))
+    result = subprocess.run(
+        [sys.executable, "train_covid19.py", "--dataset", "dataset", "--weights", "none",
+         "--epochs", "1", *[str(x) for pair in outputs.items() for x in pair]],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[INFO] 50 images, classes ['covid', 'normal']: 40 for training, 10 for testing" in out
+    # Keras prints no "Epoch 1/1" header for a single epoch, only its line of metrics
+    assert re.search(r"^5/5 - .* - accuracy: \d\.\d{4} - loss: \d\.\d{4} - val_accuracy: ", out,
+                     re.M)
+    assert re.search(r"^\s+covid\s+\d\.\d\d\s+\d\.\d\d\s+\d\.\d\d\s+5(\.0)?$", out, re.M)
+    assert re.search(r"^acc: \d\.\d{4} \(95% CI \d\.\d\d-\d\.\d\d\)$", out, re.M)
+    assert out.strip().splitlines()[-1] == (
+        f"[INFO] wrote {outputs['--model']} (model), {outputs['--plot']} and "
+        f"{tmp_path / 'roc.png'} (plots), {outputs['--report']} (report)")
+    for name in ["plot.png", "roc.png"]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["counts"] == {"train": {"covid": 20, "normal": 20},
+                                "test": {"covid": 5, "normal": 5}}
+    # no temporary file is left beside the outputs, and nothing was added to the dataset
+    assert sorted(os.listdir(tmp_path)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+    assert sorted(os.walk(DATASET)) == dataset_before
