@@ -30,14 +30,9 @@ import random
 import re
 import sys
 
-from covid19_common import (
-    ArgumentParser,
-    UserError,
-    check_output_folder,
-    cli,
-    copy_into_output,
-    same_or_inside,
-)
+from covid19_building import copy_into_output
+from covid19_cli import ArgumentParser, UserError, cli, positive, shown
+from covid19_files import check_output_folder, claim_outputs
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
 
@@ -62,20 +57,16 @@ def parse_args(argv=None):
                     help="keep only rows with this licence, repeatable; a bare name matches "
                          "every version: 'CC BY' matches CC BY, CC BY 3.0 and CC BY 4.0, never "
                          "CC BY-NC-SA (default: any licence)")
-    ap.add_argument("--per-patient", type=int, metavar="N",
+    ap.add_argument("--per-patient", type=positive(int), metavar="N",
                     help="keep at most N images of each patient, picked with --seed, before "
                          "--limit (default: all)")
-    ap.add_argument("--limit", type=int,
+    ap.add_argument("--limit", type=positive(int),
                     help="copy a reproducible random sample of at most this many images")
     ap.add_argument("--seed", type=int, default=42,
                     help="seed of the --per-patient and --limit picks (default: %(default)s)")
     args = ap.parse_args(argv)
     args.finding = args.finding or ["COVID-19"]
     args.view = args.view or ["PA"]
-    for flag in ("limit", "per_patient"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            ap.error(f"--{flag.replace('_', '-')} must be greater than 0, got {value}")
     return args
 
 
@@ -173,8 +164,9 @@ def select_rows(rows, findings, views, licenses=None):
 def image_path(covid, row):
     """Where a row's image is: `<covid>/<folder>/<filename>` (or `images/`), or None if refused.
 
-    A filename or folder that is absolute or climbs out with `..` is refused, and so is one that
-    resolves (through links) outside `covid`: nothing outside the collection is ever read.
+    A filename or folder that is absolute or climbs out with `..` is refused. Links inside the
+    checkout are followed (`images/` may live on another disk); what a link leads to is
+    checked when it is copied: only images are (covid19_building).
     """
     folder = row.get("folder") or "images"
     filename = row.get("filename", "")
@@ -182,8 +174,7 @@ def image_path(covid, row):
     if os.path.isabs(folder) or os.path.isabs(filename) or ".." in parts \
             or "\0" in folder + filename:  # no file has a NUL in its name; os would raise
         return None
-    path = os.path.join(covid, folder, filename)
-    return path if same_or_inside(path, covid) else None
+    return os.path.join(covid, folder, filename)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,8 +200,8 @@ def resolve_sources(covid, rows):
         path = image_path(covid, row)
         if path is None:
             counts["refused"] += 1
-            print(f"[WARNING] refusing {row.get('filename')!r}: not a file inside --covid",
-                  file=sys.stderr)
+            print(f"[WARNING] refusing {shown(row.get('filename', ''))!r}: not a file inside "
+                  "--covid", file=sys.stderr)
         elif not os.path.isfile(path):
             counts["missing files"] += 1
         elif os.path.realpath(path) in sources:
@@ -266,13 +257,8 @@ def describe_selection(args):
     return text
 
 
-@cli
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not os.path.isdir(args.covid):
-        raise UserError(f"--covid {args.covid!r} is not a folder")
-    check_output_folder(args.output, "--output", args.covid, "--covid")
-
+def build(args):
+    """Read and filter metadata.csv, pick the images and copy them into --output."""
     # read and filter metadata.csv before creating anything
     columns, rows = read_metadata(args.covid)
     if args.license and "license" not in columns:
@@ -309,6 +295,16 @@ def main(argv=None) -> int:
     copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)},
                      dropped, manifest_row=manifest_row, source_name="cohen")
     return 0
+
+
+@cli
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not os.path.isdir(args.covid):
+        raise UserError(f"--covid {args.covid!r} is not a folder")
+    check_output_folder(args.output, "--output", args.covid, "--covid")
+    with claim_outputs(args.output):  # a second build into the same folder stops here
+        return build(args)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,10 @@ import random
 import re
 import sys
 
-from covid19_common import (
-    ArgumentParser,
-    UserError,
-    check_output_folder,
-    cli,
-    copy_into_output,
-    list_images,
-)
+from covid19_building import copy_into_output
+from covid19_cli import ArgumentParser, UserError, cli, positive
+from covid19_files import check_output_folder, claim_outputs
+from covid19_images import list_images
 
 
 def parse_args(argv=None):
@@ -43,7 +39,7 @@ def parse_args(argv=None):
     ap.add_argument("-o", "--output", required=True,
                     help="folder to copy the sampled images into, created if "
                          "missing, for example mydata/normal")
-    ap.add_argument("-s", "--sample", type=int, default=25,
+    ap.add_argument("-s", "--sample", type=positive(int), default=25,
                     help="number of images to sample (default: %(default)s)")
     ap.add_argument("--split", choices=["train", "val", "test"], default="train",
                     help="Kaggle split to sample from (default: %(default)s)")
@@ -51,10 +47,7 @@ def parse_args(argv=None):
                     help="Kaggle class folder to sample from (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=42,
                     help="seed of the sample (default: %(default)s)")
-    args = ap.parse_args(argv)
-    if args.sample <= 0:
-        ap.error(f"--sample must be greater than 0, got {args.sample}")
-    return args
+    return ap.parse_args(argv)
 
 
 def find_class_folder(kaggle, split, label):
@@ -116,8 +109,10 @@ def main(argv=None) -> int:
         print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {folder} "
               f"(seed {args.seed})")
 
-    copy_into_output(chosen, args.output, {"images found": len(images), "sampled": len(chosen)},
-                     manifest_row=manifest_row, source_name="kaggle")
+    with claim_outputs(args.output):  # a second sample into the same folder stops here
+        copy_into_output(chosen, args.output,
+                         {"images found": len(images), "sampled": len(chosen)},
+                         manifest_row=manifest_row, source_name="kaggle")
     return 0
 
 

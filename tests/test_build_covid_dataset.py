@@ -1,5 +1,6 @@
 """build_covid_dataset.py on every version of Cohen's metadata.csv header."""
 
+import csv
 import os
 import random
 import subprocess
@@ -8,84 +9,9 @@ import sys
 import pytest
 
 import build_covid_dataset
-from conftest import ROOT, run_main, write_image
-
-HEADERS = {
-    "march-2020": "Patientid,offset,sex,age,finding,survival,view,date,location,filename,doi, "
-                  "url,license,notes",
-    "april-2020": "Patientid,offset,sex,age,finding,survival,view,modality,date,location,"
-                  "filename,doi, url,license,clinical notes,other notes,",
-    "june-2020": "patientid,offset,sex,age,finding,survival,intubated,intubation_present,"
-                 "went_icu,in_icu,needed_supplemental_O2,extubated,temperature,pO2_saturation,"
-                 "leukocyte_count,neutrophil_count,lymphocyte_count,view,modality,date,location,"
-                 "folder,filename,doi,url,license,clinical_notes,other_notes,",
-    "current": "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,"
-               "intubation_present,went_icu,in_icu,needed_supplemental_O2,extubated,temperature,"
-               "pO2_saturation,leukocyte_count,neutrophil_count,lymphocyte_count,view,modality,"
-               "date,location,folder,filename,doi,url,license,clinical_notes,other_notes,",
-}
-
-# (finding in the flat 2020 style, finding in today's hierarchical style, view, filename)
-ROWS = [
-    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "a.jpg"),           # copied
-    ("COVID-19", "Pneumonia/Viral/COVID-19", "AP", "b.jpg"),           # wrong view
-    ("SARS", "Pneumonia/Viral/SARS", "PA", "c.jpg"),                   # other finding
-    ("COVID-19, ARDS", "Pneumonia/Viral/COVID-19, ARDS", " pa ", "d.png"),  # copied
-    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "missing.jpg"),     # file missing
-    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "a.jpg"),           # listed twice
-    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "../outside.jpg"),  # refused
-    ("MERS-CoV", "Pneumonia/Viral/MERS-CoV", "PA", "e.jpg"),           # other finding
-    ("Streptococcus", "Pneumonia/Bacterial/Streptococcus", "PA", "f.jpg"),
-    ("No Finding", "No Finding", "PA", "h.jpg"),
-    ("covid-19", "Pneumonia/Viral/COVID-19", "PA", "g.jpeg"),          # copied; notes not UTF-8
-]
-IMAGES = ["a.jpg", "b.jpg", "c.jpg", "d.png", "e.jpg", "f.jpg", "g.jpeg", "h.jpg"]
-
-
-def write_collection(root, version, rows=ROWS, images=IMAGES, volume=True):
-    """A Cohen-shaped checkout: metadata.csv with `version`'s header, images/, volumes/."""
-    header = HEADERS[version]
-    columns = [name.strip().lower() for name in header.split(",")]
-    hierarchical = version == "current"
-    lines = [header.encode()]
-    table = [(f2 if hierarchical else f1, view, name) for f1, f2, view, name in rows]
-    if "folder" in columns and volume:  # since June 2020: a row stored under volumes/
-        table.append(("Pneumonia/Viral/COVID-19" if hierarchical else "COVID-19", "PA",
-                      "v.jpg", "volumes"))
-    for i, (finding, view, name, *folder) in enumerate(table):
-        values = [b""] * len(columns)
-        values[columns.index("patientid")] = str(i).encode()
-        values[columns.index("finding")] = f'"{finding}"'.encode()
-        values[columns.index("view")] = view.encode()
-        values[columns.index("filename")] = name.encode()
-        if "folder" in columns:
-            values[columns.index("folder")] = (folder[0] if folder else "images").encode()
-        notes = [c for c in columns if "notes" in c][0]
-        # a Latin-1 byte in free text, as in real copies of the file
-        values[columns.index(notes)] = b"\"patient from S\xe3o Paulo, 'note', with comma\""
-        lines.append(b",".join(values))
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "metadata.csv"), "wb") as f:
-        f.write(b"\r\n".join(lines) + b"\r\n")
-    for k, name in enumerate(images):
-        write_image(os.path.join(root, "images", name), seed=k, size=(32, 32))
-    if "folder" in columns:
-        write_image(os.path.join(root, "volumes", "v.jpg"), seed=99, size=(32, 32))
-    # a file outside the collection that the `../outside.jpg` row points at: never read
-    write_image(os.path.join(os.path.dirname(root), "outside.jpg"), seed=50, size=(32, 32))
-    return root
-
-
-def snapshot(folder):
-    """{relative path: (bytes, mtime)} of every file under `folder`."""
-    result = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                result[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
-    return result
-
+import sample_kaggle_dataset
+from helpers import (HEADERS, ROOT, ROWS, expected_kaggle_sample, run_main, snapshot,
+                     write_collection, write_image, write_kaggle)
 
 def build(covid, output, *extra):
     return run_main(build_covid_dataset.main, ["--covid", covid, "--output", output, *extra])
@@ -223,11 +149,6 @@ def test_command_line_run_in_a_subprocess(tmp_path):
 
 
 def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
-    import csv
-
-    import sample_kaggle_dataset
-    from test_sample_kaggle_dataset import expected_sample, write_kaggle
-
     covid = write_collection(str(tmp_path / "c"), "current")
     dataset = tmp_path / "dataset"
     code, out, err = build(covid, str(dataset / "covid"))
@@ -250,7 +171,7 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
         "--kaggle", kaggle, "--output", str(dataset / "normal"), "--sample", "3"])
     assert code == 0, err
     normal = [row for row in manifest() if row[1] == "normal"]
-    names = expected_sample("train", "NORMAL", 3)
+    names = expected_kaggle_sample("train", "NORMAL", 3)
     assert [row[0] for row in normal] == [f"normal/{name}" for name in names]
     # IM-0007-0001.jpeg -> IM-0007, NORMAL2-IM-0010-0001.jpeg -> NORMAL2-IM-0010
     assert [row[2] for row in normal] == [name.rsplit("-", 1)[0] for name in names]
@@ -416,8 +337,6 @@ def test_per_patient_seed_changes_the_pick(tmp_path):
 
 
 def test_manifest_holds_each_images_licence_and_source(tmp_path):
-    import csv
-
     covid = write_licensed(str(tmp_path / "c"))
     dataset = tmp_path / "d"
     assert build(covid, str(dataset / "covid"), "--license", "CC BY")[0] == 0

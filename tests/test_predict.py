@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 
 import predict_covid19
-from conftest import ROOT, run_main, write_image
-from covid19_common import list_images, load_xray, scale_pixels
+from covid19_images import NotAnImage, list_images, load_xray, scale_pixels
+from helpers import ROOT, run_main, write_image
 
 LINE = re.compile(r"^(?P<path>.+): (?P<label>\w+) \(covid (?P<covid>\d\.\d{4}), "
                   r"normal (?P<normal>\d\.\d{4})\)$")
+
+
+def readable_image(path):
+    try:
+        return load_xray(path) is not None
+    except NotAnImage:
+        return False
 
 
 def expected_probabilities(model_path, paths):
@@ -34,7 +41,7 @@ def test_predictions_equal_model_predict_on_the_same_arrays(trained, tmp_path):
         "--model", trained["model"], covid, normal_file, "--csv", str(csv_path)])
     assert code == 0, err
 
-    readable = [p for p in list_images(covid) if load_xray(p) is not None] + [normal_file]
+    readable = [p for p in list_images(covid) if readable_image(p)] + [normal_file]
     assert len(readable) == 6
     expected = expected_probabilities(trained["model"], readable)
     lines = out.strip().splitlines()
@@ -59,33 +66,57 @@ def test_predictions_equal_model_predict_on_the_same_arrays(trained, tmp_path):
         for name in ["empty.jpg", "text.jpg", "truncated.png"]]
 
 
-def test_gradcam_writes_an_overlay_of_each_images_own_size(trained, tmp_path):
+def model_that_uses_its_features(trained, path):
+    """The trained model, with a head whose covid score rises with every feature whatever
+    VGG16's random weights are: non-negative hidden weights, and the covid output +1 / normal
+    output -1 on each unit. So its covid Grad-CAM has evidence to show."""
+    import h5py
+
+    from covid19_model import CLASS_NAMES_ATTR
+
+    model = keras.models.load_model(trained["model"])
+    dense, out = model.get_layer(index=-3), model.get_layer(index=-1)
+    dense.set_weights([np.abs(dense.get_weights()[0]), np.zeros(64)])
+    out.set_weights([np.stack([np.ones(64), -np.ones(64)], axis=1), np.zeros(2)])
+    model.save(path)
+    with h5py.File(path, "a") as f:
+        f.attrs[CLASS_NAMES_ATTR] = '["covid", "normal"]'
+    return model
+
+
+def test_gradcam_overlays_the_predicted_classs_heatmap_at_each_images_size(trained, tmp_path):
+    model = model_that_uses_its_features(trained, str(tmp_path / "m.h5"))
     images = [write_image(str(tmp_path / "in" / "wide.jpg"), seed=1, size=(180, 320)),
               write_image(str(tmp_path / "in" / "tall.png"), seed=2, size=(300, 150), gray=True),
               write_image(str(tmp_path / "in" / "sub" / "wide.jpg"), seed=3, size=(100, 90))]
     out = tmp_path / "gradcam"
     code, stdout, err = run_main(predict_covid19.main, [
-        "--model", trained["model"], str(tmp_path / "in"), "--gradcam", str(out)])
+        "--model", str(tmp_path / "m.h5"), str(tmp_path / "in"), "--gradcam", str(out)])
     assert code == 0, err
     assert stdout.strip().splitlines()[-1] == f"[INFO] wrote 3 Grad-CAM overlay(s) to {out}"
     # listed sorted: sub/wide.jpg, tall.png, wide.jpg; the second wide.jpg gets its own name
     assert sorted(os.listdir(out)) == ["tall_gradcam.png", "wide_2_gradcam.png",
                                        "wide_gradcam.png"]
+    grad_model = predict_covid19.gradcam_model(model)
     for source, name in [(images[2], "wide_gradcam.png"), (images[1], "tall_gradcam.png"),
                          (images[0], "wide_2_gradcam.png")]:
-        overlay = cv2.imread(str(out / name))
+        image = load_xray(source)
+        predicted = int(model.predict(np.asarray(scale_pixels(image[None])), verbose=0).argmax())
+        assert predicted == 0  # covid: every feature raises its score
+        heatmap = predict_covid19.grad_cam(grad_model, image, predicted)
+        assert heatmap.max() == pytest.approx(1.0) and heatmap.min() < 0.5  # a real map
+        # the file is the X-ray at its own size blended with that map in the jet colours
         original = cv2.imread(source, cv2.IMREAD_COLOR)
-        assert overlay.shape == original.shape
-        assert not np.array_equal(overlay, original)  # the heatmap is drawn over it
+        heat = cv2.resize(heatmap.astype(np.float32), original.shape[1::-1])
+        expected = cv2.addWeighted(cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET),
+                                   0.4, original, 0.6, 0)
+        written = cv2.imread(str(out / name))
+        assert written.shape == original.shape
+        assert np.abs(written.astype(int) - expected).max() <= 1
 
 
-def test_gradcam_heatmap_of_a_head_that_uses_the_features(trained, tmp_path):
-    model = keras.models.load_model(trained["model"])
-    # A head whose covid score rises with every feature, whatever VGG16's random weights are:
-    # non-negative hidden weights, and the covid output +1 / normal output -1 on each unit.
-    dense, out = model.get_layer(index=-3), model.get_layer(index=-1)
-    dense.set_weights([np.abs(dense.get_weights()[0]), np.zeros(64)])
-    out.set_weights([np.stack([np.ones(64), -np.ones(64)], axis=1), np.zeros(2)])
+def test_gradcam_of_a_class_without_evidence_is_all_zero(trained, tmp_path):
+    model = model_that_uses_its_features(trained, str(tmp_path / "m.h5"))
     image = load_xray(write_image(str(tmp_path / "x.png"), seed=5, size=(224, 224)))
     assert predict_covid19.last_conv_layer(model).name == "block5_conv3"
     grad_model = predict_covid19.gradcam_model(model)
@@ -106,3 +137,27 @@ def test_command_line_run_in_a_subprocess(trained, tmp_path):
     assert m and m["path"] == image
     row = expected_probabilities(trained["model"], [image])[0]
     assert float(m["covid"]) == pytest.approx(row[0], abs=5e-5)
+
+
+def test_bfloat16_prediction_is_close_to_float32(trained, tmp_path):
+    image = write_image(str(tmp_path / "x.jpg"), seed=9, size=(120, 140))
+    lines = {}
+    for precision in ["float32", "bfloat16"]:
+        code, out, err = run_main(predict_covid19.main, [
+            "--model", trained["model"], image, "--precision", precision])
+        assert code == 0, err
+        lines[precision] = LINE.match(out.strip())
+    assert abs(float(lines["float32"]["covid"]) - float(lines["bfloat16"]["covid"])) < 0.02
+
+
+def test_help_answers_before_tensorflow_loads():
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['predict_covid19.py', '--help']\n"
+             "try:\n"
+             "    runpy.run_path('predict_covid19.py', run_name='__main__')\n"
+             "except SystemExit as exit:\n"
+             "    print('exit', exit.code, 'tensorflow.python' in sys.modules, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.stderr.strip().splitlines() == ["exit 0 False"]
+    assert "--gradcam DIR" in result.stdout

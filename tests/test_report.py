@@ -1,22 +1,11 @@
-"""What the trainer reports, and how it splits: intervals, report.json, patients, N classes."""
+"""covid19_report: proportions with their intervals, the AUC with its interval, the plots."""
 
-import argparse
-import csv
-import json
-import os
-import re
-
-import keras
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
-import train_covid19
-from conftest import make_dataset, run_main, write_image
-
-
-# ---------------------------------------------------------------------------------------------
-# Confidence intervals and report.json
-# ---------------------------------------------------------------------------------------------
+from covid19_report import (auc_with_interval, classification_metrics, describe, metric,
+                            plot_history, wilson)
 
 
 @pytest.mark.parametrize("successes, trials, low, high", [
@@ -27,175 +16,66 @@ from conftest import make_dataset, run_main, write_image
     (9, 10, 0.5958, 0.9821),
 ])
 def test_wilson_interval_matches_known_values(successes, trials, low, high):
-    interval = train_covid19.wilson(successes, trials)
-    assert interval == pytest.approx([low, high], abs=5e-5)
+    assert wilson(successes, trials) == pytest.approx([low, high], abs=5e-5)
 
 
 def test_wilson_interval_of_nothing_is_none():
-    assert train_covid19.wilson(0, 0) is None
-    assert train_covid19.describe("sensitivity", train_covid19.metric(0, 0)) == (
-        "sensitivity: undefined (no images)")
-    assert train_covid19.describe("sensitivity", train_covid19.metric(5, 5)) == (
-        "sensitivity: 1.0000 (95% CI 0.57-1.00)")
+    assert wilson(0, 0) is None
+    assert describe("sensitivity", metric(0, 0)) == "sensitivity: undefined (no images)"
+    assert describe("sensitivity", metric(5, 5)) == "sensitivity: 1.0000 (95% CI 0.57-1.00)"
 
 
-def split_inputs(dataset):
-    _, paths, labels = train_covid19.find_images(dataset)
-    onehot, names = train_covid19.encode_labels(labels)
-    return paths, onehot, names
+def test_classification_metrics_count_each_class_against_the_rest():
+    # 3 classes; true labels and predictions chosen so that every count differs
+    true = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    predicted = np.array([0, 0, 1, 2, 1, 1, 0, 2, 2, 2])
+    probabilities = np.eye(3)[predicted] * 0.8 + 0.2 / 3
+    results = classification_metrics(true, probabilities, ["a", "b", "c"])
+    assert results["confusion_matrix"] == [[2, 1, 1], [1, 2, 0], [0, 0, 3]]
+    assert (results["accuracy"]["successes"], results["accuracy"]["trials"]) == (7, 10)
+    counts = {name: {key: (m["successes"], m["trials"]) for key, m in value.items()}
+              for name, value in results["per_class"].items()}
+    assert counts == {"a": {"sensitivity": (2, 4), "specificity": (5, 6)},
+                      "b": {"sensitivity": (2, 3), "specificity": (6, 7)},
+                      "c": {"sensitivity": (3, 3), "specificity": (6, 7)}}
+    assert "sensitivity" not in results
 
 
-def test_report_json_says_what_the_run_printed(trained):
-    report = json.loads(open(trained["report"]).read())
-    out = trained["stdout"]
-    assert report["class_names"] == ["covid", "normal"]
-    assert report["counts"] == {"train": {"covid": 4, "normal": 4},
-                                "test": {"covid": 1, "normal": 1}}
-    assert report["split"] == {"kind": "random", "patients_on_both_sides": None}
-    _, testP, _, _ = train_covid19.split_dataset(*split_inputs(trained["dataset"]),
-                                                 seed=trained["seed"])
-    assert report["test_files"] == [os.path.relpath(p, trained["dataset"]) for p in testP]
-    assert len(report["test_files"]) == 2
-    assert report["augmentation"] == "random rotation up to 15 degrees either way"
-    assert report["seed"] == 7 and report["flags"]["epochs"] == 2
-    assert report["flags"]["dataset"] == trained["dataset"]
-    assert set(report["versions"]) >= {"python", "tensorflow", "keras", "scikit-learn"}
-    assert report["versions"]["keras"] == keras.__version__
-
-    cm = np.array(report["confusion_matrix"])
-    assert cm.sum() == 2
-    for name, key, successes, trials in [
-            ("acc", "accuracy", np.trace(cm), 2),
-            ("sensitivity", "sensitivity", cm[0, 0], 1),
-            ("specificity", "specificity", cm[1, 1], 1)]:
-        m = report[key]
-        assert (m["successes"], m["trials"]) == (successes, trials)
-        assert m["ci95"] == pytest.approx(train_covid19.wilson(successes, trials))
-        # the printed line is the tutorial's, with the interval after it
-        assert (f"{name}: {m['value']:.4f} (95% CI {m['ci95'][0]:.2f}-{m['ci95'][1]:.2f})"
-                in out.splitlines())
-    assert report["positive_class"] == "covid"
-    assert report["per_class"]["covid"]["sensitivity"] == report["sensitivity"]
-    assert report["per_class"]["normal"]["sensitivity"] == report["specificity"]
-    assert 0.0 <= report["roc_auc"] <= 1.0
-    assert f"ROC AUC: {report['roc_auc']:.4f}" in out
+def test_two_classes_name_covid_the_positive_class():
+    true = np.array([0, 0, 0, 1, 1])
+    probabilities = np.array([[.9, .1], [.6, .4], [.3, .7], [.2, .8], [.55, .45]])
+    results = classification_metrics(true, probabilities, ["covid", "normal"])
+    assert results["positive_class"] == "covid"
+    assert (results["sensitivity"]["successes"], results["sensitivity"]["trials"]) == (2, 3)
+    assert (results["specificity"]["successes"], results["specificity"]["trials"]) == (1, 2)
+    assert results["roc_auc"] == pytest.approx(roc_auc_score(true == 0, probabilities[:, 0]))
 
 
-@pytest.mark.parametrize("classes, needed", [(2, 3), (3, 4), (4, 4), (5, 5), (12, 5)])
-def test_min_images_per_class_is_what_the_split_needs(tmp_path, classes, needed):
-    from sklearn.model_selection import train_test_split
-
-    assert train_covid19.min_images_per_class(classes) == needed
-    for per_class, works in [(needed, True), (needed - 1, False)]:
-        labels = np.repeat(np.arange(classes), per_class)
-        try:
-            train_test_split(labels, test_size=0.2, stratify=labels, random_state=0)
-            assert works
-        except ValueError:
-            assert not works
-
-
-def test_encode_labels_two_classes_as_the_tutorial_and_more():
-    onehot, names = train_covid19.encode_labels(np.array(["normal", "covid", "normal"]))
-    assert names == ["covid", "normal"]
-    assert onehot.tolist() == [[0, 1], [1, 0], [0, 1]]
-    onehot, names = train_covid19.encode_labels(np.array(["pneumonia", "covid", "normal"]))
-    assert names == ["covid", "normal", "pneumonia"]
-    assert onehot.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+def test_auc_interval_is_the_auc_with_a_bootstrap_around_it():
+    rng = np.random.default_rng(0)
+    is_positive = np.repeat([True, False], 40)
+    scores = np.where(is_positive, rng.normal(1, 1, 80), rng.normal(0, 1, 80))
+    scores[3] = scores[50]  # a tie counts half, as in scikit-learn
+    auc = auc_with_interval(is_positive, scores)
+    assert auc["value"] == pytest.approx(roc_auc_score(is_positive, scores))
+    low, high = auc["ci95"]
+    assert low < auc["value"] < high and 0.1 < high - low < 0.4
+    # perfectly separated classes: every resample separates them too
+    separated = auc_with_interval(is_positive, is_positive + rng.uniform(0, .5, 80))
+    assert separated == {"value": 1.0, "ci95": [1.0, 1.0]}
+    assert auc_with_interval(is_positive, scores, seed=0) == auc  # seeded: repeatable
 
 
-def test_three_classes_train_and_report_one_vs_rest(tmp_path):
-    dataset = str(tmp_path / "d")
-    make_dataset(dataset, per_class=5, classes=("covid", "normal", "pneumonia"))
-    out = tmp_path / "out"
-    out.mkdir()
-    code, stdout, err = run_main(train_covid19.main, [
-        "--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--weights", "none",
-        "--cache-features", "--model", str(out / "m.h5"), "--plot", str(out / "p.png"),
-        "--report", str(out / "r.json")])
-    assert code == 0, err
-    assert "classes ['covid', 'normal', 'pneumonia']: 12 for training, 3 for testing" in stdout
-    model = keras.models.load_model(str(out / "m.h5"))
-    assert model.output_shape == (None, 3)
-    report = json.loads((out / "r.json").read_text())
-    assert report["class_names"] == ["covid", "normal", "pneumonia"]
-    assert np.array(report["confusion_matrix"]).shape == (3, 3)
-    assert "sensitivity" not in report  # the two-class summary only makes sense for two
-    cm = np.array(report["confusion_matrix"])
-    for c, name in enumerate(report["class_names"]):
-        m = report["per_class"][name]
-        assert (m["sensitivity"]["successes"], m["sensitivity"]["trials"]) == (cm[c, c], 1)
-        tn = cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]
-        assert (m["specificity"]["successes"], m["specificity"]["trials"]) == (tn, 2)
-        assert re.search(rf"^{name}: sensitivity: \d\.\d{{4}} \(95% CI .*\), specificity: ",
-                         stdout, re.M)
-    assert 0.0 <= report["roc_auc"] <= 1.0
+def test_history_plot_has_the_tutorials_four_curves():
+    import matplotlib.pyplot as plt
 
-
-# ---------------------------------------------------------------------------------------------
-# Patient-level split
-# ---------------------------------------------------------------------------------------------
-
-
-def make_patient_dataset(root, patients_per_class=8, images_per_patient=2):
-    """Classes of several patients with several images each, and the builders' manifest."""
-    rows = []
-    for c, name in enumerate(["covid", "normal"]):
-        for p in range(patients_per_class):
-            for i in range(images_per_patient):
-                file = f"{name}/{name}-p{p}-{i}.png"
-                write_image(os.path.join(root, file), seed=100 * c + 10 * p + i, size=(40, 40))
-                rows.append({"file": file, "class": name, "patient_id": f"{name}{p}",
-                             "source": "test"})
-    with open(os.path.join(root, "manifest.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "class", "patient_id", "source"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
-def split_with(dataset, kind, seed=42):
-    _, paths, labels = train_covid19.find_images(dataset)
-    onehot, names = train_covid19.encode_labels(labels)
-    args = argparse.Namespace(split=kind, dataset=dataset, seed=seed)
-    return train_covid19.split(args, paths, onehot, names)
-
-
-def patient(path):
-    return os.path.basename(path).rsplit("-", 1)[0]
-
-
-@pytest.mark.parametrize("seed", [1, 42, 7])
-def test_patient_split_keeps_every_patient_on_one_side(tmp_path, seed, capsys):
-    dataset = make_patient_dataset(str(tmp_path / "d"))
-    (trainP, testP, trainY, testY), info = split_with(dataset, "patient", seed)
-    assert not {patient(p) for p in trainP} & {patient(p) for p in testP}
-    assert len(trainP) + len(testP) == 32
-    # stratified: both classes on both sides, about a fifth of the patients held out
-    assert testY.sum(axis=0).min() >= 2 and trainY.sum(axis=0).min() >= 2
-    assert len({patient(p) for p in testP}) in (3, 4)  # a fifth of 16 patients
-    assert info == {"kind": "patient", "patients_on_both_sides": 0}
-    assert "[WARNING]" not in capsys.readouterr().err
-
-
-def test_random_split_warns_how_many_patients_it_puts_on_both_sides(tmp_path, capsys):
-    dataset = make_patient_dataset(str(tmp_path / "d"))
-    (trainP, testP, _, _), info = split_with(dataset, "random")
-    shared = {patient(p) for p in trainP} & {patient(p) for p in testP}
-    assert len(shared) > 0 and info["patients_on_both_sides"] == len(shared)
-    assert (f"[WARNING] {len(shared)} patient(s) have images on both sides of the random split"
-            in capsys.readouterr().err)
-
-
-def test_patient_split_run_writes_it_in_the_report(tmp_path):
-    dataset = make_patient_dataset(str(tmp_path / "d"))
-    out = tmp_path / "out"
-    out.mkdir()
-    code, stdout, err = run_main(train_covid19.main, [
-        "--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--weights", "none",
-        "--cache-features", "--split", "patient", "--model", str(out / "m.h5"),
-        "--plot", str(out / "p.png"), "--report", str(out / "r.json")])
-    assert code == 0, err
-    report = json.loads((out / "r.json").read_text())
-    assert report["split"] == {"kind": "patient", "patients_on_both_sides": 0}
-    assert sum(report["counts"]["test"].values()) + sum(report["counts"]["train"].values()) == 32
+    history = {"loss": [0.7, 0.6, 0.5], "val_loss": [0.69, 0.65, 0.6],
+               "accuracy": [0.5, 0.6, 0.7], "val_accuracy": [0.5, 0.5, 0.9]}
+    figure = plot_history(history)
+    axis = figure.axes[0]
+    assert [line.get_label() for line in axis.lines] == [
+        "train_loss", "val_loss", "train_acc", "val_acc"]
+    assert [list(line.get_ydata()) for line in axis.lines] == [
+        history["loss"], history["val_loss"], history["accuracy"], history["val_accuracy"]]
+    assert axis.get_title() == "Training Loss and Accuracy on COVID-19 Dataset"
+    plt.close(figure)

@@ -1,50 +1,17 @@
 """sample_kaggle_dataset.py: only healthy images, the same sample on every machine."""
 
 import os
-import random
 import subprocess
 import sys
 
 import pytest
 
 import sample_kaggle_dataset
-from conftest import ROOT, run_main, write_image
-from test_build_covid_dataset import snapshot
-
-# Kaggle's file names: NORMAL images are IM-*/NORMAL2-IM-*, PNEUMONIA ones person*_bacteria|virus_*
-COUNTS = {("train", "NORMAL"): 30, ("train", "PNEUMONIA"): 12, ("val", "NORMAL"): 4,
-          ("val", "PNEUMONIA"): 4, ("test", "NORMAL"): 6, ("test", "PNEUMONIA"): 8}
-
-
-def kaggle_name(split, label, i):
-    if label == "NORMAL":
-        return f"IM-{i:04d}-0001.jpeg" if i % 2 else f"NORMAL2-IM-{i:04d}-0001.jpeg"
-    return f"person{i}_{'bacteria' if i % 2 else 'virus'}_{i + 7}.jpeg"
-
-
-def write_kaggle(root):
-    """A Kaggle-shaped `chest_xray/` tree, with the macOS debris the zip carries."""
-    for (split, label), count in COUNTS.items():
-        for i in range(count):
-            write_image(os.path.join(root, split, label, kaggle_name(split, label, i)),
-                        seed=i, gray=True, size=(24, 24))
-        with open(os.path.join(root, split, label, ".DS_Store"), "wb") as f:
-            f.write(b"\0\0")
-        with open(os.path.join(root, split, label, "._IM-0001-0001.jpeg"), "wb") as f:
-            f.write(b"AppleDouble")  # a resource fork with an image's name
-    write_image(os.path.join(root, "__MACOSX", "train", "NORMAL", "IM-9999-0001.jpeg"), seed=1,
-                size=(24, 24))
-    return root
-
+from helpers import ROOT, run_main, snapshot, write_kaggle
+from helpers import expected_kaggle_sample as expected_sample
 
 def sample(kaggle, output, *extra):
     return run_main(sample_kaggle_dataset.main, ["--kaggle", kaggle, "--output", output, *extra])
-
-
-def expected_sample(split, label, n, seed=42):
-    names = sorted(kaggle_name(split, label, i) for i in range(COUNTS[split, label]))
-    random.Random(seed).shuffle(names)
-    return sorted(names[:n])
 
 
 def test_samples_only_train_normal_reproducibly(tmp_path):
@@ -56,13 +23,14 @@ def test_samples_only_train_normal_reproducibly(tmp_path):
     assert copied == expected_sample("train", "NORMAL", 25)
     assert all(name.startswith(("IM-", "NORMAL2-IM-")) for name in copied)
     assert out.strip().splitlines()[-1] == (
-        "[INFO] images found: 30, sampled: 25, copied: 25, already present: 0, conflicts: 0")
+        "[INFO] images found: 30, sampled: 25, copied: 25, already present: 0, refused: 0, "
+        "conflicts: 0")
     assert snapshot(kaggle) == before
 
     # rerun: nothing copied, nothing changed
     output_before = snapshot(str(tmp_path / "dataset" / "normal"))
     code, out, _ = sample(kaggle, str(tmp_path / "dataset" / "normal"))
-    assert code == 0 and "copied: 0, already present: 25, conflicts: 0" in out
+    assert code == 0 and "copied: 0, already present: 25, refused: 0, conflicts: 0" in out
     assert snapshot(str(tmp_path / "dataset" / "normal")) == output_before
 
 
@@ -109,12 +77,12 @@ def test_conflicting_file_is_kept_and_reported(tmp_path):
     code, out, err = sample(kaggle, str(tmp_path / "out"))
     assert code == 1
     assert (tmp_path / "out" / victim).read_bytes() == b"mine"
-    assert "copied: 24, already present: 0, conflicts: 1" in out
+    assert "copied: 24, already present: 0, refused: 0, conflicts: 1" in out
     assert f"not overwriting {tmp_path / 'out' / victim}" in err
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--sample", "0"], "--sample must be greater than 0, got 0 (see --help)"),
+    (["--sample", "0"], "argument -s/--sample: must be greater than 0, got 0 (see --help)"),
     (["--label", "normal"], "argument --label: invalid choice: 'normal'"),
 ])
 def test_bad_flags_are_one_line_usage_errors(tmp_path, flags, message):

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from covid19_common import list_images, load_xray
+from covid19_images import list_images, load_xray
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(ROOT, "dataset")
@@ -78,9 +78,11 @@ def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
                      re.M)
     assert re.search(r"^\s+covid\s+\d\.\d\d\s+\d\.\d\d\s+\d\.\d\d\s+5(\.0)?$", out, re.M)
     assert re.search(r"^acc: \d\.\d{4} \(95% CI \d\.\d\d-\d\.\d\d\)$", out, re.M)
-    assert out.strip().splitlines()[-1] == (
+    assert out.strip().splitlines()[-2:] == [
         f"[INFO] wrote {outputs['--model']} (model), {outputs['--plot']} and "
-        f"{tmp_path / 'roc.png'} (plots), {outputs['--report']} (report)")
+        f"{tmp_path / 'roc.png'} (plots), {outputs['--report']} (report)",
+        "[INFO] does it read the lungs or the image source? python audit_covid19.py "
+        "--dataset dataset"]
     for name in ["plot.png", "roc.png"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((tmp_path / "report.json").read_text())

@@ -1,12 +1,14 @@
 """train_covid19.py: the tutorial's pipeline, step for step, on Keras 3."""
 
+import argparse
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 
-import json
-
+import cv2
 import h5py
 import keras
 import numpy as np
@@ -16,42 +18,54 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 
+import covid19_data
 import train_covid19
-from conftest import ROOT, make_dataset, run_main, write_image
-from covid19_common import CLASS_NAMES_ATTR, UserError, list_images, load_xray, scale_pixels
+from covid19_images import load_xray, scale_pixels
+from covid19_model import CLASS_NAMES_ATTR
+from covid19_report import wilson
+from helpers import ROOT, make_dataset, run_main, write_image
 
 
-def load_and_split(dataset, seed):
-    _, paths, labels = train_covid19.find_images(dataset)
+def split_as_main_does(dataset, seed, kind="random"):
+    """load_images, encode_labels and split, as main() calls them: (store, class names, parts)."""
+    images, paths, labels = train_covid19.load_images(dataset)
     onehot, class_names = train_covid19.encode_labels(labels)
-    return class_names, train_covid19.split_dataset(paths, onehot, class_names, seed)
+    args = argparse.Namespace(split=kind, dataset=dataset, seed=seed)
+    parts, info = train_covid19.split(args, paths, onehot, class_names)
+    return images, class_names, parts, info
 
 
-def load_images(paths):
-    """The uint8 images at `paths`, as the input pipelines read them."""
-    return np.stack([load_xray(path) for path in paths])
+def predict_files(model_path, paths):
+    """The saved model on the images at `paths`, prepared as training prepares them."""
+    model = keras.models.load_model(model_path)
+    images = np.stack([load_xray(path) for path in paths])
+    return model.predict(np.asarray(scale_pixels(images)), verbose=0)
 
 
-def random_model(num_classes=2):
-    return train_covid19.build_model(train_covid19.load_vgg16_base("none"), num_classes)
+def parse_report(stdout):
+    """The confusion matrix and the three metric lines the tutorial prints."""
+    rows = re.findall(r"^\s*\[+\s*(\d+)\s+(\d+)\s*\]+\s*$", stdout, re.M)
+    # the tutorial's "acc: 0.9000", now followed by " (95% CI 0.60-0.98)"
+    metrics = dict(re.findall(r"^(acc|sensitivity|specificity): (\d\.\d{4}) \(95% CI ", stdout,
+                              re.M))
+    return np.array(rows, dtype=int), {k: float(v) for k, v in metrics.items()}
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading and splitting
+# Load, encode, split, augment
 # ---------------------------------------------------------------------------------------------
 
 
 def test_split_and_class_order_are_the_tutorials(tmp_path):
     dataset = str(tmp_path / "d")
     make_dataset(dataset, per_class=10)
-    class_names, (trainP, testP, trainY, testY) = load_and_split(dataset, 42)
+    _, class_names, (trainP, testP, trainY, testY), _ = split_as_main_does(dataset, 42)
 
     # The tutorial's own code on the sorted listing: LabelBinarizer + to_categorical,
     # train_test_split(test_size=0.20, stratify=labels, random_state=42).
     image_paths = sorted(imutils_paths.list_images(dataset))
     labels = [p.split(os.path.sep)[-2] for p in image_paths]
-    lb = LabelBinarizer()
-    onehot = keras.utils.to_categorical(lb.fit_transform(labels))
+    onehot = keras.utils.to_categorical(LabelBinarizer().fit_transform(labels))
     ref_train, ref_test = train_test_split(image_paths, test_size=0.20, stratify=onehot,
                                            random_state=42)
 
@@ -64,144 +78,86 @@ def test_split_and_class_order_are_the_tutorials(tmp_path):
     assert testY.sum(axis=0).tolist() == [2.0, 2.0]
 
 
-def test_training_batches_are_uint8_from_disk_then_scaled_and_rotated(tiny_dataset):
-    _, (trainP, _, trainY, _) = load_and_split(tiny_dataset, 42)
-    images = train_covid19.DecodedImages(trainP)
-    image = train_covid19.reader(images)(images.slots(trainP)[0])
-    assert image.dtype.name == "uint8" and tuple(image.shape) == (224, 224, 3)
-    np.testing.assert_array_equal(image.numpy(), load_xray(trainP[0]))
-
-    batches = train_covid19.make_train_dataset(trainP, trainY, 4, seed=1, images=images)
-    x, y = next(iter(batches))
-    assert x.dtype.name == "float32" and tuple(x.shape) == (4, 224, 224, 3)
-    assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0
-    assert all(any((row == other).all() for other in trainY) for row in np.asarray(y))
-    # rotated: no batch image equals its unrotated, scaled original
-    originals = np.asarray(scale_pixels(load_images(trainP)))
-    assert not any(np.allclose(image, original) for image in np.asarray(x)
-                   for original in originals)
-
-
-def test_listing_is_sorted_recursive_and_skips_non_images(tmp_path):
-    for name in ["b/z.png", "a/y.JPG", "a/sub/x.jpeg", "a/.hidden.jpg", "__MACOSX/a/w.jpg"]:
-        write_image(str(tmp_path / name), seed=1)
-    (tmp_path / "a" / "notes.txt").write_text("not an image")
-    (tmp_path / "a" / ".DS_Store").write_bytes(b"\0")
-    relative = [os.path.relpath(p, tmp_path) for p in list_images(str(tmp_path))]
-    assert relative == ["a/sub/x.jpeg", "a/y.JPG", "b/z.png"]
-
-
-def test_preprocessing_matches_the_tutorial(tmp_path):
-    import cv2
-
-    path = write_image(str(tmp_path / "x.png"), seed=3, size=(300, 180))
-    image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
-    expected = cv2.resize(image, (224, 224)) / 255.0  # the tutorial's float64 pipeline
-    loaded = load_xray(path)
-    assert loaded.dtype == np.uint8 and loaded.shape == (224, 224, 3)
-    scaled = np.asarray(scale_pixels(loaded[None]))[0]
-    assert scaled.dtype == np.float32
-    np.testing.assert_allclose(scaled, expected, rtol=0, atol=1e-7)
+def test_every_training_label_is_its_images_folder(tmp_path):
+    # Each image is one flat grey level, unique in the dataset: a rotation (fill "nearest")
+    # keeps it flat, so every image that comes out of the real pipeline names its source file.
+    level = {}
+    for c, name in enumerate(["covid", "normal"]):
+        for i in range(6):
+            path = str(tmp_path / name / f"{i}.png")
+            level[20 * i + 120 * c + 5] = path
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            cv2.imwrite(path, np.full((40, 30), 20 * i + 120 * c + 5, np.uint8))
+    images, _, (trainP, _, trainY, _), _ = split_as_main_does(str(tmp_path), 3)
+    args = argparse.Namespace(batch_size=3, seed=3)
+    batches = train_covid19.augmented_features(args, images, trainP, trainY,
+                                               extract=lambda x: x)  # features = the images
+    seen = []
+    for epoch in range(2):
+        for x, y in batches:
+            for image, row in zip(np.asarray(x), np.asarray(y)):
+                assert np.ptp(image) < 1e-6  # one flat image, not a mix of two
+                source = level[round(float(image.mean()) * 255)]
+                folder = os.path.basename(os.path.dirname(source))
+                assert row.tolist() == ([1.0, 0.0] if folder == "covid" else [0.0, 1.0])
+                seen.append(source)
+    # every training image once an epoch (9 // 3 whole batches), and only training images
+    assert sorted(seen) == sorted(trainP * 2)
 
 
-def test_grayscale_images_load_as_three_channels(tmp_path):
-    path = write_image(str(tmp_path / "g.jpg"), seed=4, gray=True)
-    image = load_xray(path)
-    assert image.shape == (224, 224, 3)
-    assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+def test_training_data_is_read_once_per_step_and_never_after_fit(tiny_dataset, tmp_path,
+                                                                 monkeypatch):
+    """The end-of-training stall came from tf.data's autotuning thread, which a finished
+    iterator waited for, and prefetched batches no step used; neither may come back."""
+    reads, fit_returned = [], []
+    real_read, real_train = covid19_data.DecodedImages.read, train_covid19.train
+
+    def counted_read(self, slots):
+        reads.append((len(slots), bool(fit_returned)))
+        return real_read(self, slots)
+
+    def train_then_mark(args, head, batches, *rest):
+        assert batches.options().autotune.enabled is False
+        history = real_train(args, head, batches, *rest)
+        fit_returned.append(True)
+        return history
+
+    monkeypatch.setattr(covid19_data.DecodedImages, "read", counted_read)
+    monkeypatch.setattr(train_covid19, "train", train_then_mark)
+    code, _, err = run_main(train_covid19.main, [
+        "--dataset", tiny_dataset, "--epochs", "3", "--batch-size", "4", "--weights", "none",
+        "--model", str(tmp_path / "m.h5"), "--plot", str(tmp_path / "p.png"),
+        "--report", str(tmp_path / "r.json")])
+    assert code == 0, err
+    time.sleep(0.5)  # a stray pipeline thread would read now
+    # 2 test images once, then 3 epochs of 8 // 4 = 2 batches of 4 training images; no more
+    assert [n for n, after in reads] == [2] + [4] * 6
+    assert not any(after for n, after in reads)
 
 
-# ---------------------------------------------------------------------------------------------
-# Model and optimizer
-# ---------------------------------------------------------------------------------------------
+def test_augmentation_rotates_up_to_15_degrees_with_nearest_fill():
+    augment = train_covid19.make_augmentation(seed=1)
+    assert augment.factor == (-15 / 360, 15 / 360)
+    assert augment.fill_mode == "nearest"
+    image = np.zeros((1, 64, 64, 3), np.float32)
+    image[:, 28:36, :, :] = 1.0  # a horizontal bar: any rotation moves its ends
+    rotated = np.asarray(augment(image, training=True))
+    assert not np.allclose(rotated, image)
+    assert np.allclose(np.asarray(augment(image, training=False)), image)
 
 
-def test_model_layers_and_parameter_counts():
-    model = random_model()
-    head = model.layers[-5:]
-    assert [type(layer).__name__ for layer in head] == [
-        "AveragePooling2D", "Flatten", "Dense", "Dropout", "Dense"]
-    assert head[0].pool_size == (4, 4)
-    assert head[1].name == "flatten"
-    assert head[2].units == 64 and head[2].activation.__name__ == "relu"
-    assert head[3].rate == 0.5
-    assert head[4].units == 2 and head[4].activation.__name__ == "softmax"
-    assert model.input_shape == (None, 224, 224, 3)
-    assert model.layers[-6].name == "block5_pool"
-
-    def count(weights):
-        return sum(int(np.prod(w.shape)) for w in weights)
-
-    assert count(model.trainable_weights) == 32_962
-    assert count(model.non_trainable_weights) == 14_714_688
-    assert not any(layer.trainable for layer in model.layers[:-5])
-
-
-def test_learning_rate_schedule_reproduces_keras2_decay():
-    lr, epochs = 1e-3, 25
-    optimizer = train_covid19.make_optimizer(lr, epochs)
-    decay = lr / epochs
-    for step in [0, 1, 5, 125, 10_000]:
-        optimizer.iterations.assign(step)
-        assert float(optimizer.learning_rate) == pytest.approx(lr / (1 + decay * step),
-                                                               rel=1e-6)
-    # and it really decays: after 10,000 steps the rate is 1/(1+0.4) of the initial one
-    assert float(optimizer.learning_rate) == pytest.approx(lr / 1.4, rel=1e-6)
-
-
-def test_weights_path_loads_that_file(tmp_path):
-    base = keras.applications.VGG16(weights=None, include_top=False,
-                                    input_tensor=keras.Input((224, 224, 3)))
-    path = str(tmp_path / "vgg16_notop.h5")
-    base.save(path)
-    model = train_covid19.build_model(train_covid19.load_vgg16_base(path))
-    for name in ["block1_conv1", "block5_conv3"]:
-        for got, want in zip(model.get_layer(name).get_weights(),
-                             base.get_layer(name).get_weights()):
-            np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize("content", [None, b"not an hdf5 file"])
-def test_bad_weights_path_is_a_user_error(tmp_path, content):
-    path = tmp_path / "weights.h5"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(UserError, match="--weights"):
-        train_covid19.load_vgg16_base(str(path))
-
-
-def test_imagenet_offline_says_what_to_do(tiny_dataset, tmp_path):
-    # A proxy on a closed local port makes the download fail at once, online or not.
-    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras"),
-               HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
-               https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_covid19.py"), "--dataset", tiny_dataset,
-         "--model", str(tmp_path / "m.h5"), "--plot", str(tmp_path / "p.png")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in result.stderr
-    assert last.startswith("train_covid19.py: error: cannot get the VGG16 ImageNet weights")
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in last
-    assert os.path.join(str(tmp_path / "keras"), "models") in last
-    assert "--weights PATH" in last
-    assert not (tmp_path / "m.h5").exists() and not (tmp_path / "p.png").exists()
-    assert "[INFO] loading images..." not in result.stdout  # failed before the long work
+def test_encode_labels_two_classes_as_the_tutorial_and_more():
+    onehot, names = train_covid19.encode_labels(np.array(["normal", "covid", "normal"]))
+    assert names == ["covid", "normal"]
+    assert onehot.tolist() == [[0, 1], [1, 0], [0, 1]]
+    onehot, names = train_covid19.encode_labels(np.array(["pneumonia", "covid", "normal"]))
+    assert names == ["covid", "normal", "pneumonia"]
+    assert onehot.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
 
 
 # ---------------------------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_report(stdout):
-    """The confusion matrix and the three metric lines the tutorial prints."""
-    rows = re.findall(r"^\s*\[+\s*(\d+)\s+(\d+)\s*\]+\s*$", stdout, re.M)
-    # the tutorial's "acc: 0.9000", now followed by " (95% CI 0.60-0.98)"
-    metrics = dict(re.findall(r"^(acc|sensitivity|specificity): (\d\.\d{4}) \(95% CI ", stdout,
-                              re.M))
-    return np.array(rows, dtype=int), {k: float(v) for k, v in metrics.items()}
 
 
 def test_training_run_prints_the_tutorials_report(trained):
@@ -212,6 +168,7 @@ def test_training_run_prints_the_tutorials_report(trained):
                  "[INFO] evaluating network...", "[INFO] saving COVID-19 detector model..."]:
         assert line in out
     assert "--cache-features" not in out  # the default run augments and does not say otherwise
+    assert "computed in" not in out  # float32 by default, as the tutorial
     assert re.search(r"^\s+precision\s+recall\s+f1-score\s+support$", out, re.M)
     # scikit-learn prints a support of 1 as "1.0" when every score of the row is 0
     assert re.search(r"^\s+covid\s+\d\.\d\d\s+\d\.\d\d\s+\d\.\d\d\s+1(\.0)?$", out, re.M)
@@ -222,9 +179,11 @@ def test_training_run_prints_the_tutorials_report(trained):
     assert metrics["sensitivity"] == pytest.approx(cm[0, 0] / cm[0].sum(), abs=1e-4)
     assert metrics["specificity"] == pytest.approx(cm[1, 1] / cm[1].sum(), abs=1e-4)
     out_dir = os.path.dirname(trained["model"])
-    assert out.strip().splitlines()[-1] == (
+    assert out.strip().splitlines()[-2:] == [
         f"[INFO] wrote {trained['model']} (model), {trained['plot']} and "
-        f"{os.path.join(out_dir, 'roc.png')} (plots), {trained['report']} (report)")
+        f"{os.path.join(out_dir, 'roc.png')} (plots), {trained['report']} (report)",
+        "[INFO] does it read the lungs or the image source? python audit_covid19.py "
+        f"--dataset {trained['dataset']}"]
 
 
 def test_messy_folder_loads_what_it_can_and_says_what_it_skipped(trained):
@@ -233,9 +192,12 @@ def test_messy_folder_loads_what_it_can_and_says_what_it_skipped(trained):
     warnings = [line for line in trained["stderr"].splitlines() if "[WARNING]" in line]
     covid = os.path.join(trained["dataset"], "covid")
     assert warnings == [
-        f"[WARNING] skipping {os.path.join(covid, name)}: not a readable image"
-        for name in ["empty.jpg", "text.jpg", "truncated.png"]
-    ] + ["[WARNING] skipped 3 unreadable image(s)"]
+        f"[WARNING] skipping {os.path.join(covid, 'empty.jpg')}: not an image (no JPEG, PNG, "
+        "BMP or TIFF signature)",
+        f"[WARNING] skipping {os.path.join(covid, 'text.jpg')}: not an image (no JPEG, PNG, "
+        "BMP or TIFF signature)",
+        f"[WARNING] skipping {os.path.join(covid, 'truncated.png')}: not a readable image",
+        "[WARNING] skipped 3 unreadable image(s)"]
     assert "[INFO] 10 images, classes ['covid', 'normal']: 8 for training, 2 for testing" in (
         trained["stdout"])
 
@@ -246,52 +208,76 @@ def test_saved_model_loads_and_reproduces_the_report(trained):
     with h5py.File(trained["model"], "r") as f:
         assert "model_weights" in f  # a real HDF5 Keras model
         assert f.attrs[CLASS_NAMES_ATTR] == '["covid", "normal"]'
-    _, (_, testP, _, testY) = load_and_split(trained["dataset"], trained["seed"])
-    probabilities = model.predict(np.asarray(scale_pixels(load_images(testP))), verbose=0)
+    _, _, (_, testP, _, testY), _ = split_as_main_does(trained["dataset"], trained["seed"])
+    probabilities = predict_files(trained["model"], testP)
     assert probabilities.shape == (2, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     # the printed confusion matrix is what the saved model predicts on the test split
     cm, _ = parse_report(trained["stdout"])
-    predicted, actual = probabilities.argmax(axis=1), testY.argmax(axis=1)
-    assert [[int(((actual == i) & (predicted == j)).sum()) for j in (0, 1)]
-            for i in (0, 1)] == cm.tolist()
+    actual = testY.argmax(axis=1)
+    assert confusion_matrix(actual, probabilities.argmax(axis=1)).tolist() == cm.tolist()
 
 
-def test_cached_test_features_equal_the_frozen_base_on_whole_images(tiny_dataset):
-    model = random_model()
-    _, (_, testP, _, _) = load_and_split(tiny_dataset, 42)
-    # what the tutorial computes every epoch: the whole 224x224 image through VGG16 + pooling
-    frozen = keras.Model(model.input, model.get_layer("flatten").output)
-    expected = frozen.predict(np.asarray(scale_pixels(load_images(testP))), verbose=0)
-    images, _, _ = train_covid19.find_images(tiny_dataset)
-    cached = train_covid19.extract_features(train_covid19.make_feature_extractor(model), images,
-                                            testP, batch_size=8)
-    assert cached.shape == (2, 512)
-    assert np.abs(expected).max() > 0  # random weights still give non-zero features
-    np.testing.assert_allclose(cached, expected, rtol=1e-5, atol=1e-7)
+def test_report_json_says_what_the_run_printed(trained):
+    report = json.loads(open(trained["report"]).read())
+    out = trained["stdout"]
+    assert report["class_names"] == ["covid", "normal"]
+    assert report["counts"] == {"train": {"covid": 4, "normal": 4},
+                                "test": {"covid": 1, "normal": 1}}
+    assert report["split"] == {"kind": "random", "patients_on_both_sides": None}
+    _, _, (_, testP, _, testY), _ = split_as_main_does(trained["dataset"], trained["seed"])
+    assert report["test_files"] == [os.path.relpath(p, trained["dataset"]) for p in testP]
+    assert report["augmentation"] == "random rotation up to 15 degrees either way"
+    assert report["precision"] == "float32"
+    assert report["seed"] == 7 and report["flags"]["epochs"] == 2
+    assert report["flags"]["dataset"] == trained["dataset"]
+    assert report["versions"]["keras"] == keras.__version__
+
+    # every number from the saved model's own predictions on the test files
+    probabilities = predict_files(trained["model"], testP)
+    actual, predicted = testY.argmax(axis=1), probabilities.argmax(axis=1)
+    cm = confusion_matrix(actual, predicted, labels=[0, 1])
+    assert report["confusion_matrix"] == cm.tolist()
+    for name, key, successes, trials in [
+            ("acc", "accuracy", cm[0, 0] + cm[1, 1], 2),
+            ("sensitivity", "sensitivity", cm[0, 0], cm[0].sum()),
+            ("specificity", "specificity", cm[1, 1], cm[1].sum())]:
+        m = report[key]
+        assert (m["successes"], m["trials"]) == (successes, trials)
+        assert m["ci95"] == pytest.approx(wilson(successes, trials))
+        # the printed line is the tutorial's, with the interval after it
+        assert (f"{name}: {m['value']:.4f} (95% CI {m['ci95'][0]:.2f}-{m['ci95'][1]:.2f})"
+                in out.splitlines())
+    assert report["positive_class"] == "covid"
+    # each class against the rest: normal's sensitivity is its recall, its specificity covid's
+    assert (report["per_class"]["normal"]["sensitivity"]["successes"],
+            report["per_class"]["normal"]["specificity"]["successes"]) == (cm[1, 1], cm[0, 0])
+    assert report["roc_auc"] == pytest.approx(roc_auc_score(actual == 0, probabilities[:, 0]),
+                                              abs=1e-4)
+    assert f"ROC AUC: {report['roc_auc']:.4f}" in out
 
 
-def test_head_shares_its_weights_with_the_saved_network():
-    model = random_model()
-    head = train_covid19.make_head(model)
-    assert [w.shape for w in head.trainable_weights] == [(512, 64), (64,), (64, 2), (2,)]
-    head.trainable_weights[0].assign(np.ones((512, 64)))
-    np.testing.assert_array_equal(model.get_layer(index=-3).get_weights()[0], 1.0)
+def test_plots_are_pngs(trained):
+    import matplotlib.image
+
+    for path in [trained["plot"], os.path.join(os.path.dirname(trained["plot"]), "roc.png")]:
+        assert matplotlib.image.imread(path).shape[:2] == (480, 640)
 
 
 @pytest.fixture(scope="module")
 def cached_run(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("cached")
     argv = ["--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights", "none",
-            "--seed", "3", "--cache-features", "--model", str(out / "m.h5"),
-            "--plot", str(out / "p.png"), "--report", str(out / "r.json")]
-    code, stdout, stderr = run_main(train_covid19.main, argv)
-    return {"code": code, "stdout": stdout, "stderr": stderr, "out": out}
+            "--seed", "3", "--cache-features", "--cache-dir", str(out / "cache"),
+            "--model", str(out / "m.h5"), "--plot", str(out / "p.png"),
+            "--report", str(out / "r.json")]
+    runs = [run_main(train_covid19.main, argv) for _ in range(2)]  # cold, then warm
+    return {"runs": runs, "out": out}
 
 
 def test_cache_features_run_matches_the_saved_model(cached_run, tiny_dataset):
-    assert cached_run["code"] == 0, cached_run["stderr"]
-    out = cached_run["stdout"]
+    code, out, err = cached_run["runs"][0]
+    assert code == 0, err
     assert "[INFO] --cache-features: augmentation off, each image passes through VGG16 once" in out
     assert "(trained with --cache-features: no augmentation)" in out
     report = json.loads((cached_run["out"] / "r.json").read_text())
@@ -299,10 +285,8 @@ def test_cache_features_run_matches_the_saved_model(cached_run, tiny_dataset):
 
     # The saved file is the whole network: run on the test images, it predicts what the head
     # predicted on the cached features (same confusion matrix, same ROC AUC).
-    model = keras.models.load_model(str(cached_run["out"] / "m.h5"))
-    assert model.input_shape == (None, 224, 224, 3)
-    _, (_, testP, _, testY) = load_and_split(tiny_dataset, 3)
-    probabilities = model.predict(np.asarray(scale_pixels(load_images(testP))), verbose=0)
+    _, _, (_, testP, _, testY), _ = split_as_main_does(tiny_dataset, 3)
+    probabilities = predict_files(str(cached_run["out"] / "m.h5"), testP)
     actual, predicted = testY.argmax(axis=1), probabilities.argmax(axis=1)
     assert confusion_matrix(actual, predicted, labels=[0, 1]).tolist() == (
         report["confusion_matrix"])
@@ -310,61 +294,163 @@ def test_cache_features_run_matches_the_saved_model(cached_run, tiny_dataset):
     assert roc_auc_score(actual == 0, probabilities[:, 0]) == pytest.approx(report["roc_auc"])
 
 
-def test_plot_is_a_png_with_four_curves(trained, tmp_path):
-    import matplotlib.image
-    import matplotlib.pyplot as plt
+def test_a_warm_feature_cache_computes_nothing_and_changes_nothing(cached_run):
+    (_, cold, _), (code, warm, err) = cached_run["runs"]
+    assert code == 0, err
+    cache = cached_run["out"] / "cache"
+    assert f"[INFO] feature cache {cache}: 0 image(s) found, 10 computed;" in cold
+    assert f"[INFO] feature cache {cache}: 10 image(s) found, 0 computed;" in warm
 
-    image = matplotlib.image.imread(trained["plot"])
-    assert image.shape[:2] == (480, 640)
-    history = {"loss": [0.7, 0.6, 0.5], "val_loss": [0.69, 0.65, 0.6],
-               "accuracy": [0.5, 0.6, 0.7], "val_accuracy": [0.5, 0.5, 0.9]}
-    figure = train_covid19.plot_history(history, str(tmp_path / "p.png"))
-    axis = figure.axes[0]
-    assert [line.get_label() for line in axis.lines] == [
-        "train_loss", "val_loss", "train_acc", "val_acc"]
-    assert [list(line.get_ydata()) for line in axis.lines] == [
-        history["loss"], history["val_loss"], history["accuracy"], history["val_accuracy"]]
-    assert axis.get_title() == "Training Loss and Accuracy on COVID-19 Dataset"
-    plt.close(figure)
+    def losses(out):
+        return re.findall(r"loss: (\d\.\d{4})", out)
+
+    assert losses(cold) == losses(warm) and len(losses(cold)) == 4
+    assert parse_report(cold)[0].tolist() == parse_report(warm)[0].tolist()
 
 
-def test_same_seed_same_split_and_first_epoch_loss(tiny_dataset):
-    def first_epoch(seed):
-        keras.utils.set_random_seed(seed)  # as main() does
-        _, (trainP, testP, trainY, testY) = load_and_split(tiny_dataset, seed)
-        images, _, _ = train_covid19.find_images(tiny_dataset)
-        model = random_model()
-        extract = train_covid19.make_feature_extractor(model)
-        testF = train_covid19.extract_features(extract, images, testP, 4)
-        history = train_covid19.train(train_covid19.make_head(model), trainP, trainY, testF,
-                                      testY, epochs=1, batch_size=4, lr=1e-3, seed=seed,
-                                      extract=extract, images=images)
-        return testP, history.history["loss"][0]
+def test_same_seed_same_split_and_losses(tiny_dataset, tmp_path):
+    def run(seed):
+        out = tmp_path / str(seed)
+        out.mkdir(exist_ok=True)
+        code, stdout, err = run_main(train_covid19.main, [
+            "--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights",
+            "none", "--seed", str(seed), "--model", str(out / "m.h5"),
+            "--plot", str(out / "p.png"), "--report", str(out / "r.json")])
+        assert code == 0, err
+        report = json.loads((out / "r.json").read_text())
+        return report["test_files"], re.findall(r"loss: (\d\.\d{4})", stdout)
 
-    split_a, loss_a = first_epoch(11)
-    split_b, loss_b = first_epoch(11)
-    _, loss_c = first_epoch(12)
-    assert split_a == split_b
-    assert loss_a == loss_b
-    assert loss_c != loss_a  # the seed matters, so the equality above means something
+    (split_a, loss_a), (split_b, loss_b) = run(11), run(11)
+    assert split_a == split_b and loss_a == loss_b and len(loss_a) == 4
+    assert run(12)[1] != loss_a  # the seed matters, so the equality above means something
 
 
-def test_command_line_run_in_a_subprocess(tiny_dataset, tmp_path):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_covid19.py"), "--dataset", tiny_dataset,
-         "--epochs", "1", "--batch-size", "4", "--weights", "none"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    # Keras prints no "Epoch 1/1" header for a single epoch, only its line of metrics
-    assert re.search(r"^2/2 - .* - accuracy: \d\.\d{4} - loss: \d\.\d{4} - val_accuracy: ",
-                     result.stdout, re.M)
-    assert re.search(r"^acc: \d\.\d{4} \(95% CI \d\.\d\d-\d\.\d\d\)$", result.stdout, re.M)
-    assert result.stdout.strip().splitlines()[-1] == (
-        "[INFO] wrote covid19.h5 (model), plot.png and roc.png (plots), report.json (report)")
-    assert keras.models.load_model(str(tmp_path / "covid19.h5")).output_shape == (None, 2)
-    for name in ["plot.png", "roc.png"]:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "report.json").read_text())["class_names"] == [
-        "covid", "normal"]
-    # no temporary file is left beside the outputs
-    assert sorted(os.listdir(tmp_path)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+def test_three_classes_train_and_report_one_vs_rest(tmp_path):
+    dataset = str(tmp_path / "d")
+    make_dataset(dataset, per_class=5, classes=("covid", "normal", "pneumonia"))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, stdout, err = run_main(train_covid19.main, [
+        "--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--weights", "none",
+        "--cache-features", "--model", str(out / "m.h5"), "--plot", str(out / "p.png"),
+        "--report", str(out / "r.json")])
+    assert code == 0, err
+    assert "classes ['covid', 'normal', 'pneumonia']: 12 for training, 3 for testing" in stdout
+    model = keras.models.load_model(str(out / "m.h5"))
+    assert model.output_shape == (None, 3)
+    report = json.loads((out / "r.json").read_text())
+    assert report["class_names"] == ["covid", "normal", "pneumonia"]
+    assert "sensitivity" not in report  # the two-class summary only makes sense for two
+    cm = np.array(report["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == 3
+    for c, name in enumerate(report["class_names"]):
+        m = report["per_class"][name]
+        assert (m["sensitivity"]["successes"], m["sensitivity"]["trials"]) == (cm[c, c], 1)
+        tn = cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]
+        assert (m["specificity"]["successes"], m["specificity"]["trials"]) == (tn, 2)
+        assert re.search(rf"^{name}: sensitivity: \d\.\d{{4}} \(95% CI .*\), specificity: ",
+                         stdout, re.M)
+
+
+def test_imagenet_offline_says_what_to_do(tiny_dataset, tmp_path, monkeypatch):
+    import keras.src.backend.config
+
+    # A proxy on a closed local port makes the download fail at once, online or not; an empty
+    # Keras home makes sure no earlier download is found.
+    for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"]:
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    (tmp_path / "keras").mkdir()
+    monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(tmp_path / "keras"))
+    code, out, err = run_main(train_covid19.main, [
+        "--dataset", tiny_dataset, "--model", str(tmp_path / "m.h5"),
+        "--plot", str(tmp_path / "p.png"), "--report", str(tmp_path / "r.json")])
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert last.startswith("train_covid19.py: error: cannot get the VGG16 ImageNet weights")
+    assert f"copy vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 into " \
+           f"{tmp_path / 'keras' / 'models'}/ or pass --weights PATH" in last
+    assert sorted(os.listdir(tmp_path)) == ["keras"]  # no output written
+    assert not os.path.exists(tmp_path / "keras" / "models" /
+                              "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    assert "[INFO] loading images..." not in out  # failed before the long work
+
+
+def test_help_and_usage_errors_answer_before_tensorflow_loads():
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['train_covid19.py'] + sys.argv[1:]\n"
+             "try:\n"
+             "    runpy.run_path('train_covid19.py', run_name='__main__')\n"
+             "except SystemExit as exit:\n"
+             "    loaded = 'tensorflow.python' in sys.modules\n"
+             "    print('exit', exit.code, 'tensorflow loaded:', loaded, file=sys.stderr)\n")
+    for argv, code, output in [
+            (["--help"], 0, "--precision {float32,bfloat16,float16}"),
+            (["--dataset", "d", "--epochs", "0"], 2,
+             "train_covid19.py: error: argument --epochs: must be greater than 0, got 0")]:
+        result = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        assert lines[-1] == f"exit {code} tensorflow loaded: False", result.stderr
+        assert output in result.stdout + result.stderr
+        assert not [line for line in lines if "oneDNN" in line or "cuda" in line.lower()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Patient-level split
+# ---------------------------------------------------------------------------------------------
+
+
+def make_patient_dataset(root, patients_per_class=8, images_per_patient=2):
+    """Classes of several patients with several images each, and the builders' manifest."""
+    rows = ["file,class,patient_id,source"]  # a manifest from before license/url existed
+    for c, name in enumerate(["covid", "normal"]):
+        for p in range(patients_per_class):
+            for i in range(images_per_patient):
+                file = f"{name}/{name}-p{p}-{i}.png"
+                write_image(os.path.join(root, file), seed=100 * c + 10 * p + i, size=(40, 40))
+                rows.append(f"{file},{name},{name}{p},test")
+    with open(os.path.join(root, "manifest.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return root
+
+
+def patient(path):
+    return os.path.basename(path).rsplit("-", 1)[0]
+
+
+@pytest.mark.parametrize("seed", [1, 42, 7])
+def test_patient_split_keeps_every_patient_on_one_side(tmp_path, seed, capsys):
+    dataset = make_patient_dataset(str(tmp_path / "d"))
+    _, _, (trainP, testP, trainY, testY), info = split_as_main_does(dataset, seed, "patient")
+    assert not {patient(p) for p in trainP} & {patient(p) for p in testP}
+    assert len(trainP) + len(testP) == 32
+    # stratified: both classes on both sides, about a fifth of the patients held out
+    assert testY.sum(axis=0).min() >= 2 and trainY.sum(axis=0).min() >= 2
+    assert len({patient(p) for p in testP}) in (3, 4)  # a fifth of 16 patients
+    assert info == {"kind": "patient", "patients_on_both_sides": 0}
+    assert "[WARNING]" not in capsys.readouterr().err
+
+
+def test_random_split_warns_how_many_patients_it_puts_on_both_sides(tmp_path, capsys):
+    dataset = make_patient_dataset(str(tmp_path / "d"))
+    _, _, (trainP, testP, _, _), info = split_as_main_does(dataset, 42)
+    shared = {patient(p) for p in trainP} & {patient(p) for p in testP}
+    assert len(shared) > 0 and info["patients_on_both_sides"] == len(shared)
+    assert (f"[WARNING] {len(shared)} patient(s) have images on both sides of the random split"
+            in capsys.readouterr().err)
+
+
+def test_patient_split_run_writes_it_in_the_report(tmp_path):
+    dataset = make_patient_dataset(str(tmp_path / "d"))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, stdout, err = run_main(train_covid19.main, [
+        "--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--weights", "none",
+        "--cache-features", "--split", "patient", "--model", str(out / "m.h5"),
+        "--plot", str(out / "p.png"), "--report", str(out / "r.json")])
+    assert code == 0, err
+    report = json.loads((out / "r.json").read_text())
+    assert report["split"] == {"kind": "patient", "patients_on_both_sides": 0}
+    tested = {patient(file) for file in report["test_files"]}
+    assert len(tested) in (3, 4) and sum(report["counts"]["test"].values()) == 2 * len(tested)

@@ -1,0 +1,86 @@
+"""What the two dataset builders share: their last step, copying the chosen images into a class
+folder, recording them in the manifest and printing one summary line.
+
+Only images are copied: a file whose content is not an image OpenCV decodes (checked from its
+first bytes, then decoded), or that is over the pixel limit, is refused, counted and named,
+whatever its name says. This is the guard against a crafted source tree (`images/evil.png`
+linking to `~/.ssh/id_rsa`); links themselves are followed, so a source tree whose `images/`
+is a link to another disk works.
+"""
+
+import os
+import sys
+
+from covid19_cli import UserError, shown
+from covid19_files import CONFLICT, COPIED, PRESENT, copy_new_file
+from covid19_images import NotAnImage, decode, read_bytes
+from covid19_manifest import MANIFEST, update_manifest
+
+REFUSED = "refused"
+
+
+def refusal(source):
+    """Why `source` must not be copied into a dataset, or None when it is a usable image."""
+    try:
+        decode(read_bytes(source))
+    except NotAnImage as err:
+        return str(err)
+    return None
+
+
+def copy_all(sources, output):
+    """Copy each source image into the folder `output` under its own name, never overwriting.
+
+    Returns the count of each outcome (COPIED, PRESENT, REFUSED, CONFLICT) and the sources now
+    in `output` (copied or already present). Each refusal and conflict is reported on stderr.
+    """
+    counts, in_place = {COPIED: 0, PRESENT: 0, REFUSED: 0, CONFLICT: 0}, []
+    for source in sources:
+        reason = refusal(source)
+        if reason is not None:
+            counts[REFUSED] += 1
+            print(f"[WARNING] refusing {shown(source)}: {reason}", file=sys.stderr)
+            continue
+        destination = os.path.join(output, os.path.basename(source))
+        outcome = copy_new_file(source, destination)
+        counts[outcome] += 1
+        if outcome == CONFLICT:
+            print(f"[WARNING] not overwriting {shown(destination)}: a different file is already "
+                  f"there (wanted to copy {shown(source)})", file=sys.stderr)
+        else:
+            in_place.append(source)
+    return counts, in_place
+
+
+def copy_into_output(sources, output, counts_before, counts_after=None, manifest_row=None,
+                     source_name=""):
+    """A builder's last step: create `output`, copy `sources` into it, print one summary line.
+
+    `output` was checked by `check_output_folder` before the builder started. With
+    `manifest_row` (source path -> {"patient_id", "license", "url"}), every image now in
+    `output` gets a row in the manifest of the dataset folder above it (`mydata/manifest.csv`
+    for `mydata/covid`). The summary is `counts_before`, what the copy did, `counts_after`
+    (with the refusals added to its own), then the conflicts. Conflicts (files never
+    overwritten) make it fail once everything else is copied.
+    """
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {output!r} cannot be created: {err.strerror}") from None
+    copied, in_place = copy_all(sources, output)
+    if manifest_row is not None:
+        dataset = os.path.dirname(os.path.abspath(output))
+        label = os.path.basename(os.path.abspath(output))
+        total = update_manifest(dataset, [
+            {"file": f"{label}/{os.path.basename(source)}", "class": label,
+             "source": source_name, **manifest_row(source)} for source in in_place])
+        print(f"[INFO] {os.path.join(os.path.dirname(output), MANIFEST)}: {len(in_place)} "
+              f"row(s) for {label}/, {total} in all")
+    after = dict(counts_after or {})
+    after[REFUSED] = after.get(REFUSED, 0) + copied[REFUSED]
+    summary = {**counts_before, COPIED: copied[COPIED], PRESENT: copied[PRESENT], **after,
+               CONFLICT: copied[CONFLICT]}
+    print("[INFO] " + ", ".join(f"{key}: {value}" for key, value in summary.items()))
+    if copied[CONFLICT]:
+        raise UserError(f"{copied[CONFLICT]} file(s) in {output!r} have the names of "
+                        "selected images but other contents; they were not overwritten")

@@ -1,0 +1,120 @@
+"""An on-disk cache of image features, so that a rerun does not pass an image through VGG16 again.
+
+Features of an image that is not augmented depend only on: the image's bytes, the VGG16 weights,
+the precision, the preprocessing, the crop and layers of the extractor, the library versions
+that compute them, and the audit's mask. `FeatureCache` keys every entry on all of these: a
+changed image, weights file or precision is recomputed, and only that.
+
+Layout: `<folder>/<configuration key>/<image sha256>.npy`-like files of our own format: a magic
+line, the entry's own key, the float32 features and their SHA-256. An entry that is truncated,
+damaged or was written for another key is never trusted: it is recomputed with a warning, and
+replaced. Entries are written to a temporary file and renamed, so a crash never leaves half an
+entry. `<folder>/<configuration key>/configuration.json` says what the key stands for.
+
+The default folder is `$XDG_CACHE_HOME/covid19-xray` (`~/.cache/covid19-xray`): about 2 KB per
+image and configuration. Deleting the folder clears it; nothing else refers to it.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+
+from covid19_cli import shown
+from covid19_files import atomic_output
+
+MAGIC = b"covid19-xray features v1\n"
+DIGEST_BYTES = 32
+
+
+def default_cache_folder():
+    """`$XDG_CACHE_HOME/covid19-xray`, else `~/.cache/covid19-xray` (the XDG rule)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "covid19-xray")
+
+
+def weights_digest(layers):
+    """SHA-256 of the values of every weight of `layers`: the same for the same weights,
+    however they were made (ImageNet download, a local file, `none` with a seed)."""
+    digest = hashlib.sha256()
+    for layer in layers:
+        for weight in layer.get_weights():
+            digest.update(np.ascontiguousarray(weight, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Features of images, keyed by each image's SHA-256 within one `configuration` (a dict of
+    everything else the features depend on, JSON-serializable)."""
+
+    def __init__(self, folder, configuration):
+        text = json.dumps(configuration, sort_keys=True)
+        self.key = hashlib.sha256(text.encode()).hexdigest()
+        self.folder = os.path.join(folder, self.key[:24])
+        self.root = folder
+        self.found = self.computed = self.damaged = 0
+        os.makedirs(self.folder, exist_ok=True)
+        description = os.path.join(self.folder, "configuration.json")
+        if not os.path.exists(description):
+            with atomic_output(description) as temporary, open(temporary, "w") as f:
+                f.write(json.dumps(configuration, sort_keys=True, indent=2) + "\n")
+
+    def _path(self, image_digest):
+        return os.path.join(self.folder, image_digest[:2], f"{image_digest}.features")
+
+    def _entry_key(self, image_digest):
+        return hashlib.sha256(f"{self.key}:{image_digest}".encode()).digest()
+
+    def get(self, image_digest):
+        """The features cached for an image, or None (absent, damaged or foreign: recompute)."""
+        path = self._path(image_digest)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            data = b""
+        head = len(MAGIC) + DIGEST_BYTES
+        payload, checksum = data[head:-DIGEST_BYTES], data[-DIGEST_BYTES:]
+        if (len(data) < head + DIGEST_BYTES or not data.startswith(MAGIC)
+                or data[len(MAGIC):head] != self._entry_key(image_digest)
+                or len(payload) % 4 or hashlib.sha256(payload).digest() != checksum):
+            self.damaged += 1
+            print(f"[WARNING] feature cache entry {shown(path)} is damaged or was written for "
+                  "something else; computing it again", file=sys.stderr)
+            return None
+        return np.frombuffer(payload, dtype="<f4")
+
+    def put(self, image_digest, features):
+        path = self._path(image_digest)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        payload = np.ascontiguousarray(features, dtype="<f4").tobytes()
+        with atomic_output(path) as temporary, open(temporary, "wb") as f:
+            f.write(MAGIC + self._entry_key(image_digest) + payload
+                    + hashlib.sha256(payload).digest())
+
+    def get_many(self, images, paths):
+        """{path: features} of the images at `paths` (in a `DecodedImages`) found in the cache."""
+        found = {}
+        for path in paths:
+            features = self.get(images.digest[path])
+            if features is not None:
+                found[path] = features
+        self.found += len(found)
+        return found
+
+    def put_many(self, images, paths, features):
+        for path, row in zip(paths, features):
+            self.put(images.digest[path], row)
+        self.computed += len(paths)
+
+    def summary(self):
+        """`[INFO] feature cache ...`: where it is, what this run found and added, its size."""
+        size = sum(os.path.getsize(os.path.join(base, name))
+                   for base, _, names in os.walk(self.root) for name in names)
+        return (f"[INFO] feature cache {shown(self.root)}: {self.found} image(s) found, "
+                f"{self.computed} computed; {size / 1e6:.1f} MB in all (delete the folder to "
+                "clear it)")

@@ -1,0 +1,110 @@
+"""What every script's command line shares: one-line errors, Ctrl-C and SIGTERM, a fast --help.
+
+- `UserError` is a problem the user can fix (a wrong path or flag). `cli` prints it as one line
+  on stderr and exits with 1; a bad flag (`UsageError`, raised by `ArgumentParser`) exits with 2,
+  as argparse does. Bugs still raise with their traceback: hiding those would help nobody.
+- `cli` also turns Ctrl-C (exit 130) and SIGTERM (exit 143, what `kill`, `timeout` and CI
+  runners send) into one line. Outputs are written through `covid19_files.atomic_outputs`, so an
+  interrupted run leaves every earlier output as it was.
+- `lazy_import`: TensorFlow takes seconds to import and prints start-up lines. The modules that
+  need it import it with this function, so it loads on first use and `--help` or a mistyped flag
+  answers at once.
+- `shown`: a path as it can be printed, also when its name is not valid UTF-8.
+"""
+
+import argparse
+import functools
+import importlib.util
+import os
+import signal
+import sys
+
+# Keep TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines) off the console;
+# it must be set before TensorFlow loads.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_USER_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+class UserError(Exception):
+    """An error the user can fix (a wrong path or flag); `cli` prints it as one line."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class UsageError(UserError):
+    """A flag argparse rejects; exit code 2, as argparse's own."""
+
+    exit_code = EXIT_USAGE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds exactly as Ctrl-C does."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr, not the usage block plus the error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def positive(kind):
+    """An argparse type: `kind(text)`, refused unless greater than 0."""
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def cli(main):
+    """Wrap a script's `main(argv)`: a `UserError`, Ctrl-C or SIGTERM becomes one line on stderr."""
+    # the script's file name, also when a test calls main() directly
+    prog = os.path.basename(sys.modules[main.__module__].__file__)
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            return main(argv)
+        except UserError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except Terminated:
+            print(f"{prog}: terminated (SIGTERM); no output was replaced", file=sys.stderr)
+            return EXIT_TERMINATED
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted; no output was replaced", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def lazy_import(name):
+    """The module `name`, executed on its first attribute access (the Python documentation's
+    `importlib.util.LazyLoader` recipe); the module itself if it is loaded already."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+def shown(path):
+    """`path` as it can be printed: bytes of a name that are not UTF-8 (which Python hands over
+    as lone surrogates, `'x\\udcff.jpeg'`) become U+FFFD. JSON and CSV keep the real name."""
+    return os.fsencode(path).decode("utf-8", errors="replace")

@@ -1,0 +1,169 @@
+"""Writing files without losing any: checked outputs, atomic replacement, no overwriting, locks.
+
+- `check_output_path` / `check_output_folder`: fail before any work when an output cannot be
+  written, or would land inside the source data (which is never modified).
+- `atomic_outputs`: write every output to a temporary file beside it and rename them all into
+  place only when all are written: a crash, Ctrl-C or SIGTERM leaves the earlier files
+  byte-for-byte as they were, and no half-written file.
+- `claim_outputs`: an advisory lock beside each output, so that a second run writing the same
+  outputs stops at its start, naming the first, and a set of outputs always comes from one run.
+  The kernel releases the lock when its process dies, however it dies: a killed run never blocks
+  the next one. (Where `fcntl` does not exist, on Windows, there is no lock.)
+- `copy_new_file`: copy a file unless something is there already; never overwrite.
+"""
+
+import contextlib
+import filecmp
+import os
+import shutil
+import uuid
+
+from covid19_cli import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+# The outcomes of `copy_new_file`, also the keys of the builders' summaries.
+COPIED, PRESENT, CONFLICT = "copied", "already present", "conflicts"
+
+
+def same_or_inside(path, folder):
+    """True when `path` is `folder` or lies inside it, after resolving links."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def check_output_path(path, flag, suffix=None):
+    """Fail now, not after training, if `path` cannot be written as an output file."""
+    if suffix and not path.lower().endswith(suffix):
+        raise UserError(f"{flag} {path!r} must end in {suffix}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path!r}: folder {folder!r} does not exist; create it first")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a folder; give a file name")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {path!r}: folder {folder!r} is not writable")
+
+
+def check_output_folder(folder, flag, source=None, source_flag=None):
+    """Fail before any work if `folder` cannot be an output folder; creates nothing.
+
+    Refuses a file, a folder inside `source` if given (source data is never modified), and a
+    folder that cannot be created or written.
+    """
+    if source is not None and same_or_inside(folder, source):
+        raise UserError(f"{flag} {folder!r} is inside {source_flag} {source!r}; write the "
+                        "dataset elsewhere, source data is never modified")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{flag} {folder!r} is a file, not a folder")
+    existing = os.path.abspath(folder)  # the folder, or the nearest parent that exists
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{flag} {folder!r} cannot be created: {existing!r} is a file")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {folder!r} is not writable" if existing == os.path.abspath(folder)
+                        else f"{flag} {folder!r} cannot be created: {existing!r} is not writable")
+
+
+def temporary_beside(path):
+    """A fresh hidden name beside `path` that keeps its suffix: Keras, matplotlib and OpenCV
+    choose the file format from it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{os.path.splitext(name)[1]}")
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths):
+    """Yield one temporary path beside each of `paths`; rename them all into place only if the
+    block succeeds, and remove every temporary file however it ends."""
+    temporaries = [temporary_beside(path) for path in paths]
+    try:
+        yield temporaries
+        for temporary, path in zip(temporaries, paths):
+            os.replace(temporary, path)
+    finally:
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """`atomic_outputs` for one file: yields its temporary path."""
+    with atomic_outputs(path) as (temporary,):
+        yield temporary
+
+
+def _lock_path(path):
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.lock")
+
+
+def _acquire(path, wait):
+    """Lock `path`'s lock file for this process: wait for it, or raise a UserError naming the
+    process that holds it."""
+    lock_path = _lock_path(path)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{path!r} is being written by another run (process {holder}); "
+                            "wait for it to end, or write elsewhere") from None
+        # The previous holder removes its lock file as it releases it; a lock taken on a file
+        # that is no longer at `lock_path` guards nothing: take the new one.
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd, lock_path
+
+
+@contextlib.contextmanager
+def claim_outputs(*paths, wait=False):
+    """Hold an advisory lock beside each of `paths` (`.<name>.lock`) for the block.
+
+    A run that would write an output another running process holds stops at once with a
+    UserError naming that process (or, with `wait`, waits its turn: for a short update such as
+    the manifest's). The lock files are removed when the block ends.
+    """
+    held = []
+    try:
+        if fcntl is not None:
+            for path in sorted({os.path.abspath(path) for path in paths}):
+                # An output whose folder is not there yet cannot be another run's output yet:
+                # nothing to guard (and nothing is created before the run starts its work).
+                if os.path.isdir(os.path.dirname(path)):
+                    held.append(_acquire(path, wait))
+        yield
+    finally:
+        for fd, lock_path in reversed(held):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)
+            os.close(fd)
+
+
+def copy_new_file(source, destination):
+    """Copy `source` to `destination` (with its metadata) unless something is already there.
+
+    Returns COPIED; PRESENT when an identical file is already at `destination` (reruns are safe);
+    CONFLICT when a different file is there, which is never overwritten. The copy goes to a
+    temporary file first, so an interrupted copy never leaves a truncated image behind.
+    """
+    if os.path.lexists(destination):
+        if os.path.isfile(destination) and filecmp.cmp(source, destination, shallow=False):
+            return PRESENT
+        return CONFLICT
+    with atomic_output(destination) as temporary:
+        shutil.copy2(source, temporary)
+    return COPIED

@@ -1,0 +1,219 @@
+"""The tutorial's network, its optimizer, its file, and the precision it computes in.
+
+- `load_vgg16_base(weights)`: VGG16 without its classifier, with `imagenet`, `none` or a file's
+  weights; a failed download or a wrong file is a one-line `UserError`.
+- `build_model(baseModel, num_classes)`: the tutorial's head on the frozen base.
+- `make_optimizer(lr, epochs)`: Adam with the tutorial's per-step decay, which Keras 3 dropped.
+- `save_model` / `load_classifier`: the HDF5 file, with the class names in its attributes.
+- `check_precision` / `with_precision`: bfloat16 or float16 copies of layers (Keras's mixed
+  policies: variables stay float32, computations run in the lower precision), for the frozen
+  base in training and for the whole network in prediction. The saved model is always float32.
+"""
+
+import json
+import logging
+import os
+import platform
+import sys
+
+import h5py
+
+from covid19_cli import UserError, lazy_import
+from covid19_images import IMAGE_SIZE
+
+keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
+
+# The file Keras downloads for `VGG16(weights="imagenet", include_top=False)`.
+VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# The HDF5 attribute that holds the class names (a JSON list, in the order of the outputs).
+CLASS_NAMES_ATTR = "covid19_class_names"
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+
+
+def keras_models_folder():
+    """Where Keras looks for downloaded weights: its own rule (KERAS_HOME, else ~/.keras, else
+    /tmp/.keras when home is not writable), plus `models/`. Keras has no public accessor."""
+    from keras.src.backend.config import keras_home
+
+    return os.path.join(keras_home(), "models")
+
+
+def load_vgg16_base(weights):
+    """VGG16 without its classifier on a 224x224x3 input, with `weights` imagenet|none|PATH.
+
+    (The tutorial passed `input_tensor=Input(shape=(224, 224, 3))`; `input_shape` builds the
+    same network, whose input Keras 3 then takes as a tensor rather than a list of one.)
+    """
+    input_shape = (*IMAGE_SIZE, 3)
+    if weights == "none":
+        return keras.applications.VGG16(weights=None, include_top=False, input_shape=input_shape)
+    if weights == "imagenet":
+        try:
+            return keras.applications.VGG16(weights="imagenet", include_top=False,
+                                            input_shape=input_shape)
+        except Exception as err:  # Keras raises a bare Exception for a failed download
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(
+                f"cannot get the VGG16 ImageNet weights ({reason}). Offline, copy "
+                f"{VGG16_NOTOP_FILE} into {keras_models_folder()}/ or pass --weights PATH "
+                "(a local copy of that file), or --weights none for random weights"
+            ) from None
+    if not os.path.isfile(weights):
+        raise UserError(f"--weights {weights!r}: no such file; use imagenet, none or the path "
+                        f"of a local {VGG16_NOTOP_FILE}")
+    try:
+        return keras.applications.VGG16(weights=weights, include_top=False,
+                                        input_shape=input_shape)
+    except (OSError, ValueError, KeyError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"--weights {weights!r} is not a VGG16 no-top weights file like "
+                        f"{VGG16_NOTOP_FILE}: {reason}") from None
+
+
+def build_model(baseModel, num_classes=2):
+    """The tutorial's network: frozen VGG16 base, then pool, flatten, dense, dropout, softmax."""
+    # construct the head of the model that will be placed on top of the base model
+    headModel = baseModel.output
+    headModel = keras.layers.AveragePooling2D(pool_size=(4, 4))(headModel)
+    headModel = keras.layers.Flatten(name="flatten")(headModel)
+    headModel = keras.layers.Dense(64, activation="relu")(headModel)
+    headModel = keras.layers.Dropout(0.5)(headModel)
+    headModel = keras.layers.Dense(num_classes, activation="softmax")(headModel)
+
+    # place the head on top of the base model (this is the model we will train)
+    model = keras.Model(inputs=baseModel.input, outputs=headModel)
+
+    # freeze every layer of the base so only the head is trained
+    for layer in baseModel.layers:
+        layer.trainable = False
+    return model
+
+
+def make_optimizer(lr, epochs):
+    """Adam with the tutorial's `decay=INIT_LR / EPOCHS`, which Keras 3 no longer accepts.
+
+    Keras 2 applied that decay per batch as lr / (1 + decay * iterations). InverseTimeDecay
+    with decay_steps=1 computes exactly that from the optimizer's iteration count; dropping
+    `decay` instead would silently train at a constant learning rate.
+    """
+    schedule = keras.optimizers.schedules.InverseTimeDecay(
+        initial_learning_rate=lr, decay_steps=1, decay_rate=lr / epochs)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def loss_for(num_classes):
+    """Two classes: binary cross-entropy on the 2-unit softmax, as in the tutorial. More:
+    categorical cross-entropy, the loss that matches a softmax over all of them."""
+    return "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model file
+# ---------------------------------------------------------------------------------------------
+
+
+def save_model(model, path, class_names):
+    """Save the whole model as HDF5, with the class names in the file's attributes.
+
+    predict_covid19.py reads them back, so it never has to guess which output is which class.
+    """
+    # HDF5 is the tutorial's format; Keras 3 logs a warning calling it legacy on every save.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        model.save(path)
+    finally:
+        absl_logger.setLevel(level)
+    with h5py.File(path, "a") as f:
+        f.attrs[CLASS_NAMES_ATTR] = json.dumps(class_names)
+
+
+def load_classifier(path):
+    """The Keras model at `path` and its class names, in the order of its outputs."""
+    if not os.path.isfile(path):
+        raise UserError(f"--model {path!r}: no such file; train one with train_covid19.py")
+    try:
+        with h5py.File(path, "r") as f:
+            stored = f.attrs.get(CLASS_NAMES_ATTR)
+    except OSError:
+        raise UserError(f"--model {path!r} is not an HDF5 model file (.h5) saved by "
+                        "train_covid19.py") from None
+    if stored is None:
+        raise UserError(f"--model {path!r} has no class names, so its outputs cannot be named; "
+                        "use a model saved by this train_covid19.py (retrain if it is older)")
+    class_names = json.loads(stored)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for a damaged or foreign file
+        raise UserError(f"--model {path!r} cannot be loaded as a Keras model: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if model.output_shape[-1] != len(class_names):
+        raise UserError(f"--model {path!r} has {model.output_shape[-1]} outputs but "
+                        f"{len(class_names)} class names ({', '.join(class_names)}); it was not "
+                        "saved by train_covid19.py as it is")
+    return model, class_names
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_has_native_bfloat16():
+    """True when the CPU computes bfloat16 in hardware (x86: AVX512_BF16 or AMX; Arm: BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().lower().split())
+    except OSError:  # not Linux: assume the worst, the warning only says it may be slow
+        return False
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def check_precision(precision):
+    """Warn, in one line, when `precision` will run slower than float32 on this hardware."""
+    if precision == "float32":
+        return
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if precision == "float16" and not has_gpu:
+        print("[WARNING] --precision float16 without a GPU: CPUs emulate float16, so this will "
+              "be slower than float32", file=sys.stderr)
+    elif precision == "bfloat16" and not has_gpu and not cpu_has_native_bfloat16():
+        print("[WARNING] --precision bfloat16 on a CPU without native bfloat16 (AVX512_BF16 or "
+              "AMX): this will be slower than float32", file=sys.stderr)
+
+
+def with_precision(layer, precision):
+    """A copy of `layer` computing in `precision` (Keras's mixed policy: float32 variables),
+    with the same weights; the layer itself when `precision` is float32."""
+    if precision == "float32":
+        return layer
+    config = {**layer.get_config(), "dtype": f"mixed_{precision}"}
+    copy = type(layer).from_config(config)
+    copy.build(layer.input.shape)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+def model_with_precision(model, precision):
+    """`model` computing in `precision`, its last layer (the softmax) kept in float32 as Keras's
+    mixed-precision guide prescribes; `model` itself when `precision` is float32."""
+    if precision == "float32":
+        return model
+    last = model.layers[-1]
+
+    def clone(layer):
+        dtype = "float32" if layer is last else f"mixed_{precision}"
+        return type(layer).from_config({**layer.get_config(), "dtype": dtype})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

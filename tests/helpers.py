@@ -1,0 +1,241 @@
+"""What the tests share: data they write at run time, and ways to run and check the scripts.
+
+No real image or model is committed for the tests; each one makes what it needs in a temporary
+folder: synthetic X-ray folders with the junk real folders hold, Cohen-shaped checkouts with
+every version of `metadata.csv`, and Kaggle-shaped trees.
+"""
+
+import contextlib
+import hashlib
+import io
+import os
+import random
+
+import cv2
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+
+def write_image(path, seed, gray=False, size=(260, 300)):
+    """Write a distinct small synthetic 'X-ray' (noise plus a bright blob) to `path`.
+
+    The format follows the extension (.jpg, .png, ...); `gray` writes a single-channel file.
+    """
+    rng = np.random.default_rng(seed)
+    height, width = size
+    image = rng.integers(0, 120, size=(height, width, 3), dtype=np.uint8)
+    center = (int(rng.integers(width // 4, 3 * width // 4)),
+              int(rng.integers(height // 4, 3 * height // 4)))
+    cv2.circle(image, center, int(rng.integers(min(size) // 10, min(size) // 5)) + 1,
+               (230, 230, 230), -1)
+    if gray:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    ok, encoded = cv2.imencode(os.path.splitext(str(path))[1], image)
+    assert ok
+    with open(path, "wb") as f:  # not cv2.imwrite: it cannot take every file name
+        f.write(encoded.tobytes())
+    return str(path)
+
+
+def make_dataset(root, per_class=5, classes=("covid", "normal")):
+    """`root/<class>/` with `per_class` images each: mixed JPEG/PNG, some grayscale, mixed sizes."""
+    paths = []
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            ext = ".png" if i % 2 else ".jpg"
+            size = (200 + 20 * i, 240 - 10 * i)
+            paths.append(write_image(os.path.join(root, name, f"{name}-{i:02d}{ext}"),
+                                     seed=100 * c + i, gray=(i % 3 == 0), size=size))
+    return sorted(paths)
+
+
+def small_dataset(root, counts, size=(30, 30)):
+    """`root/<class>/<i>.png` for each class and count of `counts`."""
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            write_image(os.path.join(root, name, f"{i}.png"), seed=10 * c + i, size=size)
+    return str(root)
+
+
+def write_odd_formats(folder, seed=0):
+    """Images OpenCV must turn into 3-channel 8-bit: 16-bit gray PNG, RGBA PNG, palette PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = {"16bit": os.path.join(folder, "odd-16bit.png"),
+             "rgba": os.path.join(folder, "odd-rgba.png"),
+             "palette": os.path.join(folder, "odd-palette.png")}
+    assert cv2.imwrite(paths["16bit"], rng.integers(0, 65535, (50, 60), dtype=np.uint16))
+    assert cv2.imwrite(paths["rgba"], rng.integers(0, 255, (50, 60, 4), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 255, (50, 60), dtype=np.uint8)).convert("P").save(
+        paths["palette"])
+    return paths
+
+
+def write_junk(folder):
+    """Files a real X-ray folder holds besides X-rays. Returns the undecodable 'images'."""
+    os.makedirs(folder, exist_ok=True)
+    for name, content in [("notes.txt", b"not an image"), (".DS_Store", b"\0\0\0\1Bud1"),
+                          ("Thumbs.db", b"\xd0\xcf\x11\xe0")]:
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(content)
+    png = cv2.imencode(".png", np.full((40, 40, 3), 128, np.uint8))[1].tobytes()
+    broken = {"empty.jpg": b"", "truncated.png": png[:len(png) // 2],
+              "text.jpg": b"this is not a JPEG, it is text\n"}
+    for name, content in broken.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(content)
+    return sorted(os.path.join(folder, name) for name in broken)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running scripts and checking what they did
+# ---------------------------------------------------------------------------------------------
+
+
+def run_main(main, argv):
+    """Call a script's main(argv); return (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def snapshot(*folders):
+    """{path: (sha256, mtime in ns)} of every file under `folders` (a missing folder has none)."""
+    result = {}
+    for folder in folders:
+        for base, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(base, name)
+                with open(path, "rb") as f:
+                    result[path] = (hashlib.sha256(f.read()).hexdigest(),
+                                    os.stat(path).st_mtime_ns)
+    return result
+
+
+def assert_one_line_error(code, err, script, *phrases, exit_code=1, warnings=0):
+    """The run failed with `exit_code` and one error line, after `warnings` warning lines."""
+    assert code == exit_code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 + warnings, err
+    assert all(line.startswith("[WARNING] ") for line in lines[:-1])
+    assert lines[-1].startswith(f"{script}: error: ")
+    for phrase in phrases:
+        assert phrase in lines[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cohen's collection: every version of metadata.csv
+# ---------------------------------------------------------------------------------------------
+
+HEADERS = {
+    "march-2020": "Patientid,offset,sex,age,finding,survival,view,date,location,filename,doi, "
+                  "url,license,notes",
+    "april-2020": "Patientid,offset,sex,age,finding,survival,view,modality,date,location,"
+                  "filename,doi, url,license,clinical notes,other notes,",
+    "june-2020": "patientid,offset,sex,age,finding,survival,intubated,intubation_present,"
+                 "went_icu,in_icu,needed_supplemental_O2,extubated,temperature,pO2_saturation,"
+                 "leukocyte_count,neutrophil_count,lymphocyte_count,view,modality,date,location,"
+                 "folder,filename,doi,url,license,clinical_notes,other_notes,",
+    "current": "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,"
+               "intubation_present,went_icu,in_icu,needed_supplemental_O2,extubated,temperature,"
+               "pO2_saturation,leukocyte_count,neutrophil_count,lymphocyte_count,view,modality,"
+               "date,location,folder,filename,doi,url,license,clinical_notes,other_notes,",
+}
+
+# (finding in the flat 2020 style, finding in today's hierarchical style, view, filename)
+ROWS = [
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "a.jpg"),           # copied
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "AP", "b.jpg"),           # wrong view
+    ("SARS", "Pneumonia/Viral/SARS", "PA", "c.jpg"),                   # other finding
+    ("COVID-19, ARDS", "Pneumonia/Viral/COVID-19, ARDS", " pa ", "d.png"),  # copied
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "missing.jpg"),     # file missing
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "a.jpg"),           # listed twice
+    ("COVID-19", "Pneumonia/Viral/COVID-19", "PA", "../outside.jpg"),  # refused
+    ("MERS-CoV", "Pneumonia/Viral/MERS-CoV", "PA", "e.jpg"),           # other finding
+    ("Streptococcus", "Pneumonia/Bacterial/Streptococcus", "PA", "f.jpg"),
+    ("No Finding", "No Finding", "PA", "h.jpg"),
+    ("covid-19", "Pneumonia/Viral/COVID-19", "PA", "g.jpeg"),          # copied; notes not UTF-8
+]
+IMAGES = ["a.jpg", "b.jpg", "c.jpg", "d.png", "e.jpg", "f.jpg", "g.jpeg", "h.jpg"]
+
+
+def write_collection(root, version, rows=ROWS, images=IMAGES, volume=True):
+    """A Cohen-shaped checkout: metadata.csv with `version`'s header, images/, volumes/."""
+    header = HEADERS[version]
+    columns = [name.strip().lower() for name in header.split(",")]
+    hierarchical = version == "current"
+    lines = [header.encode()]
+    table = [(f2 if hierarchical else f1, view, name) for f1, f2, view, name in rows]
+    if "folder" in columns and volume:  # since June 2020: a row stored under volumes/
+        table.append(("Pneumonia/Viral/COVID-19" if hierarchical else "COVID-19", "PA",
+                      "v.jpg", "volumes"))
+    for i, (finding, view, name, *folder) in enumerate(table):
+        values = [b""] * len(columns)
+        values[columns.index("patientid")] = str(i).encode()
+        values[columns.index("finding")] = f'"{finding}"'.encode()
+        values[columns.index("view")] = view.encode()
+        values[columns.index("filename")] = name.encode()
+        if "folder" in columns:
+            values[columns.index("folder")] = (folder[0] if folder else "images").encode()
+        notes = [c for c in columns if "notes" in c][0]
+        # a Latin-1 byte in free text, as in real copies of the file
+        values[columns.index(notes)] = b"\"patient from S\xe3o Paulo, 'note', with comma\""
+        lines.append(b",".join(values))
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "metadata.csv"), "wb") as f:
+        f.write(b"\r\n".join(lines) + b"\r\n")
+    for k, name in enumerate(images):
+        write_image(os.path.join(root, "images", name), seed=k, size=(32, 32))
+    if "folder" in columns:
+        write_image(os.path.join(root, "volumes", "v.jpg"), seed=99, size=(32, 32))
+    # a file outside the collection that the `../outside.jpg` row points at: never read
+    write_image(os.path.join(os.path.dirname(root), "outside.jpg"), seed=50, size=(32, 32))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Kaggle's Chest X-Ray Images (Pneumonia)
+# ---------------------------------------------------------------------------------------------
+
+# Kaggle's file names: NORMAL images are IM-*/NORMAL2-IM-*, PNEUMONIA ones person*_bacteria|virus_*
+KAGGLE_COUNTS = {("train", "NORMAL"): 30, ("train", "PNEUMONIA"): 12, ("val", "NORMAL"): 4,
+                 ("val", "PNEUMONIA"): 4, ("test", "NORMAL"): 6, ("test", "PNEUMONIA"): 8}
+
+
+def kaggle_name(split, label, i):
+    if label == "NORMAL":
+        return f"IM-{i:04d}-0001.jpeg" if i % 2 else f"NORMAL2-IM-{i:04d}-0001.jpeg"
+    return f"person{i}_{'bacteria' if i % 2 else 'virus'}_{i + 7}.jpeg"
+
+
+def write_kaggle(root):
+    """A Kaggle-shaped `chest_xray/` tree, with the macOS debris the zip carries."""
+    for (split, label), count in KAGGLE_COUNTS.items():
+        for i in range(count):
+            write_image(os.path.join(root, split, label, kaggle_name(split, label, i)),
+                        seed=i, gray=True, size=(24, 24))
+        with open(os.path.join(root, split, label, ".DS_Store"), "wb") as f:
+            f.write(b"\0\0")
+        with open(os.path.join(root, split, label, "._IM-0001-0001.jpeg"), "wb") as f:
+            f.write(b"AppleDouble")  # a resource fork with an image's name
+    write_image(os.path.join(root, "__MACOSX", "train", "NORMAL", "IM-9999-0001.jpeg"), seed=1,
+                size=(24, 24))
+    return root
+
+
+def expected_kaggle_sample(split, label, n, seed=42):
+    """The documented sample: sorted names, shuffled by random.Random(seed), the first n."""
+    names = sorted(kaggle_name(split, label, i) for i in range(KAGGLE_COUNTS[split, label]))
+    random.Random(seed).shuffle(names)
+    return sorted(names[:n])

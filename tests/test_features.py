@@ -1,0 +1,166 @@
+"""covid19_features and covid19_cache: the frozen part computed once, on what the head reads."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from covid19_cache import FeatureCache
+from covid19_data import DecodedImages
+from covid19_features import (cache_configuration, extract_features, feature_crops,
+                              make_feature_extractor, make_head)
+from covid19_images import list_images, load_xray, scale_pixels
+from covid19_model import build_model, load_vgg16_base
+from helpers import make_dataset
+
+
+@pytest.fixture(scope="module")
+def base():
+    keras.utils.set_random_seed(5)
+    return load_vgg16_base("none")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    paths = make_dataset(str(tmp_path_factory.mktemp("d")), per_class=2)
+    return DecodedImages(paths), paths
+
+
+def model_with_head(base, pooling):
+    """The tutorial's network with another pooling layer at the top of its head."""
+    x = pooling(base.output)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    return keras.Model(base.input, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def whole_image_features(model, paths):
+    """What the tutorial computes: the whole 224x224 image through everything before the head."""
+    frozen = keras.Model(model.input, model.get_layer("flatten").output)
+    return frozen.predict(np.asarray(scale_pixels(np.stack([load_xray(p) for p in paths]))),
+                          verbose=0)
+
+
+def test_the_tutorials_head_reads_the_top_left_218_pixels(base):
+    model = build_model(base)
+    assert feature_crops(model) == {"input": 218, "block1_pool": 108, "block2_pool": 53,
+                                    "block3_pool": 25, "block4_pool": 11, "block5_pool": 4}
+
+
+@pytest.mark.parametrize("pooling, crops", [
+    (lambda: keras.layers.AveragePooling2D((4, 4)), 6),        # the tutorial's: 6 crops
+    (lambda: keras.layers.AveragePooling2D((2, 2)), 1),        # reads 6x6 of block5_pool
+    (lambda: keras.layers.MaxPooling2D((3, 3), strides=2), 0),  # reads all 7x7
+    (lambda: keras.layers.AveragePooling2D((7, 7)), 0),
+    (lambda: keras.layers.GlobalAveragePooling2D(), 0),
+    (lambda: keras.layers.AveragePooling2D((4, 4), padding="same"), 0),  # not derived: no crop
+])
+def test_features_equal_the_whole_models_whatever_the_heads_pooling(base, images, pooling,
+                                                                    crops):
+    store, paths = images
+    model = model_with_head(base, pooling())
+    extract = make_feature_extractor(model)
+    assert len(extract.crops) == crops
+    features = extract_features(extract, store, paths, batch_size=3)
+    expected = whole_image_features(model, paths)
+    assert features.shape == expected.shape and np.abs(expected).max() > 0
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_features_are_close_and_the_model_stays_float32(base, images):
+    store, paths = images
+    model = build_model(base)
+    full = extract_features(make_feature_extractor(model), store, paths, batch_size=4)
+    extract = make_feature_extractor(model, "bfloat16")
+    half = extract_features(extract, store, paths, batch_size=4)
+    assert half.dtype == np.float32
+    relative = np.linalg.norm(half - full) / np.linalg.norm(full)
+    assert 0 < relative < 0.05  # rounded differently, but the same features
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
+
+
+def test_head_shares_its_weights_with_the_saved_network(base):
+    model = build_model(base)
+    head = make_head(model)
+    assert [w.shape for w in head.trainable_weights] == [(512, 64), (64,), (64, 2), (2,)]
+    head.trainable_weights[0].assign(np.ones((512, 64)))
+    np.testing.assert_array_equal(model.get_layer(index=-3).get_weights()[0], 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The on-disk feature cache
+# ---------------------------------------------------------------------------------------------
+
+
+def counting(extract):
+    """`extract`, counting the images it is given."""
+    def counted(batch):
+        counted.images += int(batch.shape[0])
+        return extract(batch)
+
+    counted.images, counted.crops = 0, extract.crops
+    return counted
+
+
+def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
+    dataset = str(tmp_path / "d")
+    make_dataset(dataset, per_class=3)
+    model = build_model(base)
+    extract = make_feature_extractor(model)
+    configuration = cache_configuration(model, extract, "float32")
+
+    def run(precision_configuration=configuration):
+        paths = list_images(dataset)
+        store = DecodedImages(paths)
+        cache = FeatureCache(str(tmp_path / "cache"), precision_configuration)
+        counted = counting(extract)
+        features = extract_features(counted, store, paths, 4, cache=cache)
+        return counted.images, features, cache
+
+    computed, first, cache = run()
+    assert computed == 6 and (cache.found, cache.computed) == (0, 6)
+    computed, again, cache = run()
+    assert computed == 0 and (cache.found, cache.computed) == (6, 0)  # no VGG16 pass
+    np.testing.assert_array_equal(first, again)
+
+    # one image changes: only it is computed again
+    changed = os.path.join(dataset, "normal", "normal-01.png")
+    from helpers import write_image
+    write_image(changed, seed=999, size=(100, 100))
+    computed, _, cache = run()
+    assert computed == 1 and (cache.found, cache.computed) == (5, 1)
+
+    # other weights or another precision: a configuration of its own, computed afresh
+    assert run({**configuration, "precision": "bfloat16"})[0] == 6
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "foreign", "empty"])
+def test_a_damaged_or_foreign_entry_is_recomputed_with_a_warning(tmp_path, capsys, damage):
+    cache = FeatureCache(str(tmp_path), {"what": "test"})
+    features = np.arange(512, dtype=np.float32)
+    digest = "ab" * 32
+    cache.put(digest, features)
+    np.testing.assert_array_equal(cache.get(digest), features)
+    path = cache._path(digest)
+    data = open(path, "rb").read()
+    if damage == "truncate":
+        data = data[:-10]
+    elif damage == "flip a byte":
+        data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+    elif damage == "foreign":  # a valid entry of another image, copied over this one
+        cache.put("cd" * 32, features + 1)
+        data = open(cache._path("cd" * 32), "rb").read()
+    else:
+        data = b""
+    with open(path, "wb") as f:
+        f.write(data)
+    assert cache.get(digest) is None
+    assert capsys.readouterr().err == (
+        f"[WARNING] feature cache entry {path} is damaged or was written for something else; "
+        "computing it again\n")
+    cache.put(digest, features)  # recomputed, and replaced
+    np.testing.assert_array_equal(cache.get(digest), features)
+    assert not [name for name in os.listdir(os.path.dirname(path)) if ".tmp" in name]

@@ -1,0 +1,76 @@
+"""covid19_model: the tutorial's network, its optimizer and its weights."""
+
+import keras
+import numpy as np
+import pytest
+
+from covid19_cli import UserError
+from covid19_model import build_model, load_vgg16_base, make_optimizer, model_with_precision
+
+
+def test_model_layers_and_parameter_counts():
+    model = build_model(load_vgg16_base("none"))
+    head = model.layers[-5:]
+    assert [type(layer).__name__ for layer in head] == [
+        "AveragePooling2D", "Flatten", "Dense", "Dropout", "Dense"]
+    assert head[0].pool_size == (4, 4)
+    assert head[1].name == "flatten"
+    assert head[2].units == 64 and head[2].activation.__name__ == "relu"
+    assert head[3].rate == 0.5
+    assert head[4].units == 2 and head[4].activation.__name__ == "softmax"
+    assert model.input_shape == (None, 224, 224, 3)
+    assert model.layers[-6].name == "block5_pool"
+
+    def count(weights):
+        return sum(int(np.prod(w.shape)) for w in weights)
+
+    assert count(model.trainable_weights) == 32_962
+    assert count(model.non_trainable_weights) == 14_714_688
+    assert not any(layer.trainable for layer in model.layers[:-5])
+
+
+def test_learning_rate_schedule_reproduces_keras2_decay():
+    lr, epochs = 1e-3, 25
+    optimizer = make_optimizer(lr, epochs)
+    decay = lr / epochs
+    for step in [0, 1, 5, 125, 10_000]:
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(lr / (1 + decay * step),
+                                                               rel=1e-6)
+    # and it really decays: after 10,000 steps the rate is 1/(1+0.4) of the initial one
+    assert float(optimizer.learning_rate) == pytest.approx(lr / 1.4, rel=1e-6)
+
+
+def test_weights_path_loads_that_file(tmp_path):
+    base = keras.applications.VGG16(weights=None, include_top=False,
+                                    input_tensor=keras.Input((224, 224, 3)))
+    path = str(tmp_path / "vgg16_notop.h5")
+    base.save(path)
+    model = build_model(load_vgg16_base(path))
+    for name in ["block1_conv1", "block5_conv3"]:
+        for got, want in zip(model.get_layer(name).get_weights(),
+                             base.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("content", [None, b"not an hdf5 file"])
+def test_bad_weights_path_is_a_user_error(tmp_path, content):
+    path = tmp_path / "weights.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match="--weights"):
+        load_vgg16_base(str(path))
+
+
+def test_a_bfloat16_copy_keeps_the_weights_and_a_float32_softmax():
+    model = build_model(load_vgg16_base("none"))
+    copy = model_with_precision(model, "bfloat16")
+    assert copy.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert copy.layers[-1].dtype_policy.name == "float32"
+    for a, b in zip(model.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).uniform(0, 1, (2, 224, 224, 3)).astype("float32")
+    out = np.asarray(copy(x))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, np.asarray(model(x)), atol=0.02)
+    assert model_with_precision(model, "float32") is model
