@@ -74,7 +74,7 @@ def copy_into_output(sources, output, counts_before, counts_after=None, manifest
         total = update_manifest(dataset, [
             {"file": f"{label}/{os.path.basename(source)}", "class": label,
              "source": source_name, **manifest_row(source)} for source in in_place])
-        print(f"[INFO] {os.path.join(os.path.dirname(output), MANIFEST)}: {len(in_place)} "
+        print(f"[INFO] {shown(os.path.join(os.path.dirname(output), MANIFEST))}: {len(in_place)} "
               f"row(s) for {label}/, {total} in all")
     after = dict(counts_after or {})
     after[REFUSED] = after.get(REFUSED, 0) + copied[REFUSED]

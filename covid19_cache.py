@@ -113,8 +113,15 @@ class FeatureCache:
 
     def summary(self):
         """`[INFO] feature cache ...`: where it is, what this run found and added, its size."""
-        size = sum(os.path.getsize(os.path.join(base, name))
-                   for base, _, names in os.walk(self.root) for name in names)
-        return (f"[INFO] feature cache {shown(self.root)}: {self.found} image(s) found, "
-                f"{self.computed} computed; {size / 1e6:.1f} MB in all (delete the folder to "
-                "clear it)")
+        return summarize([self])
+
+
+def summarize(caches):
+    """One line for the caches one run used (all in one folder): where, what was found and
+    computed, and how large the folder is, so that it never grows unseen."""
+    root = caches[0].root
+    size = sum(os.path.getsize(os.path.join(base, name))
+               for base, _, names in os.walk(root) for name in names)
+    return (f"[INFO] feature cache {shown(root)}: {sum(c.found for c in caches)} image(s) found, "
+            f"{sum(c.computed for c in caches)} computed; {size / 1e6:.1f} MB in all (delete "
+            "the folder to clear it)")

@@ -108,3 +108,12 @@ def shown(path):
     """`path` as it can be printed: bytes of a name that are not UTF-8 (which Python hands over
     as lone surrogates, `'x\\udcff.jpeg'`) become U+FFFD. JSON and CSV keep the real name."""
     return os.fsencode(path).decode("utf-8", errors="replace")
+
+
+def warn_if_not_utf8(paths):
+    """A warning for each of `paths` whose name is not valid UTF-8: it works, but prints with
+    replacement characters, which is worth knowing when a printed name does not match."""
+    for path in paths:
+        if shown(path) != path:
+            print(f"[WARNING] {shown(path)}: the name is not valid UTF-8; it is shown with "
+                  "U+FFFD here and kept as it is in the files this run writes", file=sys.stderr)

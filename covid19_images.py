@@ -86,8 +86,8 @@ def read_header(data):
         raise NotAnImage("not a readable image") from None
     pixels = header.width * header.height
     if pixels > MAX_PIXELS:
-        raise NotAnImage(f"{header.width}x{header.height} pixels ({pixels / 1e6:.0f} megapixels), "
-                         f"over the limit of {MAX_PIXELS / 1e6:.0f} megapixels")
+        raise NotAnImage(f"{header.width}x{header.height} pixels ({pixels / 1e6:.1f} "
+                         f"megapixels), over the limit of {MAX_PIXELS / 1e6:.0f} megapixels")
     return header
 
 

@@ -29,6 +29,11 @@ VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The HDF5 attribute that holds the class names (a JSON list, in the order of the outputs).
 CLASS_NAMES_ATTR = "covid19_class_names"
 PRECISIONS = ("float32", "bfloat16", "float16")
+# The tutorial's initial learning rate, number of epochs to train for, and batch size: here, so
+# that train_covid19.py and audit_covid19.py train their heads the same way.
+INIT_LR = 1e-3
+EPOCHS = 25
+BS = 8
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import sys
 
 import numpy as np
 
-from covid19_cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
+from covid19_cli import (ArgumentParser, UserError, cli, lazy_import, positive, shown,
+                         warn_if_not_utf8)
 from covid19_files import (atomic_output, check_output_folder, check_output_path,
                            claim_outputs)
 from covid19_images import (NotAnImage, decode, list_images, load_xray, read_bytes,
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
     if args.gradcam:
         check_output_folder(args.gradcam, "--gradcam")
     image_paths = find_inputs(args.images)
+    warn_if_not_utf8(image_paths)
     if not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in args.images)}")
     model, class_names = load_classifier(args.model)

@@ -23,7 +23,7 @@ import re
 import sys
 
 from covid19_building import copy_into_output
-from covid19_cli import ArgumentParser, UserError, cli, positive
+from covid19_cli import ArgumentParser, UserError, cli, positive, shown
 from covid19_files import check_output_folder, claim_outputs
 from covid19_images import list_images
 
@@ -103,10 +103,10 @@ def main(argv=None) -> int:
         raise UserError(f"{folder!r} has no images")
     chosen = sample_images(images, args.sample, args.seed)
     if len(images) < args.sample:
-        print(f"[INFO] {folder} has only {len(images)} images, fewer than --sample "
+        print(f"[INFO] {shown(folder)} has only {len(images)} images, fewer than --sample "
               f"{args.sample}: copying all of them")
     else:
-        print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {folder} "
+        print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {shown(folder)} "
               f"(seed {args.seed})")
 
     with claim_outputs(args.output):  # a second sample into the same folder stops here

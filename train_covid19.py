@@ -27,23 +27,22 @@ from sklearn.preprocessing import LabelBinarizer
 
 from covid19_cache import FeatureCache, default_cache_folder
 from covid19_cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
-from covid19_data import DecodedImages, training_batches
+from covid19_data import load_dataset, training_batches
 from covid19_features import (cache_configuration, extract_features, make_feature_extractor,
                               make_head)
 from covid19_files import atomic_outputs, check_output_path, claim_outputs, same_or_inside
-from covid19_images import list_images, scale_pixels
+from covid19_images import scale_pixels
 from covid19_manifest import MANIFEST, patient_folds, patients_of
-from covid19_model import (PRECISIONS, VGG16_NOTOP_FILE, build_model, check_precision,
-                           load_vgg16_base, loss_for, make_optimizer, save_model)
+from covid19_model import (BS, EPOCHS, INIT_LR, PRECISIONS, VGG16_NOTOP_FILE, build_model,
+                           check_precision, load_vgg16_base, loss_for, make_optimizer,
+                           save_model)
 from covid19_report import (CONFIDENCE, classification_metrics, describe, plot_history,
                             plot_roc, save_figure, versions, write_json)
 
 keras = lazy_import("keras")
 
-# initialize the initial learning rate, number of epochs to train for, and batch size
-INIT_LR = 1e-3
-EPOCHS = 25
-BS = 8
+# the tutorial's initial learning rate, number of epochs to train for, and batch size are
+# covid19_model's INIT_LR, EPOCHS and BS, so that audit_covid19.py trains its heads the same way;
 # the tutorial's random_state and test fraction for the train/test split
 SEED = 42
 TEST_SIZE = 0.20
@@ -117,26 +116,6 @@ def check_outputs(args):
 # ---------------------------------------------------------------------------------------------
 # The tutorial's steps
 # ---------------------------------------------------------------------------------------------
-
-
-def load_images(dataset):
-    """Grab the list of images in the dataset folder and decode each one once; the class label
-    of an image is the name of its folder. Files that are not usable images are skipped with a
-    warning. Returns the decoded-image store, the paths it holds (sorted) and their labels."""
-    if not os.path.isdir(dataset):
-        raise UserError(f"--dataset {dataset!r} is not a folder")
-    imagePaths = list_images(dataset)
-    if not imagePaths:
-        raise UserError(f"--dataset {dataset!r} has no images (.jpg, .jpeg, .png, .bmp, .tif, "
-                        ".tiff); put one folder of images per class in it")
-    images = DecodedImages(imagePaths)
-    images.warn_skipped()
-    if not images.slot:
-        images.close()
-        raise UserError(f"--dataset {dataset!r}: none of its images could be read")
-    paths = list(images.slot)
-    labels = np.array([os.path.basename(os.path.dirname(path)) for path in paths])
-    return images, paths, labels
 
 
 def encode_labels(labels):
@@ -270,7 +249,8 @@ def evaluate(head, testF, testY, class_names, batch_size):
     trueIdxs, predIdxs = testY.argmax(axis=1), probabilities.argmax(axis=1)
     # zero_division=0: a model that never predicts a class gets precision 0, not a warning
     print(classification_report(trueIdxs, predIdxs, labels=list(range(len(class_names))),
-                                target_names=class_names, zero_division=0))
+                                target_names=[shown(name) for name in class_names],
+                                zero_division=0))
     results = classification_metrics(trueIdxs, probabilities, class_names)
     print(np.array(results["confusion_matrix"]))
     print(describe("acc", results["accuracy"]))
@@ -321,8 +301,8 @@ def save_outputs(args, outputs, model, class_names, H, trueIdxs, probabilities, 
     except OSError as err:  # a full disk, a folder removed meanwhile
         raise UserError(f"cannot write the outputs ({err.strerror or err}); every earlier "
                         f"{args.model}, {args.plot} and {args.report} was kept") from None
-    print(f"[INFO] wrote {args.model} (model), {args.plot} and {outputs[3]} (plots), "
-          f"{args.report} (report)")
+    model_path, plot, report_path, roc = (shown(path) for path in outputs)
+    print(f"[INFO] wrote {model_path} (model), {plot} and {roc} (plots), {report_path} (report)")
 
 
 @cli
@@ -334,12 +314,13 @@ def main(argv=None) -> int:
         check_precision(args.precision)
 
         # load VGG16 first: a wrong --weights, or no network for ImageNet's, fails in seconds
-        print(f"[INFO] loading VGG16 base (weights: {args.weights})...")
+        print(f"[INFO] loading VGG16 base (weights: {shown(args.weights)})...")
         baseModel = load_vgg16_base(args.weights)
 
-        # load the images, one-hot encode their labels and split them 80/20
+        # grab the images in the dataset folder, each decoded once; an image's label is the
+        # name of its folder; then one-hot encode the labels and split the images 80/20
         print("[INFO] loading images...")
-        images, paths, labels = load_images(args.dataset)
+        images, paths, labels = load_dataset(args.dataset)
         with contextlib.closing(images):
             onehot, class_names = encode_labels(labels)
             (trainP, testP, trainY, testY), split_info = split(args, paths, onehot, class_names)

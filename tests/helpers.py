@@ -239,3 +239,25 @@ def expected_kaggle_sample(split, label, n, seed=42):
     names = sorted(kaggle_name(split, label, i) for i in range(KAGGLE_COUNTS[split, label]))
     random.Random(seed).shuffle(names)
     return sorted(names[:n])
+
+
+def write_huge_png(path, width, height):
+    """A valid grey PNG of width x height pixels, all black, written row by row: a few hundred
+    KB on disk however many pixels it claims (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    compressor, row, parts = zlib.compressobj(9), b"\0" * (width + 1), []
+    for _ in range(height):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
+        f.write(chunk(b"IDAT", b"".join(parts)))
+        f.write(chunk(b"IEND", b""))
+    return str(path)

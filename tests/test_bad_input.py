@@ -16,8 +16,8 @@ import predict_covid19
 import sample_kaggle_dataset
 import train_covid19
 from covid19_model import CLASS_NAMES_ATTR
-from helpers import (assert_one_line_error, run_main, small_dataset, snapshot, write_collection,
-                     write_image, write_junk, write_kaggle)
+from helpers import (HEADERS, assert_one_line_error, run_main, small_dataset, snapshot, write_collection,
+                     write_huge_png, write_image, write_junk, write_kaggle)
 
 # ---------------------------------------------------------------------------------------------
 # build_covid_dataset.py
@@ -350,3 +350,230 @@ def test_prediction_with_only_unreadable_images(tmp_path, trained):
     code, out, err = predict("--model", trained["model"], *junk)
     assert_one_line_error(code, err, "predict_covid19.py",
                           "none of the given images could be read", warnings=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Round 2: links, decompression bombs, names that are not UTF-8, SIGTERM, concurrent runs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_linked_images_folder_builds_and_a_link_to_a_non_image_is_never_copied(tmp_path):
+    covid = write_collection(str(tmp_path / "c"), "current")
+    # images/ lives on "another disk"; the checkout holds a link to it
+    os.rename(os.path.join(covid, "images"), tmp_path / "big-disk")
+    os.symlink(tmp_path / "big-disk", os.path.join(covid, "images"))
+    # a crafted row: an image name that links to a private file outside the checkout
+    (tmp_path / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    os.symlink(tmp_path / "id_rsa", tmp_path / "big-disk" / "evil.png")
+    columns = [name.strip().lower() for name in HEADERS["current"].split(",")]
+    row = {"patientid": "99", "finding": "COVID-19", "view": "PA", "folder": "images",
+           "filename": "evil.png"}
+    with open(os.path.join(covid, "metadata.csv"), "a") as f:
+        f.write(",".join(row.get(column, "") for column in columns) + "\r\n")
+    output = tmp_path / "dataset" / "covid"
+    before = snapshot(str(tmp_path / "big-disk"), str(tmp_path / "id_rsa"))
+    code, out, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output",
+                                                         str(output)])
+    assert code == 0, err
+    assert sorted(os.listdir(output)) == ["a.jpg", "d.png", "g.jpeg", "v.jpg"]
+    assert f"[WARNING] refusing {os.path.join(covid, 'images', 'evil.png')}: not an image (no " \
+           "JPEG, PNG, BMP or TIFF signature)" in err.splitlines()
+    assert out.strip().splitlines()[-1].endswith(
+        "copied: 4, already present: 0, missing files: 1, refused: 2, duplicates: 1, "
+        "conflicts: 0")  # ../outside.jpg and evil.png
+    assert "evil.png" not in (tmp_path / "dataset" / "manifest.csv").read_text()
+    assert snapshot(str(tmp_path / "big-disk"), str(tmp_path / "id_rsa")) == before
+
+
+@pytest.fixture
+def bomb_dataset(tmp_path):
+    """A small dataset with, among its images, a 1 MB-class PNG that claims 100.5 megapixels."""
+    dataset = small_dataset(tmp_path / "d", {"covid": 5, "normal": 5})
+    bomb = write_huge_png(os.path.join(dataset, "covid", "bomb.png"), 10050, 10000)
+    return dataset, bomb
+
+
+def test_a_decompression_bomb_is_skipped_from_its_header_never_decoded(bomb_dataset, tmp_path,
+                                                                      monkeypatch):
+    import covid19_images
+
+    dataset, bomb = bomb_dataset
+    with open(bomb, "rb") as f:
+        bomb_bytes = f.read()
+    decoded = []
+    real_imdecode = covid19_images.cv2.imdecode
+    monkeypatch.setattr(covid19_images.cv2, "imdecode",
+                        lambda data, flags: decoded.append(len(data)) or real_imdecode(data,
+                                                                                       flags))
+    code, out, err = train("--dataset", dataset, "--cache-features", "--model",
+                           str(tmp_path / "m.h5"), "--plot", str(tmp_path / "p.png"),
+                           "--report", str(tmp_path / "r.json"), "--batch-size", "4")
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"[WARNING] skipping {bomb}: 10050x10000 pixels (100.5 megapixels), over the limit of "
+        "100 megapixels", "[WARNING] skipped 1 unreadable image(s)"]
+    assert "[INFO] 10 images" in out
+    assert len(bomb_bytes) not in decoded and len(decoded) == 10
+    # prediction and the builders' checks refuse it the same way
+    code, out, err = run_main(predict_covid19.main, ["--model", str(tmp_path / "m.h5"), bomb])
+    assert_one_line_error(code, err, "predict_covid19.py", "none of the given images could be "
+                          "read", warnings=1)
+    assert "over the limit of 100 megapixels" in err.splitlines()[0]
+
+
+NOT_UTF8 = os.fsdecode(b"x-\xff\xfe.png")  # 'x-\udcff\udcfe.png'
+
+
+def test_names_that_are_not_utf8_are_trained_on_predicted_and_written_back(tmp_path):
+    import csv
+    import json
+
+    dataset = small_dataset(tmp_path / "d", {"covid": 5, "normal": 5})
+    odd = os.path.join(dataset, "covid", NOT_UTF8)
+    os.rename(os.path.join(dataset, "covid", "0.png"), odd)
+    shown_name = "x-\ufffd\ufffd.png"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # seed 25 puts the file in the test split, so report.json lists it
+    code, out, err = train("--dataset", dataset, "--cache-features", "--seed", "25",
+                           "--batch-size", "4", "--model", str(out_dir / "m.h5"),
+                           "--plot", str(out_dir / "p.png"), "--report", str(out_dir / "r.json"))
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"[WARNING] {os.path.join(dataset, 'covid', shown_name)}: the name is not valid UTF-8; "
+        "it is shown with U+FFFD here and kept as it is in the files this run writes"]
+    report = json.loads((out_dir / "r.json").read_text())
+    assert os.path.join("covid", NOT_UTF8) in report["test_files"]  # the real name, recovered
+
+    code, out, err = run_main(predict_covid19.main, [
+        "--model", str(out_dir / "m.h5"), odd, "--csv", str(out_dir / "p.csv"),
+        "--gradcam", str(out_dir / "gradcam")])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"{os.path.join(dataset, 'covid', shown_name)}: ")
+    with open(out_dir / "p.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        assert list(csv.reader(f))[1][0] == odd
+    assert os.listdir(out_dir / "gradcam") == [os.fsdecode(b"x-\xff\xfe_gradcam.png")]
+
+
+def test_a_kaggle_image_named_not_utf8_is_copied_and_listed_as_it_is(tmp_path):
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    folder = os.path.join(kaggle, "train", "NORMAL")
+    for name in os.listdir(folder):
+        if not name.startswith("."):
+            os.remove(os.path.join(folder, name))
+    write_image(os.path.join(folder, NOT_UTF8), seed=3, size=(24, 24))
+    code, out, err = run_main(sample_kaggle_dataset.main, [
+        "--kaggle", kaggle, "--output", str(tmp_path / "ds" / "normal")])
+    assert code == 0, err
+    assert os.listdir(tmp_path / "ds" / "normal") == [NOT_UTF8]
+    with open(tmp_path / "ds" / "manifest.csv", encoding="utf-8", errors="surrogateescape") as f:
+        assert f"normal/{NOT_UTF8}," in f.read()
+
+
+def test_sigterm_during_training_is_ctrl_c_exit_143(workdir, tiny_dataset):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    before = outputs_after(workdir)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train_covid19.py"), "--dataset", tiny_dataset,
+         "--weights", "none", "--epochs", "50", "--batch-size", "4"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # wait until it trains
+        if line.startswith("Epoch 2/50"):
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stdout.read()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 143
+    assert err.strip().splitlines()[-1] == (
+        "train_covid19.py: terminated (SIGTERM); no output was replaced")
+    assert "Traceback" not in err
+    assert outputs_after(workdir) == before
+    assert sorted(os.listdir(workdir)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+
+
+def terminate_here(*args, **kwargs):
+    """Stands in for a step of a script: SIGTERM arrives while it runs."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not stop the run")
+
+
+def test_sigterm_stops_every_script_in_one_line(tmp_path, trained, monkeypatch):
+    import audit_covid19
+    import covid19_building
+
+    # prediction: terminated between batches; the CSV never appears
+    monkeypatch.setattr(predict_covid19, "predict", terminate_here)
+    code, _, err = run_main(predict_covid19.main, ["--model", trained["model"],
+                                                   trained["dataset"], "--csv",
+                                                   str(tmp_path / "p.csv")])
+    assert code == 143 and err.strip().splitlines()[-1] == (
+        "predict_covid19.py: terminated (SIGTERM); no output was replaced")
+    # the audit: terminated while it cross-validates
+    monkeypatch.setattr(audit_covid19, "cross_validate", terminate_here)
+    (tmp_path / "audit.json").write_text("{}")
+    code, _, err = run_main(audit_covid19.main, [
+        "--dataset", trained["dataset"], "--weights", "none", "--folds", "2",
+        "--report", str(tmp_path / "audit.json"), "--plot", str(tmp_path / "audit.png")])
+    assert code == 143 and "audit_covid19.py: terminated (SIGTERM)" in err
+    assert (tmp_path / "audit.json").read_text() == "{}"
+    # a builder: terminated while copying; what it copied is whole, nothing is half-written
+    monkeypatch.setattr(covid19_building, "copy_new_file", terminate_here)
+    covid = write_collection(str(tmp_path / "c"), "current")
+    code, _, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output",
+                                                       str(tmp_path / "ds" / "covid")])
+    assert code == 143 and "build_covid_dataset.py: terminated (SIGTERM)" in err
+    assert sorted(os.listdir(tmp_path)) == ["audit.json", "c", "ds", "outside.jpg"]
+    assert os.listdir(tmp_path / "ds" / "covid") == []
+
+
+def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_path, monkeypatch):
+    images = [write_image(str(tmp_path / "in" / f"{i:02d}.png"), seed=i, size=(60, 50))
+              for i in range(11)]
+    batches = []
+    real_predict = predict_covid19.predict
+
+    def recorded(model, batch):
+        batches.append(len(batch))
+        return real_predict(model, batch)
+
+    monkeypatch.setattr(predict_covid19, "predict", recorded)
+    code, out, err = run_main(predict_covid19.main, ["--model", trained["model"],
+                                                     str(tmp_path / "in"), "--batch-size", "4",
+                                                     "--csv", str(tmp_path / "p.csv")])
+    assert code == 0, err
+    assert batches == [4, 4, 3]
+    assert [line.split(":")[0] for line in out.splitlines()[:-1]] == images
+
+
+def test_a_second_run_on_the_same_outputs_stops_at_its_start(workdir, tiny_dataset):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom covid19_files import claim_outputs\n"
+         f"with claim_outputs({str(workdir / 'report.json')!r}):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(str(workdir))
+        code, out, err = train("--dataset", tiny_dataset)
+        assert_one_line_error(code, err, "train_covid19.py", f"'{workdir / 'report.json'}' is "
+                              f"being written by another run (process {holder.pid}); wait for "
+                              "it to end, or write elsewhere")
+        assert out == "" and snapshot(str(workdir)) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # once that run is gone (killed: its lock was never released by hand), the next one runs
+    code, out, err = train("--dataset", tiny_dataset, "--batch-size", "4", "--cache-features")
+    assert code == 0, err

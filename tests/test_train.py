@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 
 import covid19_data
+from covid19_data import load_dataset
 import train_covid19
 from covid19_images import load_xray, scale_pixels
 from covid19_model import CLASS_NAMES_ATTR
@@ -28,7 +29,7 @@ from helpers import ROOT, make_dataset, run_main, write_image
 
 def split_as_main_does(dataset, seed, kind="random"):
     """load_images, encode_labels and split, as main() calls them: (store, class names, parts)."""
-    images, paths, labels = train_covid19.load_images(dataset)
+    images, paths, labels = load_dataset(dataset)
     onehot, class_names = train_covid19.encode_labels(labels)
     args = argparse.Namespace(split=kind, dataset=dataset, seed=seed)
     parts, info = train_covid19.split(args, paths, onehot, class_names)

@@ -1,0 +1,97 @@
+"""What can tell two sources of X-rays apart besides the lungs: file and image properties, and
+perceptual hashes that find copies of one image.
+
+- `image_properties(path, image)`: per image, the properties a shortcut can hide in: width,
+  height and aspect ratio as stored, grey or colour, bit depth, file format and size, and, of the
+  224x224 image the model sees, the mean intensity and that of its border.
+- `separation(is_positive, values)`: how well one property alone separates two classes, as a
+  ROC AUC that does not care which class has the larger values.
+- `perceptual_hash(image)` and `duplicates(...)`: exact copies (the same SHA-256) and near
+  copies (perceptual hashes at most NEAR_DUPLICATE_BITS of 64 apart: the same picture resized,
+  recompressed or brightened).
+"""
+
+import os
+
+import cv2
+import numpy as np
+
+from covid19_images import read_bytes, read_header
+from covid19_report import auc_with_interval
+
+# Of the 64 bits of two perceptual hashes: at most this many differ for a near copy.
+NEAR_DUPLICATE_BITS = 6
+# The border whose brightness is measured: this fraction of the image on each side.
+BORDER = 0.1
+NUMERIC = ("width", "height", "aspect_ratio", "channels", "bit_depth", "file_size",
+           "mean_intensity", "border_intensity")
+CATEGORICAL = ("format", "colour")
+
+_BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def image_properties(path, image):
+    """The properties of the file at `path`, whose 224x224 RGB uint8 image is `image`."""
+    header = read_header(read_bytes(path))  # its format, size and mode, decoding no pixel
+    grey = header.mode in _GREY_MODES
+    border = max(1, round(BORDER * image.shape[0]))
+    frame = np.ones(image.shape[:2], bool)
+    frame[border:-border, border:-border] = False
+    return {"width": header.width, "height": header.height,
+            "aspect_ratio": header.width / header.height, "channels": 1 if grey else 3,
+            "colour": "grey" if grey else "colour", "bit_depth": _BIT_DEPTH.get(header.mode, 8),
+            "format": header.format, "file_size": os.path.getsize(path),
+            "mean_intensity": float(image.mean() / 255),
+            "border_intensity": float(image[frame].mean() / 255)}
+
+
+def separation(is_positive, values, seed=0):
+    """How well `values` alone separate the positive class from the other: the ROC AUC of the
+    values or of their negatives, whichever is higher (0.5: not at all; 1: perfectly), with its
+    bootstrap interval, and which class has the higher values."""
+    values = np.asarray(values, dtype=float)
+    auc = auc_with_interval(is_positive, values, seed)
+    if auc["value"] >= 0.5:
+        return {**auc, "higher_in_positive": True}
+    low, high = auc["ci95"]
+    return {"value": 1 - auc["value"], "ci95": [1 - high, 1 - low], "higher_in_positive": False}
+
+
+def perceptual_hash(image):
+    """The 64-bit DCT hash of an image (pHash: 32x32 grey, the 8x8 lowest frequencies, each
+    above or below their median), as an unsigned integer."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    low = cv2.dct(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))[:8, :8]
+    bits = (low > np.median(low)).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def duplicates(paths, labels, digests, hashes):
+    """Exact copies (same SHA-256, any number of files) and near copies (pairs whose perceptual
+    hashes differ in at most NEAR_DUPLICATE_BITS bits, exact copies left out), each with its
+    files, their classes, and whether it crosses classes (a label error)."""
+    found = []
+    groups = {}
+    for path, digest in zip(paths, digests):
+        groups.setdefault(digest, []).append(path)
+    label = dict(zip(paths, labels))
+    for files in groups.values():
+        if len(files) > 1:
+            classes = sorted({label[f] for f in files})
+            found.append({"kind": "exact", "files": files, "classes": classes,
+                          "cross_class": len(classes) > 1, "distance": 0})
+    hashes = np.array(hashes, dtype=np.uint64)
+    digests = np.array(digests)
+    for start in range(0, len(paths), 512):  # in blocks: memory stays flat for thousands
+        block = hashes[start:start + 512, None] ^ hashes[None, :]
+        distance = np.bitwise_count(block)
+        for i, j in zip(*np.nonzero(distance <= NEAR_DUPLICATE_BITS)):
+            i += start
+            if j > i and digests[i] != digests[j]:
+                files = [paths[i], paths[j]]
+                classes = sorted({label[f] for f in files})
+                found.append({"kind": "near", "files": files, "classes": classes,
+                              "cross_class": len(classes) > 1,
+                              "distance": int(distance[i - start, j])})
+    return found

@@ -1,0 +1,154 @@
+"""audit_covid19.py on small datasets made at run time, where the right answer is known.
+
+The probe needs features in which a bright patch stands out, and random VGG16 weights with
+Keras's default (Glorot) scale shrink an image's contrast about a thousandfold over 13 ReLU
+layers: features of 1e-4, which 25 epochs of the head hardly move. So these tests make their own
+weights file: VGG16 with He-scaled random kernels (std sqrt(2 / fan-in), zero biases), which
+keep the contrast through every layer. On a flat, lightly noisy background a white patch then
+moves the pooled features about 25 times more than the noise does, and the cross-validated AUC,
+which only needs the head to rank the images, sees it wherever the version leaves it visible.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import audit_covid19
+from helpers import ROOT, run_main
+
+
+@pytest.fixture(scope="module")
+def he_weights(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
+    rng = np.random.default_rng(0)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel, bias = layer.get_weights()
+            std = np.sqrt(2 / np.prod(kernel.shape[:3]))
+            layer.set_weights([rng.normal(0, std, kernel.shape).astype("float32"),
+                               np.zeros_like(bias)])
+    path = str(tmp_path_factory.mktemp("weights") / "he_vgg16.h5")
+    base.save(path)
+    return path
+
+
+def write_signal_dataset(root, where, per_class=12, size=112):
+    """Flat grey images with light noise; covid ones carry a white patch `where`: in the
+    top-left corner (outside the lung box) or in the middle (inside it)."""
+    rng = np.random.default_rng(1)
+    patch = {"corner": (slice(0, size // 11), slice(0, size // 11)),
+             "middle": (slice(size * 2 // 5, size * 3 // 5), slice(size * 2 // 5, size * 3 // 5))}
+    for c, name in enumerate(["covid", "normal"]):
+        os.makedirs(os.path.join(root, name))
+        for i in range(per_class):
+            image = (100 + rng.integers(-10, 11, (size, size))).astype(np.uint8)
+            if name == "covid" and where:
+                image[patch[where]] = 255
+            cv2.imwrite(os.path.join(root, name, f"{name}-{i:02d}.png"), image)
+    return root
+
+
+def audit(dataset, tmp_path, weights, *extra):
+    report, plot = tmp_path / "audit.json", tmp_path / "audit.png"
+    code, out, err = run_main(audit_covid19.main, [
+        "--dataset", dataset, "--weights", weights, "--folds", "3", "--report", str(report),
+        "--plot", str(plot), "--cache-dir", str(tmp_path / "cache"), *extra])
+    assert code == 0, err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads(report.read_text()), out
+
+
+def auc(report, version):
+    return report["probe"][version]["auc"]["value"]
+
+
+def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, he_weights):
+    dataset = write_signal_dataset(str(tmp_path / "corner"), "corner")
+    report, out = audit(dataset, tmp_path, he_weights)
+    assert report["shortcut"] is True
+    assert auc(report, "full") >= 0.8 and auc(report, "lungs_hidden") >= 0.8
+    assert report["probe"]["lungs_hidden"]["auc"]["ci95"][0] > 0.5
+    assert auc(report, "lungs_only") < 0.8  # the box itself holds nothing
+    assert "[RESULT] shortcut: the classes can be told apart without looking at the lungs" in out
+    # the report's shape: each version with its AUC and report.json's metrics
+    for version in ["full", "lungs_hidden", "lungs_only"]:
+        probe = report["probe"][version]
+        assert set(probe["auc"]) == {"value", "ci95"}
+        for metric in ["accuracy", "sensitivity", "specificity"]:
+            assert set(probe[metric]) == {"value", "ci95", "successes", "trials"}
+        assert probe["accuracy"]["trials"] == 24  # every image a test image once
+    assert report["lung_box"] == {"fractions_left_top_right_bottom": [0.1, 0.1, 0.9, 0.9],
+                                  "pixels_of_224": [22, 22, 202, 202]}
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("version "))
+    assert [line.split()[0] for line in lines[header:header + 4]] == [
+        "version", "full", "lungs_hidden", "lungs_only"]
+    hidden = lines[header + 2].split()
+    assert hidden[-2] == f"{auc(report, 'lungs_hidden'):.2f}"  # the AUC column is the report's
+
+
+def test_a_signal_only_inside_the_lung_box_is_no_shortcut(tmp_path, he_weights):
+    dataset = write_signal_dataset(str(tmp_path / "middle"), "middle")
+    report, out = audit(dataset, tmp_path, he_weights)
+    assert report["shortcut"] is False
+    assert auc(report, "full") >= 0.8 and auc(report, "lungs_only") >= 0.8
+    assert auc(report, "lungs_hidden") < 0.8
+    assert "[RESULT] no shortcut found" in out and "does not show that a model reads" in out
+
+
+def test_classes_that_differ_only_in_size_are_a_size_confound(tmp_path):
+    # the same flat content in both classes: only the stored size tells them apart
+    rng = np.random.default_rng(2)
+    for name, size in [("covid", 300), ("normal", 200)]:
+        os.makedirs(tmp_path / "d" / name)
+        for i in range(6):
+            image = cv2.resize((100 + rng.integers(-10, 11, (20, 20))).astype(np.uint8),
+                               (size, size), interpolation=cv2.INTER_NEAREST)
+            cv2.imwrite(str(tmp_path / "d" / name / f"{i}.png"), image)
+    report, out = audit(str(tmp_path / "d"), tmp_path, "none", "--epochs", "1", "--folds", "2")
+    confounds = {c["property"]: c for c in report["confounds"]}
+    for prop in ["width", "height"]:
+        assert confounds[prop]["auc"]["value"] == 1.0 and confounds[prop]["higher_in"] == "covid"
+        assert confounds[prop]["per_class"]["covid"]["median"] == 300
+        assert confounds[prop]["per_class"]["normal"]["median"] == 200
+    assert "aspect_ratio" not in confounds and "channels" not in confounds
+    assert "[RESULT] confound: width alone separates covid from normal: AUC 1.00" in out
+    assert report["properties_per_class"]["covid"]["format"] == {"PNG": 6}
+
+
+def test_a_file_in_both_classes_is_a_cross_class_duplicate(tmp_path):
+    dataset = write_signal_dataset(str(tmp_path / "d"), None, per_class=4, size=64)
+    shared = os.path.join(dataset, "normal", "normal-00.png")
+    copy = os.path.join(dataset, "covid", "copied.png")
+    with open(shared, "rb") as f, open(copy, "wb") as g:
+        g.write(f.read())
+    # and a near copy within a class: the same picture, brighter by one level, as a JPEG
+    near = cv2.imread(os.path.join(dataset, "covid", "covid-01.png"))
+    cv2.imwrite(os.path.join(dataset, "covid", "covid-01-again.jpg"), near + 1)
+    report, out = audit(dataset, tmp_path, "none", "--epochs", "1", "--folds", "2")
+    exact = [d for d in report["duplicates"] if d["kind"] == "exact"]
+    assert exact == [{"kind": "exact", "files": [copy, shared], "classes": ["covid", "normal"],
+                      "cross_class": True, "distance": 0}]
+    near_ones = [d for d in report["duplicates"] if d["kind"] == "near"]
+    assert [(sorted(os.path.basename(f) for f in d["files"]), d["cross_class"])
+            for d in near_ones] == [(["covid-01-again.jpg", "covid-01.png"], False)]
+    assert "[RESULT] CROSS-CLASS exact duplicate: covid/copied.png, normal/normal-00.png" in out
+
+
+def test_command_line_run_in_a_subprocess(tmp_path):
+    dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=48)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "audit_covid19.py"), "--dataset", dataset,
+         "--weights", "none", "--folds", "2", "--epochs", "1", "--cache-dir",
+         str(tmp_path / "cache")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (
+        "[INFO] wrote audit.json (report), audit.png (plot)")
+    assert sorted(os.listdir(tmp_path)) == ["audit.json", "audit.png", "cache", "d"]
