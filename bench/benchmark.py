@@ -1,20 +1,23 @@
 """Time our train_covid19.py against the tutorial's algorithm, side by side, on the same data.
 
-Runs bench/reference_train.py (the tutorial as written, Keras 3 changes only), our
-train_covid19.py, and our train_covid19.py --cache-features on the same dataset, with the same
-epochs and weights, alternating R O C R O C ... so that a slow spell of this shared machine hits
-every program alike. Each run is a fresh process; its wall time is measured around it and its
-peak resident memory comes from the kernel (os.wait4). Prints every figure, the medians and the
-ratios to the reference's median.
+Runs, in turn and `--pairs` times over (so that a slow spell of a shared machine hits every
+program alike): bench/reference_train.py (the tutorial as written, Keras 3 changes only); our
+train_covid19.py in float32 (the tutorial's results) and with `--precision bfloat16`; and
+`--cache-features` twice on one fresh cache folder, cold (every image through VGG16, stored)
+then warm (every feature read back). Each run is a fresh process with the same dataset, epochs
+and weights; wall time is measured around it, peak memory (RSS) comes from the kernel
+(os.wait4). It prints every run, the medians, their ratios to the reference's median, and each
+program's floor: the time its VGG16 forward passes alone take, from the cost of one forward pass
+measured in the same session (`--floor`).
 
 `--memory` instead measures peak memory against dataset size: it writes datasets of 200 and
 2,000 images (resized copies of --dataset's images, in a temporary folder, deleted afterwards)
 and trains on each for --memory-epochs epochs.
 
 Usage (from the repository root, with requirements.txt installed):
-    python bench/benchmark.py --dataset ../shared/data/tutorial-dataset --epochs 25 --pairs 3 \
-        --weights none
-    python bench/benchmark.py --dataset ../shared/data/tutorial-dataset --memory --weights none
+    python bench/benchmark.py --epochs 25 --pairs 2 --weights none
+    python bench/benchmark.py --dataset path/to/other/dataset --epochs 25 --pairs 2
+    python bench/benchmark.py --memory --weights none
 """
 
 import argparse
@@ -31,20 +34,52 @@ import cv2
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from covid19_common import list_images  # noqa: E402  (after the path is set)
+from covid19_images import list_images  # noqa: E402  (after the path is set)
 
+TRAIN = os.path.join(ROOT, "train_covid19.py")
 PROGRAMS = {
     "reference": [os.path.join(ROOT, "bench", "reference_train.py")],
-    "ours": [os.path.join(ROOT, "train_covid19.py")],
-    "ours --cache-features": [os.path.join(ROOT, "train_covid19.py"), "--cache-features"],
+    "ours": [TRAIN],
+    "ours bfloat16": [TRAIN, "--precision", "bfloat16"],
+    "ours --cache-features cold": [TRAIN, "--cache-features"],
+    "ours --cache-features warm": [TRAIN, "--cache-features"],
 }
+
+# Times one forward pass of the full VGG16 (what the reference computes) and of our cropped
+# extractor in float32 and bfloat16, per image, in batches of 8, after a warm-up: the medians
+# of 5 rounds over the dataset's first 16 images.
+FLOOR_PROBE = r"""
+import sys, time, statistics
+import numpy as np, keras
+sys.path.insert(0, sys.argv[1])
+from covid19_images import list_images, load_xray, scale_pixels
+from covid19_features import make_feature_extractor
+from covid19_model import build_model, load_vgg16_base
+images = np.asarray(scale_pixels(np.stack([load_xray(p) for p in list_images(sys.argv[2])[:16]])))
+model = build_model(load_vgg16_base("none"))
+full = keras.Model(model.input, model.get_layer("flatten").output)
+runs = {"full VGG16": lambda x: full(x, training=False),
+        "ours float32": make_feature_extractor(model, "float32"),
+        "ours bfloat16": make_feature_extractor(model, "bfloat16")}
+for name, run in runs.items():
+    for batch in (images[:8], images[8:]):
+        np.asarray(run(batch))  # warm-up: tracing, oneDNN's first calls
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for batch in (images[:8], images[8:]):
+            np.asarray(run(batch))
+        rounds.append((time.perf_counter() - start) / len(images))
+    print(name, statistics.median(rounds))
+"""
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, help="dataset folder (one folder per class)")
+    ap.add_argument("--dataset", default=os.path.join(ROOT, "dataset"),
+                    help="dataset folder, one folder per class (default: the shipped dataset/)")
     ap.add_argument("--epochs", type=int, default=25)
-    ap.add_argument("--pairs", type=int, default=3, help="runs of each program (default: 3)")
+    ap.add_argument("--pairs", type=int, default=2, help="runs of each program (default: 2)")
     ap.add_argument("--weights", default="none", help="passed to every program (default: none)")
     ap.add_argument("--programs", nargs="+", default=list(PROGRAMS), choices=list(PROGRAMS))
     ap.add_argument("--memory", action="store_true",
@@ -54,8 +89,19 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def cpu_flags():
+    """The SIMD features that decide VGG16's speed on a CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return "unknown"
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
+    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
+
+
 def run(command, workdir):
-    """Run `command` in `workdir`; return (wall seconds, peak RSS in MiB, last stdout lines)."""
+    """Run `command` in `workdir`; return (wall seconds, peak RSS in MiB, stdout lines)."""
     log = os.path.join(workdir, "stdout.txt")
     with open(log, "w") as out:
         start = time.perf_counter()
@@ -75,33 +121,61 @@ def accuracy_line(lines):
     return next((line for line in lines if line.startswith("acc: ")), "acc: ?")
 
 
+def measure_floor(dataset):
+    """{program: seconds a forward pass of one image costs}, measured now, in a fresh process."""
+    result = subprocess.run([sys.executable, "-c", FLOOR_PROBE, ROOT, dataset],
+                            capture_output=True, text=True, check=True)
+    costs = {}
+    for line in result.stdout.splitlines():
+        name, seconds = line.rsplit(" ", 1)
+        costs[name] = float(seconds)
+        print(f"forward pass, {name}: {1000 * float(seconds):.1f} ms an image", flush=True)
+    return costs
+
+
+def floors(costs, images, epochs):
+    """Each program's floor: its forward passes times their measured cost. The reference passes
+    every image through the full VGG16 every epoch (training and validation); ours passes the
+    training images through the cropped extractor every epoch and the test images once;
+    --cache-features passes every image once, and reads them all back when warm."""
+    train, test = images - round(0.2 * images), round(0.2 * images)
+    return {"reference": costs["full VGG16"] * images * epochs,
+            "ours": costs["ours float32"] * (train * epochs + test),
+            "ours bfloat16": costs["ours bfloat16"] * (train * epochs + test),
+            "ours --cache-features cold": costs["ours float32"] * images,
+            "ours --cache-features warm": 0.0}
+
+
 def time_programs(args):
+    dataset = os.path.abspath(args.dataset)
+    costs = measure_floor(dataset)
+    floor = floors(costs, len(list_images(dataset)), args.epochs)
     times = {name: [] for name in args.programs}
     memory = {name: [] for name in args.programs}
     for pair in range(args.pairs):
-        for name in args.programs:  # alternate R O C R O C ...
-            with tempfile.TemporaryDirectory() as workdir:
-                command = [sys.executable, *PROGRAMS[name], "--dataset",
-                           os.path.abspath(args.dataset), "--epochs", str(args.epochs),
-                           "--weights", args.weights]
-                seconds, rss, lines = run(command, workdir)
-            times[name].append(seconds)
-            memory[name].append(rss)
-            print(f"run {pair + 1} {name}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, "
-                  f"{accuracy_line(lines)}", flush=True)
+        with tempfile.TemporaryDirectory() as cache:  # cold, then warm, on one fresh cache
+            for name in args.programs:
+                with tempfile.TemporaryDirectory() as workdir:
+                    command = [sys.executable, *PROGRAMS[name], "--dataset", dataset,
+                               "--epochs", str(args.epochs), "--weights", args.weights]
+                    if "--cache-features" in name:
+                        command += ["--cache-dir", cache]
+                    seconds, rss, lines = run(command, workdir)
+                times[name].append(seconds)
+                memory[name].append(rss)
+                print(f"run {pair + 1} {name}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, "
+                      f"{accuracy_line(lines)}", flush=True)
 
     reference = statistics.median(times["reference"]) if "reference" in times else None
-    print("\n| program | runs (s) | median (s) | median / reference | peak RSS (MiB) |")
-    print("|---|---|---|---|---|")
+    print("\n| program | runs (s) | median (s) | median / reference | floor (s) | "
+          "median / floor | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.programs:
         median = statistics.median(times[name])
         ratio = f"{median / reference:.3f}" if reference else "-"
+        to_floor = f"{median / floor[name]:.2f}" if floor[name] else "-"
         print(f"| {name} | {', '.join(f'{t:.1f}' for t in times[name])} | {median:.1f} | "
-              f"{ratio} | {max(memory[name]):.0f} |")
-    if reference:
-        for name in args.programs:
-            if name != "reference":
-                print(f"speed-up of {name}: {reference / statistics.median(times[name]):.2f}x")
+              f"{ratio} | {floor[name]:.1f} | {to_floor} | {max(memory[name]):.0f} |")
 
 
 def write_dataset(source, size, folder):
@@ -120,12 +194,15 @@ def write_dataset(source, size, folder):
 
 def measure_memory(args):
     rows = []
+    programs = [name for name in args.programs if "warm" not in name]
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as data, tempfile.TemporaryDirectory() as workdir:
             write_dataset(args.dataset, size, data)
-            for name in args.programs:
+            for name in programs:
                 command = [sys.executable, *PROGRAMS[name], "--dataset", data,
                            "--epochs", str(args.memory_epochs), "--weights", args.weights]
+                if "--cache-features" in name:
+                    command += ["--cache-dir", os.path.join(workdir, "cache")]
                 seconds, rss, _ = run(command, workdir)
                 rows.append((name, size, rss, seconds))
                 print(f"{name} on {size} images: peak RSS {rss:.0f} MiB ({seconds:.0f} s)",
@@ -134,7 +211,7 @@ def measure_memory(args):
     print("|---|---|---|---|")
     for name, size, rss, seconds in rows:
         print(f"| {name} | {size} | {rss:.0f} | {seconds:.0f} |")
-    for name in args.programs:
+    for name in programs:
         by_size = {size: rss for n, size, rss, _ in rows if n == name}
         if len(by_size) >= 2:
             small, large = min(by_size), max(by_size)
@@ -146,7 +223,9 @@ def main(argv=None):
     args = parse_args(argv)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
           f"Python {platform.python_version()}", flush=True)
-    print(f"command: {' '.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])}", flush=True)
+    print(f"CPU flags: {cpu_flags()}", flush=True)
+    print(f"command: {' '.join(['python', os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])}",
+          flush=True)
     if args.memory:
         measure_memory(args)
     else:

@@ -1,11 +1,16 @@
 """The tutorial's train_covid19.py as the tutorial wrote it, changed only where Keras 3 forces it.
 
+From "Detecting COVID-19 in X-ray images with Keras, TensorFlow, and Deep Learning" by Adrian
+Rosebrock, PyImageSearch, 16 March 2020 (pyimagesearch.com/2020/03/16/
+detecting-covid-19-in-x-ray-images-with-keras-tensorflow-and-deep-learning), reproduced here,
+with its comments, only as the baseline of our benchmark.
+
 This is the baseline that bench/benchmark.py measures our train_covid19.py against. It keeps the
 tutorial's algorithm and its costs: every image held in memory as float64, augmentation with
 ImageDataGenerator (SciPy, one image at a time), and `model.fit` over the whole network (the
 frozen VGG16 included) for the training batches and the test split, every epoch.
 
-Changes, each forced by Keras 3 (see README "What changed from the tutorial"):
+Changes, each forced by Keras 3 (see docs/porting.md):
 - `Adam(lr=..., decay=...)` -> `Adam(learning_rate=InverseTimeDecay(...))`, the same per-step decay;
 - `model.fit_generator(...)` -> `model.fit(...)`;
 - `model.save(path, save_format="h5")` -> `model.save(path)` with a `.h5` name;
