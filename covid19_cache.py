@@ -122,6 +122,9 @@ def summarize(caches):
     root = caches[0].root
     size = sum(os.path.getsize(os.path.join(base, name))
                for base, _, names in os.walk(root) for name in names)
+    home = os.path.expanduser("~")
+    if root.startswith(home + os.sep):  # ~/.cache/covid19-xray, as the user would type it
+        root = "~" + root[len(home):]
     return (f"[INFO] feature cache {shown(root)}: {sum(c.found for c in caches)} image(s) found, "
             f"{sum(c.computed for c in caches)} computed; {size / 1e6:.1f} MB in all (delete "
             "the folder to clear it)")

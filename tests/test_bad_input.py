@@ -16,8 +16,8 @@ import predict_covid19
 import sample_kaggle_dataset
 import train_covid19
 from covid19_model import CLASS_NAMES_ATTR
-from helpers import (HEADERS, assert_one_line_error, run_main, small_dataset, snapshot, write_collection,
-                     write_huge_png, write_image, write_junk, write_kaggle)
+from helpers import (HEADERS, assert_one_line_error, run_main, small_dataset, snapshot,
+                     write_collection, write_huge_png, write_image, write_junk, write_kaggle)
 
 # ---------------------------------------------------------------------------------------------
 # build_covid_dataset.py
@@ -577,3 +577,34 @@ def test_a_second_run_on_the_same_outputs_stops_at_its_start(workdir, tiny_datas
     # once that run is gone (killed: its lock was never released by hand), the next one runs
     code, out, err = train("--dataset", tiny_dataset, "--batch-size", "4", "--cache-features")
     assert code == 0, err
+
+
+# ---------------------------------------------------------------------------------------------
+# audit_covid19.py
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counts, argv, phrases, exit_code", [
+    ({"covid": 4}, [], ["the audit compares two classes; --dataset 'ds' has 1 (covid)"], 1),
+    ({"covid": 4, "normal": 4, "pneumonia": 4}, [],
+     ["the audit compares two classes; --dataset 'ds' has 3 (covid, normal, pneumonia)"], 1),
+    ({"covid": 2, "normal": 4}, ["--folds", "3"],
+     ["--folds 3 needs at least 3 images of each class; the smallest class has 2"], 1),
+    ({"covid": 4, "normal": 4}, ["--folds", "1"], ["--folds must be 2 or more, got 1"], 2),
+    ({"covid": 4, "normal": 4}, ["--report", "ds/covid/audit.json"],
+     ["--report 'ds/covid/audit.json' is inside --dataset 'ds'"], 1),
+    ({"covid": 4, "normal": 4}, ["--plot", "no/audit.png"], ["--plot 'no/audit.png'",
+                                                             "does not exist"], 1),
+])
+def test_the_audit_refuses_bad_input_in_one_line(tmp_path, monkeypatch, counts, argv, phrases,
+                                                 exit_code):
+    import audit_covid19
+
+    monkeypatch.chdir(tmp_path)
+    small_dataset(tmp_path / "ds", counts)
+    (tmp_path / "audit.json").write_text("{}")
+    before = snapshot(str(tmp_path))
+    code, out, err = run_main(audit_covid19.main, ["--dataset", "ds", "--weights", "none",
+                                                   "--epochs", "1", *argv])
+    assert_one_line_error(code, err, "audit_covid19.py", *phrases, exit_code=exit_code)
+    assert snapshot(str(tmp_path)) == before

@@ -455,3 +455,43 @@ def test_patient_split_run_writes_it_in_the_report(tmp_path):
     assert report["split"] == {"kind": "patient", "patients_on_both_sides": 0}
     tested = {patient(file) for file in report["test_files"]}
     assert len(tested) in (3, 4) and sum(report["counts"]["test"].values()) == 2 * len(tested)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_bfloat16_run_says_so_and_saves_a_float32_model(tiny_dataset, tmp_path):
+    code, out, err = run_main(train_covid19.main, [
+        "--dataset", tiny_dataset, "--epochs", "1", "--batch-size", "4", "--weights", "none",
+        "--precision", "bfloat16", "--cache-features", "--model", str(tmp_path / "m.h5"),
+        "--plot", str(tmp_path / "p.png"), "--report", str(tmp_path / "r.json")])
+    assert code == 0, err
+    assert "(frozen VGG16 computed in bfloat16; head, loss and model in float32)" in out
+    assert json.loads((tmp_path / "r.json").read_text())["precision"] == "bfloat16"
+    model = keras.models.load_model(str(tmp_path / "m.h5"))
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    x = np.asarray(scale_pixels(load_xray(os.path.join(tiny_dataset, "normal",
+                                                       "normal-00.jpg"))[None]))
+    assert np.asarray(model(x)).dtype == np.float32
+
+
+@pytest.mark.parametrize("precision, native, warning", [
+    ("bfloat16", False, "[WARNING] --precision bfloat16 on a CPU without native bfloat16 "
+                        "(AVX512_BF16 or AMX): this will be slower than float32"),
+    ("bfloat16", True, None),
+    ("float16", True, "[WARNING] --precision float16 without a GPU: CPUs emulate float16, so "
+                      "this will be slower than float32"),
+    ("float32", False, None),
+])
+def test_a_precision_this_hardware_runs_slowly_is_said_in_one_line(monkeypatch, capsys,
+                                                                   precision, native, warning):
+    import covid19_model
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the warnings are for machines without a GPU")
+    monkeypatch.setattr(covid19_model, "cpu_has_native_bfloat16", lambda: native)
+    covid19_model.check_precision(precision)
+    assert capsys.readouterr().err == ("" if warning is None else warning + "\n")
