@@ -309,69 +309,87 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples):
     return fig
 
 
+def two_classes(args, labels, paths):
+    """The class names (sorted: the first is the positive class), each image's class index, the
+    folds, whether they are grouped by patient, and a line saying so; the audit compares
+    exactly two classes."""
+    class_names = sorted(set(labels))
+    if len(class_names) != 2:
+        raise UserError(f"the audit compares two classes; --dataset {args.dataset!r} has "
+                        f"{len(class_names)} ({', '.join(class_names)})")
+    classes = np.array([class_names.index(label) for label in labels])
+    patients = patients_of(args.dataset, paths)
+    folds = make_folds(args, classes, patients, class_names)
+    sizes = ", ".join(f"{name}: {int((labels == name).sum())}" for name in class_names)
+    about = (f"{len(paths)} images ({sizes}), {args.folds}-fold cross-validation "
+             + (f"grouped by patient ({MANIFEST})" if patients is not None
+                else f"by image (no {MANIFEST}: images of one patient may sit in two folds)"))
+    return class_names, classes, folds, patients is not None, about
+
+
+def probe_versions(args, baseModel, images, paths, classes, folds, class_names):
+    """The probe of every version: the features of every image (each computed once, or read
+    from the cache), then one fresh head per fold."""
+    model = build_model(baseModel, 2)
+    extract, head = make_feature_extractor(model, args.precision), make_head(model)
+    onehot = np.eye(2, dtype="float32")[classes]
+    probes, caches = {}, []
+    for name in VERSIONS:
+        print(f"[INFO] {name}: features of every image, then {args.folds} heads...")
+        caches.append(FeatureCache(args.cache_dir, cache_configuration(
+            model, extract, args.precision, variant=name)))
+        features = extract_features(extract, images, paths, args.batch_size,
+                                    prepare=version_of(name), cache=caches[-1])
+        probabilities = cross_validate(args, head, features, onehot, folds)
+        probes[name] = probe(classes, probabilities, class_names, args.seed)
+    print(summarize(caches))
+    return probes
+
+
+def make_report(args, class_names, labels, grouped, probes, verdict_of, confounds, per_class,
+                found):
+    """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
+    shortcut, text = verdict_of
+    return {
+        "dataset": args.dataset, "class_names": class_names, "positive_class": class_names[0],
+        "counts": {name: int((labels == name).sum()) for name in class_names},
+        "folds": {"k": args.folds, "grouped_by_patient": grouped},
+        "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
+                     "pixels_of_224": [round(f * 224) for f in LUNG_BOX]},
+        "probe": probes, "shortcut": shortcut, "verdict": text,
+        "shortcut_rule": f"lungs_hidden AUC 95% CI above 0.5 and AUC >= {SHORTCUT_AUC}",
+        "confounds": confounds, "confound_rule": f"a property's AUC alone >= {CONFOUND_AUC}",
+        "properties_per_class": per_class,
+        "duplicates": found, "near_duplicate_bits": NEAR_DUPLICATE_BITS,
+        "confidence_level": CONFIDENCE, "seed": args.seed, "flags": vars(args),
+        "versions": versions(),
+    }
+
+
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
     outputs = check_outputs(args)
-    with claim_outputs(*outputs):
+    with claim_outputs(*outputs):  # a second audit writing the same files stops here
         keras.utils.set_random_seed(args.seed)
         check_precision(args.precision)
-        print(f"[INFO] loading VGG16 base (weights: {shown(args.weights)})...")
+        # the VGG16 base first: a wrong --weights fails in seconds, not after the images
         baseModel = load_vgg16_base(args.weights)
         print("[INFO] loading images...")
         images, paths, labels = load_dataset(args.dataset)
         with contextlib.closing(images):
-            class_names = sorted(set(labels))
-            if len(class_names) != 2:
-                raise UserError(f"the audit compares two classes; --dataset {args.dataset!r} "
-                                f"has {len(class_names)} ({', '.join(class_names)})")
-            classes = np.array([class_names.index(label) for label in labels])
-            onehot = np.eye(2, dtype="float32")[classes]
-            patients = patients_of(args.dataset, paths)
-            folds = make_folds(args, classes, patients, class_names)
-            sizes = ", ".join(f"{name}: {int((labels == name).sum())}" for name in class_names)
-            folds_info = (f"{len(paths)} images ({sizes}), {args.folds}-fold cross-validation "
-                          + (f"grouped by patient ({MANIFEST})" if patients is not None
-                             else f"by image (no {MANIFEST}: images of one patient may sit in "
-                                  "two folds)"))
-
-            # features of every image in every version, each computed once (or cached)
-            model = build_model(baseModel, 2)
-            extract, head = make_feature_extractor(model, args.precision), make_head(model)
-            probes, caches = {}, []
-            for name in VERSIONS:
-                print(f"[INFO] {name}: features of every image, then {args.folds} heads...")
-                caches.append(FeatureCache(args.cache_dir, cache_configuration(
-                    model, extract, args.precision, variant=name)))
-                features = extract_features(extract, images, paths, args.batch_size,
-                                            prepare=version_of(name), cache=caches[-1])
-                probabilities = cross_validate(args, head, features, onehot, folds)
-                probes[name] = probe(classes, probabilities, class_names, args.seed)
-            print(summarize(caches))
-
+            class_names, classes, folds, grouped, about = two_classes(args, labels, paths)
+            probes = probe_versions(args, baseModel, images, paths, classes, folds, class_names)
             rows, per_class, confounds = describe_properties(images, paths, labels,
                                                              class_names, args.seed)
             found = find_duplicates(images, paths, labels)
             examples = [(name, images.read([images.slot[paths[list(labels).index(name)]]])[0])
                         for name in class_names]
 
-        shortcut, shortcut_text = verdict(probes["lungs_hidden"]["auc"])
-        print_summary(args, probes, shortcut_text, confounds, found, class_names, folds_info)
-        report = {
-            "dataset": args.dataset, "class_names": class_names,
-            "positive_class": class_names[0],
-            "counts": {name: int((labels == name).sum()) for name in class_names},
-            "folds": {"k": args.folds, "grouped_by_patient": patients is not None},
-            "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
-                         "pixels_of_224": [round(f * 224) for f in LUNG_BOX]},
-            "probe": probes, "shortcut": shortcut, "verdict": shortcut_text,
-            "shortcut_rule": f"lungs_hidden AUC 95% CI above 0.5 and AUC >= {SHORTCUT_AUC}",
-            "confounds": confounds, "confound_rule": f"a property's AUC alone >= {CONFOUND_AUC}",
-            "properties_per_class": per_class,
-            "duplicates": found, "near_duplicate_bits": NEAR_DUPLICATE_BITS,
-            "confidence_level": CONFIDENCE, "seed": args.seed, "flags": vars(args),
-            "versions": versions(),
-        }
+        verdict_of = verdict(probes["lungs_hidden"]["auc"])
+        print_summary(args, probes, verdict_of[1], confounds, found, class_names, about)
+        report = make_report(args, class_names, labels, grouped, probes, verdict_of, confounds,
+                             per_class, found)
         try:
             with atomic_outputs(*outputs) as (report_tmp, plot_tmp):
                 write_json(report_tmp, report)

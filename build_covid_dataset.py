@@ -11,16 +11,19 @@ Usage:
     python build_covid_dataset.py -c covid-chestxray-dataset -o mydata/covid --limit 25
     python build_covid_dataset.py -c covid-chestxray-dataset -o mydata/covid \
         --license "CC BY" --per-patient 1 --limit 25
-    python build_covid_dataset.py -c covid-chestxray-dataset --finding SARS --view PA --view AP
+    python build_covid_dataset.py -c covid-chestxray-dataset -o mydata/sars --finding SARS \
+        --view PA --view AP
 
 `--license "CC BY"` keeps rows whose `license` is CC BY of any version (never CC BY-NC-SA or
 CC BY-NC-ND); `--per-patient 1` keeps one image of each patient, so no patient can end up on
 both sides of a random train/test split.
 
-Reruns are safe: identical files already in the output are left alone, and a different file
-with the same name is never overwritten (reported, and the exit code is 1). Each image's patient,
-licence and source URL go into `manifest.csv` beside the output folder (`mydata/manifest.csv`),
-which `train_covid19.py --split patient` reads and which is the dataset's attribution list.
+Links in the checkout are followed (`images/` may live on another disk), but only files whose
+content is an image are copied, whatever their names say (covid19_building). Reruns are safe:
+identical files already in the output are left alone, and a different file with the same name
+is never overwritten (reported, and the exit code is 1). Each image's patient, licence and source
+URL go into `manifest.csv` beside the output folder (`mydata/manifest.csv`), which
+`train_covid19.py --split patient` reads and which is the dataset's attribution list.
 """
 
 import codecs

@@ -18,7 +18,7 @@ import sys
 
 import h5py
 
-from covid19_cli import UserError, lazy_import
+from covid19_cli import UserError, lazy_import, shown
 from covid19_images import IMAGE_SIZE
 
 keras = lazy_import("keras")
@@ -50,11 +50,13 @@ def keras_models_folder():
 
 
 def load_vgg16_base(weights):
-    """VGG16 without its classifier on a 224x224x3 input, with `weights` imagenet|none|PATH.
+    """VGG16 without its classifier on a 224x224x3 input, with `weights` imagenet|none|PATH;
+    says so on stdout, as the tutorial's scripts say what they are doing.
 
     (The tutorial passed `input_tensor=Input(shape=(224, 224, 3))`; `input_shape` builds the
     same network, whose input Keras 3 then takes as a tensor rather than a list of one.)
     """
+    print(f"[INFO] loading VGG16 base (weights: {shown(weights)})...")
     input_shape = (*IMAGE_SIZE, 3)
     if weights == "none":
         return keras.applications.VGG16(weights=None, include_top=False, input_shape=input_shape)

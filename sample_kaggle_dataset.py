@@ -12,7 +12,8 @@ Usage:
     python sample_kaggle_dataset.py -k chest_xray -o mydata/pneumonia --label PNEUMONIA
 
 `--kaggle` is the unpacked download: `chest_xray/` itself, or the folder holding the zip's
-nested `chest_xray/`. Reruns are safe and never overwrite a different file. Each image's patient
+nested `chest_xray/`. Only files whose content is an image are copied (covid19_building). Reruns
+are safe and never overwrite a different file. Each image's patient
 (from its file name), licence (CC BY 4.0) and source (the dataset's DOI) go into `manifest.csv`
 beside the output folder (`mydata/manifest.csv`).
 """

@@ -314,7 +314,6 @@ def main(argv=None) -> int:
         check_precision(args.precision)
 
         # load VGG16 first: a wrong --weights, or no network for ImageNet's, fails in seconds
-        print(f"[INFO] loading VGG16 base (weights: {shown(args.weights)})...")
         baseModel = load_vgg16_base(args.weights)
 
         # grab the images in the dataset folder, each decoded once; an image's label is the
