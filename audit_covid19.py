@@ -41,8 +41,9 @@ from covid19_images import IMAGE_SIZE
 from covid19_manifest import MANIFEST, patient_folds, patients_of
 from covid19_model import (BS, EPOCHS, INIT_LR, PRECISIONS, VGG16_NOTOP_FILE, build_model,
                            check_precision, load_vgg16_base, loss_for, make_optimizer)
-from covid19_properties import (CATEGORICAL, NEAR_DUPLICATE_BITS, NUMERIC, duplicates,
-                                image_properties, perceptual_hash, separation)
+from covid19_properties import (CATEGORICAL, NEAR_DUPLICATE_BITS, NEAR_DUPLICATE_CORRELATION,
+                                NUMERIC, duplicates, image_properties, perceptual_hash,
+                                separation)
 from covid19_report import (CONFIDENCE, auc_with_interval, classification_metrics, save_figure,
                             versions, write_json)
 
@@ -225,8 +226,13 @@ def counts(values):
 
 
 def find_duplicates(images, paths, labels):
-    hashes = [perceptual_hash(images.read([images.slot[path]])[0]) for path in paths]
-    return duplicates(paths, list(labels), [images.digest[path] for path in paths], hashes)
+    """Exact and near copies among the images (covid19_properties.duplicates)."""
+    def image_of(path):
+        return images.read([images.slot[path]])[0]
+
+    hashes = [perceptual_hash(image_of(path)) for path in paths]
+    return duplicates(paths, list(labels), [images.digest[path] for path in paths], hashes,
+                      image_of)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,9 +257,10 @@ def print_summary(args, probes, shortcut_text, confounds, found, class_names, fo
         print(f"[RESULT] no file or image property alone separates the classes (AUC >= "
               f"{CONFOUND_AUC})")
     for d in found:
-        print(f"[RESULT] {'CROSS-CLASS ' if d['cross_class'] else ''}{d['kind']} duplicate"
-              f"{'' if d['kind'] == 'exact' else ' (' + str(d['distance']) + ' bits apart)'}: "
-              f"{', '.join(shown(os.path.relpath(f, args.dataset)) for f in d['files'])}")
+        how = "" if d["kind"] == "exact" else f" (pixels correlate at {d['correlation']:.3f})"
+        files = ", ".join(shown(os.path.relpath(f, args.dataset)) for f in d["files"])
+        print(f"[RESULT] {'CROSS-CLASS ' if d['cross_class'] else ''}{d['kind']} duplicate{how}: "
+              f"{files}")
     if not found:
         print("[RESULT] no exact or near duplicates")
 
@@ -360,7 +367,9 @@ def make_report(args, class_names, labels, grouped, probes, verdict_of, confound
         "shortcut_rule": f"lungs_hidden AUC 95% CI above 0.5 and AUC >= {SHORTCUT_AUC}",
         "confounds": confounds, "confound_rule": f"a property's AUC alone >= {CONFOUND_AUC}",
         "properties_per_class": per_class,
-        "duplicates": found, "near_duplicate_bits": NEAR_DUPLICATE_BITS,
+        "duplicates": found, "near_duplicate_rule": (
+            f"perceptual hashes at most {NEAR_DUPLICATE_BITS} bits of 64 apart and 64x64 grey "
+            f"versions correlating at {NEAR_DUPLICATE_CORRELATION} or more"),
         "confidence_level": CONFIDENCE, "seed": args.seed, "flags": vars(args),
         "versions": versions(),
     }

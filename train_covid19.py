@@ -259,7 +259,7 @@ def evaluate(head, testF, testY, class_names, batch_size):
         print(describe("specificity", results["specificity"]))
     else:
         for name, m in results["per_class"].items():
-            print(f"{name}: {describe('sensitivity', m['sensitivity'])}, "
+            print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
                   f"{describe('specificity', m['specificity'])}")
     print(f"ROC AUC: {results['roc_auc']:.4f}")
     return results, probabilities, trueIdxs

@@ -129,9 +129,12 @@ def test_a_file_in_both_classes_is_a_cross_class_duplicate(tmp_path):
     copy = os.path.join(dataset, "covid", "copied.png")
     with open(shared, "rb") as f, open(copy, "wb") as g:
         g.write(f.read())
-    # and a near copy within a class: the same picture, brighter by one level, as a JPEG
-    near = cv2.imread(os.path.join(dataset, "covid", "covid-01.png"))
-    cv2.imwrite(os.path.join(dataset, "covid", "covid-01-again.jpg"), near + 1)
+    # and a near copy within a class: a picture with some structure (a bright disc), then the
+    # same picture brighter by three levels, as a JPEG
+    picture = cv2.imread(os.path.join(dataset, "covid", "covid-01.png"))
+    cv2.circle(picture, (32, 32), 20, (230, 230, 230), -1)
+    cv2.imwrite(os.path.join(dataset, "covid", "covid-01.png"), picture)
+    cv2.imwrite(os.path.join(dataset, "covid", "covid-01-again.jpg"), picture + 3)
     report, out = audit(dataset, tmp_path, "none", "--epochs", "1", "--folds", "2")
     exact = [d for d in report["duplicates"] if d["kind"] == "exact"]
     assert exact == [{"kind": "exact", "files": [copy, shared], "classes": ["covid", "normal"],
