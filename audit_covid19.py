@@ -191,10 +191,19 @@ def verdict(hidden_auc):
 # ---------------------------------------------------------------------------------------------
 
 
-def describe_properties(images, paths, labels, class_names, seed):
-    """Every image's properties, and per class their distributions; the confounds: every
+def measure(images, paths):
+    """Every image's properties and perceptual hash, in one pass over the store."""
+    rows, hashes = [], []
+    for path in paths:
+        image = images.read([images.slot[path]])[0]
+        rows.append(image_properties(images.header[path], images.file_size[path], image))
+        hashes.append(perceptual_hash(image))
+    return rows, hashes
+
+
+def describe_properties(rows, labels, class_names, seed):
+    """Per class, the distributions of the images' properties (`rows`); the confounds: every
     numeric property that alone separates the classes with an AUC of at least CONFOUND_AUC."""
-    rows = [image_properties(path, images.read([images.slot[path]])[0]) for path in paths]
     is_positive = labels == class_names[0]
     per_class, confounds = {}, []
     for name in class_names:
@@ -212,7 +221,7 @@ def describe_properties(images, paths, labels, class_names, seed):
                               "higher_in": higher,
                               "per_class": {name: per_class[name][prop] for name in class_names}})
     confounds.sort(key=lambda c: -c["auc"]["value"])
-    return rows, per_class, confounds
+    return per_class, confounds
 
 
 def summary(values):
@@ -225,14 +234,10 @@ def counts(values):
     return {value: values.count(value) for value in sorted(set(values))}
 
 
-def find_duplicates(images, paths, labels):
+def find_duplicates(images, paths, labels, hashes):
     """Exact and near copies among the images (covid19_properties.duplicates)."""
-    def image_of(path):
-        return images.read([images.slot[path]])[0]
-
-    hashes = [perceptual_hash(image_of(path)) for path in paths]
     return duplicates(paths, list(labels), [images.digest[path] for path in paths], hashes,
-                      image_of)
+                      lambda path: images.read([images.slot[path]])[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,9 +394,9 @@ def main(argv=None) -> int:
         with contextlib.closing(images):
             class_names, classes, folds, grouped, about = two_classes(args, labels, paths)
             probes = probe_versions(args, baseModel, images, paths, classes, folds, class_names)
-            rows, per_class, confounds = describe_properties(images, paths, labels,
-                                                             class_names, args.seed)
-            found = find_duplicates(images, paths, labels)
+            rows, hashes = measure(images, paths)
+            per_class, confounds = describe_properties(rows, labels, class_names, args.seed)
+            found = find_duplicates(images, paths, labels, hashes)
             examples = [(name, images.read([images.slot[paths[list(labels).index(name)]]])[0])
                         for name in class_names]
 

@@ -9,7 +9,8 @@ Layout: `<folder>/<configuration key>/<first two hex digits>/<image sha256>.feat
 small file of our own format: a magic line, the entry's own key, the float32 features and their
 SHA-256. An entry that is truncated, damaged or was written for another key is never trusted: it
 is recomputed with a warning, and replaced. Entries are written to a temporary file and renamed,
-so a crash never leaves half an entry. `<folder>/<configuration key>/configuration.json` says what the key stands for.
+so a crash never leaves half an entry. `<folder>/<configuration key>/configuration.json` says
+what the key stands for.
 
 The default folder is `$XDG_CACHE_HOME/covid19-xray` (`~/.cache/covid19-xray`): about 2 KB per
 image and configuration. Deleting the folder clears it; nothing else refers to it.

@@ -26,8 +26,8 @@ import tempfile
 import numpy as np
 
 from covid19_cli import UserError, lazy_import, shown, warn_if_not_utf8
-from covid19_images import (IMAGE_SIZE, NotAnImage, list_images, read_bytes, scale_pixels,
-                            xray_from_bytes)
+from covid19_images import (IMAGE_SIZE, NotAnImage, list_images, read_bytes, read_header,
+                            scale_pixels, xray_from_bytes)
 
 tf = lazy_import("tensorflow")
 
@@ -36,36 +36,43 @@ DECODE_WINDOW = 4 * (os.cpu_count() or 1)
 
 
 def _decode(path):
-    """(sha256 of the file, uint8 224x224x3 image) or (None, the reason it cannot be used)."""
+    """(sha256 of the file, uint8 224x224x3 image, header, file size), or (None, the reason it
+    cannot be used, None, None)."""
     try:
         data = read_bytes(path)
-        return hashlib.sha256(data).hexdigest(), xray_from_bytes(data)
+        return (hashlib.sha256(data).hexdigest(), xray_from_bytes(data), read_header(data),
+                len(data))
     except NotAnImage as err:
-        return None, str(err)
+        return None, str(err), None, None
 
 
 class DecodedImages:
     """The usable images among `image_paths`, each decoded once into a temporary file on disk.
 
     `slot[path]` is where an image's pixels are, `digest[path]` the SHA-256 of its file (the key
-    of its cached features), `skipped` the (path, reason) of every file that is not a usable
-    image, and `reads` counts the images read back since the store was made.
+    of its cached features), `header[path]` and `file_size[path]` what the file says of itself
+    (the audit's confounds: no file is read twice), `skipped` the (path, reason) of every file
+    that is not a usable image, and `reads` counts the images read back since the store was
+    made.
     """
 
     IMAGE_BYTES = IMAGE_SIZE[0] * IMAGE_SIZE[1] * 3
 
     def __init__(self, image_paths):
         self._file = tempfile.TemporaryFile()
-        self.slot, self.digest, self.skipped, self.reads = {}, {}, [], 0
+        self.slot, self.digest, self.header, self.file_size = {}, {}, {}, {}
+        self.skipped, self.reads = [], 0
         # OpenCV releases the GIL, so threads decode in parallel; map keeps the order.
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
             for start in range(0, len(image_paths), DECODE_WINDOW):
                 window = image_paths[start:start + DECODE_WINDOW]
-                for path, (digest, image) in zip(window, pool.map(_decode, window)):
+                for path, (digest, image, header, size) in zip(window,
+                                                               pool.map(_decode, window)):
                     if digest is None:
                         self.skipped.append((path, image))
                     else:
                         self.slot[path], self.digest[path] = len(self.slot), digest
+                        self.header[path], self.file_size[path] = header, size
                         self._file.write(image.tobytes())
         self._file.flush()
 

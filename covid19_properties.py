@@ -1,9 +1,9 @@
 """What can tell two sources of X-rays apart besides the lungs: file and image properties, and
 perceptual hashes that find copies of one image.
 
-- `image_properties(path, image)`: per image, the properties a shortcut can hide in: width,
-  height and aspect ratio as stored, grey or colour, bit depth, file format and size, and, of the
-  224x224 image the model sees, the mean intensity and that of its border.
+- `image_properties(header, file_size, image)`: per image, the properties a shortcut can hide
+  in: width, height and aspect ratio as stored, grey or colour, bit depth, file format and size,
+  and, of the 224x224 image the model sees, the mean intensity and that of its border.
 - `separation(is_positive, values)`: how well one property alone separates two classes, as a
   ROC AUC that does not care which class has the larger values.
 - `perceptual_hash(image)` and `duplicates(...)`: exact copies (the same SHA-256) and near
@@ -14,12 +14,9 @@ perceptual hashes that find copies of one image.
   NEAR_DUPLICATE_CORRELATION or more.
 """
 
-import os
-
 import cv2
 import numpy as np
 
-from covid19_images import read_bytes, read_header
 from covid19_report import auc_with_interval
 
 # Near copies: perceptual hashes at most this many bits of 64 apart (the candidates), whose
@@ -36,9 +33,9 @@ _BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-def image_properties(path, image):
-    """The properties of the file at `path`, whose 224x224 RGB uint8 image is `image`."""
-    header = read_header(read_bytes(path))  # its format, size and mode, decoding no pixel
+def image_properties(header, file_size, image):
+    """The properties of a file with this `header` (covid19_images.read_header) and size in
+    bytes, whose 224x224 RGB uint8 image is `image`."""
     grey = header.mode in _GREY_MODES
     border = max(1, round(BORDER * image.shape[0]))
     frame = np.ones(image.shape[:2], bool)
@@ -46,7 +43,7 @@ def image_properties(path, image):
     return {"width": header.width, "height": header.height,
             "aspect_ratio": header.width / header.height, "channels": 1 if grey else 3,
             "colour": "grey" if grey else "colour", "bit_depth": _BIT_DEPTH.get(header.mode, 8),
-            "format": header.format, "file_size": os.path.getsize(path),
+            "format": header.format, "file_size": file_size,
             "mean_intensity": float(image.mean() / 255),
             "border_intensity": float(image[frame].mean() / 255)}
 

@@ -21,6 +21,7 @@ import csv
 import os
 import sys
 
+import cv2
 import numpy as np
 
 from covid19_cli import (ArgumentParser, UserError, cli, lazy_import, positive, shown,
@@ -31,7 +32,6 @@ from covid19_images import (NotAnImage, decode, list_images, load_xray, read_byt
                             save_image, scale_pixels)
 from covid19_model import PRECISIONS, check_precision, load_classifier, model_with_precision
 
-cv2 = lazy_import("cv2")
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
