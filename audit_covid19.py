@@ -29,25 +29,42 @@ import os
 import sys
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
-from covid19_cache import FeatureCache, default_cache_folder, summarize
-from covid19_cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
-from covid19_data import load_dataset, training_batches
-from covid19_features import (cache_configuration, extract_features, make_feature_extractor,
-                              make_head)
-from covid19_files import atomic_outputs, check_output_path, claim_outputs, same_or_inside
-from covid19_images import IMAGE_SIZE
-from covid19_manifest import MANIFEST, patient_folds, patients_of
-from covid19_model import (BS, EPOCHS, INIT_LR, PRECISIONS, VGG16_NOTOP_FILE, build_model,
-                           check_precision, load_vgg16_base, loss_for, make_optimizer)
-from covid19_properties import (CATEGORICAL, NEAR_DUPLICATE_BITS, NEAR_DUPLICATE_CORRELATION,
-                                NUMERIC, duplicates, image_properties, perceptual_hash,
-                                separation)
-from covid19_report import (CONFIDENCE, auc_with_interval, classification_metrics, save_figure,
-                            versions, write_json)
+from covid19xray.cache import FeatureCache, cache_line
+from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
+from covid19xray.data import load_dataset, training_batches
+from covid19xray.features import (
+    cache_configuration,
+    extract_features,
+    make_feature_extractor,
+    make_head,
+)
+from covid19xray.images import IMAGE_SIZE
+from covid19xray.manifest import MANIFEST
+from covid19xray.model import build_model
+from covid19xray.outputs import claim_outputs
+from covid19xray.properties import (
+    CATEGORICAL,
+    NEAR_DUPLICATE_BITS,
+    NEAR_DUPLICATE_CORRELATION,
+    NUMERIC,
+    duplicates,
+    image_properties,
+    perceptual_hash,
+    separation,
+)
+from covid19xray.report import auc_with_interval, classification_metrics, save_figure, write_json
+from covid19xray.splits import cv_folds, encode_labels, patients_of
+from covid19xray.training import (
+    add_training_flags,
+    check_outputs,
+    compile_head,
+    fit_head,
+    run_facts,
+    start,
+    write_outputs,
+)
 
-keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
 # The box over the lung fields of a PA chest film, as fractions of the image's width and height
@@ -67,44 +84,22 @@ def parse_args(argv=None):
     ap = ArgumentParser(description="Can the classes of a chest X-ray dataset be told apart "
                                     "without the lungs? Cross-validated probes, confounds and "
                                     "duplicates. For education only.")
-    ap.add_argument("-d", "--dataset", required=True,
-                    help="dataset folder: one folder of images per class, two classes")
-    ap.add_argument("--weights", default="imagenet",
-                    help="VGG16 base weights: imagenet, none (random) or the path of a local "
-                         f"{VGG16_NOTOP_FILE} (default: %(default)s)")
+    add_training_flags(ap, "dataset folder: one folder of images per class, two classes")
     ap.add_argument("--folds", type=positive(int), default=5,
                     help="cross-validation folds (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=42,
-                    help="seeds the folds, the heads and the bootstrap (default: %(default)s)")
     ap.add_argument("-r", "--report", default="audit.json",
                     help="output JSON report (default: %(default)s)")
     ap.add_argument("-p", "--plot", default="audit.png",
                     help="output figure, PNG (default: %(default)s)")
-    ap.add_argument("--epochs", type=positive(int), default=EPOCHS,
-                    help="epochs of each fold's head, as train_covid19.py (default: %(default)s)")
-    ap.add_argument("--batch-size", type=positive(int), default=BS,
-                    help="images per step (default: %(default)s)")
-    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
-                    help="what the frozen VGG16 computes in (default: %(default)s)")
-    ap.add_argument("--cache-dir", default=default_cache_folder(),
-                    help="feature cache, shared with train_covid19.py --cache-features; delete "
-                         "it to clear it (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.folds < 2:
         ap.error(f"--folds must be 2 or more, got {args.folds}")
     return args
 
 
-def check_outputs(args):
-    """Fail before any work if an output cannot be written or would land in the dataset."""
-    for path, flag, suffix in [(args.report, "--report", ".json"), (args.plot, "--plot", ".png")]:
-        check_output_path(path, flag, suffix=suffix)
-        if os.path.isdir(args.dataset) and same_or_inside(path, args.dataset):
-            raise UserError(f"{flag} {path!r} is inside --dataset {args.dataset!r}; write "
-                            "outputs elsewhere, source data is never modified")
-    if os.path.abspath(args.report) == os.path.abspath(args.plot):
-        raise UserError("--report and --plot must be two different files")
-    return [args.report, args.plot]
+def outputs_of(args):
+    """The two outputs, in the order they are written: report and plot."""
+    return [(args.report, "--report", ".json"), (args.plot, "--plot", ".png")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,25 +124,11 @@ def version_of(name):
             "lungs_only": lambda images: images * inside}[name]
 
 
-def make_folds(args, classes, patients, class_names):
-    """K folds stratified by class, grouped by patient when the dataset has a manifest:
-    [(train indices, test indices)], every image in exactly one test fold."""
-    if patients is not None:
-        return patient_folds(classes, patients, args.folds, args.seed, class_names)
-    smallest = np.bincount(classes).min()
-    if smallest < args.folds:
-        raise UserError(f"--folds {args.folds} needs at least {args.folds} images of each class; "
-                        f"the smallest class has {smallest}")
-    folds = StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
-    return list(folds.split(classes, classes))
-
-
 def cross_validate(args, head, features, onehot, folds):
     """Out-of-fold probabilities: for each fold, a fresh head trained on the other folds'
     features as train_covid19.py --cache-features trains it, then applied to the fold."""
     initial = head.get_weights()
-    head.compile(loss=loss_for(onehot.shape[1]), optimizer=make_optimizer(INIT_LR, args.epochs),
-                 metrics=["accuracy"])
+    compile_head(head, onehot.shape[1], args.lr, args.epochs)
     probabilities = np.zeros(onehot.shape, np.float32)
     for train, test in folds:
         # A fresh head: the same initial weights and a new optimizer state (its step count,
@@ -155,19 +136,19 @@ def cross_validate(args, head, features, onehot, folds):
         head.set_weights(initial)
         for variable in head.optimizer.variables:
             variable.assign(tf.zeros_like(variable))
-        steps = max(1, len(train) // args.batch_size)
-        head.fit(training_batches(features[train], onehot[train],
-                                  min(args.batch_size, len(train)), args.seed),
-                 steps_per_epoch=steps, epochs=args.epochs, shuffle=False, verbose=0)
-        probabilities[test] = head.predict(features[test], batch_size=args.batch_size, verbose=0)
+        batch_size = min(args.batch_size, len(train))
+        fit_head(head, training_batches(features[train], onehot[train], batch_size, args.seed),
+                 max(1, len(train) // args.batch_size), args.epochs)
+        # the head called directly: Keras's predict would trace itself anew for every fold size
+        probabilities[test] = np.asarray(head(features[test], training=False))
     return probabilities
 
 
-def probe(trueIdxs, probabilities, class_names, seed):
+def probe(classes, probabilities, class_names, seed):
     """The cross-validated metrics of one version, in report.json's shape, and its AUC's
     bootstrap interval."""
-    metrics = classification_metrics(trueIdxs, probabilities, class_names)
-    return {"auc": auc_with_interval(trueIdxs == 0, probabilities[:, 0], seed),
+    metrics = classification_metrics(classes, probabilities, class_names)
+    return {"auc": auc_with_interval(classes == 0, probabilities[:, 0], seed),
             "accuracy": metrics["accuracy"], "sensitivity": metrics["sensitivity"],
             "specificity": metrics["specificity"],
             "confusion_matrix": metrics["confusion_matrix"]}
@@ -195,8 +176,8 @@ def measure(images, paths):
     """Every image's properties and perceptual hash, in one pass over the store."""
     rows, hashes = [], []
     for path in paths:
-        image = images.read([images.slot[path]])[0]
-        rows.append(image_properties(images.header[path], images.file_size[path], image))
+        image = images.image(path)
+        rows.append(image_properties(images.header(path), images.file_size(path), image))
         hashes.append(perceptual_hash(image))
     return rows, hashes
 
@@ -208,8 +189,8 @@ def describe_properties(rows, labels, class_names, seed):
     per_class, confounds = {}, []
     for name in class_names:
         mine = [row for row, label in zip(rows, labels) if label == name]
-        per_class[name] = {prop: summary([row[prop] for row in mine]) for prop in NUMERIC}
-        per_class[name].update({prop: counts([row[prop] for row in mine])
+        per_class[name] = {prop: spread([row[prop] for row in mine]) for prop in NUMERIC}
+        per_class[name].update({prop: tally([row[prop] for row in mine])
                                 for prop in CATEGORICAL})
     for prop in NUMERIC:
         values = np.array([row[prop] for row in rows], float)
@@ -224,20 +205,20 @@ def describe_properties(rows, labels, class_names, seed):
     return per_class, confounds
 
 
-def summary(values):
+def spread(values):
     values = np.asarray(values, float)
     return {"min": float(values.min()), "median": float(np.median(values)),
             "max": float(values.max())}
 
 
-def counts(values):
+def tally(values):
     return {value: values.count(value) for value in sorted(set(values))}
 
 
 def find_duplicates(images, paths, labels, hashes):
     """Exact and near copies among the images (covid19_properties.duplicates)."""
-    return duplicates(paths, list(labels), [images.digest[path] for path in paths], hashes,
-                      lambda path: images.read([images.slot[path]])[0])
+    return duplicates(paths, list(labels), [images.digest(path) for path in paths], hashes,
+                      images.image)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +226,8 @@ def find_duplicates(images, paths, labels, hashes):
 # ---------------------------------------------------------------------------------------------
 
 
-def print_summary(args, probes, shortcut_text, confounds, found, class_names, folds_info):
+def print_probes(probes, shortcut_text, folds_info):
+    """The probe table, one row per version, and the verdict."""
     print(f"[INFO] {folds_info}")
     print(f"{'version':<13} {'accuracy':<18} {'sensitivity':<18} {'specificity':<18} ROC AUC")
     for name in VERSIONS:
@@ -254,6 +236,10 @@ def print_summary(args, probes, shortcut_text, confounds, found, class_names, fo
                  for k in ("accuracy", "sensitivity", "specificity", "auc")]
         print(f"{name:<13} {cells[0]:<18} {cells[1]:<18} {cells[2]:<18} {cells[3]}")
     print(f"[RESULT] {shortcut_text}")
+
+
+def print_confounds_and_duplicates(args, confounds, found, class_names):
+    """One line per confound and per group of copies, or one line saying there are none."""
     for c in confounds:
         print(f"[RESULT] confound: {c['property'].replace('_', ' ')} alone separates "
               f"{class_names[0]} from {class_names[1]}: AUC {c['auc']['value']:.2f} (higher in "
@@ -325,13 +311,13 @@ def two_classes(args, labels, paths):
     """The class names (sorted: the first is the positive class), each image's class index, the
     folds, whether they are grouped by patient, and a line saying so; the audit compares
     exactly two classes."""
-    class_names = sorted(set(labels))
-    if len(class_names) != 2:
+    if len(set(labels)) != 2:
         raise UserError(f"the audit compares two classes; --dataset {args.dataset!r} has "
-                        f"{len(class_names)} ({', '.join(class_names)})")
-    classes = np.array([class_names.index(label) for label in labels])
+                        f"{len(set(labels))} ({', '.join(sorted(set(labels)))})")
+    onehot, class_names = encode_labels(labels)
+    classes = onehot.argmax(axis=1)
     patients = patients_of(args.dataset, paths)
-    folds = make_folds(args, classes, patients, class_names)
+    folds = cv_folds(classes, args.folds, args.seed, class_names, patients)
     sizes = ", ".join(f"{name}: {int((labels == name).sum())}" for name in class_names)
     about = (f"{len(paths)} images ({sizes}), {args.folds}-fold cross-validation "
              + (f"grouped by patient ({MANIFEST})" if patients is not None
@@ -339,27 +325,27 @@ def two_classes(args, labels, paths):
     return class_names, classes, folds, patients is not None, about
 
 
-def probe_versions(args, baseModel, images, paths, classes, folds, class_names):
+def probe_versions(args, base_model, images, paths, classes, folds, class_names):
     """The probe of every version: the features of every image (each computed once, or read
     from the cache), then one fresh head per fold."""
-    model = build_model(baseModel, 2)
-    extract, head = make_feature_extractor(model, args.precision), make_head(model)
+    model = build_model(base_model, 2)
+    (extract, crops), head = make_feature_extractor(model, args.precision), make_head(model)
     onehot = np.eye(2, dtype="float32")[classes]
     probes, caches = {}, []
     for name in VERSIONS:
         print(f"[INFO] {name}: features of every image, then {args.folds} heads...")
         caches.append(FeatureCache(args.cache_dir, cache_configuration(
-            model, extract, args.precision, variant=name)))
+            model, crops, args.precision, variant=name)))
         features = extract_features(extract, images, paths, args.batch_size,
                                     prepare=version_of(name), cache=caches[-1])
         probabilities = cross_validate(args, head, features, onehot, folds)
         probes[name] = probe(classes, probabilities, class_names, args.seed)
-    print(summarize(caches))
+    print(cache_line(caches))
     return probes
 
 
-def make_report(args, class_names, labels, grouped, probes, verdict_of, confounds, per_class,
-                found):
+def audit_report(args, class_names, labels, grouped, probes, verdict_of, confounds, per_class,
+                 found):
     """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
     shortcut, text = verdict_of
     return {
@@ -375,43 +361,40 @@ def make_report(args, class_names, labels, grouped, probes, verdict_of, confound
         "duplicates": found, "near_duplicate_rule": (
             f"perceptual hashes at most {NEAR_DUPLICATE_BITS} bits of 64 apart and 64x64 grey "
             f"versions correlating at {NEAR_DUPLICATE_CORRELATION} or more"),
-        "confidence_level": CONFIDENCE, "seed": args.seed, "flags": vars(args),
-        "versions": versions(),
+        **run_facts(args),
     }
 
 
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
-    outputs = check_outputs(args)
+    outputs = check_outputs(args.dataset, outputs_of(args))
     with claim_outputs(*outputs):  # a second audit writing the same files stops here
-        keras.utils.set_random_seed(args.seed)
-        check_precision(args.precision)
-        # the VGG16 base first: a wrong --weights fails in seconds, not after the images
-        baseModel = load_vgg16_base(args.weights)
+        base_model = start(args)
         print("[INFO] loading images...")
         images, paths, labels = load_dataset(args.dataset)
         with contextlib.closing(images):
             class_names, classes, folds, grouped, about = two_classes(args, labels, paths)
-            probes = probe_versions(args, baseModel, images, paths, classes, folds, class_names)
+            probes = probe_versions(args, base_model, images, paths, classes, folds,
+                                    class_names)
             rows, hashes = measure(images, paths)
             per_class, confounds = describe_properties(rows, labels, class_names, args.seed)
             found = find_duplicates(images, paths, labels, hashes)
-            examples = [(name, images.read([images.slot[paths[list(labels).index(name)]]])[0])
+            examples = [(name, images.image(paths[list(labels).index(name)]))
                         for name in class_names]
 
         verdict_of = verdict(probes["lungs_hidden"]["auc"])
-        print_summary(args, probes, verdict_of[1], confounds, found, class_names, about)
-        report = make_report(args, class_names, labels, grouped, probes, verdict_of, confounds,
-                             per_class, found)
-        try:
-            with atomic_outputs(*outputs) as (report_tmp, plot_tmp):
-                write_json(report_tmp, report)
-                save_figure(plot_audit(probes, confounds, rows, labels, class_names, examples),
-                            plot_tmp)
-        except OSError as err:
-            raise UserError(f"cannot write the outputs ({err.strerror or err}); every earlier "
-                            f"{args.report} and {args.plot} was kept") from None
+        print_probes(probes, verdict_of[1], about)
+        print_confounds_and_duplicates(args, confounds, found, class_names)
+        report = audit_report(args, class_names, labels, grouped, probes, verdict_of, confounds,
+                              per_class, found)
+
+        def write(report_tmp, plot_tmp):
+            write_json(report_tmp, report)
+            save_figure(plot_audit(probes, confounds, rows, labels, class_names, examples),
+                        plot_tmp)
+
+        write_outputs(outputs, write)
     print(f"[INFO] wrote {shown(args.report)} (report), {shown(args.plot)} (plot)")
     return 0
 

@@ -19,7 +19,7 @@ CC BY-NC-ND); `--per-patient 1` keeps one image of each patient, so no patient c
 both sides of a random train/test split.
 
 Links in the checkout are followed (`images/` may live on another disk), but only files whose
-content is an image are copied, whatever their names say (covid19_building). Reruns are safe:
+content is an image are copied, whatever their names say (covid19xray.building). Reruns are safe:
 identical files already in the output are left alone, and a different file with the same name
 is never overwritten (reported, and the exit code is 1). Each image's patient, licence and source
 URL go into `manifest.csv` beside the output folder (`mydata/manifest.csv`), which
@@ -33,9 +33,9 @@ import random
 import re
 import sys
 
-from covid19_building import copy_into_output
-from covid19_cli import ArgumentParser, UserError, cli, positive, shown
-from covid19_files import check_output_folder, claim_outputs
+from covid19xray.building import copy_into_output
+from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.outputs import check_output_folder, claim_outputs
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
 
@@ -169,7 +169,7 @@ def image_path(covid, row):
 
     A filename or folder that is absolute or climbs out with `..` is refused. Links inside the
     checkout are followed (`images/` may live on another disk); what a link leads to is
-    checked when it is copied: only images are (covid19_building).
+    checked when it is copied: only images are (covid19xray.building).
     """
     folder = row.get("folder") or "images"
     filename = row.get("filename", "")

@@ -24,13 +24,27 @@ import sys
 import cv2
 import numpy as np
 
-from covid19_cli import (ArgumentParser, UserError, cli, lazy_import, positive, shown,
-                         warn_if_not_utf8)
-from covid19_files import (atomic_output, check_output_folder, check_output_path,
-                           claim_outputs)
-from covid19_images import (NotAnImage, decode, list_images, load_xray, read_bytes,
-                            save_image, scale_pixels)
-from covid19_model import PRECISIONS, check_precision, load_classifier, model_with_precision
+from covid19xray.cli import (
+    ArgumentParser,
+    UserError,
+    cli,
+    lazy_import,
+    positive,
+    shown,
+    warn_if_not_utf8,
+)
+from covid19xray.images import (
+    NotAnImage,
+    decode,
+    list_images,
+    load_xray,
+    read_bytes,
+    save_image,
+    scale_pixels,
+)
+from covid19xray.model import PRECISIONS, check_precision, load_classifier, model_with_precision
+from covid19xray.outputs import atomic_output, check_output_folder, check_output_path, claim_outputs
+from covid19xray.spreadsheet import quoted
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -76,7 +90,7 @@ def find_inputs(inputs):
     return found
 
 
-def image_batches(image_paths, batch_size):
+def read_in_batches(image_paths, batch_size):
     """(paths, uint8 images) of the usable files, `batch_size` at a time, in order; the others
     are reported on stderr and skipped."""
     paths, images = [], []
@@ -162,7 +176,8 @@ def prediction_line(path, row, class_names):
 
 
 def csv_row(path, row, class_names):
-    return [path, class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]]
+    """The CSV cells of one prediction; a file name a spreadsheet would run is quoted."""
+    return [quoted(path), quoted(class_names[int(row.argmax())]), *[f"{p:.6f}" for p in row]]
 
 
 @cli
@@ -189,12 +204,12 @@ def main(argv=None) -> int:
             f = stack.enter_context(open(stack.enter_context(atomic_output(args.csv)), "w",
                                          newline="", encoding="utf-8", errors="surrogateescape"))
             writer = csv.writer(f)
-            writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names]])
+            writer.writerow(["file", "predicted", *[quoted(f"p_{name}") for name in class_names]])
         if args.gradcam:
             os.makedirs(args.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(model), set()
         predicted = 0
-        for paths, images in image_batches(image_paths, args.batch_size):
+        for paths, images in read_in_batches(image_paths, args.batch_size):
             for path, image, row in zip(paths, images, predict(model, images)):
                 print(prediction_line(path, row, class_names))
                 if writer:

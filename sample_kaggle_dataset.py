@@ -12,7 +12,7 @@ Usage:
     python sample_kaggle_dataset.py -k chest_xray -o mydata/pneumonia --label PNEUMONIA
 
 `--kaggle` is the unpacked download: `chest_xray/` itself, or the folder holding the zip's
-nested `chest_xray/`. Only files whose content is an image are copied (covid19_building). Reruns
+nested `chest_xray/`. Only files whose content is an image are copied (covid19xray.building). Reruns
 are safe and never overwrite a different file. Each image's patient
 (from its file name), licence (CC BY 4.0) and source (the dataset's DOI) go into `manifest.csv`
 beside the output folder (`mydata/manifest.csv`).
@@ -23,10 +23,10 @@ import random
 import re
 import sys
 
-from covid19_building import copy_into_output
-from covid19_cli import ArgumentParser, UserError, cli, positive, shown
-from covid19_files import check_output_folder, claim_outputs
-from covid19_images import list_images
+from covid19xray.building import copy_into_output
+from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.images import list_images
+from covid19xray.outputs import check_output_folder, claim_outputs
 
 
 def parse_args(argv=None):

@@ -14,10 +14,10 @@ measured in the same session (`--floor`).
 2,000 images (resized copies of --dataset's images, in a temporary folder, deleted afterwards)
 and trains on each for --memory-epochs epochs.
 
-Usage (from the repository root, with requirements.txt installed):
-    python bench/benchmark.py --epochs 25 --pairs 2 --weights none
-    python bench/benchmark.py --dataset path/to/other/dataset --epochs 25 --pairs 2
-    python bench/benchmark.py --memory --weights none
+Usage (from the repository root, with requirements.txt installed; `-m` finds the package):
+    python -m bench.benchmark --epochs 25 --pairs 2 --weights none
+    python -m bench.benchmark --dataset path/to/other/dataset --epochs 25 --pairs 2
+    python -m bench.benchmark --memory --weights none
 """
 
 import argparse
@@ -31,10 +31,9 @@ import time
 
 import cv2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from covid19xray.images import list_images
 
-from covid19_images import list_images  # noqa: E402  (after the path is set)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN = os.path.join(ROOT, "train_covid19.py")
 PROGRAMS = {
@@ -51,16 +50,15 @@ PROGRAMS = {
 FLOOR_PROBE = r"""
 import sys, time, statistics
 import numpy as np, keras
-sys.path.insert(0, sys.argv[1])
-from covid19_images import list_images, load_xray, scale_pixels
-from covid19_features import make_feature_extractor
-from covid19_model import build_model, load_vgg16_base
+from covid19xray.images import list_images, load_xray, scale_pixels
+from covid19xray.features import make_feature_extractor
+from covid19xray.model import build_model, load_vgg16_base
 images = np.asarray(scale_pixels(np.stack([load_xray(p) for p in list_images(sys.argv[2])[:16]])))
 model = build_model(load_vgg16_base("none"))
 full = keras.Model(model.input, model.get_layer("flatten").output)
 runs = {"full VGG16": lambda x: full(x, training=False),
-        "ours float32": make_feature_extractor(model, "float32"),
-        "ours bfloat16": make_feature_extractor(model, "bfloat16")}
+        "ours float32": make_feature_extractor(model, "float32")[0],
+        "ours bfloat16": make_feature_extractor(model, "bfloat16")[0]}
 for name, run in runs.items():
     for batch in (images[:8], images[8:]):
         np.asarray(run(batch))  # warm-up: tracing, oneDNN's first calls
@@ -123,8 +121,9 @@ def accuracy_line(lines):
 
 def measure_floor(dataset):
     """{program: seconds a forward pass of one image costs}, measured now, in a fresh process."""
-    result = subprocess.run([sys.executable, "-c", FLOOR_PROBE, ROOT, dataset],
-                            capture_output=True, text=True, check=True)
+    # run from the root, where `-c` finds the package
+    result = subprocess.run([sys.executable, "-c", FLOOR_PROBE, ROOT, os.path.abspath(dataset)],
+                            capture_output=True, text=True, check=True, cwd=ROOT)
     costs = {}
     for line in result.stdout.splitlines():
         name, seconds = line.rsplit(" ", 1)
@@ -224,7 +223,7 @@ def main(argv=None):
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
           f"Python {platform.python_version()}", flush=True)
     print(f"CPU flags: {cpu_flags()}", flush=True)
-    print(f"command: {' '.join(['python', os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])}",
+    print(f"command: {' '.join(['python -m bench.benchmark', *sys.argv[1:]])}",
           flush=True)
     if args.memory:
         measure_memory(args)

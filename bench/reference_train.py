@@ -25,29 +25,26 @@ Usage:
 """
 
 # import the necessary packages
-from tensorflow.keras.preprocessing.image import ImageDataGenerator
+import matplotlib
+from imutils import paths
+from sklearn.metrics import classification_report, confusion_matrix
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
 from tensorflow.keras.applications import VGG16
-from tensorflow.keras.layers import AveragePooling2D
-from tensorflow.keras.layers import Dropout
-from tensorflow.keras.layers import Flatten
-from tensorflow.keras.layers import Dense
-from tensorflow.keras.layers import Input
+from tensorflow.keras.layers import AveragePooling2D, Dense, Dropout, Flatten, Input
 from tensorflow.keras.models import Model
 from tensorflow.keras.optimizers import Adam
 from tensorflow.keras.optimizers.schedules import InverseTimeDecay
+from tensorflow.keras.preprocessing.image import ImageDataGenerator
 from tensorflow.keras.utils import to_categorical
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.model_selection import train_test_split
-from sklearn.metrics import classification_report
-from sklearn.metrics import confusion_matrix
-from imutils import paths
-import matplotlib
+
 matplotlib.use("Agg")
+import argparse
+import os
+
+import cv2
 import matplotlib.pyplot as plt
 import numpy as np
-import argparse
-import cv2
-import os
 
 # construct the argument parser and parse the arguments
 ap = argparse.ArgumentParser()
@@ -173,9 +170,9 @@ specificity = cm[1, 1] / (cm[1, 0] + cm[1, 1])
 
 # show the confusion matrix, accuracy, sensitivity, and specificity
 print(cm)
-print("acc: {:.4f}".format(acc))
-print("sensitivity: {:.4f}".format(sensitivity))
-print("specificity: {:.4f}".format(specificity))
+print(f"acc: {acc:.4f}")
+print(f"sensitivity: {sensitivity:.4f}")
+print(f"specificity: {specificity:.4f}")
 
 # plot the training loss and accuracy
 N = EPOCHS

@@ -40,13 +40,35 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(tiny_dataset, tmp_path_factory):
-    """One 2-epoch training run through train_covid19.main, shared by every test that needs it."""
+    """One 2-epoch training run through train_covid19.main, shared by every test that needs it.
+
+    It also records every batch of images read back from the store, and whether fit had
+    returned by then, and whether the training pipeline autotunes: the end-of-training stall
+    came from there."""
     import train_covid19
+    from covid19xray.data import ImageStore
 
     out = tmp_path_factory.mktemp("trained")
     model, plot, report = str(out / "covid19.h5"), str(out / "plot.png"), str(out / "report.json")
-    code, stdout, stderr = run_main(train_covid19.main, [
-        "--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights", "none",
-        "--seed", "7", "--model", model, "--plot", plot, "--report", report])
+    reads, fit_returned, autotuning = [], [], []
+    real_read, real_train = ImageStore.read, train_covid19.train
+
+    def counted_read(self, slots):
+        reads.append((len(slots), bool(fit_returned)))
+        return real_read(self, slots)
+
+    def train_then_mark(args, head, batches, *rest):
+        autotuning.append(batches.options().autotune.enabled)
+        history = real_train(args, head, batches, *rest)
+        fit_returned.append(True)
+        return history
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ImageStore, "read", counted_read)
+        patch.setattr(train_covid19, "train", train_then_mark)
+        code, stdout, stderr = run_main(train_covid19.main, [
+            "--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights",
+            "none", "--seed", "7", "--model", model, "--plot", plot, "--report", report])
     return {"code": code, "stdout": stdout, "stderr": stderr, "model": model, "plot": plot,
-            "report": report, "dataset": tiny_dataset, "seed": 7, "batch_size": 4}
+            "report": report, "dataset": tiny_dataset, "seed": 7, "batch_size": 4,
+            "reads": reads, "autotuning": autotuning[0] if autotuning else None}

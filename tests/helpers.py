@@ -122,6 +122,31 @@ def snapshot(*folders):
     return result
 
 
+def output_cases(tmp_path, source):
+    """(name, --output value) for every output a builder must refuse."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    return {
+        "output is a file": (str(a_file), ["is a file, not a folder"]),
+        "output under a file": (str(a_file / "covid"), ["cannot be created"]),
+        "output is the source": (source, ["source data is never modified"]),
+        "output inside the source": (os.path.join(source, "images"),
+                                     ["source data is never modified"]),
+    }
+
+
+# A file name that is not valid UTF-8, as Python hands it over: 'x-\udcff\udcfe.png'
+NOT_UTF8 = os.fsdecode(b"x-\xff\xfe.png")
+
+
+def terminate_here(*args, **kwargs):
+    """Stands in for a step of a script: SIGTERM arrives while it runs."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not stop the run")
+
+
 def assert_one_line_error(code, err, script, *phrases, exit_code=1, warnings=0):
     """The run failed with `exit_code` and one error line, after `warnings` warning lines."""
     assert code == exit_code, err

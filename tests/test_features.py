@@ -1,4 +1,5 @@
-"""covid19_features and covid19_cache: the frozen part computed once, on what the head reads."""
+"""covid19xray.features: the frozen part computed once, on what the head reads, and kept in the
+feature cache."""
 
 import os
 
@@ -6,13 +7,18 @@ import keras
 import numpy as np
 import pytest
 
-from covid19_cache import FeatureCache
-from covid19_data import DecodedImages
-from covid19_features import (cache_configuration, extract_features, feature_crops,
-                              make_feature_extractor, make_head)
-from covid19_images import list_images, load_xray, scale_pixels
-from covid19_model import build_model, load_vgg16_base
-from helpers import make_dataset
+from covid19xray.cache import FeatureCache
+from covid19xray.data import ImageStore
+from covid19xray.features import (
+    cache_configuration,
+    extract_features,
+    feature_crops,
+    make_feature_extractor,
+    make_head,
+)
+from covid19xray.images import list_images, load_xray, scale_pixels
+from covid19xray.model import build_model, load_vgg16_base
+from helpers import make_dataset, write_image
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +29,9 @@ def base():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    paths = make_dataset(str(tmp_path_factory.mktemp("d")), per_class=2)
-    return DecodedImages(paths), paths
+    # one image of each class: what is compared is each image's features, not their number
+    paths = make_dataset(str(tmp_path_factory.mktemp("d")), per_class=1)
+    return ImageStore(paths), paths
 
 
 def model_with_head(base, pooling):
@@ -48,20 +55,32 @@ def test_the_tutorials_head_reads_the_top_left_218_pixels(base):
                                     "block3_pool": 25, "block4_pool": 11, "block5_pool": 4}
 
 
+POOLINGS = {
+    "the tutorial's 4x4": lambda: keras.layers.AveragePooling2D((4, 4)),
+    "2x2, which reads 6x6 of block5_pool": lambda: keras.layers.AveragePooling2D((2, 2)),
+    "3x3 stride 2, which reads all 7x7": lambda: keras.layers.MaxPooling2D((3, 3), strides=2),
+    "7x7": lambda: keras.layers.AveragePooling2D((7, 7)),
+    "global": lambda: keras.layers.GlobalAveragePooling2D(),
+    "4x4 'same', not derived": lambda: keras.layers.AveragePooling2D((4, 4), padding="same"),
+}
+
+
 @pytest.mark.parametrize("pooling, crops", [
-    (lambda: keras.layers.AveragePooling2D((4, 4)), 6),        # the tutorial's: 6 crops
-    (lambda: keras.layers.AveragePooling2D((2, 2)), 1),        # reads 6x6 of block5_pool
-    (lambda: keras.layers.MaxPooling2D((3, 3), strides=2), 0),  # reads all 7x7
-    (lambda: keras.layers.AveragePooling2D((7, 7)), 0),
-    (lambda: keras.layers.GlobalAveragePooling2D(), 0),
-    (lambda: keras.layers.AveragePooling2D((4, 4), padding="same"), 0),  # not derived: no crop
+    ("the tutorial's 4x4", 6), ("2x2, which reads 6x6 of block5_pool", 1),
+    ("3x3 stride 2, which reads all 7x7", 0), ("7x7", 0), ("global", 0),
+    ("4x4 'same', not derived", 0),  # not derived: no crop
 ])
-def test_features_equal_the_whole_models_whatever_the_heads_pooling(base, images, pooling,
-                                                                    crops):
+def test_the_crop_follows_the_heads_pooling(base, pooling, crops):
+    assert len(feature_crops(model_with_head(base, POOLINGS[pooling]()))) == crops
+
+
+@pytest.mark.parametrize("pooling", ["the tutorial's 4x4", "2x2, which reads 6x6 of block5_pool",
+                                     "4x4 'same', not derived"])
+def test_features_equal_the_whole_models_whatever_the_heads_pooling(base, images, pooling):
     store, paths = images
-    model = model_with_head(base, pooling())
-    extract = make_feature_extractor(model)
-    assert len(extract.crops) == crops
+    model = model_with_head(base, POOLINGS[pooling]())
+    extract, crops = make_feature_extractor(model)
+    assert crops == feature_crops(model)
     features = extract_features(extract, store, paths, batch_size=3)
     expected = whole_image_features(model, paths)
     assert features.shape == expected.shape and np.abs(expected).max() > 0
@@ -71,8 +90,8 @@ def test_features_equal_the_whole_models_whatever_the_heads_pooling(base, images
 def test_bfloat16_features_are_close_and_the_model_stays_float32(base, images):
     store, paths = images
     model = build_model(base)
-    full = extract_features(make_feature_extractor(model), store, paths, batch_size=4)
-    extract = make_feature_extractor(model, "bfloat16")
+    full = extract_features(make_feature_extractor(model)[0], store, paths, batch_size=4)
+    extract, _ = make_feature_extractor(model, "bfloat16")
     half = extract_features(extract, store, paths, batch_size=4)
     assert half.dtype == np.float32
     relative = np.linalg.norm(half - full) / np.linalg.norm(full)
@@ -100,7 +119,7 @@ def counting(extract):
         counted.images += int(batch.shape[0])
         return extract(batch)
 
-    counted.images, counted.crops = 0, extract.crops
+    counted.images = 0
     return counted
 
 
@@ -108,12 +127,12 @@ def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
     dataset = str(tmp_path / "d")
     make_dataset(dataset, per_class=3)
     model = build_model(base)
-    extract = make_feature_extractor(model)
-    configuration = cache_configuration(model, extract, "float32")
+    extract, crops = make_feature_extractor(model)
+    configuration = cache_configuration(model, crops, "float32")
 
     def run(precision_configuration=configuration):
         paths = list_images(dataset)
-        store = DecodedImages(paths)
+        store = ImageStore(paths)
         cache = FeatureCache(str(tmp_path / "cache"), precision_configuration)
         counted = counting(extract)
         features = extract_features(counted, store, paths, 4, cache=cache)
@@ -127,7 +146,6 @@ def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
 
     # one image changes: only it is computed again
     changed = os.path.join(dataset, "normal", "normal-01.png")
-    from helpers import write_image
     write_image(changed, seed=999, size=(100, 100))
     computed, _, cache = run()
     assert computed == 1 and (cache.found, cache.computed) == (5, 1)
@@ -135,32 +153,3 @@ def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
     # other weights or another precision: a configuration of its own, computed afresh
     assert run({**configuration, "precision": "bfloat16"})[0] == 6
     assert capsys.readouterr().err == ""
-
-
-@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "foreign", "empty"])
-def test_a_damaged_or_foreign_entry_is_recomputed_with_a_warning(tmp_path, capsys, damage):
-    cache = FeatureCache(str(tmp_path), {"what": "test"})
-    features = np.arange(512, dtype=np.float32)
-    digest = "ab" * 32
-    cache.put(digest, features)
-    np.testing.assert_array_equal(cache.get(digest), features)
-    path = cache._path(digest)
-    data = open(path, "rb").read()
-    if damage == "truncate":
-        data = data[:-10]
-    elif damage == "flip a byte":
-        data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
-    elif damage == "foreign":  # a valid entry of another image, copied over this one
-        cache.put("cd" * 32, features + 1)
-        data = open(cache._path("cd" * 32), "rb").read()
-    else:
-        data = b""
-    with open(path, "wb") as f:
-        f.write(data)
-    assert cache.get(digest) is None
-    assert capsys.readouterr().err == (
-        f"[WARNING] feature cache entry {path} is damaged or was written for something else; "
-        "computing it again\n")
-    cache.put(digest, features)  # recomputed, and replaced
-    np.testing.assert_array_equal(cache.get(digest), features)
-    assert not [name for name in os.listdir(os.path.dirname(path)) if ".tmp" in name]

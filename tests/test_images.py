@@ -1,4 +1,4 @@
-"""covid19_images: listing, loading and preprocessing X-rays, as the tutorial did, safely."""
+"""covid19xray.images: listing, loading and preprocessing X-rays, as the tutorial did, safely."""
 
 import os
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from covid19_images import NotAnImage, list_images, load_xray, scale_pixels
+from covid19xray.images import NotAnImage, list_images, load_xray, scale_pixels
 from helpers import write_image, write_odd_formats
 
 

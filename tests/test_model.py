@@ -1,11 +1,11 @@
-"""covid19_model: the tutorial's network, its optimizer and its weights."""
+"""covid19xray.model: the tutorial's network, its optimizer and its weights."""
 
 import keras
 import numpy as np
 import pytest
 
-from covid19_cli import UserError
-from covid19_model import build_model, load_vgg16_base, make_optimizer, model_with_precision
+from covid19xray.cli import UserError
+from covid19xray.model import build_model, load_vgg16_base, make_optimizer, model_with_precision
 
 
 def test_model_layers_and_parameter_counts():

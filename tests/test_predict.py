@@ -7,13 +7,23 @@ import subprocess
 import sys
 
 import cv2
+import h5py
 import keras
 import numpy as np
 import pytest
 
 import predict_covid19
-from covid19_images import NotAnImage, list_images, load_xray, scale_pixels
-from helpers import ROOT, run_main, write_image
+from covid19xray.images import NotAnImage, list_images, load_xray, scale_pixels
+from covid19xray.model import CLASS_NAMES_ATTR
+from helpers import (
+    ROOT,
+    assert_one_line_error,
+    run_main,
+    snapshot,
+    terminate_here,
+    write_image,
+    write_junk,
+)
 
 LINE = re.compile(r"^(?P<path>.+): (?P<label>\w+) \(covid (?P<covid>\d\.\d{4}), "
                   r"normal (?P<normal>\d\.\d{4})\)$")
@@ -21,7 +31,8 @@ LINE = re.compile(r"^(?P<path>.+): (?P<label>\w+) \(covid (?P<covid>\d\.\d{4}), 
 
 def readable_image(path):
     try:
-        return load_xray(path) is not None
+        load_xray(path)
+        return True
     except NotAnImage:
         return False
 
@@ -72,7 +83,7 @@ def model_that_uses_its_features(trained, path):
     output -1 on each unit. So its covid Grad-CAM has evidence to show."""
     import h5py
 
-    from covid19_model import CLASS_NAMES_ATTR
+    from covid19xray.model import CLASS_NAMES_ATTR
 
     model = keras.models.load_model(trained["model"])
     dense, out = model.get_layer(index=-3), model.get_layer(index=-1)
@@ -150,14 +161,98 @@ def test_bfloat16_prediction_is_close_to_float32(trained, tmp_path):
     assert abs(float(lines["float32"]["covid"]) - float(lines["bfloat16"]["covid"])) < 0.02
 
 
-def test_help_answers_before_tensorflow_loads():
-    probe = ("import runpy, sys\n"
-             "sys.argv = ['predict_covid19.py', '--help']\n"
-             "try:\n"
-             "    runpy.run_path('predict_covid19.py', run_name='__main__')\n"
-             "except SystemExit as exit:\n"
-             "    print('exit', exit.code, 'tensorflow.python' in sys.modules, file=sys.stderr)\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
-    assert result.stderr.strip().splitlines() == ["exit 0 False"]
-    assert "--gradcam DIR" in result.stdout
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, nothing touched
+# ---------------------------------------------------------------------------------------------
+
+
+def predict(*argv):
+    return run_main(predict_covid19.main, list(argv))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, trained):
+    """Files that are not usable models, beside an image to predict: copies of the trained
+    model's file with its class names removed or wrong, and a text file."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "text.h5").write_text("not a model")
+    for name, class_names in [("no_names.h5", None),
+                              ("three_names.h5", '["covid", "normal", "pneumonia"]')]:
+        shutil.copyfile(trained["model"], folder / name)
+        with h5py.File(folder / name, "a") as f:
+            del f.attrs[CLASS_NAMES_ATTR]
+            if class_names:
+                f.attrs[CLASS_NAMES_ATTR] = class_names
+    write_image(str(folder / "x.jpg"), seed=1, size=(40, 40))
+    return folder
+
+
+@pytest.mark.parametrize("model, extra, phrases", [
+    ("missing.h5", [], ["--model", "missing.h5': no such file; train one with train_covid19.py"]),
+    ("text.h5", [], ["text.h5' is not an HDF5 model file (.h5) saved by train_covid19.py"]),
+    ("no_names.h5", [], ["no_names.h5' has no class names", "retrain if it is older"]),
+    ("three_names.h5", [], ["three_names.h5' has 2 outputs but 3 class names "
+                            "(covid, normal, pneumonia)"]),
+    ("TRAINED", ["nowhere.jpg"], ["'nowhere.jpg': no such file or folder"]),
+    ("TRAINED", ["--csv", "no/p.csv"], ["--csv 'no/p.csv'", "does not exist"]),
+    ("TRAINED", ["--gradcam", "x.jpg"], ["--gradcam 'x.jpg' is a file, not a folder"]),
+])
+def test_prediction_refuses_bad_input_in_one_line(models, trained, monkeypatch, model, extra,
+                                                  phrases):
+    monkeypatch.chdir(models)
+    model = trained["model"] if model == "TRAINED" else model
+    before = snapshot(str(models), trained["dataset"])
+    code, out, err = predict("--model", model, "x.jpg", *extra)
+    assert_one_line_error(code, err, "predict_covid19.py", *phrases)
+    assert out == ""
+    assert snapshot(str(models), trained["dataset"]) == before
+
+
+def test_prediction_with_only_unreadable_images(tmp_path, trained):
+    junk = write_junk(str(tmp_path))
+    code, out, err = predict("--model", trained["model"], *junk)
+    assert_one_line_error(code, err, "predict_covid19.py",
+                          "none of the given images could be read", warnings=3)
+
+
+def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_path, monkeypatch):
+    images = [write_image(str(tmp_path / "in" / f"{i:02d}.png"), seed=i, size=(60, 50))
+              for i in range(11)]
+    batches = []
+    real_predict = predict_covid19.predict
+
+    def recorded(model, batch):
+        batches.append(len(batch))
+        return real_predict(model, batch)
+
+    monkeypatch.setattr(predict_covid19, "predict", recorded)
+    code, out, err = run_main(predict_covid19.main, ["--model", trained["model"],
+                                                     str(tmp_path / "in"), "--batch-size", "4",
+                                                     "--csv", str(tmp_path / "p.csv")])
+    assert code == 0, err
+    assert batches == [4, 4, 3]
+    assert [line.split(":")[0] for line in out.splitlines()[:-1]] == images
+
+
+def test_sigterm_between_batches_is_one_line_and_writes_no_csv(tmp_path, trained, monkeypatch):
+    monkeypatch.setattr(predict_covid19, "predict", terminate_here)
+    code, _, err = run_main(predict_covid19.main, ["--model", trained["model"],
+                                                   trained["dataset"], "--csv",
+                                                   str(tmp_path / "p.csv")])
+    assert code == 143 and err.strip().splitlines()[-1] == (
+        "predict_covid19.py: terminated (SIGTERM); no output was replaced")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_name_a_spreadsheet_would_run_is_quoted_in_the_csv(trained, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_image(str(tmp_path / "=cmd.jpg"), seed=4, size=(40, 40))
+    code, out, err = run_main(predict_covid19.main, ["--model", trained["model"], "=cmd.jpg",
+                                                     "--csv", "p.csv"])
+    assert code == 0, err
+    assert out.startswith("=cmd.jpg: ")  # printed as it is
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert [row[0] for row in csv.reader(f)] == ["file", "'=cmd.jpg"]

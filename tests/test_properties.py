@@ -1,11 +1,17 @@
-"""covid19_properties: what can tell two sources apart, and copies of one picture."""
+"""covid19xray.properties: what can tell two sources apart, and copies of one picture."""
 
 import cv2
 import numpy as np
 import pytest
 
-from covid19_properties import (NEAR_DUPLICATE_BITS, NEAR_DUPLICATE_CORRELATION, duplicates,
-                                perceptual_hash, separation, thumbnail)
+from covid19xray.properties import (
+    NEAR_DUPLICATE_BITS,
+    NEAR_DUPLICATE_CORRELATION,
+    duplicates,
+    perceptual_hash,
+    separation,
+    thumbnail,
+)
 
 
 def film(phase):

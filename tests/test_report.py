@@ -1,11 +1,17 @@
-"""covid19_report: proportions with their intervals, the AUC with its interval, the plots."""
+"""covid19xray.report: proportions with their intervals, the AUC with its interval, the plots."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from covid19_report import (auc_with_interval, classification_metrics, describe, metric,
-                            plot_history, wilson)
+from covid19xray.report import (
+    auc_with_interval,
+    classification_metrics,
+    describe,
+    metric,
+    plot_history,
+    wilson,
+)
 
 
 @pytest.mark.parametrize("successes, trials, low, high", [

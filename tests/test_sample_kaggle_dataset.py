@@ -7,8 +7,18 @@ import sys
 import pytest
 
 import sample_kaggle_dataset
-from helpers import ROOT, run_main, snapshot, write_kaggle
+from helpers import (
+    NOT_UTF8,
+    ROOT,
+    assert_one_line_error,
+    output_cases,
+    run_main,
+    snapshot,
+    write_image,
+    write_kaggle,
+)
 from helpers import expected_kaggle_sample as expected_sample
+
 
 def sample(kaggle, output, *extra):
     return run_main(sample_kaggle_dataset.main, ["--kaggle", kaggle, "--output", output, *extra])
@@ -102,3 +112,58 @@ def test_command_line_run_in_a_subprocess(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "dataset" / "normal")) == expected_sample(
         "train", "NORMAL", 25)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, nothing touched
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["output is a file", "output under a file",
+                                  "output is the source", "output inside the source"])
+def test_kaggle_sampler_refuses_bad_outputs(tmp_path, case):
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    output, phrases = output_cases(tmp_path, kaggle)[case]
+    before = snapshot(str(tmp_path))
+    code, _, err = run_main(sample_kaggle_dataset.main, ["--kaggle", kaggle, "--output", output])
+    assert_one_line_error(code, err, "sample_kaggle_dataset.py", "--output", *phrases)
+    assert snapshot(str(tmp_path)) == before
+
+
+@pytest.mark.parametrize("make, phrases", [
+    (lambda root: None, ["--kaggle", "is not a folder"]),
+    (lambda root: os.makedirs(os.path.join(root, "train", "PNEUMONIA")),
+     ["has no train/NORMAL folder", "it contains: train"]),
+    (lambda root: os.makedirs(os.path.join(root, "train", "NORMAL")), ["has no images"]),
+])
+def test_kaggle_sampler_bad_sources(tmp_path, make, phrases):
+    kaggle = str(tmp_path / "chest_xray")
+    make(kaggle)
+    code, _, err = run_main(sample_kaggle_dataset.main,
+                            ["--kaggle", kaggle, "--output", str(tmp_path / "out")])
+    assert_one_line_error(code, err, "sample_kaggle_dataset.py", *phrases)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_kaggle_image_named_not_utf8_is_copied_and_listed_as_it_is(tmp_path):
+    kaggle = write_kaggle(str(tmp_path / "chest_xray"))
+    folder = os.path.join(kaggle, "train", "NORMAL")
+    for name in os.listdir(folder):
+        if not name.startswith("."):
+            os.remove(os.path.join(folder, name))
+    write_image(os.path.join(folder, NOT_UTF8), seed=3, size=(24, 24))
+    code, out, err = run_main(sample_kaggle_dataset.main, [
+        "--kaggle", kaggle, "--output", str(tmp_path / "ds" / "normal")])
+    assert code == 0, err
+    assert os.listdir(tmp_path / "ds" / "normal") == [NOT_UTF8]
+    with open(tmp_path / "ds" / "manifest.csv", encoding="utf-8", errors="surrogateescape") as f:
+        assert f"normal/{NOT_UTF8}," in f.read()
+
+
+def test_kaggle_patient_ids():
+    assert sample_kaggle_dataset.kaggle_patient("x/person1102_bacteria_2957.jpeg") == "person1102"
+    assert sample_kaggle_dataset.kaggle_patient("person3_virus_16.jpeg") == "person3"
+    assert sample_kaggle_dataset.kaggle_patient("IM-0033-0001.jpeg") == "IM-0033"
+    assert sample_kaggle_dataset.kaggle_patient("IM-0033-0001-0002.jpeg") == "IM-0033"
+    assert sample_kaggle_dataset.kaggle_patient("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
+    assert sample_kaggle_dataset.kaggle_patient("scan.png") == "scan"

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from covid19_images import list_images, load_xray
+from covid19xray.images import list_images, load_xray
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(ROOT, "dataset")
@@ -29,7 +29,7 @@ def test_exactly_25_covid_and_25_normal_images_that_decode():
     assert by_class == {"covid": 25, "normal": 25}
     for path in images:
         image = load_xray(path)
-        assert image is not None and image.shape == (224, 224, 3), path
+        assert image.shape == (224, 224, 3), path
 
 
 def test_every_image_has_an_open_licence_and_a_source_in_the_manifest():

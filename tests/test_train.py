@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import cv2
 import h5py
@@ -18,19 +17,32 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 
-import covid19_data
-from covid19_data import load_dataset
+import predict_covid19
 import train_covid19
-from covid19_images import load_xray, scale_pixels
-from covid19_model import CLASS_NAMES_ATTR
-from covid19_report import wilson
-from helpers import ROOT, make_dataset, run_main, write_image
+from covid19xray.data import load_dataset
+from covid19xray.features import make_head
+from covid19xray.images import load_xray, scale_pixels
+from covid19xray.model import CLASS_NAMES_ATTR, build_model
+from covid19xray.report import wilson
+from covid19xray.splits import encode_labels
+from helpers import (
+    NOT_UTF8,
+    ROOT,
+    assert_one_line_error,
+    make_dataset,
+    run_main,
+    small_dataset,
+    snapshot,
+    write_huge_png,
+    write_image,
+    write_junk,
+)
 
 
 def split_as_main_does(dataset, seed, kind="random"):
     """load_images, encode_labels and split, as main() calls them: (store, class names, parts)."""
     images, paths, labels = load_dataset(dataset)
-    onehot, class_names = train_covid19.encode_labels(labels)
+    onehot, class_names = encode_labels(labels)
     args = argparse.Namespace(split=kind, dataset=dataset, seed=seed)
     parts, info = train_covid19.split(args, paths, onehot, class_names)
     return images, class_names, parts, info
@@ -94,7 +106,7 @@ def test_every_training_label_is_its_images_folder(tmp_path):
     batches = train_covid19.augmented_features(args, images, trainP, trainY,
                                                extract=lambda x: x)  # features = the images
     seen = []
-    for epoch in range(2):
+    for _epoch in range(2):
         for x, y in batches:
             for image, row in zip(np.asarray(x), np.asarray(y)):
                 assert np.ptp(image) < 1e-6  # one flat image, not a mix of two
@@ -106,34 +118,15 @@ def test_every_training_label_is_its_images_folder(tmp_path):
     assert sorted(seen) == sorted(trainP * 2)
 
 
-def test_training_data_is_read_once_per_step_and_never_after_fit(tiny_dataset, tmp_path,
-                                                                 monkeypatch):
+def test_training_data_is_read_once_per_step_and_never_after_fit(trained):
     """The end-of-training stall came from tf.data's autotuning thread, which a finished
     iterator waited for, and prefetched batches no step used; neither may come back."""
-    reads, fit_returned = [], []
-    real_read, real_train = covid19_data.DecodedImages.read, train_covid19.train
-
-    def counted_read(self, slots):
-        reads.append((len(slots), bool(fit_returned)))
-        return real_read(self, slots)
-
-    def train_then_mark(args, head, batches, *rest):
-        assert batches.options().autotune.enabled is False
-        history = real_train(args, head, batches, *rest)
-        fit_returned.append(True)
-        return history
-
-    monkeypatch.setattr(covid19_data.DecodedImages, "read", counted_read)
-    monkeypatch.setattr(train_covid19, "train", train_then_mark)
-    code, _, err = run_main(train_covid19.main, [
-        "--dataset", tiny_dataset, "--epochs", "3", "--batch-size", "4", "--weights", "none",
-        "--model", str(tmp_path / "m.h5"), "--plot", str(tmp_path / "p.png"),
-        "--report", str(tmp_path / "r.json")])
-    assert code == 0, err
-    time.sleep(0.5)  # a stray pipeline thread would read now
-    # 2 test images once, then 3 epochs of 8 // 4 = 2 batches of 4 training images; no more
-    assert [n for n, after in reads] == [2] + [4] * 6
-    assert not any(after for n, after in reads)
+    assert trained["autotuning"] is False
+    # A batch prefetched for no step, or a pipeline thread still reading after fit returned
+    # (while main evaluates, plots and saves), would show here: an extra read, or one marked
+    # after. 2 test images once, then 2 epochs of 8 // 4 = 2 batches of 4 training images.
+    assert [n for n, after in trained["reads"]] == [2] + [4] * 4
+    assert not any(after for n, after in trained["reads"])
 
 
 def test_augmentation_rotates_up_to_15_degrees_with_nearest_fill():
@@ -258,11 +251,14 @@ def test_report_json_says_what_the_run_printed(trained):
     assert f"ROC AUC: {report['roc_auc']:.4f}" in out
 
 
-def test_plots_are_pngs(trained):
+def test_plots_are_the_pngs_this_run_drew(trained):
     import matplotlib.image
 
-    for path in [trained["plot"], os.path.join(os.path.dirname(trained["plot"]), "roc.png")]:
-        assert matplotlib.image.imread(path).shape[:2] == (480, 640)
+    history = matplotlib.image.imread(trained["plot"])
+    roc = matplotlib.image.imread(os.path.join(os.path.dirname(trained["plot"]), "roc.png"))
+    # two different drawings, each with something on it
+    assert history.shape == roc.shape and not np.array_equal(history, roc)
+    assert np.ptp(history) > 0.5 and np.ptp(roc) > 0.5
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +305,7 @@ def test_a_warm_feature_cache_computes_nothing_and_changes_nothing(cached_run):
     assert parse_report(cold)[0].tolist() == parse_report(warm)[0].tolist()
 
 
-def test_same_seed_same_split_and_losses(tiny_dataset, tmp_path):
+def test_same_seed_same_split_and_losses(trained, tiny_dataset, tmp_path):
     def run(seed):
         out = tmp_path / str(seed)
         out.mkdir(exist_ok=True)
@@ -321,36 +317,35 @@ def test_same_seed_same_split_and_losses(tiny_dataset, tmp_path):
         report = json.loads((out / "r.json").read_text())
         return report["test_files"], re.findall(r"loss: (\d\.\d{4})", stdout)
 
-    (split_a, loss_a), (split_b, loss_b) = run(11), run(11)
+    # the session's run had seed 7 and these very flags
+    report = json.loads(open(trained["report"]).read())
+    split_a, loss_a = report["test_files"], re.findall(r"loss: (\d\.\d{4})", trained["stdout"])
+    split_b, loss_b = run(trained["seed"])
     assert split_a == split_b and loss_a == loss_b and len(loss_a) == 4
     assert run(12)[1] != loss_a  # the seed matters, so the equality above means something
 
 
-def test_three_classes_train_and_report_one_vs_rest(tmp_path):
-    dataset = str(tmp_path / "d")
-    make_dataset(dataset, per_class=5, classes=("covid", "normal", "pneumonia"))
-    out = tmp_path / "out"
-    out.mkdir()
-    code, stdout, err = run_main(train_covid19.main, [
-        "--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--weights", "none",
-        "--cache-features", "--model", str(out / "m.h5"), "--plot", str(out / "p.png"),
-        "--report", str(out / "r.json")])
-    assert code == 0, err
-    assert "classes ['covid', 'normal', 'pneumonia']: 12 for training, 3 for testing" in stdout
-    model = keras.models.load_model(str(out / "m.h5"))
-    assert model.output_shape == (None, 3)
-    report = json.loads((out / "r.json").read_text())
-    assert report["class_names"] == ["covid", "normal", "pneumonia"]
-    assert "sensitivity" not in report  # the two-class summary only makes sense for two
-    cm = np.array(report["confusion_matrix"])
-    assert cm.shape == (3, 3) and cm.sum() == 3
-    for c, name in enumerate(report["class_names"]):
-        m = report["per_class"][name]
-        assert (m["sensitivity"]["successes"], m["sensitivity"]["trials"]) == (cm[c, c], 1)
+def test_three_classes_are_reported_one_vs_rest(capsys):
+    # the report's step on its own: a three-class head on random features
+    keras.utils.set_random_seed(3)
+    head = make_head(build_model(keras.applications.VGG16(
+        weights=None, include_top=False, input_shape=(224, 224, 3)), 3))
+    testY = np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2]]
+    features = np.random.default_rng(3).normal(size=(6, 512)).astype("float32")
+    names = ["covid", "normal", "pneumonia"]
+    results, probabilities, trueIdxs = train_covid19.evaluate(head, features, testY, names, 4)
+    stdout = capsys.readouterr().out
+    assert probabilities.shape == (6, 3) and trueIdxs.tolist() == [0, 1, 2, 0, 1, 2]
+    assert "sensitivity" not in results  # the two-class summary only makes sense for two
+    cm = np.array(results["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == 6
+    for c, name in enumerate(names):
+        m = results["per_class"][name]
+        assert (m["sensitivity"]["successes"], m["sensitivity"]["trials"]) == (cm[c, c], 2)
         tn = cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]
-        assert (m["specificity"]["successes"], m["specificity"]["trials"]) == (tn, 2)
-        assert re.search(rf"^{name}: sensitivity: \d\.\d{{4}} \(95% CI .*\), specificity: ",
-                         stdout, re.M)
+        assert (m["specificity"]["successes"], m["specificity"]["trials"]) == (tn, 4)
+        assert f"{name}: sensitivity: {m['sensitivity']['value']:.4f} (95% CI " in stdout
+    assert f"ROC AUC: {results['roc_auc']:.4f}" in stdout
 
 
 def test_imagenet_offline_says_what_to_do(tiny_dataset, tmp_path, monkeypatch):
@@ -375,26 +370,6 @@ def test_imagenet_offline_says_what_to_do(tiny_dataset, tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "keras" / "models" /
                               "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
     assert "[INFO] loading images..." not in out  # failed before the long work
-
-
-def test_help_and_usage_errors_answer_before_tensorflow_loads():
-    probe = ("import runpy, sys\n"
-             "sys.argv = ['train_covid19.py'] + sys.argv[1:]\n"
-             "try:\n"
-             "    runpy.run_path('train_covid19.py', run_name='__main__')\n"
-             "except SystemExit as exit:\n"
-             "    loaded = 'tensorflow.python' in sys.modules\n"
-             "    print('exit', exit.code, 'tensorflow loaded:', loaded, file=sys.stderr)\n")
-    for argv, code, output in [
-            (["--help"], 0, "--precision {float32,bfloat16,float16}"),
-            (["--dataset", "d", "--epochs", "0"], 2,
-             "train_covid19.py: error: argument --epochs: must be greater than 0, got 0")]:
-        result = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)
-        lines = (result.stdout + result.stderr).strip().splitlines()
-        assert lines[-1] == f"exit {code} tensorflow loaded: False", result.stderr
-        assert output in result.stdout + result.stderr
-        assert not [line for line in lines if "oneDNN" in line or "cuda" in line.lower()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +418,9 @@ def test_random_split_warns_how_many_patients_it_puts_on_both_sides(tmp_path, ca
 
 
 def test_patient_split_run_writes_it_in_the_report(tmp_path):
-    dataset = make_patient_dataset(str(tmp_path / "d"))
+    # 5 patients of each class: the fewest a fifth can be held out of
+    dataset = make_patient_dataset(str(tmp_path / "d"), patients_per_class=5,
+                                   images_per_patient=1)
     out = tmp_path / "out"
     out.mkdir()
     code, stdout, err = run_main(train_covid19.main, [
@@ -454,7 +431,9 @@ def test_patient_split_run_writes_it_in_the_report(tmp_path):
     report = json.loads((out / "r.json").read_text())
     assert report["split"] == {"kind": "patient", "patients_on_both_sides": 0}
     tested = {patient(file) for file in report["test_files"]}
-    assert len(tested) in (3, 4) and sum(report["counts"]["test"].values()) == 2 * len(tested)
+    # a fifth of the patients: one of each class
+    assert sorted(name.split("-")[0] for name in tested) == ["covid", "normal"]
+    assert report["counts"]["test"] == {"covid": 1, "normal": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,11 +466,277 @@ def test_a_bfloat16_run_says_so_and_saves_a_float32_model(tiny_dataset, tmp_path
 ])
 def test_a_precision_this_hardware_runs_slowly_is_said_in_one_line(monkeypatch, capsys,
                                                                    precision, native, warning):
-    import covid19_model
     import tensorflow as tf
+
+    from covid19xray import model as covid19_model
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("the warnings are for machines without a GPU")
     monkeypatch.setattr(covid19_model, "cpu_has_native_bfloat16", lambda: native)
     covid19_model.check_precision(precision)
     assert capsys.readouterr().err == ("" if warning is None else warning + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, nothing touched
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working folder holding a previous run's outputs, which no failing run may touch."""
+    monkeypatch.chdir(tmp_path)
+    for name, content in [("covid19.h5", b"earlier model"), ("plot.png", b"earlier plot"),
+                          ("roc.png", b"earlier roc"), ("report.json", b"{}")]:
+        (tmp_path / name).write_bytes(content)
+    return tmp_path
+
+
+def train(*argv):
+    return run_main(train_covid19.main, ["--weights", "none", "--epochs", "1",
+                                         "--batch-size", "2", *argv])
+
+
+def outputs_after(workdir):
+    return {name: (workdir / name).read_bytes() for name in
+            ["covid19.h5", "plot.png", "roc.png", "report.json"]}
+
+
+@pytest.mark.parametrize("case, argv, phrases, exit_code", [
+    ("no --dataset", [], ["the following arguments are required: -d/--dataset"], 2),
+    ("missing", ["--dataset", "nowhere"], ["--dataset 'nowhere' is not a folder"], 1),
+    ("a file", ["--dataset", "covid19.h5"], ["--dataset 'covid19.h5' is not a folder"], 1),
+    ("empty", ["--dataset", "empty"], ["--dataset 'empty' has no images",
+                                       "put one folder of images per class in it"], 1),
+    ("one class", ["--dataset", "one"], ["found 1 class folder(s) (covid); training needs two "
+                                         "or more, such as covid/ and normal/"], 1),
+    ("class too small", ["--dataset", "small"], [
+        "too few images for a stratified 80/20 split (covid: 1, normal: 5); scikit-learn: "
+        "The least populated classes in y have only 1 member, which is too few"], 1),
+    ("patient split, no manifest", ["--dataset", "ok", "--split", "patient"], [
+        "--split patient needs ok/manifest.csv", "use --split random"], 1),
+    ("--epochs 0", ["--dataset", "ok", "--epochs", "0"],
+     ["argument --epochs: must be greater than 0, got 0"], 2),
+    ("negative --batch-size", ["--dataset", "ok", "--batch-size", "-4"],
+     ["argument --batch-size: must be greater than 0, got -4"], 2),
+    ("--batch-size over the split", ["--dataset", "ok", "--batch-size", "9"],
+     ["--batch-size 9 is larger than the training split (8 images); use --batch-size 8 or less"],
+     1),
+    ("--model missing folder", ["--dataset", "ok", "--model", "no/m.h5"],
+     ["--model 'no/m.h5'", "does not exist; create it first"], 1),
+    ("--plot missing folder", ["--dataset", "ok", "--plot", "no/p.png"],
+     ["--plot 'no/p.png'", "does not exist"], 1),
+    ("--report missing folder", ["--dataset", "ok", "--report", "no/r.json"],
+     ["--report 'no/r.json'", "does not exist"], 1),
+    ("--model not .h5", ["--dataset", "ok", "--model", "covid19.model"],
+     ["--model 'covid19.model' must end in .h5"], 1),
+    ("--plot inside --dataset", ["--dataset", "ok", "--plot", "ok/covid/plot.png"],
+     ["--plot 'ok/covid/plot.png' is inside --dataset 'ok'", "source data is never modified"],
+     1),
+    ("--weights missing", ["--dataset", "ok", "--weights", "none.h5"],
+     ["--weights 'none.h5': no such file"], 1),
+    ("--weights not HDF5", ["--dataset", "ok", "--weights", "report.json"],
+     ["--weights 'report.json' is not a VGG16 no-top weights file"], 1),
+])
+def test_training_refuses_bad_input_in_one_line(workdir, case, argv, phrases, exit_code):
+    (workdir / "empty").mkdir()
+    small_dataset(workdir / "one", {"covid": 4})
+    small_dataset(workdir / "small", {"covid": 1, "normal": 5})
+    small_dataset(workdir / "ok", {"covid": 5, "normal": 5})
+    before = snapshot(str(workdir))
+    code, out, err = run_main(train_covid19.main, argv) if case == "no --dataset" else train(
+        *argv)
+    assert_one_line_error(code, err, "train_covid19.py", *phrases, exit_code=exit_code)
+    assert snapshot(str(workdir)) == before
+    assert "[INFO] training head..." not in out  # found before any training
+
+
+def test_weights_with_the_wrong_layer_shapes(workdir, tiny_dataset):
+    # a VGG16 for one-channel images: block1_conv1's kernel is 3x3x1x64, not 3x3x3x64
+    gray = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 1))
+    gray.save(str(workdir / "gray_vgg16.h5"))
+    before = snapshot(str(workdir))
+    code, out, err = train("--dataset", tiny_dataset, "--weights", "gray_vgg16.h5")
+    assert_one_line_error(code, err, "train_covid19.py", "--weights 'gray_vgg16.h5' is not a "
+                          "VGG16 no-top weights file like "
+                          "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    assert snapshot(str(workdir)) == before
+    assert "[INFO] loading images..." not in out  # the weights fail before the images load
+
+
+def test_unwritable_output_folder_is_found_before_training(workdir, tiny_dataset, monkeypatch):
+    (workdir / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if os.path.abspath(path) == str(workdir / "locked") else real_access(path, mode)))
+    code, out, err = train("--dataset", tiny_dataset, "--model", "locked/m.h5")
+    assert_one_line_error(code, err, "train_covid19.py",
+                          f"--model 'locked/m.h5': folder '{workdir / 'locked'}' is not writable")
+    assert out == ""
+
+
+def test_only_unreadable_images(workdir):
+    write_junk(str(workdir / "junk" / "covid"))
+    write_junk(str(workdir / "junk" / "normal"))
+    code, _, err = train("--dataset", "junk")
+    assert_one_line_error(code, err, "train_covid19.py",
+                          "--dataset 'junk': none of its images could be read", warnings=7)
+    assert "[WARNING] skipped 6 unreadable image(s)" in err
+
+
+@pytest.mark.parametrize("where", ["mid-training", "mid-save"])
+def test_ctrl_c_keeps_every_earlier_output(workdir, tiny_dataset, monkeypatch, where):
+    before = outputs_after(workdir)
+    if where == "mid-training":
+        def interrupted_train(*args, **kwargs):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(train_covid19, "train", interrupted_train)
+    else:
+        def interrupted_save(model, path, class_names):
+            with open(path, "wb") as f:
+                f.write(b"half a mod")  # plot, roc and report are written already
+            raise KeyboardInterrupt
+        monkeypatch.setattr(train_covid19, "save_model", interrupted_save)
+    code, _, err = train("--dataset", tiny_dataset, "--cache-features", "--batch-size", "4")
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (
+        "train_covid19.py: interrupted; no output was replaced")
+    assert outputs_after(workdir) == before
+    assert sorted(os.listdir(workdir)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+
+
+def test_a_full_disk_mid_save_is_one_line_and_keeps_every_earlier_output(workdir, tiny_dataset,
+                                                                         monkeypatch):
+    before = outputs_after(workdir)
+
+    def full_disk(model, path, class_names):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_covid19, "save_model", full_disk)
+    code, _, err = train("--dataset", tiny_dataset, "--cache-features", "--batch-size", "4")
+    assert_one_line_error(code, err, "train_covid19.py", "cannot write the outputs (No space left "
+                          "on device); every earlier covid19.h5, plot.png, report.json, roc.png "
+                          "was kept", warnings=4)  # the 4 come from the junk in the dataset
+    assert outputs_after(workdir) == before
+    assert sorted(os.listdir(workdir)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+
+
+@pytest.fixture
+def bomb_dataset(tmp_path):
+    """A small dataset with, among its images, a 1 MB-class PNG that claims 100.5 megapixels."""
+    dataset = small_dataset(tmp_path / "d", {"covid": 5, "normal": 5})
+    bomb = write_huge_png(os.path.join(dataset, "covid", "bomb.png"), 10050, 10000)
+    return dataset, bomb
+
+
+def test_a_decompression_bomb_is_skipped_from_its_header_never_decoded(bomb_dataset, tmp_path,
+                                                                      monkeypatch):
+    from covid19xray import images as covid19_images
+
+    dataset, bomb = bomb_dataset
+    with open(bomb, "rb") as f:
+        bomb_bytes = f.read()
+    decoded = []
+    real_imdecode = covid19_images.cv2.imdecode
+    monkeypatch.setattr(covid19_images.cv2, "imdecode",
+                        lambda data, flags: decoded.append(len(data)) or real_imdecode(data,
+                                                                                       flags))
+    code, out, err = train("--dataset", dataset, "--cache-features", "--model",
+                           str(tmp_path / "m.h5"), "--plot", str(tmp_path / "p.png"),
+                           "--report", str(tmp_path / "r.json"), "--batch-size", "4")
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"[WARNING] skipping {bomb}: 10050x10000 pixels (100.5 megapixels), over the limit of "
+        "100 megapixels", "[WARNING] skipped 1 unreadable image(s)"]
+    assert "[INFO] 10 images" in out
+    assert len(bomb_bytes) not in decoded and len(decoded) == 10
+    # prediction and the builders' checks refuse it the same way
+    code, out, err = run_main(predict_covid19.main, ["--model", str(tmp_path / "m.h5"), bomb])
+    assert_one_line_error(code, err, "predict_covid19.py", "none of the given images could be "
+                          "read", warnings=1)
+    assert "over the limit of 100 megapixels" in err.splitlines()[0]
+
+
+def test_names_that_are_not_utf8_are_trained_on_predicted_and_written_back(tmp_path):
+    import csv
+    import json
+
+    dataset = small_dataset(tmp_path / "d", {"covid": 5, "normal": 5})
+    odd = os.path.join(dataset, "covid", NOT_UTF8)
+    os.rename(os.path.join(dataset, "covid", "0.png"), odd)
+    shown_name = "x-\ufffd\ufffd.png"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # seed 25 puts the file in the test split, so report.json lists it
+    code, out, err = train("--dataset", dataset, "--cache-features", "--seed", "25",
+                           "--batch-size", "4", "--model", str(out_dir / "m.h5"),
+                           "--plot", str(out_dir / "p.png"), "--report", str(out_dir / "r.json"))
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"[WARNING] {os.path.join(dataset, 'covid', shown_name)}: the name is not valid UTF-8; "
+        "it is shown with U+FFFD here and kept as it is in the files this run writes"]
+    report = json.loads((out_dir / "r.json").read_text())
+    assert os.path.join("covid", NOT_UTF8) in report["test_files"]  # the real name, recovered
+
+    code, out, err = run_main(predict_covid19.main, [
+        "--model", str(out_dir / "m.h5"), odd, "--csv", str(out_dir / "p.csv"),
+        "--gradcam", str(out_dir / "gradcam")])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"{os.path.join(dataset, 'covid', shown_name)}: ")
+    with open(out_dir / "p.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        assert list(csv.reader(f))[1][0] == odd
+    assert os.listdir(out_dir / "gradcam") == [os.fsdecode(b"x-\xff\xfe_gradcam.png")]
+
+
+def test_sigterm_during_training_is_ctrl_c_exit_143(workdir, tiny_dataset, monkeypatch):
+    import signal
+    import threading
+
+    before = outputs_after(workdir)
+    real_fit_head, epochs_begun = train_covid19.fit_head, []
+
+    def terminate_soon(epoch, logs):
+        epochs_begun.append(epoch)
+        if epoch == 1:  # a real SIGTERM from outside, while the second epoch runs
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    def fit_then_terminated(head, *args, **kwargs):
+        real_fit = head.fit
+        head.fit = lambda *a, **k: real_fit(*a, **k, callbacks=[
+            keras.callbacks.LambdaCallback(on_epoch_begin=terminate_soon)])
+        return real_fit_head(head, *args, **kwargs)
+
+    monkeypatch.setattr(train_covid19, "fit_head", fit_then_terminated)
+    code, out, err = train("--dataset", tiny_dataset, "--cache-features", "--batch-size", "4",
+                           "--epochs", "100000")
+    assert code == 143 and 1 < len(epochs_begun) < 100000  # stopped while it trained
+    assert "Epoch 2/100000" in out
+    assert err.strip().splitlines()[-1] == (
+        "train_covid19.py: terminated (SIGTERM); no output was replaced")
+    assert "Traceback" not in err
+    assert outputs_after(workdir) == before
+    assert sorted(os.listdir(workdir)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+
+
+def test_a_second_run_on_the_same_outputs_stops_at_its_start(workdir, tiny_dataset):
+
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom covid19xray.outputs import claim_outputs\n"
+         f"with claim_outputs({str(workdir / 'report.json')!r}):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(str(workdir))
+        code, out, err = train("--dataset", tiny_dataset)
+        assert_one_line_error(code, err, "train_covid19.py", f"'{workdir / 'report.json'}' is "
+                              f"being written by another run (process {holder.pid}); wait for "
+                              "it to end, or write elsewhere")
+        assert out == "" and snapshot(str(workdir)) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # once that run is gone (killed: its lock was never released by hand), the next one runs
+    code, out, err = train("--dataset", tiny_dataset, "--batch-size", "4", "--cache-features")
+    assert code == 0, err

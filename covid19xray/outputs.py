@@ -8,17 +8,21 @@
 - `claim_outputs`: an advisory lock beside each output, so that a second run writing the same
   outputs stops at its start, naming the first, and a set of outputs always comes from one run.
   The kernel releases the lock when its process dies, however it dies: a killed run never blocks
-  the next one. (Where `fcntl` does not exist, on Windows, there is no lock.)
+  the next one. A lock file that is a link, or not a regular file of the user's, is refused:
+  nothing outside the outputs is ever truncated. (Where `fcntl` does not exist, on Windows,
+  there is no lock.)
 - `copy_new_file`: copy a file unless something is there already; never overwrite.
 """
 
 import contextlib
+import errno
 import filecmp
 import os
 import shutil
+import stat
 import uuid
 
-from covid19_cli import UserError
+from .cli import UserError
 
 try:
     import fcntl
@@ -103,12 +107,32 @@ def _lock_path(path):
     return os.path.join(folder, f".{name}.lock")
 
 
+def _open_lock_file(lock_path):
+    """Open (or create) the lock file, refusing anything but a regular file of this user's with
+    one name: a link planted in a shared folder must never lead the run to truncate the file it
+    points to (O_NOFOLLOW refuses a symbolic link; a hard link has a second name)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        reason = ("it is a symbolic link" if err.errno == errno.ELOOP
+                  else err.strerror or str(err))
+        raise UserError(f"cannot use the lock file {lock_path!r}: {reason}; remove it if no "
+                        "run of this project is writing there") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"cannot use the lock file {lock_path!r}: it is not a regular file of "
+                        "yours with a single name; remove it if no run of this project is "
+                        "writing there")
+    return fd
+
+
 def _acquire(path, wait):
     """Lock `path`'s lock file for this process: wait for it, or raise a UserError naming the
     process that holds it."""
     lock_path = _lock_path(path)
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -23,8 +23,8 @@ import sys
 
 import numpy as np
 
-from covid19_cli import shown
-from covid19_files import atomic_output
+from .cli import shown
+from .outputs import atomic_output
 
 MAGIC = b"covid19-xray features v1\n"
 DIGEST_BYTES = 32
@@ -97,29 +97,23 @@ class FeatureCache:
             f.write(MAGIC + self._entry_key(image_digest) + payload
                     + hashlib.sha256(payload).digest())
 
-    def get_many(self, images, paths):
-        """{path: features} of the images at `paths` (in a `DecodedImages`) found in the cache."""
-        found = {}
-        for path in paths:
-            features = self.get(images.digest[path])
-            if features is not None:
-                found[path] = features
-        self.found += len(found)
+    def lookup(self, digests):
+        """The features cached for each of `digests` (SHA-256 of image files), None where there
+        are none to trust."""
+        found = [self.get(digest) for digest in digests]
+        self.found += sum(features is not None for features in found)
         return found
 
-    def put_many(self, images, paths, features):
-        for path, row in zip(paths, features):
-            self.put(images.digest[path], row)
-        self.computed += len(paths)
-
-    def summary(self):
-        """`[INFO] feature cache ...`: where it is, what this run found and added, its size."""
-        return summarize([self])
+    def store(self, digests, features):
+        """Keep the features of the images whose files have these `digests`."""
+        for digest, row in zip(digests, features):
+            self.put(digest, row)
+        self.computed += len(digests)
 
 
-def summarize(caches):
-    """One line for the caches one run used (all in one folder): where, what was found and
-    computed, and how large the folder is, so that it never grows unseen."""
+def cache_line(caches):
+    """`[INFO] feature cache ...`: for the caches one run used (all in one folder), where, what
+    was found and computed, and how large the folder is, so that it never grows unseen."""
     root = caches[0].root
     size = sum(os.path.getsize(os.path.join(base, name))
                for base, _, names in os.walk(root) for name in names)

@@ -18,18 +18,14 @@ follows, or there is none.
 import cv2
 import numpy as np
 
-from covid19_cache import weights_digest
-from covid19_cli import lazy_import
-from covid19_data import image_batches
-from covid19_images import PREPROCESSING
-from covid19_model import with_precision
+from .cache import weights_digest
+from .cli import lazy_import
+from .data import model_batches
+from .images import PREPROCESSING
+from .model import FEATURES_LAYER, with_precision
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
-
-# The layer whose output is the features: the head's Flatten.
-FEATURES_LAYER = "flatten"
-
 
 def frozen_layers(model):
     """The layers from the input to FEATURES_LAYER: VGG16, the head's pooling and flatten."""
@@ -84,7 +80,8 @@ def feature_crops(model):
 
 
 def make_feature_extractor(model, precision="float32"):
-    """The frozen part of `model` as a function: a batch of scaled images -> its features.
+    """The frozen part of `model` as a function, a batch of scaled images -> its features, and
+    the crops it takes (`feature_crops`: part of the feature cache's key).
 
     It runs in inference mode, in `precision` (its last step casts the features to float32),
     and computes only the regions that `feature_crops` derives, so its output equals the frozen
@@ -104,8 +101,7 @@ def make_feature_extractor(model, precision="float32"):
             x = crop(layer(x, training=False), layer.name)
         return tf.cast(x, tf.float32)
 
-    extract.crops = crops
-    return extract
+    return extract, crops
 
 
 def make_head(model):
@@ -122,32 +118,37 @@ def make_head(model):
 
 
 def extract_features(extract, images, paths, batch_size, prepare=None, cache=None):
-    """The features of the images at `paths` (in `images`), in order: (len(paths), features).
+    """The features of the images at `paths` (in the `ImageStore` `images`), in order:
+    (len(paths), features).
 
-    With `cache` (a `covid19_cache.FeatureCache`), features found there are not computed again,
-    and those computed are stored. `prepare` changes each uint8 batch before it is scaled.
+    With `cache` (a `cache.FeatureCache`), features found there are not computed again, and
+    those computed are stored. `prepare` changes each uint8 batch before it is scaled.
     """
-    found = {} if cache is None else cache.get_many(images, paths)
-    missing = [path for path in paths if path not in found]
+    digests = [images.digest(path) for path in paths]
+    found = [None] * len(paths) if cache is None else cache.lookup(digests)
+    missing = [k for k, features in enumerate(found) if features is None]
     if missing:
-        computed = np.concatenate([extract(batch).numpy() for batch in
-                                   image_batches(images, missing, batch_size, prepare)])
-        found.update(zip(missing, computed))
+        computed = np.concatenate([
+            extract(batch).numpy() for batch in
+            model_batches(images, [paths[k] for k in missing], batch_size, prepare)])
+        for k, row in zip(missing, computed):
+            found[k] = row
         if cache is not None:
-            cache.put_many(images, missing, computed)
-    return np.stack([found[path] for path in paths])
+            cache.store([digests[k] for k in missing], computed)
+    return np.stack(found)
 
 
-def cache_configuration(model, extract, precision, variant="full"):
-    """Everything besides the image that the features of `extract` depend on: the key of a
-    `covid19_cache.FeatureCache`. `variant` names what the audit did to the image (a mask)."""
+def cache_configuration(model, crops, precision, variant="full"):
+    """Everything besides the image that the features of `model`'s extractor depend on: the
+    key of a `cache.FeatureCache`, built here and nowhere else. `variant` names what the audit
+    did to the image (a mask)."""
     frozen = frozen_layers(model)
     return {
         "weights": weights_digest(frozen),
         "layers": [[type(layer).__name__, {k: v for k, v in layer.get_config().items()
                                            if k not in ("name", "trainable")}]
                    for layer in frozen],
-        "crops": extract.crops,
+        "crops": crops,
         "precision": precision,
         "preprocessing": PREPROCESSING,
         "variant": variant,

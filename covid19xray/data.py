@@ -1,12 +1,12 @@
 """The decoded-image store, and the tf.data pipelines that feed the model from it.
 
 `load_dataset(folder)` lists a dataset's images (one folder per class), decodes each once into a
-`DecodedImages` store and takes each label from its folder's name.
+`ImageStore` and takes each label from its folder's name.
 
 Decoding a JPEG X-ray costs far more than reading its 150 KB of uint8 pixels back (18 ms against
 well under 1 ms for the tutorial's images), and decoding threads running every epoch would take
-the CPU from VGG16's. So `DecodedImages` decodes every image once, with the shared
-`covid19_images.xray_from_bytes`, into an anonymous temporary file, in the same pass that finds
+the CPU from VGG16's. So `ImageStore` decodes every image once, with the shared
+`images.xray_from_bytes`, into an anonymous temporary file, in the same pass that finds
 which files are readable; batches read their pixels back as they need them, so memory does not
 grow with the dataset. The file has no name: it disappears when closed, or when the process ends
 however it ends.
@@ -17,6 +17,7 @@ training run by up to that long. Each epoch is one finite pass, so no batch is p
 step will use.
 """
 
+import collections
 import concurrent.futures
 import hashlib
 import os
@@ -25,60 +26,87 @@ import tempfile
 
 import numpy as np
 
-from covid19_cli import UserError, lazy_import, shown, warn_if_not_utf8
-from covid19_images import (IMAGE_SIZE, NotAnImage, list_images, read_bytes, read_header,
-                            scale_pixels, xray_from_bytes)
+from .cli import UserError, lazy_import, shown, warn_if_not_utf8
+from .images import (
+    IMAGE_SIZE,
+    NotAnImage,
+    decode_with_header,
+    list_images,
+    model_input,
+    read_bytes,
+    scale_pixels,
+)
 
 tf = lazy_import("tensorflow")
 
 # Images decoded at once: enough to keep every core busy, few enough that memory stays flat.
 DECODE_WINDOW = 4 * (os.cpu_count() or 1)
 
+# What the store knows of one usable file: where its pixels are, the SHA-256 of its bytes (the
+# key of its cached features), its header and size (the audit's confounds: no file is read
+# twice).
+Entry = collections.namedtuple("Entry", "slot digest header file_size")
+
 
 def _decode(path):
-    """(sha256 of the file, uint8 224x224x3 image, header, file size), or (None, the reason it
-    cannot be used, None, None)."""
+    """(the file's `Entry` without its slot, uint8 224x224x3 image), or (None, the reason the
+    file cannot be used)."""
     try:
         data = read_bytes(path)
-        return (hashlib.sha256(data).hexdigest(), xray_from_bytes(data), read_header(data),
-                len(data))
+        image, header = decode_with_header(data)
+        return (hashlib.sha256(data).hexdigest(), header, len(data)), model_input(image)
     except NotAnImage as err:
-        return None, str(err), None, None
+        return None, str(err)
 
 
-class DecodedImages:
+class ImageStore:
     """The usable images among `image_paths`, each decoded once into a temporary file on disk.
 
-    `slot[path]` is where an image's pixels are, `digest[path]` the SHA-256 of its file (the key
-    of its cached features), `header[path]` and `file_size[path]` what the file says of itself
-    (the audit's confounds: no file is read twice), `skipped` the (path, reason) of every file
-    that is not a usable image, and `reads` counts the images read back since the store was
-    made.
+    `paths` are the usable ones, in order; `skipped` is the (path, reason) of every other file.
+    `image(path)`, `digest(path)`, `header(path)` and `file_size(path)` answer for one image;
+    `read(slots)` reads a batch back for the tf.data pipelines below.
     """
 
     IMAGE_BYTES = IMAGE_SIZE[0] * IMAGE_SIZE[1] * 3
 
     def __init__(self, image_paths):
         self._file = tempfile.TemporaryFile()
-        self.slot, self.digest, self.header, self.file_size = {}, {}, {}, {}
-        self.skipped, self.reads = [], 0
+        self._entries, self.skipped = {}, []
         # OpenCV releases the GIL, so threads decode in parallel; map keeps the order.
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
             for start in range(0, len(image_paths), DECODE_WINDOW):
                 window = image_paths[start:start + DECODE_WINDOW]
-                for path, (digest, image, header, size) in zip(window,
-                                                               pool.map(_decode, window)):
-                    if digest is None:
+                for path, (facts, image) in zip(window, pool.map(_decode, window)):
+                    if facts is None:
                         self.skipped.append((path, image))
                     else:
-                        self.slot[path], self.digest[path] = len(self.slot), digest
-                        self.header[path], self.file_size[path] = header, size
+                        self._entries[path] = Entry(len(self._entries), *facts)
                         self._file.write(image.tobytes())
         self._file.flush()
+        self.paths = list(self._entries)
+
+    def __len__(self):
+        return len(self._entries)
+
+    def image(self, path):
+        """The uint8 (224, 224, 3) image of `path`."""
+        return self.read([self._entries[path].slot])[0]
+
+    def digest(self, path):
+        return self._entries[path].digest
+
+    def header(self, path):
+        return self._entries[path].header
+
+    def file_size(self, path):
+        return self._entries[path].file_size
+
+    def slots(self, paths):
+        """Where the images of `paths` are: what `read` takes, as a tf.data pipeline's input."""
+        return np.array([self._entries[path].slot for path in paths], dtype=np.int64)
 
     def read(self, slots):
         """The uint8 images in `slots`, as one (len(slots), 224, 224, 3) array."""
-        self.reads += len(slots)
         return np.stack([np.frombuffer(os.pread(self._file.fileno(), self.IMAGE_BYTES,
                                                 int(slot) * self.IMAGE_BYTES), np.uint8)
                          .reshape(*IMAGE_SIZE, 3) for slot in slots])
@@ -88,9 +116,6 @@ class DecodedImages:
         images = tf.numpy_function(self.read, [slots], tf.uint8, stateful=False)
         images.set_shape((None, *IMAGE_SIZE, 3))
         return images
-
-    def slots(self, paths):
-        return np.array([self.slot[path] for path in paths], dtype=np.int64)
 
     def warn_skipped(self):
         """One warning line per skipped file, then their count, on stderr."""
@@ -114,13 +139,17 @@ def load_dataset(dataset):
         raise UserError(f"--dataset {dataset!r} has no images (.jpg, .jpeg, .png, .bmp, .tif, "
                         ".tiff); put one folder of images per class in it")
     warn_if_not_utf8(image_paths)
-    images = DecodedImages(image_paths)
+    images = ImageStore(image_paths)
     images.warn_skipped()
-    if not images.slot:
+    if not len(images):
         images.close()
         raise UserError(f"--dataset {dataset!r}: none of its images could be read")
-    paths = list(images.slot)
-    return images, paths, np.array([os.path.basename(os.path.dirname(p)) for p in paths])
+    return images, images.paths, np.array([label_of(path) for path in images.paths])
+
+
+def label_of(path):
+    """An image's label: the name of the folder it is in, as in the tutorial."""
+    return os.path.basename(os.path.dirname(path))
 
 
 def _without_autotuning(dataset):
@@ -129,7 +158,7 @@ def _without_autotuning(dataset):
     return dataset.prefetch(1).with_options(options)
 
 
-def image_batches(images, paths, batch_size, prepare=None):
+def model_batches(images, paths, batch_size, prepare=None):
     """The images at `paths`, in order, in batches, scaled to [0, 1]; never augmented.
 
     `prepare`, if given, changes each uint8 batch before it is scaled (the audit's masks).

@@ -17,7 +17,7 @@ perceptual hashes that find copies of one image.
 import cv2
 import numpy as np
 
-from covid19_report import auc_with_interval
+from .report import auc_with_interval
 
 # Near copies: perceptual hashes at most this many bits of 64 apart (the candidates), whose
 # 64x64 grey versions correlate at least this much (the confirmation).
@@ -34,7 +34,7 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def image_properties(header, file_size, image):
-    """The properties of a file with this `header` (covid19_images.read_header) and size in
+    """The properties of a file with this `header` (images.read_header) and size in
     bytes, whose 224x224 RGB uint8 image is `image`."""
     grey = header.mode in _GREY_MODES
     border = max(1, round(BORDER * image.shape[0]))

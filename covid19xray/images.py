@@ -1,8 +1,9 @@
 """X-ray image files: which files are images, reading them safely, and the one preprocessing.
 
 - `list_images(root)`: the image files under a folder (the types imutils lists), sorted.
-- `load_xray(path)` / `xray_from_bytes(data)`: the tutorial's loading (OpenCV, BGR to RGB,
-  224x224 ignoring the aspect ratio) as uint8. Training, prediction and the audit all use it.
+- `load_xray(path)` / `xray_from_bytes(data)` / `model_input(decoded)`: the tutorial's loading
+  (OpenCV, BGR to RGB, 224x224 ignoring the aspect ratio) as uint8. Training, prediction and the
+  audit all use it.
 - `scale_pixels(images)`: the tutorial's preprocessing, pixels / 255 as float32. Whatever feeds
   the model calls these two, so preprocessing cannot drift between them.
 - `read_header(data)`: format, size and mode, read without decoding the pixels.
@@ -23,7 +24,7 @@ import numpy as np
 from imutils import paths
 from PIL import Image
 
-from covid19_cli import lazy_import
+from .cli import lazy_import
 
 tf = lazy_import("tensorflow")
 
@@ -91,26 +92,36 @@ def read_header(data):
     return header
 
 
-def decode(data):
-    """The image in `data` as OpenCV decodes it for the tutorial: 3-channel 8-bit BGR.
-
-    `cv2.IMREAD_COLOR` turns grayscale, palette, RGBA and 16-bit files into 3-channel 8-bit.
+def decode_with_header(data):
+    """The image in `data` as OpenCV decodes it for the tutorial (3-channel 8-bit BGR), and its
+    header, parsed once. `cv2.IMREAD_COLOR` turns grayscale, palette, RGBA and 16-bit files into
+    3-channel 8-bit.
     """
-    read_header(data)  # refuses what is not an image, or too large, before decoding
+    header = read_header(data)  # refuses what is not an image, or too large, before decoding
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise NotAnImage("not a readable image")
-    return image
+    return image, header
 
 
-def xray_from_bytes(data, size=IMAGE_SIZE):
-    """An X-ray prepared as the tutorial did: decoded, BGR->RGB, resized to `size` ignoring the
-    aspect ratio. Returns uint8 (height, width, 3); raises `NotAnImage` with the reason.
+def decode(data):
+    """`decode_with_header` without the header: the 3-channel 8-bit BGR image."""
+    return decode_with_header(data)[0]
+
+
+def model_input(image, size=IMAGE_SIZE):
+    """A decoded BGR image prepared as the tutorial did: BGR->RGB, resized to `size` ignoring
+    the aspect ratio. Returns uint8 (height, width, 3).
 
     Pixels stay uint8 (a quarter of the memory of float32, an eighth of the tutorial's float64);
     `scale_pixels` does the tutorial's division by 255 when a batch enters the model.
     """
-    return cv2.resize(cv2.cvtColor(decode(data), cv2.COLOR_BGR2RGB), size)
+    return cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size)
+
+
+def xray_from_bytes(data, size=IMAGE_SIZE):
+    """An X-ray file's bytes as the model's uint8 input; raises `NotAnImage` with the reason."""
+    return model_input(decode(data), size)
 
 
 def load_xray(path, size=IMAGE_SIZE):

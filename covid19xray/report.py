@@ -19,7 +19,7 @@ import scipy.stats
 import sklearn
 from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
-from covid19_cli import lazy_import
+from .cli import lazy_import
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")

@@ -11,10 +11,10 @@ is a link to another disk works.
 import os
 import sys
 
-from covid19_cli import UserError, shown
-from covid19_files import CONFLICT, COPIED, PRESENT, copy_new_file
-from covid19_images import NotAnImage, decode, read_bytes
-from covid19_manifest import MANIFEST, update_manifest
+from .cli import UserError, shown
+from .images import NotAnImage, decode, read_bytes
+from .manifest import MANIFEST, update_manifest
+from .outputs import CONFLICT, COPIED, PRESENT, copy_new_file
 
 REFUSED = "refused"
 

@@ -2,7 +2,7 @@
 
 - `load_vgg16_base(weights)`: VGG16 without its classifier, with `imagenet`, `none` or a file's
   weights; a failed download or a wrong file is a one-line `UserError`.
-- `build_model(baseModel, num_classes)`: the tutorial's head on the frozen base.
+- `build_model(base_model, num_classes)`: the tutorial's head on the frozen base.
 - `make_optimizer(lr, epochs)`: Adam with the tutorial's per-step decay, which Keras 3 dropped.
 - `save_model` / `load_classifier`: the HDF5 file, with the class names in its attributes.
 - `check_precision` / `with_precision`: bfloat16 or float16 copies of layers (Keras's mixed
@@ -18,8 +18,8 @@ import sys
 
 import h5py
 
-from covid19_cli import UserError, lazy_import, shown
-from covid19_images import IMAGE_SIZE
+from .cli import UserError, lazy_import, shown
+from .images import IMAGE_SIZE
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -29,11 +29,13 @@ VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The HDF5 attribute that holds the class names (a JSON list, in the order of the outputs).
 CLASS_NAMES_ATTR = "covid19_class_names"
 PRECISIONS = ("float32", "bfloat16", "float16")
+# The head's Flatten: its output is the features the head trains on (features.py).
+FEATURES_LAYER = "flatten"
 # The tutorial's initial learning rate, number of epochs to train for, and batch size: here, so
 # that train_covid19.py and audit_covid19.py train their heads the same way.
-INIT_LR = 1e-3
+LEARNING_RATE = 1e-3
 EPOCHS = 25
-BS = 8
+BATCH_SIZE = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,21 +85,21 @@ def load_vgg16_base(weights):
                         f"{VGG16_NOTOP_FILE}: {reason}") from None
 
 
-def build_model(baseModel, num_classes=2):
+def build_model(base_model, num_classes=2):
     """The tutorial's network: frozen VGG16 base, then pool, flatten, dense, dropout, softmax."""
     # construct the head of the model that will be placed on top of the base model
-    headModel = baseModel.output
-    headModel = keras.layers.AveragePooling2D(pool_size=(4, 4))(headModel)
-    headModel = keras.layers.Flatten(name="flatten")(headModel)
-    headModel = keras.layers.Dense(64, activation="relu")(headModel)
-    headModel = keras.layers.Dropout(0.5)(headModel)
-    headModel = keras.layers.Dense(num_classes, activation="softmax")(headModel)
+    head = base_model.output
+    head = keras.layers.AveragePooling2D(pool_size=(4, 4))(head)
+    head = keras.layers.Flatten(name=FEATURES_LAYER)(head)
+    head = keras.layers.Dense(64, activation="relu")(head)
+    head = keras.layers.Dropout(0.5)(head)
+    head = keras.layers.Dense(num_classes, activation="softmax")(head)
 
     # place the head on top of the base model (this is the model we will train)
-    model = keras.Model(inputs=baseModel.input, outputs=headModel)
+    model = keras.Model(inputs=base_model.input, outputs=head)
 
     # freeze every layer of the base so only the head is trained
-    for layer in baseModel.layers:
+    for layer in base_model.layers:
         layer.trainable = False
     return model
 

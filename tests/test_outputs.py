@@ -1,4 +1,4 @@
-"""covid19_files: outputs are checked first, replaced whole or not at all, never overwritten,
+"""covid19xray.outputs: outputs are checked first, replaced whole or not at all, never overwritten,
 and claimed by one run at a time."""
 
 import os
@@ -9,9 +9,16 @@ import time
 
 import pytest
 
-from covid19_cli import UserError
-from covid19_files import (CONFLICT, COPIED, PRESENT, atomic_output, check_output_path,
-                           claim_outputs, copy_new_file)
+from covid19xray.cli import UserError
+from covid19xray.outputs import (
+    CONFLICT,
+    COPIED,
+    PRESENT,
+    atomic_output,
+    check_output_path,
+    claim_outputs,
+    copy_new_file,
+)
 from helpers import ROOT
 
 
@@ -63,7 +70,7 @@ def hold_claim(path):
     """Another process that claims `path` and waits; it prints 'held' once it holds it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from covid19_files import claim_outputs\n"
+         "from covid19xray.outputs import claim_outputs\n"
          "with claim_outputs(sys.argv[1]):\n"
          "    print('held', flush=True)\n"
          "    time.sleep(60)\n", path],
@@ -111,3 +118,24 @@ def test_waiting_claims_take_turns(tmp_path):
     killer.wait()
     holder.wait()
     assert waited >= 0.9  # it waited for the holder instead of failing
+
+
+@pytest.mark.parametrize("plant", ["symbolic link", "hard link", "folder"])
+def test_a_planted_lock_file_is_refused_and_what_it_points_to_is_untouched(tmp_path, plant):
+    thesis = tmp_path / "elsewhere" / "thesis.tex"
+    thesis.parent.mkdir()
+    thesis.write_bytes(b"\\documentclass{article} years of work\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    lock = shared / ".predictions.csv.lock"
+    if plant == "symbolic link":
+        lock.symlink_to(thesis)
+    elif plant == "hard link":
+        os.link(thesis, lock)
+    else:
+        lock.mkdir()
+    with pytest.raises(UserError, match=r"cannot use the lock file .*\.predictions\.csv\.lock"):
+        with claim_outputs(str(shared / "predictions.csv")):
+            pass
+    assert thesis.read_bytes() == b"\\documentclass{article} years of work\n"
+    assert os.path.lexists(lock)  # left for the user to see, not removed

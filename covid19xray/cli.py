@@ -4,7 +4,7 @@
   on stderr and exits with 1; a bad flag (`UsageError`, raised by `ArgumentParser`) exits with 2,
   as argparse does. Bugs still raise with their traceback: hiding those would help nobody.
 - `cli` also turns Ctrl-C (exit 130) and SIGTERM (exit 143, what `kill`, `timeout` and CI
-  runners send) into one line. Outputs are written through `covid19_files.atomic_outputs`, so an
+  runners send) into one line. Outputs are written through `outputs.atomic_outputs`, so an
   interrupted run leaves every earlier output as it was.
 - `lazy_import`: TensorFlow takes seconds to import and prints start-up lines. The modules that
   need it import it with this function, so it loads on first use and `--help` or a mistyped flag
@@ -16,6 +16,7 @@ import argparse
 import functools
 import importlib.util
 import os
+import re
 import signal
 import sys
 
@@ -76,7 +77,7 @@ def cli(main):
         try:
             return main(argv)
         except UserError as err:
-            print(f"{prog}: error: {err}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
             return err.exit_code
         except Terminated:
             print(f"{prog}: terminated (SIGTERM); no output was replaced", file=sys.stderr)
@@ -88,6 +89,12 @@ def cli(main):
             signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def one_line(text):
+    """`text` on one line: a library's message that spans lines (HDF5's do) would otherwise
+    break the promise of one line per error."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
 def lazy_import(name):

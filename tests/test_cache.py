@@ -1,0 +1,52 @@
+"""covid19xray.cache: entries that are damaged or were written for something else are never
+trusted."""
+
+import os
+
+import numpy as np
+import pytest
+
+from covid19xray.cache import FeatureCache, cache_line
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "foreign", "empty"])
+def test_a_damaged_or_foreign_entry_is_recomputed_with_a_warning(tmp_path, capsys, damage):
+    cache = FeatureCache(str(tmp_path), {"what": "test"})
+    features = np.arange(512, dtype=np.float32)
+    digest = "ab" * 32
+    cache.put(digest, features)
+    np.testing.assert_array_equal(cache.get(digest), features)
+    path = cache._path(digest)
+    data = open(path, "rb").read()
+    if damage == "truncate":
+        data = data[:-10]
+    elif damage == "flip a byte":
+        data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+    elif damage == "foreign":  # a valid entry of another image, copied over this one
+        cache.put("cd" * 32, features + 1)
+        data = open(cache._path("cd" * 32), "rb").read()
+    else:
+        data = b""
+    with open(path, "wb") as f:
+        f.write(data)
+    assert cache.get(digest) is None
+    assert capsys.readouterr().err == (
+        f"[WARNING] feature cache entry {path} is damaged or was written for something else; "
+        "computing it again\n")
+    cache.put(digest, features)  # recomputed, and replaced
+    np.testing.assert_array_equal(cache.get(digest), features)
+    assert not [name for name in os.listdir(os.path.dirname(path)) if ".tmp" in name]
+
+
+def test_the_cache_line_says_where_what_and_how_much(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = str(tmp_path / ".cache" / "covid19-xray")
+    first, second = FeatureCache(root, {"variant": "a"}), FeatureCache(root, {"variant": "b"})
+    first.store(["ab" * 32, "cd" * 32], np.zeros((2, 512), np.float32))
+    assert second.lookup(["ab" * 32, "ef" * 32]) == [None, None]  # another configuration
+    np.testing.assert_array_equal(first.lookup(["ab" * 32, "ef" * 32])[0], np.zeros(512))
+    size = sum(os.path.getsize(os.path.join(base, name))
+               for base, _, names in os.walk(root) for name in names)
+    assert cache_line([first, second]) == (
+        f"[INFO] feature cache ~/.cache/covid19-xray: 1 image(s) found, 2 computed; "
+        f"{size / 1e6:.1f} MB in all (delete the folder to clear it)")

@@ -1,0 +1,46 @@
+"""covid19xray.cli: every script answers --help and a bad flag at once, before TensorFlow loads,
+and ends a user's error in one line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from covid19xray.cli import UserError, cli, one_line
+from helpers import ROOT, run_main
+
+# Runs a script as `python SCRIPT ARGS` would, then says whether TensorFlow was imported.
+PROBE = ("import runpy, sys\n"
+         "script = sys.argv[1]\n"
+         "sys.argv = sys.argv[1:]\n"
+         "try:\n"
+         "    runpy.run_path(script, run_name='__main__')\n"
+         "except SystemExit as exit:\n"
+         "    loaded = 'tensorflow.python' in sys.modules\n"
+         "    print('exit', exit.code, 'tensorflow loaded:', loaded, file=sys.stderr)\n")
+
+
+@pytest.mark.parametrize("script, argv, code, output", [
+    ("train_covid19.py", ["--dataset", "d", "--epochs", "0"], 2,
+     "train_covid19.py: error: argument --epochs: must be greater than 0, got 0"),
+    ("predict_covid19.py", ["--help"], 0, "--gradcam DIR"),
+    ("audit_covid19.py", ["--help"], 0, "--lr LR"),
+])
+def test_help_and_usage_errors_answer_before_tensorflow_loads(script, argv, code, output):
+    result = subprocess.run([sys.executable, "-c", PROBE, script, *argv], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines[-1] == f"exit {code} tensorflow loaded: False", result.stderr
+    assert output in result.stdout + result.stderr
+    assert not [line for line in lines if "oneDNN" in line or "cuda" in line.lower()]
+
+
+def test_an_error_text_over_several_lines_is_printed_as_one():
+    @cli
+    def main(argv=None):
+        raise UserError("cannot read x.h5:\nUnable to open file\n  (truncated)")
+
+    code, out, err = run_main(main, [])
+    assert code == 1 and out == ""
+    assert err == "test_cli.py: error: cannot read x.h5: Unable to open file (truncated)\n"
+    assert one_line("a\r\n  b\n\nc ") == "a b c"
