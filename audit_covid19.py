@@ -54,7 +54,7 @@ from covid19xray.properties import (
     separation,
 )
 from covid19xray.report import auc_with_interval, classification_metrics, save_figure, write_json
-from covid19xray.splits import cv_folds, encode_labels, patients_of
+from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
 from covid19xray.training import (
     add_training_flags,
     check_outputs,
@@ -318,8 +318,8 @@ def two_classes(args, labels, paths):
     classes = onehot.argmax(axis=1)
     patients = patients_of(args.dataset, paths)
     folds = cv_folds(classes, args.folds, args.seed, class_names, patients)
-    sizes = ", ".join(f"{name}: {int((labels == name).sum())}" for name in class_names)
-    about = (f"{len(paths)} images ({sizes}), {args.folds}-fold cross-validation "
+    about = (f"{len(paths)} images ({class_counts(onehot, class_names)}), {args.folds}-fold "
+             "cross-validation "
              + (f"grouped by patient ({MANIFEST})" if patients is not None
                 else f"by image (no {MANIFEST}: images of one patient may sit in two folds)"))
     return class_names, classes, folds, patients is not None, about

@@ -17,13 +17,13 @@ grow with their number; files that are not usable images are reported and skippe
 """
 
 import contextlib
-import csv
 import os
 import sys
 
 import cv2
 import numpy as np
 
+from covid19xray import spreadsheet
 from covid19xray.cli import (
     ArgumentParser,
     UserError,
@@ -44,7 +44,6 @@ from covid19xray.images import (
 )
 from covid19xray.model import PRECISIONS, check_precision, load_classifier, model_with_precision
 from covid19xray.outputs import atomic_output, check_output_folder, check_output_path, claim_outputs
-from covid19xray.spreadsheet import quoted
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -176,8 +175,7 @@ def prediction_line(path, row, class_names):
 
 
 def csv_row(path, row, class_names):
-    """The CSV cells of one prediction; a file name a spreadsheet would run is quoted."""
-    return [quoted(path), quoted(class_names[int(row.argmax())]), *[f"{p:.6f}" for p in row]]
+    return [path, class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]]
 
 
 @cli
@@ -203,8 +201,8 @@ def main(argv=None) -> int:
             # the real file name, also when it is not UTF-8: its bytes go into the CSV as they are
             f = stack.enter_context(open(stack.enter_context(atomic_output(args.csv)), "w",
                                          newline="", encoding="utf-8", errors="surrogateescape"))
-            writer = csv.writer(f)
-            writer.writerow(["file", "predicted", *[quoted(f"p_{name}") for name in class_names]])
+            writer = spreadsheet.Writer(f)  # a name a spreadsheet would run stays text
+            writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names]])
         if args.gradcam:
             os.makedirs(args.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(model), set()

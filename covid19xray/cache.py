@@ -55,7 +55,7 @@ class FeatureCache:
         self.key = hashlib.sha256(text.encode()).hexdigest()
         self.folder = os.path.join(folder, self.key[:24])
         self.root = folder
-        self.found = self.computed = self.damaged = 0
+        self.found = self.computed = 0
         os.makedirs(self.folder, exist_ok=True)
         description = os.path.join(self.folder, "configuration.json")
         if not os.path.exists(description):
@@ -83,7 +83,6 @@ class FeatureCache:
         if (len(data) < head + DIGEST_BYTES or not data.startswith(MAGIC)
                 or data[len(MAGIC):head] != self._entry_key(image_digest)
                 or len(payload) % 4 or hashlib.sha256(payload).digest() != checksum):
-            self.damaged += 1
             print(f"[WARNING] feature cache entry {shown(path)} is damaged or was written for "
                   "something else; computing it again", file=sys.stderr)
             return None

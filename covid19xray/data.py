@@ -6,10 +6,10 @@
 Decoding a JPEG X-ray costs far more than reading its 150 KB of uint8 pixels back (18 ms against
 well under 1 ms for the tutorial's images), and decoding threads running every epoch would take
 the CPU from VGG16's. So `ImageStore` decodes every image once, with the shared
-`images.xray_from_bytes`, into an anonymous temporary file, in the same pass that finds
-which files are readable; batches read their pixels back as they need them, so memory does not
-grow with the dataset. The file has no name: it disappears when closed, or when the process ends
-however it ends.
+`images.decode_with_header` and `images.model_input`, into an anonymous temporary file, in the
+same pass that finds which files are readable; batches read their pixels back as they need
+them, so memory does not grow with the dataset. The file has no name: it disappears when
+closed, or when the process ends however it ends.
 
 The pipelines never run autotuning: tf.data's autotuning thread sleeps for up to a minute
 between rounds, and destroying an iterator waits for it to wake, which stalled the end of every

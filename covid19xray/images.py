@@ -1,9 +1,8 @@
 """X-ray image files: which files are images, reading them safely, and the one preprocessing.
 
 - `list_images(root)`: the image files under a folder (the types imutils lists), sorted.
-- `load_xray(path)` / `xray_from_bytes(data)` / `model_input(decoded)`: the tutorial's loading
-  (OpenCV, BGR to RGB, 224x224 ignoring the aspect ratio) as uint8. Training, prediction and the
-  audit all use it.
+- `load_xray(path)` / `model_input(decoded)`: the tutorial's loading (OpenCV, BGR to RGB,
+  224x224 ignoring the aspect ratio) as uint8. Training, prediction and the audit all use it.
 - `scale_pixels(images)`: the tutorial's preprocessing, pixels / 255 as float32. Whatever feeds
   the model calls these two, so preprocessing cannot drift between them.
 - `read_header(data)`: format, size and mode, read without decoding the pixels.
@@ -30,7 +29,7 @@ tf = lazy_import("tensorflow")
 
 # The tutorial resizes every X-ray to VGG16's native input size, ignoring the aspect ratio.
 IMAGE_SIZE = (224, 224)
-# What `xray_from_bytes` and `scale_pixels` do, in words: part of the feature cache's key, so
+# What `decode`, `model_input` and `scale_pixels` do, in words: part of the feature cache's key, so
 # change it whenever they change.
 PREPROCESSING = "cv2.imdecode IMREAD_COLOR, BGR to RGB, cv2.resize 224x224 INTER_LINEAR, /255"
 # Far above any chest X-ray (a 4,000 x 5,000 detector has 20 million pixels).
@@ -119,14 +118,10 @@ def model_input(image, size=IMAGE_SIZE):
     return cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size)
 
 
-def xray_from_bytes(data, size=IMAGE_SIZE):
-    """An X-ray file's bytes as the model's uint8 input; raises `NotAnImage` with the reason."""
-    return model_input(decode(data), size)
-
-
 def load_xray(path, size=IMAGE_SIZE):
-    """`xray_from_bytes` of the file at `path`."""
-    return xray_from_bytes(read_bytes(path), size)
+    """The X-ray file at `path` as the model's uint8 input; raises `NotAnImage` with the
+    reason."""
+    return model_input(decode(read_bytes(path)), size)
 
 
 def scale_pixels(images):

@@ -12,9 +12,10 @@ and `url` existed is still read; rows written now fill them.
 import csv
 import os
 
+from . import spreadsheet
 from .cli import UserError
 from .outputs import atomic_output, claim_outputs
-from .spreadsheet import quoted, unquoted
+from .spreadsheet import unquoted
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url")
@@ -55,8 +56,8 @@ def update_manifest(dataset, rows):
         merged = read_manifest(dataset) or {}
         merged.update({row["file"]: row for row in rows})
         with open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({column: quoted(value) for column, value in merged[file].items()}
+            writer = spreadsheet.Writer(f)
+            writer.writerow(MANIFEST_COLUMNS)
+            writer.writerows([merged[file].get(column, "") for column in MANIFEST_COLUMNS]
                              for file in sorted(merged))
     return len(merged)

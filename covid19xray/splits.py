@@ -120,14 +120,13 @@ def warn_shared_patients(train_paths, test_paths, paths, patients):
     if shared:
         print(f"[WARNING] {shared} patient(s) have images on both sides of the random split, "
               "so the test images are not all new patients; --split patient keeps each "
-              f"patient on one side", file=sys.stderr)
+              "patient on one side", file=sys.stderr)
     return shared
 
 
 def require_patients(dataset, patients):
-    """`patients`, or a UserError when the dataset has no manifest to name them."""
+    """A UserError when the dataset has no manifest to name its patients."""
     if patients is None:
         raise UserError(f"--split patient needs {os.path.join(dataset, MANIFEST)}, which the "
                         "dataset builders write; rebuild the dataset with them or use --split "
                         "random")
-    return patients

@@ -5,8 +5,11 @@ both in a spreadsheet. A cell that begins with `=`, `+`, `-`, `@`, a tab or a ca
 run as a formula there (OWASP: CSV injection), and file names, Kaggle names and Cohen's
 `patientid`, `url` and `license` cells come from outside. `quoted` prefixes such a cell with `'`,
 as OWASP advises; a cell that already begins with `'` gets one too, so that `unquoted`, which our
-own readers apply, gives back exactly what was written.
+own readers apply, gives back exactly what was written. Every CSV the project writes goes
+through `Writer`, so no writer can forget it.
 """
+
+import csv
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -20,3 +23,17 @@ def quoted(cell):
 def unquoted(cell):
     """The value `quoted` was given."""
     return cell[1:] if cell.startswith("'") else cell
+
+
+class Writer:
+    """`csv.writer(f)` whose every cell is `quoted`."""
+
+    def __init__(self, f):
+        self._writer = csv.writer(f)
+
+    def writerow(self, cells):
+        self._writer.writerow([quoted(cell) for cell in cells])
+
+    def writerows(self, rows):
+        for cells in rows:
+            self.writerow(cells)

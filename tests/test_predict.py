@@ -81,10 +81,6 @@ def model_that_uses_its_features(trained, path):
     """The trained model, with a head whose covid score rises with every feature whatever
     VGG16's random weights are: non-negative hidden weights, and the covid output +1 / normal
     output -1 on each unit. So its covid Grad-CAM has evidence to show."""
-    import h5py
-
-    from covid19xray.model import CLASS_NAMES_ATTR
-
     model = keras.models.load_model(trained["model"])
     dense, out = model.get_layer(index=-3), model.get_layer(index=-1)
     dense.set_weights([np.abs(dense.get_weights()[0]), np.zeros(64)])
