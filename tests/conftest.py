@@ -7,7 +7,34 @@ import os
 
 import pytest
 
-from helpers import make_dataset, run_main, write_junk, write_odd_formats
+from helpers import make_dataset, narrow_vgg16, run_main, write_junk, write_odd_formats
+
+
+@pytest.fixture(scope="session", autouse=True)
+def random_vgg16_is_narrow():
+    """`VGG16(weights=None, include_top=False, input_shape=...)`, which `--weights none` runs,
+    builds `narrow_vgg16` in-process: the same layers and code paths for 1/64 of the forward
+    passes' arithmetic. The subprocess tests, the weights files and `real_vgg16` keep the real
+    network. Yields the real `keras.applications.VGG16`."""
+    import keras
+
+    real = keras.applications.VGG16
+
+    def vgg16(*, weights="imagenet", include_top=True, input_shape=None, **options):
+        if weights is None and not include_top and input_shape and not options:
+            return narrow_vgg16(input_shape)
+        return real(weights=weights, include_top=include_top, input_shape=input_shape,
+                    **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.applications, "VGG16", vgg16)
+        yield real
+
+
+@pytest.fixture
+def real_vgg16(random_vgg16_is_narrow):
+    """The real `keras.applications.VGG16`, for tests about its shapes or its weights file."""
+    return random_vgg16_is_narrow
 
 
 @pytest.fixture(scope="session", autouse=True)

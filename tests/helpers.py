@@ -15,6 +15,33 @@ import cv2
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# VGG16's filters per block; the tests' stand-in has an eighth of each.
+VGG16_FILTERS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+# ---------------------------------------------------------------------------------------------
+# A narrow VGG16
+# ---------------------------------------------------------------------------------------------
+
+
+def narrow_vgg16(input_shape=(224, 224, 3), width=8):
+    """VGG16's topology and layer names with `1/width` of its filters, He-initialised.
+
+    Where the number of filters is not what a test checks, this stand-in runs every code path a
+    random-weights VGG16 runs (the crops, the head, Grad-CAM's last convolution, the saved
+    file) for about 1/width**2 of the arithmetic: forward passes are the suite's main cost.
+    He initialisation keeps a signal alive through its 13 ReLU layers, as ImageNet weights do.
+    """
+    import keras
+
+    x = inputs = keras.Input(shape=input_shape)
+    for block, filters in enumerate(VGG16_FILTERS, start=1):
+        for conv, count in enumerate(filters, start=1):
+            x = keras.layers.Conv2D(count // width, 3, padding="same", activation="relu",
+                                    kernel_initializer="he_normal",
+                                    name=f"block{block}_conv{conv}")(x)
+        x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="vgg16")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,8 +103,9 @@ def test_bfloat16_features_are_close_and_the_model_stays_float32(base, images):
 def test_head_shares_its_weights_with_the_saved_network(base):
     model = build_model(base)
     head = make_head(model)
-    assert [w.shape for w in head.trainable_weights] == [(512, 64), (64,), (64, 2), (2,)]
-    head.trainable_weights[0].assign(np.ones((512, 64)))
+    features = base.output_shape[-1]  # one 1x1 cell after the 4x4 pooling: VGG16's channels
+    assert [w.shape for w in head.trainable_weights] == [(features, 64), (64,), (64, 2), (2,)]
+    head.trainable_weights[0].assign(np.ones((features, 64)))
     np.testing.assert_array_equal(model.get_layer(index=-3).get_weights()[0], 1.0)
 
 

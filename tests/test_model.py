@@ -8,7 +8,8 @@ from covid19xray.cli import UserError
 from covid19xray.model import build_model, load_vgg16_base, make_optimizer, model_with_precision
 
 
-def test_model_layers_and_parameter_counts():
+def test_model_layers_and_parameter_counts(real_vgg16, monkeypatch):
+    monkeypatch.setattr(keras.applications, "VGG16", real_vgg16)
     model = build_model(load_vgg16_base("none"))
     head = model.layers[-5:]
     assert [type(layer).__name__ for layer in head] == [
@@ -41,8 +42,8 @@ def test_learning_rate_schedule_reproduces_keras2_decay():
     assert float(optimizer.learning_rate) == pytest.approx(lr / 1.4, rel=1e-6)
 
 
-def test_weights_path_loads_that_file(tmp_path):
-    base = keras.applications.VGG16(weights=None, include_top=False,
+def test_weights_path_loads_that_file(tmp_path, real_vgg16):
+    base = real_vgg16(weights=None, include_top=False,
                                     input_tensor=keras.Input((224, 224, 3)))
     path = str(tmp_path / "vgg16_notop.h5")
     base.save(path)

@@ -79,12 +79,13 @@ def test_predictions_equal_model_predict_on_the_same_arrays(trained, tmp_path):
 
 def model_that_uses_its_features(trained, path):
     """The trained model, with a head whose covid score rises with every feature whatever
-    VGG16's random weights are: non-negative hidden weights, and the covid output +1 / normal
-    output -1 on each unit. So its covid Grad-CAM has evidence to show."""
+    VGG16's random weights are: non-negative hidden weights, and the covid output +0.01 / normal
+    output -0.01 on each unit (small, so that the softmax does not saturate: a saturated
+    softmax has no gradient). So its covid Grad-CAM has evidence to show."""
     model = keras.models.load_model(trained["model"])
     dense, out = model.get_layer(index=-3), model.get_layer(index=-1)
     dense.set_weights([np.abs(dense.get_weights()[0]), np.zeros(64)])
-    out.set_weights([np.stack([np.ones(64), -np.ones(64)], axis=1), np.zeros(2)])
+    out.set_weights([np.stack([np.full(64, 0.01), np.full(64, -0.01)], axis=1), np.zeros(2)])
     model.save(path)
     with h5py.File(path, "a") as f:
         f.attrs[CLASS_NAMES_ATTR] = '["covid", "normal"]'

@@ -198,7 +198,9 @@ def test_messy_folder_loads_what_it_can_and_says_what_it_skipped(trained):
 
 def test_saved_model_loads_and_reproduces_the_report(trained):
     model = keras.models.load_model(trained["model"])
-    assert model.count_params() == 32_962 + 14_714_688
+    # the whole network, not only the head (test_model.py checks the real VGG16's counts)
+    assert model.count_params() == build_model(keras.applications.VGG16(
+        weights=None, include_top=False, input_shape=(224, 224, 3))).count_params()
     with h5py.File(trained["model"], "r") as f:
         assert "model_weights" in f  # a real HDF5 Keras model
         assert f.attrs[CLASS_NAMES_ATTR] == '["covid", "normal"]'
@@ -331,7 +333,7 @@ def test_three_classes_are_reported_one_vs_rest(capsys):
     head = make_head(build_model(keras.applications.VGG16(
         weights=None, include_top=False, input_shape=(224, 224, 3)), 3))
     testY = np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2]]
-    features = np.random.default_rng(3).normal(size=(6, 512)).astype("float32")
+    features = np.random.default_rng(3).normal(size=(6, head.input_shape[-1])).astype("float32")
     names = ["covid", "normal", "pneumonia"]
     results, probabilities, trueIdxs = train_covid19.evaluate(head, features, testY, names, 4)
     stdout = capsys.readouterr().out
@@ -551,9 +553,9 @@ def test_training_refuses_bad_input_in_one_line(workdir, case, argv, phrases, ex
     assert "[INFO] training head..." not in out  # found before any training
 
 
-def test_weights_with_the_wrong_layer_shapes(workdir, tiny_dataset):
+def test_weights_with_the_wrong_layer_shapes(workdir, tiny_dataset, real_vgg16):
     # a VGG16 for one-channel images: block1_conv1's kernel is 3x3x1x64, not 3x3x3x64
-    gray = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 1))
+    gray = real_vgg16(weights=None, include_top=False, input_shape=(224, 224, 1))
     gray.save(str(workdir / "gray_vgg16.h5"))
     before = snapshot(str(workdir))
     code, out, err = train("--dataset", tiny_dataset, "--weights", "gray_vgg16.h5")
