@@ -68,7 +68,7 @@ for name, run in runs.items():
         for batch in (images[:8], images[8:]):
             np.asarray(run(batch))
         rounds.append((time.perf_counter() - start) / len(images))
-    print(name, statistics.median(rounds))
+    print("cost:", name, statistics.median(rounds))
 """
 
 
@@ -87,15 +87,18 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def cpu_flags():
-    """The SIMD features that decide VGG16's speed on a CPU."""
+def cpu_model_and_flags():
+    """The CPU's model name and the SIMD features that decide VGG16's speed on it."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
+            info = f.read()
     except OSError:
-        return "unknown"
+        return "unknown", "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    flags = set(info.split())
     wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
-    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
+    return model, ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
 
 
 def run(command, workdir):
@@ -125,8 +128,11 @@ def measure_floor(dataset):
     result = subprocess.run([sys.executable, "-c", FLOOR_PROBE, ROOT, os.path.abspath(dataset)],
                             capture_output=True, text=True, check=True, cwd=ROOT)
     costs = {}
+    # only the probe's own lines: loading VGG16 says so on stdout too
     for line in result.stdout.splitlines():
-        name, seconds = line.rsplit(" ", 1)
+        if not line.startswith("cost: "):
+            continue
+        name, seconds = line.removeprefix("cost: ").rsplit(" ", 1)
         costs[name] = float(seconds)
         print(f"forward pass, {name}: {1000 * float(seconds):.1f} ms an image", flush=True)
     return costs
@@ -220,9 +226,10 @@ def measure_memory(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-          f"Python {platform.python_version()}", flush=True)
-    print(f"CPU flags: {cpu_flags()}", flush=True)
+    model, flags = cpu_model_and_flags()
+    print(f"CPU: {model}, {os.cpu_count()} CPUs ({platform.machine()}), Python "
+          f"{platform.python_version()}", flush=True)
+    print(f"CPU flags: {flags}", flush=True)
     print(f"command: {' '.join(['python -m bench.benchmark', *sys.argv[1:]])}",
           flush=True)
     if args.memory:

@@ -15,6 +15,8 @@ operations, and when a learner changes the head (a 7x7 pool reads everything), t
 follows, or there is none.
 """
 
+import importlib.metadata
+
 import cv2
 import numpy as np
 
@@ -139,6 +141,17 @@ def extract_features(extract, images, paths, batch_size, prepare=None, cache=Non
     return np.stack(found)
 
 
+def decoder_versions():
+    """The DICOM decoders' versions (read from their metadata, without importing them)."""
+    versions = {}
+    for package in ("pydicom", "python-gdcm"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
 def cache_configuration(model, crops, precision, variant="full"):
     """Everything besides the image that the features of `model`'s extractor depend on: the
     key of a `cache.FeatureCache`, built here and nowhere else. `variant` names what the audit
@@ -154,5 +167,5 @@ def cache_configuration(model, crops, precision, variant="full"):
         "preprocessing": PREPROCESSING,
         "variant": variant,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "opencv": cv2.__version__},
+                     "opencv": cv2.__version__, **decoder_versions()},
     }

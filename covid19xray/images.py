@@ -1,105 +1,352 @@
 """X-ray image files: which files are images, reading them safely, and the one preprocessing.
 
-- `list_images(root)`: the image files under a folder (the types imutils lists), sorted.
+- `list_images(root)`: the image files under a folder, sorted: the types imutils lists, DICOM
+  (`.dcm`, `.dicom`, and files named without an extension, or by a DICOM UID, that carry the
+  DICOM marker).
 - `load_xray(path)` / `model_input(decoded)`: the tutorial's loading (OpenCV, BGR to RGB,
   224x224 ignoring the aspect ratio) as uint8. Training, prediction and the audit all use it.
 - `scale_pixels(images)`: the tutorial's preprocessing, pixels / 255 as float32. Whatever feeds
   the model calls these two, so preprocessing cannot drift between them.
 - `read_header(data)`: format, size and mode, read without decoding the pixels.
 
-A file is an image when its first bytes are a JPEG, PNG, BMP or TIFF signature and OpenCV
-decodes it; anything else raises `NotAnImage`, whose text says why. An image of more than
-`MAX_PIXELS` is refused from its header, before a byte of it is decoded: a 1 MB PNG can claim
-30000x30000 pixels and take gigabytes to decode. Files are read as bytes and decoded with
-`cv2.imdecode`, never `cv2.imread`, which crashes on names that are not valid UTF-8.
+A file is an image when its first bytes are a JPEG, PNG, BMP or TIFF signature, or it has
+`DICM` at byte 128, and it decodes; anything else raises `NotAnImage`, whose text says why. An
+image of more than `MAX_PIXELS` is refused from its header, before a byte of it is decoded: a
+1 MB PNG can claim 30000x30000 pixels and take gigabytes to decode. Files are read as bytes
+(`read_bytes`: regular files only, at most `MAX_FILE_BYTES`) and decoded from memory.
+
+Every image reaches the model as 8-bit grey or colour, as a viewer shows it:
+- 8-bit files as OpenCV decodes them, as the tutorial did.
+- 16-bit PNG and TIFF scaled by the bits their data use (a PNG's `sBIT` chunk when it has one,
+  else the bit length of the largest value, at least 8), not shifted right by 8: 12-bit values
+  in a 16-bit file would otherwise become 0-15, an almost black image.
+- DICOM through its own pipeline (`_dicom_to_grey`): the modality LUT, then the VOI LUT, or the
+  first window, or else the full range of the stored bits; MONOCHROME1 inverted.
+- Transparent pixels composited over black (where nothing was drawn, as on a film's edge).
+- Floating-point and 32-bit integer pixels refused: their scale cannot be known.
 """
 
 import collections
 import io
 import os
+import stat
+import struct
+import warnings
 
 import cv2
 import numpy as np
-from imutils import paths
 from PIL import Image
 
 from .cli import lazy_import
 
 tf = lazy_import("tensorflow")
+pydicom = lazy_import("pydicom")
 
 # The tutorial resizes every X-ray to VGG16's native input size, ignoring the aspect ratio.
 IMAGE_SIZE = (224, 224)
 # What `decode`, `model_input` and `scale_pixels` do, in words: part of the feature cache's key, so
 # change it whenever they change.
-PREPROCESSING = "cv2.imdecode IMREAD_COLOR, BGR to RGB, cv2.resize 224x224 INTER_LINEAR, /255"
+PREPROCESSING = ("cv2.imdecode IMREAD_COLOR|ANYDEPTH, 16-bit scaled by the bits used, alpha over "
+                 "black, DICOM modality+VOI LUT/window/stored bits, MONOCHROME1 inverted, BGR to "
+                 "RGB, cv2.resize 224x224 INTER_LINEAR, /255")
 # Far above any chest X-ray (a 4,000 x 5,000 detector has 20 million pixels).
 MAX_PIXELS = 100_000_000
+# Far above any chest X-ray file (an uncompressed 16-bit 5,000 x 5,000 DICOM is 50 MB): the
+# bound on every read, checked from the file's size before a byte is read.
+MAX_FILE_BYTES = 1 << 30
 # The first bytes of each format `list_images` lists, whatever the file's name says.
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP",
               b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+# A DICOM file (PS3.10) is a 128-byte preamble, then these 4 bytes.
+DICOM_MARKER, DICOM_MARKER_AT = b"DICM", 128
+# The extensions imutils lists as images, and DICOM's.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
 # Our limit is checked below; Pillow's own (a warning at 89 million pixels) would only repeat it.
 Image.MAX_IMAGE_PIXELS = None
 
-Header = collections.namedtuple("Header", "format width height mode")
+Header = collections.namedtuple("Header", "format width height mode alpha", defaults=[False])
 
 
 class NotAnImage(Exception):
     """A file that cannot be used as an X-ray; its text says why, for a warning line."""
 
 
+# ---------------------------------------------------------------------------------------------
+# Finding and reading files
+# ---------------------------------------------------------------------------------------------
+
+
+def _may_be_dicom_by_name(name):
+    """DICOM exports often have no extension (`IM0001`) or are named by a UID
+    (`1.2.840.113619.2.55.3.6`): such names are checked for the marker."""
+    extension = os.path.splitext(name)[1]
+    return extension == "" or extension[1:].isdigit()
+
+
 def list_images(root):
-    """Every image under `root` (the file types imutils accepts, recursively), sorted.
+    """Every image under `root`, recursively, sorted: the file types imutils lists, DICOM's
+    extensions, and files whose names may be DICOM (`_may_be_dicom_by_name`) that carry its
+    marker.
 
     Sorting makes the listing, and so the train/test split and any sample, the same on every
     filesystem: `os.walk` returns files in an order that differs between machines. Dot-files
     (macOS `._x.jpg`) and `__MACOSX` folders from zips are never X-rays, whatever their names.
+    Folders that are links are not entered, as imutils did not.
     """
     images = []
-    for path in paths.list_images(root):
-        relative = os.path.relpath(path, root)
-        if not any(part.startswith(".") or part == "__MACOSX" for part in relative.split(os.sep)):
-            images.append(path)
+    for base, folders, names in os.walk(root):
+        folders[:] = [f for f in folders if not f.startswith(".") and f != "__MACOSX"]
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = os.path.join(base, name)
+            extension = os.path.splitext(name)[1].lower()
+            if extension in IMAGE_EXTENSIONS + DICOM_EXTENSIONS or (
+                    _may_be_dicom_by_name(name) and _has_dicom_marker(path)):
+                images.append(path)
     return sorted(images)
 
 
-def read_bytes(path):
-    """The bytes of `path`; `NotAnImage` when it cannot be read."""
+def _open_regular(path):
+    """A file object on `path` and its size, when it is a regular file of at most
+    MAX_FILE_BYTES; else `NotAnImage`. Opened without blocking, so that a FIFO cannot hang the
+    run, and checked from the open descriptor, so that the file checked is the file read."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
         raise NotAnImage(f"cannot be read ({err.strerror or err})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAnImage("not a regular file (a FIFO, device or socket)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise NotAnImage(f"{info.st_size / 2**30:.1f} GiB, over the limit of "
+                             f"{MAX_FILE_BYTES / 2**30:.0f} GiB for one image file")
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _has_dicom_marker(path):
+    try:
+        f, _ = _open_regular(path)
+    except NotAnImage:
+        return False
+    with f:
+        try:
+            return f.read(DICOM_MARKER_AT + 4)[DICOM_MARKER_AT:] == DICOM_MARKER
+        except OSError:
+            return False
+
+
+def read_bytes(path):
+    """The bytes of `path`, a regular file of at most MAX_FILE_BYTES; `NotAnImage` when it is
+    anything else or cannot be read."""
+    f, size = _open_regular(path)
+    with f:
+        try:
+            return f.read(size + 1)[:MAX_FILE_BYTES]  # +1: a file grown since is not cut short
+        except OSError as err:
+            raise NotAnImage(f"cannot be read ({err.strerror or err})") from None
+
+
+def is_dicom(data):
+    return data[DICOM_MARKER_AT:DICOM_MARKER_AT + 4] == DICOM_MARKER
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers: what a file claims, checked before its pixels are decoded
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_pixels(width, height):
+    pixels = width * height
+    if pixels > MAX_PIXELS:
+        raise NotAnImage(f"{width}x{height} pixels ({pixels / 1e6:.1f} megapixels), over the "
+                         f"limit of {MAX_PIXELS / 1e6:.0f} megapixels")
+
+
+def _read_dicom(data, pixels):
+    """The pydicom dataset in `data`: its header only, or with its pixels."""
+    try:
+        with warnings.catch_warnings():  # pydicom warns of each oddity it reads past
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+    except Exception as err:  # pydicom raises many types on a damaged file
+        raise NotAnImage(f"not a readable DICOM file ({_first_line(err)})") from None
+
+
+def _first_line(err):
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _dicom_header(data):
+    ds = _read_dicom(data, pixels=False)
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise NotAnImage("a DICOM file without an image (no Rows and Columns)")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise NotAnImage(f"{frames} frames; a chest radiograph has one")
+    _check_pixels(int(columns), int(rows))
+    return Header("DICOM", int(columns), int(rows), str(ds.get("PhotometricInterpretation", "")))
+
+
+def _png_significant_bits(data):
+    """The largest value of a PNG's `sBIT` chunk (the bits the encoder says are significant),
+    or None. Reads only the chunks before the pixel data."""
+    at = 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"sBIT":
+            return max(data[at + 8:at + 8 + length], default=None)
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        at += 12 + length
+    return None
 
 
 def read_header(data):
-    """The format, size and mode of an image's bytes, decoding no pixel.
+    """The format, size, mode and transparency of an image's bytes, decoding no pixel.
 
-    Raises `NotAnImage` for bytes without an image signature, a header Pillow cannot parse,
-    or more than MAX_PIXELS pixels.
+    Raises `NotAnImage` for bytes without an image signature or DICOM marker, a header that
+    cannot be parsed, more than MAX_PIXELS pixels, several frames, or floating-point pixels.
     """
+    if is_dicom(data):
+        return _dicom_header(data)
     if not any(data.startswith(signature) for signature in SIGNATURES):
-        raise NotAnImage("not an image (no JPEG, PNG, BMP or TIFF signature)")
+        raise NotAnImage("not an image (no JPEG, PNG, BMP or TIFF signature, no DICOM marker)")
     try:
         with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
-            header = Header(image.format, image.width, image.height, image.mode)
+            alpha = "A" in image.mode or "transparency" in image.info
+            header = Header(image.format, image.width, image.height, image.mode, alpha)
     except (OSError, ValueError, SyntaxError):  # what Pillow raises for a broken header
         raise NotAnImage("not a readable image") from None
-    pixels = header.width * header.height
-    if pixels > MAX_PIXELS:
-        raise NotAnImage(f"{header.width}x{header.height} pixels ({pixels / 1e6:.1f} "
-                         f"megapixels), over the limit of {MAX_PIXELS / 1e6:.0f} megapixels")
+    _check_pixels(header.width, header.height)
+    if header.mode == "F" or header.mode.startswith("F;"):
+        raise NotAnImage("floating-point pixels, whose grey scale cannot be known; save it "
+                         "with 8- or 16-bit integer pixels")
     return header
 
 
+# ---------------------------------------------------------------------------------------------
+# Decoding: the pixels as a viewer shows them, 8-bit BGR
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_8_bits(image, significant_bits=None):
+    """uint8 as it is; uint16 scaled by its significant bits (the largest value's bit length
+    when not given, at least 8) to 0-255; anything else refused."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != np.uint16:
+        raise NotAnImage(f"{image.dtype} pixels, whose grey scale cannot be known; save it with "
+                         "8- or 16-bit integer pixels")
+    bits = significant_bits or max(8, int(image.max()).bit_length())
+    top = (1 << bits) - 1
+    return np.round(np.minimum(image, top) * (255.0 / top)).astype(np.uint8)
+
+
+def _window(values, center, width, function):
+    """The VOI window of DICOM PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT or SIGMOID), to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    # LINEAR, the default: the window's edges at center - 0.5 -/+ (width - 1) / 2
+    return np.clip((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
+
+
+def _first(value):
+    """The first of a multi-valued DICOM element (several windows may be offered)."""
+    return value[0] if isinstance(value, pydicom.multival.MultiValue) else value
+
+
+def _dicom_to_grey(ds, stored):
+    """Stored DICOM values to grey in [0, 1], as a viewer shows them: the modality LUT
+    (RescaleSlope/Intercept, or a Modality LUT), then the VOI LUT, or else the first
+    WindowCenter/Width, or else the whole range the stored bits can hold; MONOCHROME1 inverted
+    (its 0 is white)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    values = apply_modality_lut(stored, ds).astype(np.float64)
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if "VOILUTSequence" in ds:
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        # the LUT is indexed by the modality LUT's output, an integer
+        grey = apply_voi(np.round(values).astype(np.int64), ds).astype(np.float64)
+        grey /= float((1 << int(descriptor[2])) - 1)
+    elif center is not None and width is not None and float(_first(width)) > 0:
+        function = str(_first(ds.get("VOILUTFunction", "LINEAR")) or "LINEAR").upper()
+        grey = _window(values, float(_first(center)), float(_first(width)), function)
+    else:
+        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        ends = apply_modality_lut(np.array([low, high]), ds).astype(np.float64)
+        low, high = float(ends.min()), float(ends.max())
+        grey = (values - low) / max(high - low, 1e-12)
+    grey = np.clip(grey, 0.0, 1.0)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        grey = 1.0 - grey
+    return grey
+
+
+def _decode_dicom(data):
+    """A DICOM file's one frame as 8-bit BGR, through `_dicom_to_grey` for grey images."""
+    header = _dicom_header(data)  # refuses too many pixels or frames before reading them
+    ds = _read_dicom(data, pixels=True)
+    if "PixelData" not in ds:
+        raise NotAnImage("a DICOM file without integer pixel data (float pixel data, or none)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored = ds.pixel_array
+    except Exception as err:  # the decoder plugins raise many types
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        name = getattr(syntax, "name", None) or str(syntax or "unknown")
+        if "plugin" in str(err).lower() or "not support" in str(err).lower():
+            raise NotAnImage(f"its transfer syntax '{name}' cannot be decoded by the installed "
+                             "DICOM decoders (pydicom, python-gdcm)") from None
+        raise NotAnImage(f"its pixel data cannot be decoded ({name}: {_first_line(err)})") from None
+    interpretation = header.mode.upper()
+    if interpretation in ("MONOCHROME1", "MONOCHROME2"):
+        grey = np.round(_dicom_to_grey(ds, stored) * 255.0).astype(np.uint8)
+        return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), header
+    if stored.ndim == 3 and stored.shape[-1] == 3:  # RGB, or YBR that pydicom made RGB
+        bits = int(ds.get("BitsStored") or 8)
+        rgb = _to_8_bits(stored.astype(np.uint16), bits) if bits > 8 else stored.astype(np.uint8)
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), header
+    raise NotAnImage(f"photometric interpretation {header.mode or 'missing'} is not supported "
+                     "(MONOCHROME1, MONOCHROME2 and RGB are)")
+
+
+def _over_black(data, image):
+    """`image` (8-bit BGR) with the file's transparent pixels composited over black."""
+    with_alpha = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if with_alpha is None or with_alpha.ndim != 3 or with_alpha.shape[2] not in (2, 4):
+        return image  # a palette's transparency that OpenCV expands away: nothing to composite
+    alpha = with_alpha[..., -1].astype(np.float64)
+    alpha /= 65535.0 if with_alpha.dtype == np.uint16 else 255.0
+    return np.round(image * alpha[..., None]).astype(np.uint8)
+
+
 def decode_with_header(data):
-    """The image in `data` as OpenCV decodes it for the tutorial (3-channel 8-bit BGR), and its
-    header, parsed once. `cv2.IMREAD_COLOR` turns grayscale, palette, RGBA and 16-bit files into
-    3-channel 8-bit.
-    """
+    """The image in `data` as 8-bit 3-channel BGR, as a viewer shows it (see the module's
+    docstring), and its header, parsed once."""
+    if is_dicom(data):
+        return _decode_dicom(data)
     header = read_header(data)  # refuses what is not an image, or too large, before decoding
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    # IMREAD_COLOR as the tutorial (3 channels, EXIF orientation), ANYDEPTH to keep 16 bits
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise NotAnImage("not a readable image")
+    bits = _png_significant_bits(data) if header.format == "PNG" else None
+    image = _to_8_bits(image, bits if image.dtype == np.uint16 else None)
+    if header.alpha:
+        image = _over_black(data, image)
     return image, header
 
 

@@ -6,6 +6,7 @@ every version of `metadata.csv`, and Kaggle-shaped trees.
 """
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -313,3 +314,141 @@ def write_huge_png(path, width, height):
         f.write(chunk(b"IDAT", b"".join(parts)))
         f.write(chunk(b"IEND", b""))
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Radiology files: DICOM and 16-bit images, made from an 8-bit grey X-ray
+# ---------------------------------------------------------------------------------------------
+
+# DICOM's "Computed Radiography Image Storage": what a CR chest film is stored as
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def to_12_bits(grey):
+    """8-bit grey values spread over 12 bits, as a detector would store them."""
+    return np.round(grey.astype(np.float64) * 4095 / 255).astype(np.uint16)
+
+
+def write_png16(path, values):
+    """`values` (uint16) as a 16-bit grey PNG."""
+    ok, encoded = cv2.imencode(".png", values.astype(np.uint16))
+    assert ok
+    with open(path, "wb") as f:
+        f.write(encoded.tobytes())
+    return str(path)
+
+
+def write_dicom(path, stored, photometric="MONOCHROME2", bits_stored=12, rescale=None,
+                window=None, jpeg2000=False, frames=1):
+    """A one-frame CR DICOM file holding `stored` (uint16 values) as they are.
+
+    `rescale` is (slope, intercept), `window` is (center, width); `jpeg2000` compresses the
+    pixels losslessly (Pillow's OpenJPEG encoder, encapsulated as DICOM wants); `frames` > 1
+    repeats the image to make a multi-frame file.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEG2000Lossless if jpeg2000 else ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", "test"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 0
+    if rescale:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    values = stored.astype(np.uint16)
+    if jpeg2000:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(values).save(buffer, "JPEG2000", irreversible=False, no_jp2=True)
+        ds.PixelData = encapsulate([buffer.getvalue()] * frames)
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = values.tobytes() * frames
+    ds.save_as(str(path), enforce_file_format=True)
+    assert pydicom.dcmread(str(path)).file_meta.TransferSyntaxUID == meta.TransferSyntaxUID
+    return str(path)
+
+
+def shipped_xray():
+    """The first normal X-ray of the shipped dataset: a real 8-bit grey JPEG."""
+    folder = os.path.join(ROOT, "dataset", "normal")
+    return os.path.join(folder, sorted(os.listdir(folder))[0])
+
+
+def write_encodings(folder):
+    """{description: path}: one real X-ray as its 8-bit JPEG and as the radiology files it
+    could have come as, each holding the same grey levels."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    jpeg = shipped_xray()
+    with Image.open(jpeg) as image:
+        grey = np.asarray(image.convert("L"))
+    twelve = to_12_bits(grey)
+    join = functools.partial(os.path.join, folder)
+    return {
+        "8-bit JPEG": jpeg,
+        "12-bit in a 16-bit PNG": write_png16(join("twelve.png"), twelve),
+        "16-bit PNG": write_png16(join("sixteen.png"), grey.astype(np.uint16) * 257),
+        # MONOCHROME1 stores white as 0; slope and intercept move every value
+        "12-bit DICOM, MONOCHROME1, slope and intercept": write_dicom(
+            join("monochrome1.dcm"), 4095 - twelve, "MONOCHROME1", rescale=(2, -1000)),
+        # values 1000-5095 and a window whose edges are exactly those
+        "16-bit DICOM, windowed": write_dicom(join("windowed.dcm"), twelve + 1000,
+                                              bits_stored=16, window=(3048, 4096)),
+        # named as many DICOM exports are: no extension
+        "12-bit DICOM, JPEG 2000": write_dicom(join("IM0001"), twelve, jpeg2000=True),
+    }
+
+
+def write_mpeg2_dicom(path):
+    """A DICOM file whose pixels are in a transfer syntax no installed decoder reads."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(write_dicom(path, np.zeros((8, 8), np.uint16)))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
+    ds.PixelData = encapsulate([b"\0" * 64])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_refused_radiology_files(folder):
+    """{file: the one-line reason it is refused}: DICOM and TIFF files no viewer could show
+    as one X-ray, or no decoder here can read."""
+    os.makedirs(folder, exist_ok=True)
+    values = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    truncated = write_dicom(os.path.join(folder, "truncated.dcm"), values)
+    with open(truncated, "r+b") as f:
+        f.truncate(os.path.getsize(truncated) // 2)
+    ok, encoded = cv2.imencode(".tiff", np.random.default_rng(0).random((30, 30), np.float32))
+    assert ok
+    with open(os.path.join(folder, "float.tiff"), "wb") as f:
+        f.write(encoded.tobytes())
+    return {
+        write_mpeg2_dicom(os.path.join(folder, "mpeg2.dcm")):
+            "its transfer syntax 'MPEG2 Main Profile / Main Level' cannot be decoded by the "
+            "installed DICOM decoders (pydicom, python-gdcm)",
+        write_dicom(os.path.join(folder, "cine.dcm"), values, frames=3):
+            "3 frames; a chest radiograph has one",
+        truncated: "its pixel data cannot be decoded (Explicit VR Little Endian: The number of "
+                   "bytes of pixel data is less than expected",
+        os.path.join(folder, "float.tiff"):
+            "floating-point pixels, whose grey scale cannot be known; save it with 8- or "
+            "16-bit integer pixels",
+    }

@@ -491,7 +491,7 @@ def test_a_linked_images_folder_builds_and_a_link_to_a_non_image_is_never_copied
     assert code == 0, err
     assert sorted(os.listdir(output)) == ["a.jpg", "d.png", "g.jpeg", "v.jpg"]
     assert f"[WARNING] refusing {os.path.join(covid, 'images', 'evil.png')}: not an image (no " \
-           "JPEG, PNG, BMP or TIFF signature)" in err.splitlines()
+           "JPEG, PNG, BMP or TIFF signature, no DICOM marker)" in err.splitlines()
     assert out.strip().splitlines()[-1].endswith(
         "copied: 4, already present: 0, missing files: 1, refused: 2, duplicates: 1, "
         "conflicts: 0")  # ../outside.jpg and evil.png

@@ -21,8 +21,10 @@ from helpers import (
     run_main,
     snapshot,
     terminate_here,
+    write_encodings,
     write_image,
     write_junk,
+    write_refused_radiology_files,
 )
 
 LINE = re.compile(r"^(?P<path>.+): (?P<label>\w+) \(covid (?P<covid>\d\.\d{4}), "
@@ -253,3 +255,44 @@ def test_a_file_name_a_spreadsheet_would_run_is_quoted_in_the_csv(trained, tmp_p
     assert out.startswith("=cmd.jpg: ")  # printed as it is
     with open(tmp_path / "p.csv", newline="") as f:
         assert [row[0] for row in csv.reader(f)] == ["file", "'=cmd.jpg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Radiology files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_file_an_xray_could_come_as_predicts_and_maps_alike(trained, tmp_path):
+    files = write_encodings(str(tmp_path / "in"))
+    csv_path, cams = tmp_path / "p.csv", tmp_path / "cams"
+    code, _, err = run_main(predict_covid19.main, [
+        "--model", trained["model"], "--csv", str(csv_path), "--gradcam", str(cams),
+        *files.values()])
+    assert code == 0, err
+    assert err == ""  # no file skipped, no warning
+    with open(csv_path, newline="") as f:
+        rows = {row["file"]: row for row in csv.DictReader(f)}
+    jpeg = files["8-bit JPEG"]
+    overlay = cv2.imread(str(cams / (os.path.splitext(os.path.basename(jpeg))[0] +
+                                     "_gradcam.png")))
+    for kind, path in files.items():
+        assert abs(float(rows[path]["p_covid"]) - float(rows[jpeg]["p_covid"])) <= 0.01, kind
+        # the heatmap is drawn over what the model saw: the windowed, scaled grey image
+        drawn = cv2.imread(str(cams / (os.path.splitext(os.path.basename(path))[0] +
+                                       "_gradcam.png")))
+        assert drawn.shape == overlay.shape and np.abs(
+            drawn.astype(int) - overlay).max() <= 2, kind
+
+
+def test_radiology_files_that_cannot_be_read_are_named_with_their_reason(trained, tmp_path):
+    refused = write_refused_radiology_files(str(tmp_path / "in"))
+    good = sorted(path for kind, path in write_encodings(str(tmp_path / "in" / "good")).items()
+                  if kind != "8-bit JPEG")  # that one is the shipped file, elsewhere
+    code, out, err = run_main(predict_covid19.main, ["--model", trained["model"],
+                                                    str(tmp_path / "in")])
+    assert code == 0, err
+    assert [m["path"] for m in map(LINE.match, out.splitlines()) if m] == good
+    warnings = err.strip().splitlines()
+    assert len(warnings) == len(refused)
+    for line, (path, reason) in zip(warnings, sorted(refused.items())):
+        assert line.startswith(f"[WARNING] skipping {path}: {reason}")

@@ -33,9 +33,12 @@ from helpers import (
     run_main,
     small_dataset,
     snapshot,
+    to_12_bits,
+    write_dicom,
     write_huge_png,
     write_image,
     write_junk,
+    write_png16,
 )
 
 
@@ -187,9 +190,9 @@ def test_messy_folder_loads_what_it_can_and_says_what_it_skipped(trained):
     covid = os.path.join(trained["dataset"], "covid")
     assert warnings == [
         f"[WARNING] skipping {os.path.join(covid, 'empty.jpg')}: not an image (no JPEG, PNG, "
-        "BMP or TIFF signature)",
+        "BMP or TIFF signature, no DICOM marker)",
         f"[WARNING] skipping {os.path.join(covid, 'text.jpg')}: not an image (no JPEG, PNG, "
-        "BMP or TIFF signature)",
+        "BMP or TIFF signature, no DICOM marker)",
         f"[WARNING] skipping {os.path.join(covid, 'truncated.png')}: not a readable image",
         "[WARNING] skipped 3 unreadable image(s)"]
     assert "[INFO] 10 images, classes ['covid', 'normal']: 8 for training, 2 for testing" in (
@@ -551,6 +554,30 @@ def test_training_refuses_bad_input_in_one_line(workdir, case, argv, phrases, ex
     assert_one_line_error(code, err, "train_covid19.py", *phrases, exit_code=exit_code)
     assert snapshot(str(workdir)) == before
     assert "[INFO] training head..." not in out  # found before any training
+
+
+def test_a_dataset_mixing_jpeg_16_bit_png_and_dicom_trains_on_all_of_it(workdir):
+    for c, name in enumerate(["covid", "normal"]):
+        folder = workdir / "d" / name
+        for i in range(5):
+            source = write_image(str(workdir / "sources" / f"{name}{i}.jpg"), seed=10 * c + i,
+                                 size=(90, 80))
+            grey = cv2.cvtColor(cv2.imread(source), cv2.COLOR_BGR2GRAY)
+            if i == 0:
+                os.renames(source, folder / "0.jpg")
+            elif i == 1:
+                write_png16(str(folder / "1.png"), to_12_bits(grey))
+            else:  # DICOM: MONOCHROME2, MONOCHROME1, and one named without an extension
+                write_dicom(str(folder / (f"{i}.dcm" if i < 4 else f"IM{i}")),
+                            4095 - to_12_bits(grey) if i == 3 else to_12_bits(grey),
+                            "MONOCHROME1" if i == 3 else "MONOCHROME2")
+    code, out, err = train("--dataset", "d", "--model", "m.h5", "--plot", "p.png",
+                           "--report", "r.json")
+    assert code == 0, err
+    assert "[WARNING]" not in err
+    assert "[INFO] 10 images, classes ['covid', 'normal']: 8 for training, 2 for testing" in out
+    report = json.loads((workdir / "r.json").read_text())
+    assert sum(report["counts"]["train"].values()) + sum(report["counts"]["test"].values()) == 10
 
 
 def test_weights_with_the_wrong_layer_shapes(workdir, tiny_dataset, real_vgg16):
