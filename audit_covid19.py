@@ -17,6 +17,7 @@ with every image a test image once:
 Usage:
     python audit_covid19.py --dataset dataset
     python audit_covid19.py --dataset dataset --weights imagenet --folds 5 --report audit.json
+    python audit_covid19.py --dataset dataset --external external
 
 Writes `audit.json` and `audit.png`, and prints a table and a verdict. Folds are stratified by
 class and, when the dataset has the builders' `manifest.csv`, grouped by patient. Features come
@@ -33,6 +34,7 @@ import numpy as np
 from covid19xray.cache import FeatureCache, cache_line
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.data import load_dataset, training_batches
+from covid19xray.external import check_classes, load_external, shared_patients
 from covid19xray.features import (
     cache_configuration,
     extract_features,
@@ -87,6 +89,10 @@ def parse_args(argv=None):
     add_training_flags(ap, "dataset folder: one folder of images per class, two classes")
     ap.add_argument("--folds", type=positive(int), default=5,
                     help="cross-validation folds (default: %(default)s)")
+    ap.add_argument("--external", metavar="DIR",
+                    help="also train each version's head on all of --dataset and test it on "
+                         "this labelled folder from another source: internal against external "
+                         "AUC")
     ap.add_argument("-r", "--report", default="audit.json",
                     help="output JSON report (default: %(default)s)")
     ap.add_argument("-p", "--plot", default="audit.png",
@@ -238,6 +244,19 @@ def print_probes(probes, shortcut_text, folds_info):
     print(f"[RESULT] {shortcut_text}")
 
 
+def print_external(probes, external_probes, folder, counts):
+    """Each version's cross-validated AUC beside its AUC on the external folder."""
+    print(f"[INFO] external test: {shown(folder)} ({counts}); each version's head trained on "
+          "every image of --dataset")
+    print(f"{'version':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
+    for name in VERSIONS:
+        inside, outside = probes[name]["auc"], external_probes[name]["auc"]
+        cells = [f"{a['value']:.2f} ({a['ci95'][0]:.2f}-{a['ci95'][1]:.2f})"
+                 for a in (inside, outside)]
+        print(f"{name:<13} {cells[0]:<20} {cells[1]:<20} "
+              f"{inside['value'] - outside['value']:+.2f}")
+
+
 def print_confounds_and_duplicates(args, confounds, found, class_names):
     """One line per confound and per group of copies, or one line saying there are none."""
     for c in confounds:
@@ -256,9 +275,10 @@ def print_confounds_and_duplicates(args, confounds, found, class_names):
         print("[RESULT] no exact or near duplicates")
 
 
-def plot_audit(probes, confounds, rows, labels, class_names, examples):
-    """AUC with its interval for the three versions beside chance, one example of each class
-    with the box drawn, and the strongest confound's values per class."""
+def plot_audit(probes, confounds, rows, labels, class_names, examples, external_probes=None):
+    """AUC with its interval for the three versions beside chance (and beside their external
+    AUC), one example of each class with the box drawn, and the strongest confound's values per
+    class."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -266,13 +286,20 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples):
         fig = plt.figure(figsize=(12, 9))
         grid = fig.add_gridspec(2, 2)
         ax = fig.add_subplot(grid[0, 0])
-        values = [probes[v]["auc"]["value"] for v in VERSIONS]
-        low = [v - probes[n]["auc"]["ci95"][0] for v, n in zip(values, VERSIONS)]
-        high = [probes[n]["auc"]["ci95"][1] - v for v, n in zip(values, VERSIONS)]
-        ax.bar(VERSIONS, values, yerr=[low, high], capsize=6, color="tab:blue")
+        sets = [("cross-validated", probes, "tab:blue")]
+        if external_probes:
+            sets.append(("external", external_probes, "tab:orange"))
+        width = 0.8 / len(sets)
+        for k, (label, found, color) in enumerate(sets):
+            values = [found[v]["auc"]["value"] for v in VERSIONS]
+            low = [v - found[n]["auc"]["ci95"][0] for v, n in zip(values, VERSIONS)]
+            high = [found[n]["auc"]["ci95"][1] - v for v, n in zip(values, VERSIONS)]
+            ax.bar(np.arange(len(VERSIONS)) + (k - (len(sets) - 1) / 2) * width, values, width,
+                   yerr=[low, high], capsize=6, color=color, label=label)
+        ax.set_xticks(range(len(VERSIONS)), VERSIONS)
         ax.axhline(0.5, linestyle="--", color="gray", label="chance")
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel("cross-validated ROC AUC (95% CI)")
+        ax.set_ylabel("ROC AUC (95% CI)")
         ax.set_title("Can the classes be told apart?")
         ax.legend(loc="lower right")
 
@@ -325,13 +352,15 @@ def two_classes(args, labels, paths):
     return class_names, classes, folds, patients is not None, about
 
 
-def probe_versions(args, base_model, images, paths, classes, folds, class_names):
+def probe_versions(args, base_model, images, paths, classes, folds, class_names,
+                   external=None):
     """The probe of every version: the features of every image (each computed once, or read
-    from the cache), then one fresh head per fold."""
+    from the cache), then one fresh head per fold. With `external` (store, paths, one-hot), also
+    one head trained on every image of --dataset, tested on the external images."""
     model = build_model(base_model, 2)
     (extract, crops), head = make_feature_extractor(model, args.precision), make_head(model)
     onehot = np.eye(2, dtype="float32")[classes]
-    probes, caches = {}, []
+    probes, external_probes, caches = {}, {}, []
     for name in VERSIONS:
         print(f"[INFO] {name}: features of every image, then {args.folds} heads...")
         caches.append(FeatureCache(args.cache_dir, cache_configuration(
@@ -340,15 +369,33 @@ def probe_versions(args, base_model, images, paths, classes, folds, class_names)
                                     prepare=version_of(name), cache=caches[-1])
         probabilities = cross_validate(args, head, features, onehot, folds)
         probes[name] = probe(classes, probabilities, class_names, args.seed)
+        if external is not None:
+            external_probes[name] = test_externally(args, head, features, onehot, external,
+                                                    extract, name, caches[-1], class_names)
     print(cache_line(caches))
-    return probes
+    return probes, external_probes
+
+
+def test_externally(args, head, features, onehot, external, extract, name, cache, class_names):
+    """One version's head trained on every image of --dataset (as one more fold), then tested
+    on the external images' features: the external probe of that version."""
+    store, external_paths, external_onehot = external
+    external_features = extract_features(extract, store, external_paths, args.batch_size,
+                                         prepare=version_of(name), cache=cache)
+    everything = np.concatenate([features, external_features])
+    n = len(features)
+    fold = [(np.arange(n), np.arange(n, len(everything)))]
+    probabilities = cross_validate(args, head, everything,
+                                   np.concatenate([onehot, external_onehot]), fold)[n:]
+    return probe(external_onehot.argmax(axis=1), probabilities, class_names, args.seed)
 
 
 def audit_report(args, class_names, labels, grouped, probes, verdict_of, confounds, per_class,
-                 found):
+                 found, external=None):
     """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
     shortcut, text = verdict_of
     return {
+        **({"external": external} if external else {}),
         "dataset": args.dataset, "class_names": class_names, "positive_class": class_names[0],
         "counts": {name: int((labels == name).sum()) for name in class_names},
         "folds": {"k": args.folds, "grouped_by_patient": grouped},
@@ -373,10 +420,19 @@ def main(argv=None) -> int:
         base_model = start(args)
         print("[INFO] loading images...")
         images, paths, labels = load_dataset(args.dataset)
-        with contextlib.closing(images):
+        with contextlib.ExitStack() as stack:
+            stack.callback(images.close)
             class_names, classes, folds, grouped, about = two_classes(args, labels, paths)
-            probes = probe_versions(args, base_model, images, paths, classes, folds,
-                                    class_names)
+            external = None
+            if args.external:
+                check_classes(args.external, class_names)
+                print("[INFO] loading external images...")
+                store, external_paths, external_onehot, refused = load_external(
+                    args.external, class_names, {images.digest(p): p for p in paths})
+                stack.callback(store.close)
+                external = (store, external_paths, external_onehot)
+            probes, external_probes = probe_versions(args, base_model, images, paths, classes,
+                                                     folds, class_names, external)
             rows, hashes = measure(images, paths)
             per_class, confounds = describe_properties(rows, labels, class_names, args.seed)
             found = find_duplicates(images, paths, labels, hashes)
@@ -385,14 +441,29 @@ def main(argv=None) -> int:
 
         verdict_of = verdict(probes["lungs_hidden"]["auc"])
         print_probes(probes, verdict_of[1], about)
+        external_report = None
+        if external:
+            counts = class_counts(external_onehot, class_names)
+            print_external(probes, external_probes, args.external, counts)
+            external_report = {
+                "folder": args.external,
+                "counts": {name: int(n) for name, n in zip(class_names,
+                                                           external_onehot.sum(axis=0))},
+                "files": [os.path.relpath(p, args.external) for p in external_paths],
+                "refused_identical_to_dataset": [os.path.relpath(p, args.external)
+                                                 for p in refused],
+                "patients_shared_with_dataset": shared_patients(args.dataset, args.external),
+                "probe": external_probes,
+                "auc_drop": {name: probes[name]["auc"]["value"]
+                             - external_probes[name]["auc"]["value"] for name in VERSIONS}}
         print_confounds_and_duplicates(args, confounds, found, class_names)
         report = audit_report(args, class_names, labels, grouped, probes, verdict_of, confounds,
-                              per_class, found)
+                              per_class, found, external_report)
 
         def write(report_tmp, plot_tmp):
             write_json(report_tmp, report)
-            save_figure(plot_audit(probes, confounds, rows, labels, class_names, examples),
-                        plot_tmp)
+            save_figure(plot_audit(probes, confounds, rows, labels, class_names, examples,
+                                   external_probes), plot_tmp)
 
         write_outputs(outputs, write)
     print(f"[INFO] wrote {shown(args.report)} (report), {shown(args.plot)} (plot)")

@@ -13,6 +13,8 @@ Usage:
         --license "CC BY" --per-patient 1 --limit 25
     python build_covid_dataset.py -c covid-chestxray-dataset -o mydata/sars --finding SARS \
         --view PA --view AP
+    python build_covid_dataset.py -c covid-chestxray-dataset -o external/covid \
+        --license "CC BY" --exclude-patients dataset/manifest.csv
 
 `--license "CC BY"` keeps rows whose `license` is CC BY of any version (never CC BY-NC-SA or
 CC BY-NC-ND); `--per-patient 1` keeps one image of each patient, so no patient can end up on
@@ -35,9 +37,12 @@ import sys
 
 from covid19xray.building import copy_into_output
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.manifest import read_manifest_file
 from covid19xray.outputs import check_output_folder, claim_outputs
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
+# what the manifest's `source` column says of these images
+SOURCE = "cohen"
 
 
 def parse_args(argv=None):
@@ -65,6 +70,10 @@ def parse_args(argv=None):
                          "--limit (default: all)")
     ap.add_argument("--limit", type=positive(int),
                     help="copy a reproducible random sample of at most this many images")
+    ap.add_argument("--exclude-patients", action="append", default=[], metavar="MANIFEST",
+                    help="leave out every row whose patient has an image of this source in "
+                         "that manifest.csv (for example dataset/manifest.csv), so that a test "
+                         "set shares no patient with a training set; repeatable")
     ap.add_argument("--seed", type=int, default=42,
                     help="seed of the --per-patient and --limit picks (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -215,6 +224,34 @@ def resolve_sources(covid, rows):
     return sorted(sources.values()), counts, rows_of
 
 
+def excluded_patients(manifests):
+    """The patients of Cohen's collection (rows with source `cohen`) in each manifest file."""
+    patients = set()
+    for path in manifests:
+        if not os.path.isfile(path):
+            raise UserError(f"--exclude-patients {path!r}: no such file; give the manifest.csv "
+                            "of the dataset whose patients to leave out")
+        try:
+            rows = read_manifest_file(path)
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise UserError(f"--exclude-patients {path!r} is not a readable manifest "
+                            f"({err})") from None
+        patients |= {row["patient_id"] for row in rows.values()
+                     if row["source"] == SOURCE and row["patient_id"]}
+    return patients
+
+
+def without_patients(rows, patients, manifests):
+    """`rows` minus those of `patients` (a row's patient: its patientid, else its file name,
+    as `patient_of` says), with a line saying how many went."""
+    kept = [row for row in rows
+            if (row.get("patientid") or os.path.basename(row.get("filename", "")))
+            not in patients]
+    print(f"[INFO] --exclude-patients: left out {len(rows) - len(kept)} matching row(s) of the "
+          f"{len(patients)} patient(s) in {', '.join(shown(m) for m in manifests)}")
+    return kept
+
+
 def patient_of(path, row):
     """A row's `patientid` (`Patientid` in 2020 files), or the file name when it has none."""
     return row.get("patientid") or os.path.basename(path)
@@ -271,6 +308,12 @@ def build(args):
     matched = select_rows(rows, args.finding, args.view, args.license)
     print(f"[INFO] {len(rows)} rows in metadata.csv, {len(matched)} with "
           f"{describe_selection(args)}")
+    if args.exclude_patients and matched:
+        matched = without_patients(matched, excluded_patients(args.exclude_patients),
+                                   args.exclude_patients)
+        if not matched:
+            raise UserError(f"every row with {describe_selection(args)} is of a patient in "
+                            f"{', '.join(args.exclude_patients)}")
     if not matched:
         raise UserError(f"no row has {describe_selection(args)}; "
                         f"{describe_seen(rows, args.license)}")
@@ -293,10 +336,10 @@ def build(args):
     def manifest_row(path):
         row = rows_of[path]
         return {"patient_id": patient_of(path, row), "license": row.get("license", ""),
-                "url": source_url(row)}
+                "url": source_url(row), "excluded_patients_of": ";".join(args.exclude_patients)}
 
     copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)},
-                     dropped, manifest_row=manifest_row, source_name="cohen")
+                     dropped, manifest_row=manifest_row, source_name=SOURCE)
     return 0
 
 

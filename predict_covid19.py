@@ -6,6 +6,7 @@ Usage:
     python predict_covid19.py --model covid19.h5 xray.jpg
     python predict_covid19.py --model covid19.h5 dataset/covid more.png --csv predictions.csv
     python predict_covid19.py --model covid19.h5 xray.jpg --gradcam gradcam/
+    python predict_covid19.py --model covid19.h5 external --labelled --report external.json
 
 Prints one line per image: the predicted class and every class's probability. The class names
 come from the model file (train_covid19.py stores them there), and each image is prepared by
@@ -33,6 +34,7 @@ from covid19xray.cli import (
     shown,
     warn_if_not_utf8,
 )
+from covid19xray.data import label_of
 from covid19xray.images import (
     NotAnImage,
     decode,
@@ -44,6 +46,7 @@ from covid19xray.images import (
 )
 from covid19xray.model import PRECISIONS, check_precision, load_classifier, model_with_precision
 from covid19xray.outputs import atomic_output, check_output_folder, check_output_path, claim_outputs
+from covid19xray.report import print_evaluation, versions, write_json
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -63,6 +66,12 @@ def parse_args(argv=None):
     ap.add_argument("--gradcam", metavar="DIR",
                     help="write <name>_gradcam.png per image into this folder: the X-ray at its "
                          "own size with the Grad-CAM heatmap of the predicted class over it")
+    ap.add_argument("--labelled", action="store_true",
+                    help="the images' folders name their true classes (folders laid out as "
+                         "train_covid19.py's --dataset): after the predictions, print the "
+                         "training script's test report on them")
+    ap.add_argument("--report", metavar="JSON",
+                    help="with --labelled, also write that report to this JSON file")
     ap.add_argument("--batch-size", type=positive(int), default=8,
                     help="images per forward pass (default: %(default)s)")
     ap.add_argument("--precision", choices=PRECISIONS, default="float32",
@@ -169,6 +178,30 @@ def gradcam_name(path, used):
 # ---------------------------------------------------------------------------------------------
 
 
+def true_classes(image_paths, class_names):
+    """With --labelled: each image's class index, from the name of its folder; a `UserError`
+    naming the first image whose folder is not one of the model's classes."""
+    indices = []
+    for path in image_paths:
+        label = label_of(path)
+        if label not in class_names:
+            raise UserError(f"--labelled: {shown(path)!r} is in a folder named {label!r}, which "
+                            f"is not a class of the model ({', '.join(class_names)}); lay the "
+                            "images out as train_covid19.py's --dataset")
+        indices.append(class_names.index(label))
+    return dict(zip(image_paths, indices))
+
+
+def labelled_report(args, class_names, paths, truth, probabilities):
+    """The training script's test report on the labelled images that could be read."""
+    print(f"[INFO] {len(paths)} labelled images: the model's report on them")
+    trueIdxs = np.array([truth[path] for path in paths])
+    results = print_evaluation(trueIdxs, np.asarray(probabilities), class_names)
+    return {"model": args.model, "inputs": args.images, "files": paths,
+            "counts": {name: int((trueIdxs == i).sum()) for i, name in enumerate(class_names)},
+            "class_names": class_names, **results, "versions": versions()}
+
+
 def prediction_line(path, row, class_names):
     scores = ", ".join(f"{name} {p:.4f}" for name, p in zip(class_names, row))
     return f"{shown(path)}: {class_names[int(row.argmax())]} ({scores})"
@@ -182,9 +215,13 @@ def csv_row(path, row, class_names):
 def main(argv=None) -> int:
     args = parse_args(argv)
     # check every output before the slow work
-    outputs = [path for path in (args.csv, args.gradcam) if path]
+    outputs = [path for path in (args.csv, args.gradcam, args.report) if path]
+    if args.report and not args.labelled:
+        raise UserError("--report needs --labelled: without true classes there is no report")
     if args.csv:
         check_output_path(args.csv, "--csv", suffix=".csv")
+    if args.report:
+        check_output_path(args.report, "--report", suffix=".json")
     if args.gradcam:
         check_output_folder(args.gradcam, "--gradcam")
     image_paths = find_inputs(args.images)
@@ -192,6 +229,7 @@ def main(argv=None) -> int:
     if not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in args.images)}")
     model, class_names = load_classifier(args.model)
+    truth = true_classes(image_paths, class_names) if args.labelled else None
     check_precision(args.precision)
     model = model_with_precision(model, args.precision)
 
@@ -206,10 +244,13 @@ def main(argv=None) -> int:
         if args.gradcam:
             os.makedirs(args.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(model), set()
-        predicted = 0
+        predicted, read_paths, probabilities = 0, [], []
         for paths, images in read_in_batches(image_paths, args.batch_size):
             for path, image, row in zip(paths, images, predict(model, images)):
                 print(prediction_line(path, row, class_names))
+                if args.labelled:
+                    read_paths.append(path)
+                    probabilities.append(row)
                 if writer:
                     writer.writerow(csv_row(path, row, class_names))
                 if args.gradcam:
@@ -220,6 +261,13 @@ def main(argv=None) -> int:
             predicted += len(paths)
         if not predicted:
             raise UserError("none of the given images could be read")
+        if args.labelled:
+            report = labelled_report(args, class_names, read_paths, truth, probabilities)
+            if args.report:
+                with atomic_output(args.report) as temporary:
+                    write_json(temporary, report)
+    if args.report:
+        print(f"[INFO] wrote {shown(args.report)}")
     if args.csv:
         print(f"[INFO] wrote {shown(args.csv)}")
     if args.gradcam:

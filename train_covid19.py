@@ -9,6 +9,7 @@ Usage:
     python train_covid19.py --dataset dataset
     python train_covid19.py --dataset dataset --cache-features    # no augmentation, much faster
     python train_covid19.py --dataset dataset --precision bfloat16  # on CPUs with bfloat16
+    python train_covid19.py --dataset dataset --external external  # and test it elsewhere
 
 `--dataset` holds one folder of images per class; the folder name is the label. Writes the model
 (HDF5, with its class names), the loss/accuracy plot, `roc.png` beside it and `report.json`, and
@@ -20,12 +21,10 @@ import contextlib
 import os
 import sys
 
-import numpy as np
-from sklearn.metrics import classification_report
-
 from covid19xray.cache import FeatureCache, cache_line
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, shown
 from covid19xray.data import load_dataset, training_batches
+from covid19xray.external import check_classes, load_external, shared_patients
 from covid19xray.features import (
     cache_configuration,
     extract_features,
@@ -37,14 +36,14 @@ from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, save_model
 from covid19xray.outputs import claim_outputs
 from covid19xray.report import (
-    classification_metrics,
-    describe,
     plot_history,
     plot_roc,
+    print_evaluation,
     save_figure,
     write_json,
 )
 from covid19xray.splits import (
+    class_counts,
     encode_labels,
     holdout_split,
     patients_of,
@@ -87,6 +86,10 @@ def parse_args(argv=None):
                     help="random: the tutorial's stratified 80/20 split of images; patient: "
                          f"every patient's images on one side, from --dataset's {MANIFEST} "
                          "(default: %(default)s)")
+    ap.add_argument("--external", action="append", default=[], metavar="DIR",
+                    help="after training, test the model on this labelled folder from another "
+                         "source (one folder per class, as --dataset), with the same report; "
+                         "repeatable")
     ap.add_argument("--cache-features", action="store_true",
                     help="no augmentation: every image passes through VGG16 once and the head "
                          "trains on its features, kept in --cache-dir for the next run (much "
@@ -134,7 +137,8 @@ def make_augmentation(seed):
 
 
 def features_for_the_head(args, model, images, trainP, trainY, testP):
-    """What the head trains on: (training batches, the test split's features).
+    """What the head trains on: (training batches, the test split's features, and the function
+    that computes other images' features the same way: `features_of(store, paths)`).
 
     Only the head learns, so the frozen base is part of the input pipeline. Test images are
     never augmented, so their features are the same every epoch: computed once. The training
@@ -147,12 +151,16 @@ def features_for_the_head(args, model, images, trainP, trainY, testP):
     if args.cache_features:
         print("[INFO] --cache-features: augmentation off, each image passes through VGG16 once")
         cache = FeatureCache(args.cache_dir, cache_configuration(model, crops, args.precision))
-    testF = extract_features(extract, images, testP, args.batch_size, cache=cache)
+
+    def features_of(store, paths):
+        return extract_features(extract, store, paths, args.batch_size, cache=cache)
+
+    testF = features_of(images, testP)
     if args.cache_features:
-        trainF = extract_features(extract, images, trainP, args.batch_size, cache=cache)
+        trainF = features_of(images, trainP)
         print(cache_line([cache]))
-        return training_batches(trainF, trainY, args.batch_size, args.seed), testF
-    return augmented_features(args, images, trainP, trainY, extract), testF
+        return training_batches(trainF, trainY, args.batch_size, args.seed), testF, features_of
+    return augmented_features(args, images, trainP, trainY, extract), testF, features_of
 
 
 def augmented_features(args, images, trainP, trainY, extract):
@@ -181,23 +189,38 @@ def evaluate(head, testF, testY, class_names, batch_size):
     AUC. The head on the test features predicts what the whole model predicts on the images."""
     print("[INFO] evaluating network...")
     probabilities = head.predict(testF, batch_size=batch_size, verbose=0)
-    trueIdxs, predIdxs = testY.argmax(axis=1), probabilities.argmax(axis=1)
-    # zero_division=0: a model that never predicts a class gets precision 0, not a warning
-    print(classification_report(trueIdxs, predIdxs, labels=list(range(len(class_names))),
-                                target_names=[shown(name) for name in class_names],
-                                zero_division=0))
-    results = classification_metrics(trueIdxs, probabilities, class_names)
-    print(np.array(results["confusion_matrix"]))
-    print(describe("acc", results["accuracy"]))
-    if len(class_names) == 2:
-        print(describe("sensitivity", results["sensitivity"]))
-        print(describe("specificity", results["specificity"]))
-    else:
-        for name, m in results["per_class"].items():
-            print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
-                  f"{describe('specificity', m['specificity'])}")
-    print(f"ROC AUC: {results['roc_auc']:.4f}")
+    trueIdxs = testY.argmax(axis=1)
+    results = print_evaluation(trueIdxs, probabilities, class_names)
     return results, probabilities, trueIdxs
+
+
+def check_external(args, class_names):
+    """Each --external folder must hold the model's classes, and not be --dataset: found
+    before minutes of training."""
+    for folder in args.external:
+        if os.path.realpath(folder) == os.path.realpath(args.dataset):
+            raise UserError(f"--external {folder!r} is --dataset; an external test needs images "
+                            "from somewhere else")
+        check_classes(folder, class_names)
+
+
+def test_externally(args, folder, head, features_of, class_names, training_digests):
+    """Test the trained model on an external folder, as on the test split: the same report,
+    under its own heading. Images identical to one of --dataset are refused."""
+    print(f"[INFO] external test: {shown(folder)}")
+    store, paths, extY, refused = load_external(folder, class_names, training_digests)
+    with contextlib.closing(store):
+        extF = features_of(store, paths)
+    print(f"[INFO] {len(paths)} external images ({class_counts(extY, class_names)})")
+    probabilities = head.predict(extF, batch_size=args.batch_size, verbose=0)
+    results = print_evaluation(extY.argmax(axis=1), probabilities, class_names)
+    return {
+        "files": [os.path.relpath(path, folder) for path in paths],
+        "counts": {name: int(n) for name, n in zip(class_names, extY.sum(axis=0))},
+        "refused_identical_to_dataset": [os.path.relpath(path, folder) for path in refused],
+        "patients_shared_with_dataset": shared_patients(args.dataset, folder),
+        **results,
+    }
 
 
 def training_report(args, class_names, split_info, trainY, testY, testP, results):
@@ -253,11 +276,14 @@ def main(argv=None) -> int:
             print(f"[INFO] {len(paths)} images, classes {class_names}: "
                   f"{len(trainP)} for training, {len(testP)} for testing")
             check_batch_size(args, trainP)
+            check_external(args, class_names)
+            training_digests = {images.digest(path): path for path in paths}
 
             # place the tutorial's head on the frozen base; `head` is that head on its own
             model = build_model(baseModel, len(class_names))
             head = make_head(model)
-            batches, testF = features_for_the_head(args, model, images, trainP, trainY, testP)
+            batches, testF, features_of = features_for_the_head(args, model, images, trainP,
+                                                                trainY, testP)
             H = train(args, head, batches, len(trainP) // args.batch_size, testF, testY)
 
         results, probabilities, trueIdxs = evaluate(head, testF, testY, class_names,
@@ -266,7 +292,11 @@ def main(argv=None) -> int:
             print("(trained with --cache-features: no augmentation)")
         if args.precision != "float32":
             print(f"(frozen VGG16 computed in {args.precision}; head, loss and model in float32)")
+        external = {folder: test_externally(args, folder, head, features_of, class_names,
+                                            training_digests) for folder in args.external}
         report = training_report(args, class_names, split_info, trainY, testY, testP, results)
+        if external:
+            report["external"] = external
         save_outputs(outputs, model, class_names, H, trueIdxs, probabilities, report)
     print("[INFO] does it read the lungs or the image source? python audit_covid19.py "
           f"--dataset {shown(args.dataset)}")

@@ -67,7 +67,8 @@ def _raise_terminated(signum, frame):
 
 
 def cli(main):
-    """Wrap a script's `main(argv)`: a `UserError`, Ctrl-C or SIGTERM becomes one line on stderr."""
+    """Wrap a script's `main(argv)`: a `UserError`, Ctrl-C, SIGTERM or an `OSError` from the
+    system (a full disk) becomes one line on stderr."""
     # the script's file name, also when a test calls main() directly
     prog = os.path.basename(sys.modules[main.__module__].__file__)
 
@@ -85,6 +86,13 @@ def cli(main):
         except KeyboardInterrupt:
             print(f"{prog}: interrupted; no output was replaced", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except OSError as err:
+            # a full disk, a quota, a read-only or vanished folder: what the system said, in one
+            # line; every output is written to a temporary file first, so none is half-written
+            where = f" ({shown(err.filename)})" if err.filename else ""
+            print(f"{prog}: error: {err.strerror or one_line(str(err))}{where}; no output was "
+                  "left half-written", file=sys.stderr)
+            return 1
         finally:
             signal.signal(signal.SIGTERM, previous)
 

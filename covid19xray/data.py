@@ -128,23 +128,30 @@ class ImageStore:
         self._file.close()
 
 
-def load_dataset(dataset):
+def load_dataset(dataset, flag="--dataset"):
     """Every usable image under the folder `dataset`, decoded once, and its label: the name of
     its folder. Returns the store, the paths it holds (sorted) and their labels; files that are
-    not usable images are skipped with a warning."""
+    not usable images are skipped with a warning. `flag` names the folder in messages."""
     if not os.path.isdir(dataset):
-        raise UserError(f"--dataset {dataset!r} is not a folder")
+        raise UserError(f"{flag} {dataset!r} is not a folder")
     image_paths = list_images(dataset)
     if not image_paths:
-        raise UserError(f"--dataset {dataset!r} has no images (.jpg, .jpeg, .png, .bmp, .tif, "
-                        ".tiff); put one folder of images per class in it")
+        raise UserError(f"{flag} {dataset!r} has no images (.jpg, .jpeg, .png, .bmp, .tif, "
+                        ".tiff, .dcm, or DICOM files without an extension); put one folder of "
+                        "images per class in it")
     warn_if_not_utf8(image_paths)
     images = ImageStore(image_paths)
     images.warn_skipped()
     if not len(images):
         images.close()
-        raise UserError(f"--dataset {dataset!r}: none of its images could be read")
+        raise UserError(f"{flag} {dataset!r}: none of its images could be read")
     return images, images.paths, np.array([label_of(path) for path in images.paths])
+
+
+def class_folders(folder):
+    """The classes of a folder of class folders (those holding images), read without decoding
+    an image: for checks that must come before minutes of work."""
+    return sorted({label_of(path) for path in list_images(folder)})
 
 
 def label_of(path):

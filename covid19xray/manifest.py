@@ -5,8 +5,10 @@ One row per image file, written by the dataset builders and merged on every run:
 for Kaggle the patient in the file name, such as `person1102` or `IM-0033`), `source`
 (`cohen`, `kaggle`), `license` and `url` (where the image was published). It is the dataset's
 attribution list, and `splits.patients_of` reads the patients from it for
-`train_covid19.py --split patient` and `audit_covid19.py`. A manifest written before `license`
-and `url` existed is still read; rows written now fill them.
+`train_covid19.py --split patient` and `audit_covid19.py`. `excluded_patients_of` names the
+manifests whose patients `build_covid_dataset.py --exclude-patients` left out of the selection
+(`;` between them; empty for the other rows). A manifest written before `license`, `url` or
+`excluded_patients_of` existed is still read; rows written now fill them.
 """
 
 import csv
@@ -18,7 +20,8 @@ from .outputs import atomic_output, claim_outputs
 from .spreadsheet import unquoted
 
 MANIFEST = "manifest.csv"
-MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url")
+MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url",
+                    "excluded_patients_of")
 MANIFEST_REQUIRED = ("file", "class", "patient_id", "source")
 
 
@@ -31,6 +34,11 @@ def read_manifest(dataset):
     path = os.path.join(dataset, MANIFEST)
     if not os.path.isfile(path):
         return None
+    return read_manifest_file(path)
+
+
+def read_manifest_file(path):
+    """{file: row dict} from the manifest at `path`, every column present."""
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         missing = [c for c in MANIFEST_REQUIRED if c not in (reader.fieldnames or [])]

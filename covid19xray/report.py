@@ -19,7 +19,7 @@ import scipy.stats
 import sklearn
 from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
-from .cli import lazy_import
+from .cli import lazy_import, shown
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -78,6 +78,31 @@ def classification_metrics(trueIdxs, probabilities, class_names):
     else:
         results["roc_auc"] = float(roc_auc_score(trueIdxs, probabilities, labels=labels,
                                                  multi_class="ovr"))
+    return results
+
+
+def print_evaluation(trueIdxs, probabilities, class_names):
+    """The tutorial's report on a test set, each number with its 95% interval: classification
+    report, confusion matrix, accuracy, sensitivity and specificity (per class beyond two), ROC
+    AUC. Returns `classification_metrics`."""
+    from sklearn.metrics import classification_report
+
+    predIdxs = probabilities.argmax(axis=1)
+    # zero_division=0: a model that never predicts a class gets precision 0, not a warning
+    print(classification_report(trueIdxs, predIdxs, labels=list(range(len(class_names))),
+                                target_names=[shown(name) for name in class_names],
+                                zero_division=0))
+    results = classification_metrics(trueIdxs, probabilities, class_names)
+    print(np.array(results["confusion_matrix"]))
+    print(describe("acc", results["accuracy"]))
+    if len(class_names) == 2:
+        print(describe("sensitivity", results["sensitivity"]))
+        print(describe("specificity", results["specificity"]))
+    else:
+        for name, m in results["per_class"].items():
+            print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
+                  f"{describe('specificity', m['specificity'])}")
+    print(f"ROC AUC: {results['roc_auc']:.4f}")
     return results
 
 

@@ -94,6 +94,26 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
     assert hidden[-2] == f"{auc(report, 'lungs_hidden'):.2f}"  # the AUC column is the report's
 
 
+def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path):
+    dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=32)
+    external = write_signal_dataset(str(tmp_path / "e"), None, per_class=3, size=40)
+    report, out = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "2",
+                        "--external", external)
+    found = report["external"]
+    assert found["counts"] == {"covid": 3, "normal": 3} and len(found["files"]) == 6
+    assert found["refused_identical_to_dataset"] == []
+    assert found["patients_shared_with_dataset"] is None  # neither folder has a manifest
+    lines = out.splitlines()
+    header = lines.index(f"{'version':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
+    for line, version in zip(lines[header + 1:header + 4], ["full", "lungs_hidden",
+                                                             "lungs_only"]):
+        inside = report["probe"][version]["auc"]["value"]
+        outside = found["probe"][version]["auc"]["value"]
+        assert found["probe"][version]["accuracy"]["trials"] == 6
+        assert found["auc_drop"][version] == pytest.approx(inside - outside)
+        assert line.split()[0] == version and line.split()[-1] == f"{inside - outside:+.2f}"
+
+
 def test_the_versions_hide_exactly_the_lung_box_or_all_but_it():
     # the end-to-end run above shows that lungs_only hides a signal outside the box; here, on
     # every pixel, that the two masks are exact complements along the box's edges (22..201)

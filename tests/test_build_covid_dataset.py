@@ -173,11 +173,11 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
             return [tuple(row.values()) for row in csv.DictReader(f)]
 
     # write_collection numbers the patients by row: a.jpg is row 0, d.png 3, g.jpeg 10, v.jpg 11;
-    # its rows have neither a licence nor a url
-    assert manifest() == [("covid/a.jpg", "covid", "0", "cohen", "", ""),
-                          ("covid/d.png", "covid", "3", "cohen", "", ""),
-                          ("covid/g.jpeg", "covid", "10", "cohen", "", ""),
-                          ("covid/v.jpg", "covid", "11", "cohen", "", "")]
+    # its rows have neither a licence nor a url, and no patient was excluded
+    assert manifest() == [("covid/a.jpg", "covid", "0", "cohen", "", "", ""),
+                          ("covid/d.png", "covid", "3", "cohen", "", "", ""),
+                          ("covid/g.jpeg", "covid", "10", "cohen", "", "", ""),
+                          ("covid/v.jpg", "covid", "11", "cohen", "", "", "")]
 
     kaggle = write_kaggle(str(tmp_path / "chest_xray"))
     code, out, err = run_main(sample_kaggle_dataset.main, [
@@ -189,7 +189,7 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
     # IM-0007-0001.jpeg -> IM-0007, NORMAL2-IM-0010-0001.jpeg -> NORMAL2-IM-0010
     assert [row[2] for row in normal] == [name.rsplit("-", 1)[0] for name in names]
     assert {row[3:] for row in normal} == {
-        ("kaggle", "CC BY 4.0", "https://doi.org/10.17632/rscbjbr9sj.2")}
+        ("kaggle", "CC BY 4.0", "https://doi.org/10.17632/rscbjbr9sj.2", "")}
 
     # a rerun of either builder leaves one row per file
     before = manifest()
@@ -204,8 +204,8 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
         "--kaggle", kaggle, "--output", str(dataset / "normal"), "--sample", "1"])
     assert code == 0, err
     rows = manifest()
-    assert rows[0] == ("covid/old.jpg", "covid", "x", "cohen", "", "")
-    assert rows[1][3:] == ("kaggle", "CC BY 4.0", "https://doi.org/10.17632/rscbjbr9sj.2")
+    assert rows[0] == ("covid/old.jpg", "covid", "x", "cohen", "", "", "")
+    assert rows[1][3:] == ("kaggle", "CC BY 4.0", "https://doi.org/10.17632/rscbjbr9sj.2", "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +338,51 @@ def test_per_patient_seed_changes_the_pick(tmp_path):
     assert len(picks["1"]) == 12 and picks["1"] != picks["2"]
 
 
+def test_exclude_patients_leaves_out_exactly_the_patients_of_a_manifest(tmp_path):
+    covid, rows = per_patient_collection(str(tmp_path / "c"))
+    train = tmp_path / "train"
+    assert build(covid, str(train / "covid"), "--per-patient", "1", "--limit", "5")[0] == 0
+    train_patients = {name.split("-")[0] for name in os.listdir(train / "covid")}
+    assert len(train_patients) == 5
+    # another source's patient with the same id is another person: it excludes nothing
+    with open(train / "manifest.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["normal/x.jpg", "normal", "p11", "kaggle", "CC BY 4.0", "", ""])
+    code, out, err = build(covid, str(tmp_path / "test" / "covid"), "--exclude-patients",
+                           str(train / "manifest.csv"))
+    assert code == 0, err
+    expected = sorted(row[0] for row in rows if row[1] not in train_patients)
+    assert sorted(os.listdir(tmp_path / "test" / "covid")) == expected
+    left_out = sum(1 for row in rows if row[1] in train_patients)
+    assert (f"[INFO] --exclude-patients: left out {left_out} matching row(s) of the 5 "
+            f"patient(s) in {train / 'manifest.csv'}") in out
+    # the manifest of the new set records what its selection left out
+    with open(tmp_path / "test" / "manifest.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert sorted(row["file"] for row in written) == [f"covid/{name}" for name in expected]
+    assert {row["excluded_patients_of"] for row in written} == {str(train / "manifest.csv")}
+    assert not {row["patient_id"] for row in written} & train_patients
+
+
+@pytest.mark.parametrize("manifest, phrase", [
+    ("missing.csv", "--exclude-patients 'missing.csv': no such file"),
+    ("EVERYONE", "every row with finding COVID-19 and view PA is of a patient in"),
+])
+def test_exclude_patients_that_cannot_be_used_is_one_line(tmp_path, monkeypatch, manifest,
+                                                          phrase):
+    covid, rows = per_patient_collection(str(tmp_path / "c"))
+    monkeypatch.chdir(tmp_path)
+    if manifest == "EVERYONE":
+        manifest = "all.csv"
+        with open(manifest, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "class", "patient_id", "source"])
+            writer.writerows([f"covid/{row[0]}", "covid", row[1], "cohen"] for row in rows)
+    before = snapshot(str(tmp_path))
+    code, out, err = build(covid, str(tmp_path / "out"), "--exclude-patients", manifest)
+    assert_one_line_error(code, err, "build_covid_dataset.py", phrase)
+    assert snapshot(str(tmp_path)) == before
+
+
 def test_manifest_holds_each_images_licence_and_source(tmp_path):
     covid = write_licensed(str(tmp_path / "c"))
     dataset = tmp_path / "d"
@@ -368,11 +413,11 @@ def test_spreadsheet_formulas_in_metadata_land_quoted_and_read_back_exactly(tmp_
         written = list(csv.reader(f))[1]
     # what a spreadsheet sees: text, every cell that would run starting with '
     assert written == ["covid/-a.jpg", "covid", "'" + hyperlink, "cohen", "'+CC BY",
-                       "'@SUM(1+1)"]
+                       "'@SUM(1+1)", ""]
     # what our own readers see: the values as they were
     assert read_manifest(str(tmp_path / "d"))["covid/-a.jpg"] == {
         "file": "covid/-a.jpg", "class": "covid", "patient_id": hyperlink, "source": "cohen",
-        "license": "+CC BY", "url": "@SUM(1+1)"}
+        "license": "+CC BY", "url": "@SUM(1+1)", "excluded_patients_of": ""}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from helpers import (
     ROOT,
     assert_one_line_error,
     run_main,
+    small_dataset,
     snapshot,
     terminate_here,
     write_encodings,
@@ -296,3 +297,24 @@ def test_radiology_files_that_cannot_be_read_are_named_with_their_reason(trained
     assert len(warnings) == len(refused)
     for line, (path, reason) in zip(warnings, sorted(refused.items())):
         assert line.startswith(f"[WARNING] skipping {path}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# --labelled: the report on a folder laid out as a dataset
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--report", "r.json"], "--report needs --labelled: without true classes there is no "
+                             "report"),
+    (["--labelled"], "--labelled: 'in/pneumonia/0.png' is in a folder named 'pneumonia', which "
+                     "is not a class of the model (covid, normal)"),
+])
+def test_labelled_input_that_cannot_be_scored_is_one_line(trained, tmp_path, monkeypatch, argv,
+                                                         phrase):
+    monkeypatch.chdir(tmp_path)
+    small_dataset(tmp_path / "in", {"covid": 1, "pneumonia": 1})
+    before = snapshot(str(tmp_path))
+    code, out, err = run_main(predict_covid19.main, ["--model", trained["model"], "in", *argv])
+    assert_one_line_error(code, err, "predict_covid19.py", phrase)
+    assert out == "" and snapshot(str(tmp_path)) == before

@@ -14,13 +14,22 @@ from covid19xray.images import list_images, load_xray
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(ROOT, "dataset")
+EXTERNAL = os.path.join(ROOT, "external")
 # licences that allow redistribution and adaptation with attribution at most
 OPEN_LICENSE = re.compile(r"(cc by( \d+(\.\d+)*)?|cc0( 1\.0)?|public domain)", re.I)
 
 
-def shipped_manifest():
-    with open(os.path.join(DATASET, "manifest.csv"), newline="", encoding="utf-8") as f:
+def shipped_manifest(folder=DATASET):
+    with open(os.path.join(folder, "manifest.csv"), newline="", encoding="utf-8") as f:
         return {row["file"]: row for row in csv.DictReader(f)}
+
+
+def digests(folder):
+    found = {}
+    for path in list_images(folder):
+        with open(path, "rb") as f:
+            found[hashlib.sha256(f.read()).hexdigest()] = path
+    return found
 
 
 def test_exactly_25_covid_and_25_normal_images_that_decode():
@@ -91,3 +100,35 @@ def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
     # no temporary file is left beside the outputs, and nothing was added to the dataset
     assert sorted(os.listdir(tmp_path)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
     assert sorted(os.walk(DATASET)) == dataset_before
+
+
+# ---------------------------------------------------------------------------------------------
+# external/: the shipped external test set
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_external_set_is_licence_clean_decodable_and_attributed():
+    images = list_images(EXTERNAL)
+    by_class = collections.Counter(os.path.basename(os.path.dirname(p)) for p in images)
+    assert by_class == {"covid": 9, "normal": 3}
+    for path in images:
+        assert load_xray(path).shape == (224, 224, 3), path
+    manifest = shipped_manifest(EXTERNAL)
+    files = [os.path.relpath(p, EXTERNAL).replace(os.sep, "/") for p in images]
+    assert sorted(manifest) == sorted(files)
+    for file, row in manifest.items():
+        assert OPEN_LICENSE.fullmatch(row["license"].strip()), (file, row["license"])
+        assert row["url"].startswith("https://"), file
+        assert row["class"] == file.split("/")[0] and row["source"] == "cohen"
+        assert row["excluded_patients_of"] == "dataset/manifest.csv"
+
+
+def test_the_external_set_shares_no_file_and_no_patient_with_the_dataset():
+    external, dataset = digests(EXTERNAL), digests(DATASET)
+    assert len(external) == len(list_images(EXTERNAL))  # no two external files identical
+    assert not set(external) & set(dataset)
+    patients = {(row["source"], row["patient_id"]) for row in shipped_manifest().values()}
+    external_patients = {(row["source"], row["patient_id"])
+                         for row in shipped_manifest(EXTERNAL).values()}
+    assert len(external_patients) == 8 and "" not in {p for _, p in external_patients}
+    assert not patients & external_patients

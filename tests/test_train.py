@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -578,6 +579,47 @@ def test_a_dataset_mixing_jpeg_16_bit_png_and_dicom_trains_on_all_of_it(workdir)
     assert "[INFO] 10 images, classes ['covid', 'normal']: 8 for training, 2 for testing" in out
     report = json.loads((workdir / "r.json").read_text())
     assert sum(report["counts"]["train"].values()) + sum(report["counts"]["test"].values()) == 10
+
+
+def test_external_folders_get_the_same_report_as_predict_gives_on_their_files(workdir):
+    small_dataset(workdir / "d", {"covid": 5, "normal": 5})
+    small_dataset(workdir / "ext", {"covid": 3, "normal": 3}, size=(40, 36))
+    shutil.copy(workdir / "d" / "covid" / "2.png", workdir / "ext" / "covid" / "copy.png")
+    code, out, err = train("--dataset", "d", "--external", "ext", "--model", "m.h5",
+                           "--plot", "p.png", "--report", "r.json")
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"[WARNING] refusing {os.path.join('ext', 'covid', 'copy.png')}: byte-identical to "
+        f"{os.path.join('d', 'covid', '2.png')} of --dataset, so it is no external test",
+        "[WARNING] refused 1 external image(s) identical to a training image"]
+    assert "[INFO] external test: ext\n" in out
+    assert "[INFO] 6 external images (covid: 3, normal: 3)" in out
+    external = json.loads((workdir / "r.json").read_text())["external"]["ext"]
+    assert external["refused_identical_to_dataset"] == [os.path.join("covid", "copy.png")]
+    assert external["counts"] == {"covid": 3, "normal": 3}
+    # the saved model on the same files, through predict_covid19.py --labelled
+    kept = [os.path.join("ext", file) for file in external["files"]]
+    code, _, err = run_main(predict_covid19.main, ["--model", "m.h5", "--labelled",
+                                                  "--report", "e.json", *kept])
+    assert code == 0, err
+    predicted = json.loads((workdir / "e.json").read_text())
+    assert predicted["files"] == kept
+    for key in ["confusion_matrix", "accuracy", "sensitivity", "specificity"]:
+        assert predicted[key] == external[key], key
+    assert predicted["roc_auc"] == pytest.approx(external["roc_auc"], abs=1e-6)
+
+
+def test_an_external_folder_with_other_classes_stops_before_training(workdir):
+    small_dataset(workdir / "d", {"covid": 5, "normal": 5})
+    small_dataset(workdir / "ext", {"covid": 2, "pneumonia": 2})
+    before = snapshot(str(workdir))
+    code, out, err = train("--dataset", "d", "--external", "ext")
+    assert_one_line_error(
+        code, err, "train_covid19.py", "--external 'ext' has class folders ['covid', "
+        "'pneumonia'], the model's classes are ['covid', 'normal'] (missing normal; not in "
+        "the model: pneumonia)")
+    assert "[INFO] training head..." not in out
+    assert snapshot(str(workdir)) == before
 
 
 def test_weights_with_the_wrong_layer_shapes(workdir, tiny_dataset, real_vgg16):

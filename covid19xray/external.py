@@ -1,0 +1,84 @@
+"""External validation: testing a trained model on labelled X-rays from somewhere else.
+
+A test split drawn from the training folder shares its sources, hospitals and habits with the
+training images; the question that sank most published COVID-19 X-ray models (DeGrave et al.,
+Nature Machine Intelligence 2021; Roberts et al., Nature Machine Intelligence 2021) is whether
+the model still works on images from another place. An external folder has the training
+folder's shape (one folder of images per class) and is checked before it is used:
+
+- `check_classes`: its class folders must be the model's classes, said in one line before any
+  training;
+- `load_external`: its images, minus any byte-identical to an image of `--dataset` (such a file
+  is not external: refused, counted and named), with their one-hot labels in the model's order;
+- `shared_patients`: with a `manifest.csv` on both sides, the patients both hold.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+from .cli import UserError, shown
+from .data import class_folders, load_dataset
+from .manifest import read_manifest
+
+
+def check_classes(folder, class_names, flag="--external"):
+    """A `UserError` unless `folder`'s class folders are exactly `class_names`."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {folder!r} is not a folder")
+    found = class_folders(folder)
+    if found != sorted(class_names):
+        missing = sorted(set(class_names) - set(found))
+        extra = sorted(set(found) - set(class_names))
+        differences = "; ".join(part for part in [
+            f"missing {', '.join(missing)}" if missing else "",
+            f"not in the model: {', '.join(extra)}" if extra else ""] if part)
+        raise UserError(f"{flag} {folder!r} has class folders {found or 'none'}, the model's "
+                        f"classes are {sorted(class_names)} ({differences}); give it one "
+                        "folder of images per class, named as in --dataset")
+
+
+def load_external(folder, class_names, training_digests, flag="--external"):
+    """(store, paths, one-hot labels in `class_names` order, refused paths) of the usable
+    images of `folder`. `training_digests` maps the SHA-256 of each training-folder image to
+    its path: an identical file in the external folder is refused with one warning line."""
+    images, paths, labels = load_dataset(folder, flag)
+    kept, refused = [], []
+    for path in paths:
+        twin = training_digests.get(images.digest(path))
+        if twin is None:
+            kept.append(path)
+        else:
+            refused.append(path)
+            print(f"[WARNING] refusing {shown(path)}: byte-identical to {shown(twin)} of "
+                  "--dataset, so it is no external test", file=sys.stderr)
+    if refused:
+        print(f"[WARNING] refused {len(refused)} external image(s) identical to a training "
+              "image", file=sys.stderr)
+    if not kept:
+        images.close()
+        raise UserError(f"{flag} {folder!r}: every image is identical to one of --dataset")
+    label = dict(zip(paths, labels))
+    onehot = np.array([[label[path] == name for name in class_names] for path in kept],
+                      dtype="float32")
+    return images, kept, onehot, refused
+
+
+def shared_patients(dataset, folder):
+    """The patients that both folders' manifests name, by source (`cohen:230`); None unless
+    both have a manifest. Warns, in one line, when there are any."""
+    ours, theirs = read_manifest(dataset), read_manifest(folder)
+    if ours is None or theirs is None:
+        return None
+
+    def patients(manifest):
+        return {f"{row['source']}:{row['patient_id']}" for row in manifest.values()
+                if row["patient_id"]}
+
+    shared = sorted(patients(ours) & patients(theirs))
+    if shared:
+        print(f"[WARNING] {len(shared)} patient(s) of {shown(folder)} have images in "
+              f"{shown(dataset)} too ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}"
+              "): the external test is not all new patients", file=sys.stderr)
+    return shared
