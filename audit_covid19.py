@@ -130,10 +130,10 @@ def version_of(name):
             "lungs_only": lambda images: images * inside}[name]
 
 
-def cross_validate(args, head, features, onehot, folds):
-    """Out-of-fold probabilities: for each fold, a fresh head trained on the other folds'
-    features as train_covid19.py --cache-features trains it, then applied to the fold."""
-    initial = head.get_weights()
+def cross_validate(args, head, initial, features, onehot, folds):
+    """Out-of-fold probabilities: for each fold, a fresh head (the weights `initial`) trained on
+    the other folds' features as train_covid19.py --cache-features trains it, then applied to
+    the fold."""
     compile_head(head, onehot.shape[1], args.lr, args.epochs)
     probabilities = np.zeros(onehot.shape, np.float32)
     for train, test in folds:
@@ -359,24 +359,33 @@ def probe_versions(args, base_model, images, paths, classes, folds, class_names,
     one head trained on every image of --dataset, tested on the external images."""
     model = build_model(base_model, 2)
     (extract, crops), head = make_feature_extractor(model, args.precision), make_head(model)
+    # every head of every version starts from these weights, so that no version's result
+    # depends on the versions (or the external test) before it
+    initial = head.get_weights()
     onehot = np.eye(2, dtype="float32")[classes]
-    probes, external_probes, caches = {}, {}, []
+    probes, external_probes, caches, features_of = {}, {}, [], {}
     for name in VERSIONS:
         print(f"[INFO] {name}: features of every image, then {args.folds} heads...")
         caches.append(FeatureCache(args.cache_dir, cache_configuration(
             model, crops, args.precision, variant=name)))
-        features = extract_features(extract, images, paths, args.batch_size,
-                                    prepare=version_of(name), cache=caches[-1])
-        probabilities = cross_validate(args, head, features, onehot, folds)
+        features_of[name] = extract_features(extract, images, paths, args.batch_size,
+                                             prepare=version_of(name), cache=caches[-1])
+        probabilities = cross_validate(args, head, initial, features_of[name], onehot, folds)
         probes[name] = probe(classes, probabilities, class_names, args.seed)
-        if external is not None:
-            external_probes[name] = test_externally(args, head, features, onehot, external,
-                                                    extract, name, caches[-1], class_names)
+    # after every internal probe, so that an external test changes none of their numbers
+    if external is not None:
+        for name, cache in zip(VERSIONS, caches):
+            print(f"[INFO] {name}: one head trained on every image, tested on the external "
+                  "images...")
+            external_probes[name] = test_externally(args, head, initial, features_of[name],
+                                                    onehot, external, extract, name, cache,
+                                                    class_names)
     print(cache_line(caches))
     return probes, external_probes
 
 
-def test_externally(args, head, features, onehot, external, extract, name, cache, class_names):
+def test_externally(args, head, initial, features, onehot, external, extract, name, cache,
+                    class_names):
     """One version's head trained on every image of --dataset (as one more fold), then tested
     on the external images' features: the external probe of that version."""
     store, external_paths, external_onehot = external
@@ -385,7 +394,7 @@ def test_externally(args, head, features, onehot, external, extract, name, cache
     everything = np.concatenate([features, external_features])
     n = len(features)
     fold = [(np.arange(n), np.arange(n, len(everything)))]
-    probabilities = cross_validate(args, head, everything,
+    probabilities = cross_validate(args, head, initial, everything,
                                    np.concatenate([onehot, external_onehot]), fold)[n:]
     return probe(external_onehot.argmax(axis=1), probabilities, class_names, args.seed)
 

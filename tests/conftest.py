@@ -10,6 +10,12 @@ import pytest
 from helpers import make_dataset, narrow_vgg16, run_main, write_junk, write_odd_formats
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked `slow` (subprocesses, whole audits: 5-20 s each) first: with two
+    workers, a long test started last would leave the other worker idle until it ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def random_vgg16_is_narrow():
     """`VGG16(weights=None, include_top=False, input_shape=...)`, which `--weights none` runs,

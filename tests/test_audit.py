@@ -65,6 +65,7 @@ def auc(report, version):
     return report["probe"][version]["auc"]["value"]
 
 
+@pytest.mark.slow
 def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
     # --weights none with a He-initialised VGG16 of a quarter of the filters: its random
     # features keep enough of the image for a known answer (an eighth's do not, for 'full')
@@ -94,11 +95,15 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
     assert hidden[-2] == f"{auc(report, 'lungs_hidden'):.2f}"  # the AUC column is the report's
 
 
+@pytest.mark.slow
 def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path):
     dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=32)
     external = write_signal_dataset(str(tmp_path / "e"), None, per_class=3, size=40)
     report, out = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "2",
                         "--external", external)
+    (tmp_path / "plain").mkdir()
+    plain, _ = audit(dataset, tmp_path / "plain", "none", "--folds", "2", "--epochs", "2")
+    assert plain["probe"] == report["probe"]  # the external test changes no internal number
     found = report["external"]
     assert found["counts"] == {"covid": 3, "normal": 3} and len(found["files"]) == 6
     assert found["refused_identical_to_dataset"] == []
@@ -199,6 +204,7 @@ def test_a_file_in_both_classes_is_a_cross_class_duplicate(tmp_path):
     assert "[RESULT] CROSS-CLASS exact duplicate: covid/copied.png, normal/normal-00.png" in out
 
 
+@pytest.mark.slow
 def test_command_line_run_in_a_subprocess(tmp_path):
     dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=2, size=32)
     result = subprocess.run(

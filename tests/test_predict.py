@@ -138,6 +138,7 @@ def test_gradcam_of_a_class_without_evidence_is_all_zero(trained, tmp_path):
     assert predict_covid19.grad_cam(grad_model, image, class_index=1).max() == 0
 
 
+@pytest.mark.slow
 def test_command_line_run_in_a_subprocess(trained, tmp_path):
     image = write_image(str(tmp_path / "x.jpg"), seed=9, size=(120, 140))
     result = subprocess.run(

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from covid19xray.images import list_images, load_xray
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +71,7 @@ def test_size_stays_small():
     assert total <= 15 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
     # The README's command, from the repository root, with random weights, one epoch and the
     # outputs sent to a temporary folder instead of the checkout.

@@ -311,6 +311,7 @@ def test_a_warm_feature_cache_computes_nothing_and_changes_nothing(cached_run):
     assert parse_report(cold)[0].tolist() == parse_report(warm)[0].tolist()
 
 
+@pytest.mark.slow
 def test_same_seed_same_split_and_losses(trained, tiny_dataset, tmp_path):
     def run(seed):
         out = tmp_path / str(seed)
