@@ -59,6 +59,7 @@ from covid19xray.report import auc_with_interval, classification_metrics, save_f
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
 from covid19xray.training import (
     add_training_flags,
+    check_inputs,
     check_outputs,
     compile_head,
     fit_head,
@@ -425,6 +426,7 @@ def audit_report(args, class_names, labels, grouped, probes, verdict_of, confoun
 def main(argv=None) -> int:
     args = parse_args(argv)
     outputs = check_outputs(args.dataset, outputs_of(args))
+    check_inputs([args.dataset, *([args.external] if args.external else [])], args.cache_dir)
     with claim_outputs(*outputs):  # a second audit writing the same files stops here
         base_model = start(args)
         print("[INFO] loading images...")

@@ -45,7 +45,13 @@ from covid19xray.images import (
     scale_pixels,
 )
 from covid19xray.model import PRECISIONS, check_precision, load_classifier, model_with_precision
-from covid19xray.outputs import atomic_output, check_output_folder, check_output_path, claim_outputs
+from covid19xray.outputs import (
+    atomic_output,
+    check_output_folder,
+    check_output_path,
+    claim_outputs,
+    temporary_beside,
+)
 from covid19xray.report import print_evaluation, versions, write_json
 
 keras = lazy_import("keras")
@@ -162,6 +168,12 @@ def overlay(path, heatmap):
     return cv2.addWeighted(colored, HEATMAP_ALPHA, image, 1 - HEATMAP_ALPHA, 0)
 
 
+def remove_temporaries(overlays):
+    for temporary, _ in overlays:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
 def gradcam_name(path, used):
     """`<stem>_gradcam.png`, made unique among the names `used` in this run."""
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -241,6 +253,10 @@ def main(argv=None) -> int:
                                          newline="", encoding="utf-8", errors="surrogateescape"))
             writer = spreadsheet.Writer(f)  # a name a spreadsheet would run stays text
             writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names]])
+        # this run's Grad-CAM files as (temporary, final): all renamed into place at the end,
+        # so that a full disk or Ctrl-C half-way leaves none of them, and no temporary file
+        overlays = []
+        stack.callback(remove_temporaries, overlays)
         if args.gradcam:
             os.makedirs(args.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(model), set()
@@ -255,12 +271,14 @@ def main(argv=None) -> int:
                     writer.writerow(csv_row(path, row, class_names))
                 if args.gradcam:
                     heatmap = grad_cam(grad_model, image, int(row.argmax()))
-                    with atomic_output(os.path.join(args.gradcam,
-                                                    gradcam_name(path, used))) as temporary:
-                        save_image(temporary, overlay(path, heatmap))
+                    final = os.path.join(args.gradcam, gradcam_name(path, used))
+                    overlays.append((temporary_beside(final), final))
+                    save_image(overlays[-1][0], overlay(path, heatmap))
             predicted += len(paths)
         if not predicted:
             raise UserError("none of the given images could be read")
+        for temporary, final in overlays:
+            os.replace(temporary, final)
         if args.labelled:
             report = labelled_report(args, class_names, read_paths, truth, probabilities)
             if args.report:

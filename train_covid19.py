@@ -54,6 +54,7 @@ from covid19xray.training import (
     AUGMENTATION,
     ROTATION_DEGREES,
     add_training_flags,
+    check_inputs,
     check_outputs,
     compile_head,
     fit_head,
@@ -262,6 +263,7 @@ def save_outputs(outputs, model, class_names, H, trueIdxs, probabilities, report
 def main(argv=None) -> int:
     args = parse_args(argv)
     outputs = check_outputs(args.dataset, outputs_of(args))  # before minutes of training
+    check_inputs([args.dataset, *args.external], args.cache_dir if args.cache_features else None)
     with claim_outputs(*outputs):  # a second run writing the same files stops here
         # seed everything, then load VGG16 first: a wrong --weights fails in seconds
         baseModel = start(args)

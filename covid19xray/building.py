@@ -8,12 +8,13 @@ linking to `~/.ssh/id_rsa`); links themselves are followed, so a source tree who
 is a link to another disk works.
 """
 
+import contextlib
 import os
 import sys
 
 from .cli import UserError, shown
 from .images import NotAnImage, decode, read_bytes
-from .manifest import MANIFEST, update_manifest
+from .manifest import MANIFEST, read_manifest, update_manifest
 from .outputs import CONFLICT, COPIED, PRESENT, copy_new_file
 
 REFUSED = "refused"
@@ -28,11 +29,12 @@ def refusal(source):
     return None
 
 
-def copy_all(sources, output):
+def copy_all(sources, output, copied_now):
     """Copy each source image into the folder `output` under its own name, never overwriting.
 
     Returns the count of each outcome (COPIED, PRESENT, REFUSED, CONFLICT) and the sources now
-    in `output` (copied or already present). Each refusal and conflict is reported on stderr.
+    in `output` (copied or already present); appends each file it creates to `copied_now` as it
+    goes. Each refusal and conflict is reported on stderr.
     """
     counts, in_place = {COPIED: 0, PRESENT: 0, REFUSED: 0, CONFLICT: 0}, []
     for source in sources:
@@ -43,6 +45,8 @@ def copy_all(sources, output):
             continue
         destination = os.path.join(output, os.path.basename(source))
         outcome = copy_new_file(source, destination)
+        if outcome == COPIED:
+            copied_now.append(destination)
         counts[outcome] += 1
         if outcome == CONFLICT:
             print(f"[WARNING] not overwriting {shown(destination)}: a different file is already "
@@ -63,19 +67,30 @@ def copy_into_output(sources, output, counts_before, counts_after=None, manifest
     (with the refusals added to its own), then the conflicts. Conflicts (files never
     overwritten) make it fail once everything else is copied.
     """
+    dataset = os.path.dirname(os.path.abspath(output))
+    if manifest_row is not None:
+        read_manifest(dataset)  # a manifest that cannot be read stops the run before any copy
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as err:
         raise UserError(f"--output {output!r} cannot be created: {err.strerror}") from None
-    copied, in_place = copy_all(sources, output)
-    if manifest_row is not None:
-        dataset = os.path.dirname(os.path.abspath(output))
-        label = os.path.basename(os.path.abspath(output))
-        total = update_manifest(dataset, [
-            {"file": f"{label}/{os.path.basename(source)}", "class": label,
-             "source": source_name, **manifest_row(source)} for source in in_place])
-        print(f"[INFO] {shown(os.path.join(os.path.dirname(output), MANIFEST))}: {len(in_place)} "
-              f"row(s) for {label}/, {total} in all")
+    copied_now = []
+    try:
+        copied, in_place = copy_all(sources, output, copied_now)
+        if manifest_row is not None:
+            label = os.path.basename(os.path.abspath(output))
+            total = update_manifest(dataset, [
+                {"file": f"{label}/{os.path.basename(source)}", "class": label,
+                 "source": source_name, **manifest_row(source)} for source in in_place])
+            print(f"[INFO] {shown(os.path.join(os.path.dirname(output), MANIFEST))}: "
+                  f"{len(in_place)} row(s) for {label}/, {total} in all")
+    except BaseException:
+        # A full disk, Ctrl-C or SIGTERM before the manifest is written: the folder and its
+        # manifest must agree, so the files this run copied go (those already there stay).
+        for path in copied_now:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
     after = dict(counts_after or {})
     after[REFUSED] = after.get(REFUSED, 0) + copied[REFUSED]
     summary = {**counts_before, COPIED: copied[COPIED], PRESENT: copied[PRESENT], **after,

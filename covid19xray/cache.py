@@ -56,7 +56,10 @@ class FeatureCache:
         self.folder = os.path.join(folder, self.key[:24])
         self.root = folder
         self.found = self.computed = 0
-        os.makedirs(self.folder, exist_ok=True)
+        # 0700: the features of a user's images are theirs; other users on a shared machine
+        # could read them, or plant entries (which the entry's own key would refuse)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
         description = os.path.join(self.folder, "configuration.json")
         if not os.path.exists(description):
             with atomic_output(description) as temporary, open(temporary, "w") as f:
@@ -90,7 +93,7 @@ class FeatureCache:
 
     def put(self, image_digest, features):
         path = self._path(image_digest)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         payload = np.ascontiguousarray(features, dtype="<f4").tobytes()
         with atomic_output(path) as temporary, open(temporary, "wb") as f:
             f.write(MAGIC + self._entry_key(image_digest) + payload

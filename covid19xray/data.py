@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -72,17 +73,21 @@ class ImageStore:
     def __init__(self, image_paths):
         self._file = tempfile.TemporaryFile()
         self._entries, self.skipped = {}, []
-        # OpenCV releases the GIL, so threads decode in parallel; map keeps the order.
-        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-            for start in range(0, len(image_paths), DECODE_WINDOW):
-                window = image_paths[start:start + DECODE_WINDOW]
-                for path, (facts, image) in zip(window, pool.map(_decode, window)):
-                    if facts is None:
-                        self.skipped.append((path, image))
-                    else:
-                        self._entries[path] = Entry(len(self._entries), *facts)
-                        self._file.write(image.tobytes())
-        self._file.flush()
+        try:
+            # OpenCV releases the GIL, so threads decode in parallel; map keeps the order.
+            with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+                for start in range(0, len(image_paths), DECODE_WINDOW):
+                    window = image_paths[start:start + DECODE_WINDOW]
+                    for path, (facts, image) in zip(window, pool.map(_decode, window)):
+                        if facts is None:
+                            self.skipped.append((path, image))
+                        else:
+                            self._entries[path] = Entry(len(self._entries), *facts)
+                            self._file.write(image.tobytes())
+            self._file.flush()
+        except BaseException:  # a full TMPDIR, Ctrl-C: the anonymous file goes with the store
+            self._file.close()
+            raise
         self.paths = list(self._entries)
 
     def __len__(self):
@@ -126,6 +131,17 @@ class ImageStore:
 
     def close(self):
         self._file.close()
+
+
+def check_room_for_decoded(count):
+    """A `UserError` unless the temporary folder (TMPDIR) has room for `count` decoded images
+    (224x224x3 bytes each): said before any image is decoded, not as a full disk after."""
+    folder = tempfile.gettempdir()
+    need, free = count * ImageStore.IMAGE_BYTES, shutil.disk_usage(folder).free
+    if free < need:
+        raise UserError(f"the temporary folder {folder!r} has {free / 2**20:.1f} MB free; the "
+                        f"{count} decoded images need {need / 2**20:.1f} MB; set TMPDIR to a "
+                        "folder with room")
 
 
 def load_dataset(dataset, flag="--dataset"):

@@ -340,7 +340,11 @@ def decode_with_header(data):
         return _decode_dicom(data)
     header = read_header(data)  # refuses what is not an image, or too large, before decoding
     # IMREAD_COLOR as the tutorial (3 channels, EXIF orientation), ANYDEPTH to keep 16 bits
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8),
+                             cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error:  # a decoder failure is this file's, never the run's end
+        image = None
     if image is None:
         raise NotAnImage("not a readable image")
     bits = _png_significant_bits(data) if header.format == "PNG" else None

@@ -38,15 +38,21 @@ def read_manifest(dataset):
 
 
 def read_manifest_file(path):
-    """{file: row dict} from the manifest at `path`, every column present."""
+    """{file: row dict} from the manifest at `path`, every column present. A file that is not
+    a readable CSV (a NUL byte, a field over csv's size limit, not UTF-8 where it matters) is a
+    one-line `UserError`."""
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path} has no {', '.join(missing)} column; delete it and rerun "
-                            "the dataset builders to write it again")
-        rows = [{column: unquoted(row.get(column) or "") for column in MANIFEST_COLUMNS}
-                for row in reader]
+        try:
+            missing = [c for c in MANIFEST_REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} has no {', '.join(missing)} column; delete it and "
+                                "rerun the dataset builders to write it again")
+            rows = [{column: unquoted(row.get(column) or "") for column in MANIFEST_COLUMNS}
+                    for row in reader]
+        except csv.Error as err:
+            raise UserError(f"{path} line {reader.line_num}: not a readable manifest ({err}); "
+                            "delete it and rerun the dataset builders to write it again") from None
         return {row["file"]: row for row in rows}
 
 

@@ -148,6 +148,11 @@ def load_classifier(path):
     """The Keras model at `path` and its class names, in the order of its outputs."""
     if not os.path.isfile(path):
         raise UserError(f"--model {path!r}: no such file; train one with train_covid19.py")
+    if not path.lower().endswith((".h5", ".hdf5")):
+        # Keras picks its loader from the name: an HDF5 model must be named as one, so that no
+        # other loader ever reads the file (a file can parse as a zip and as HDF5 at once)
+        raise UserError(f"--model {path!r} must be an HDF5 file named .h5 or .hdf5, as "
+                        "train_covid19.py saves it")
     try:
         with h5py.File(path, "r") as f:
             stored = f.attrs.get(CLASS_NAMES_ATTR)
@@ -157,7 +162,14 @@ def load_classifier(path):
     if stored is None:
         raise UserError(f"--model {path!r} has no class names, so its outputs cannot be named; "
                         "use a model saved by this train_covid19.py (retrain if it is older)")
-    class_names = json.loads(stored)
+    try:
+        class_names = json.loads(stored)
+    except (ValueError, TypeError):
+        class_names = None
+    if not (isinstance(class_names, list) and class_names
+            and all(isinstance(name, str) for name in class_names)):
+        raise UserError(f"--model {path!r}: its class names ({CLASS_NAMES_ATTR}) are not a JSON "
+                        "list of names; use a model saved by this train_covid19.py")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a damaged or foreign file

@@ -11,6 +11,9 @@ import sys
 
 from .cache import default_cache_folder
 from .cli import UserError, lazy_import, positive, shown
+from .data import check_room_for_decoded
+from .images import list_images
+from .manifest import read_manifest
 from .model import (
     BATCH_SIZE,
     EPOCHS,
@@ -75,6 +78,31 @@ def check_outputs(dataset, outputs):
         raise UserError(f"{', '.join(shown(path) for path in paths)} must be {len(paths)} "
                         "different files")
     return paths
+
+
+def check_cache_folder(folder):
+    """A `UserError` unless `folder` (--cache-dir) is a folder, or can be created as one."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"--cache-dir {folder!r} is not a folder; give a folder for the "
+                        "feature cache, or delete that file")
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--cache-dir {folder!r}: folder {existing!r} is not writable; give "
+                        "another --cache-dir")
+
+
+def check_inputs(folders, cache_dir=None):
+    """Before VGG16 or any image loads: the cache folder is usable, the temporary folder has
+    room for the decoded images of `folders`, and their manifests can be read (each problem one
+    line, in seconds rather than after minutes of work)."""
+    if cache_dir is not None:
+        check_cache_folder(cache_dir)
+    existing = [folder for folder in folders if os.path.isdir(folder)]
+    check_room_for_decoded(sum(len(list_images(folder)) for folder in existing))
+    for folder in existing:
+        read_manifest(folder)
 
 
 def start(args):

@@ -351,6 +351,7 @@ def write_dicom(path, stored, photometric="MONOCHROME2", bits_stored=12, rescale
     from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
+    os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -1,15 +1,18 @@
 """build_covid_dataset.py on every version of Cohen's metadata.csv header."""
 
 import csv
+import errno
 import os
 import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import build_covid_dataset
 import sample_kaggle_dataset
+from covid19xray import building
 from helpers import (
     HEADERS,
     ROOT,
@@ -21,8 +24,10 @@ from helpers import (
     snapshot,
     terminate_here,
     write_collection,
+    write_dicom,
     write_image,
     write_kaggle,
+    write_refused_radiology_files,
 )
 
 
@@ -555,3 +560,41 @@ def test_sigterm_while_copying_leaves_no_half_written_file(tmp_path, monkeypatch
         "build_covid_dataset.py: terminated (SIGTERM); no output was replaced")
     assert sorted(os.listdir(tmp_path)) == ["c", "ds", "outside.jpg"]
     assert os.listdir(tmp_path / "ds" / "covid") == []
+
+
+def test_a_full_disk_while_building_leaves_the_folder_and_its_manifest_agreeing(tmp_path,
+                                                                               monkeypatch):
+    covid = write_collection(str(tmp_path / "c"), "current")
+    output = tmp_path / "dataset" / "covid"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "manifest.csv")
+
+    monkeypatch.setattr(building, "update_manifest", full_disk)
+    code, out, err = build(covid, str(output))
+    assert_one_line_error(code, err, "build_covid_dataset.py", "error: No space left on device",
+                          warnings=1)  # the collection's '../outside.jpg' row
+    # the 4 images it copied before the manifest failed are gone again: no image without its row
+    assert os.listdir(output) == [] and not (tmp_path / "dataset" / "manifest.csv").exists()
+
+
+def test_an_unreadable_manifest_stops_a_builder_before_it_copies(tmp_path):
+    covid = write_collection(str(tmp_path / "c"), "current")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "manifest.csv").write_text(
+        "file,class,patient_id,source\ncovid/x.jpg,covid," + "x" * 200_000 + ",cohen\n")
+    before = snapshot(str(tmp_path / "dataset"))
+    code, out, err = build(covid, str(tmp_path / "dataset" / "covid"))
+    assert_one_line_error(code, err, "build_covid_dataset.py", "not a readable manifest (field "
+                          "larger than field limit", warnings=1)
+    assert snapshot(str(tmp_path / "dataset")) == before
+
+
+def test_a_builder_copies_a_dicom_as_it_is_and_refuses_one_it_cannot_read(tmp_path):
+    good = write_dicom(str(tmp_path / "src" / "IM0001.dcm"), np.full((8, 8), 900, np.uint16))
+    bad = write_refused_radiology_files(str(tmp_path / "src" / "bad"))
+    (tmp_path / "out").mkdir()
+    counts, in_place = building.copy_all([good, *bad], str(tmp_path / "out"), [])
+    assert in_place == [good] and counts["refused"] == len(bad)
+    with open(good, "rb") as a, open(tmp_path / "out" / "IM0001.dcm", "rb") as b:
+        assert a.read() == b.read()

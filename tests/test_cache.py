@@ -50,3 +50,12 @@ def test_the_cache_line_says_where_what_and_how_much(tmp_path, monkeypatch):
     assert cache_line([first, second]) == (
         f"[INFO] feature cache ~/.cache/covid19-xray: 1 image(s) found, 2 computed; "
         f"{size / 1e6:.1f} MB in all (delete the folder to clear it)")
+
+
+def test_the_cache_folders_are_the_users_alone(tmp_path):
+    root = tmp_path / "cache"
+    cache = FeatureCache(str(root), {"what": "test"})
+    cache.put("ab" * 32, np.zeros(4, np.float32))
+    for folder in [root, root / os.path.basename(cache.folder),
+                   os.path.dirname(cache._path("ab" * 32))]:
+        assert os.stat(folder).st_mode & 0o777 == 0o700, folder

@@ -16,7 +16,7 @@ from covid19xray.features import (
     make_feature_extractor,
     make_head,
 )
-from covid19xray.images import list_images, load_xray, scale_pixels
+from covid19xray.images import PREPROCESSING, list_images, load_xray, scale_pixels
 from covid19xray.model import build_model, load_vgg16_base
 from helpers import make_dataset, write_image
 
@@ -153,4 +153,9 @@ def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
 
     # other weights or another precision: a configuration of its own, computed afresh
     assert run({**configuration, "precision": "bfloat16"})[0] == 6
+    # and so does any other decoding: the preprocessing's text and the DICOM decoders' versions
+    # are in the key, so features cached before DICOM and 16-bit scaling are never reused
+    assert configuration["preprocessing"] == PREPROCESSING and "DICOM" in PREPROCESSING
+    assert set(configuration["versions"]) >= {"pydicom", "python-gdcm", "opencv"}
+    assert run({**configuration, "preprocessing": "cv2.imdecode IMREAD_COLOR"})[0] == 6
     assert capsys.readouterr().err == ""

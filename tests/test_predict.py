@@ -1,6 +1,7 @@
 """predict_covid19.py: the saved model applied to new X-rays, with Grad-CAM overlays."""
 
 import csv
+import errno
 import os
 import re
 import subprocess
@@ -180,7 +181,8 @@ def models(tmp_path_factory, trained):
     folder = tmp_path_factory.mktemp("models")
     (folder / "text.h5").write_text("not a model")
     for name, class_names in [("no_names.h5", None),
-                              ("three_names.h5", '["covid", "normal", "pneumonia"]')]:
+                              ("three_names.h5", '["covid", "normal", "pneumonia"]'),
+                              ("not_json.h5", "covid, normal"), ("model.keras", None)]:
         shutil.copyfile(trained["model"], folder / name)
         with h5py.File(folder / name, "a") as f:
             del f.attrs[CLASS_NAMES_ATTR]
@@ -196,6 +198,10 @@ def models(tmp_path_factory, trained):
     ("no_names.h5", [], ["no_names.h5' has no class names", "retrain if it is older"]),
     ("three_names.h5", [], ["three_names.h5' has 2 outputs but 3 class names "
                             "(covid, normal, pneumonia)"]),
+    ("not_json.h5", [], ["not_json.h5': its class names (covid19_class_names) are not a JSON "
+                         "list of names"]),
+    # an HDF5 file named as another format: no other loader may ever read it
+    ("model.keras", [], ["model.keras' must be an HDF5 file named .h5 or .hdf5"]),
     ("TRAINED", ["nowhere.jpg"], ["'nowhere.jpg': no such file or folder"]),
     ("TRAINED", ["--csv", "no/p.csv"], ["--csv 'no/p.csv'", "does not exist"]),
     ("TRAINED", ["--gradcam", "x.jpg"], ["--gradcam 'x.jpg' is a file, not a folder"]),
@@ -319,3 +325,36 @@ def test_labelled_input_that_cannot_be_scored_is_one_line(trained, tmp_path, mon
     code, out, err = run_main(predict_covid19.main, ["--model", trained["model"], "in", *argv])
     assert_one_line_error(code, err, "predict_covid19.py", phrase)
     assert out == "" and snapshot(str(tmp_path)) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk: one line, nothing half-written
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_while_writing_the_csv_or_the_overlays_leaves_nothing(trained, tmp_path,
+                                                                          monkeypatch):
+    images = [write_image(str(tmp_path / "in" / f"{i}.jpg"), seed=i, size=(60, 50))
+              for i in range(3)]
+    (tmp_path / "cams").mkdir()
+    (tmp_path / "cams" / "0_gradcam.png").write_bytes(b"an earlier overlay")
+    (tmp_path / "p.csv").write_bytes(b"earlier predictions")
+    before = snapshot(str(tmp_path))
+    real_save, saved = predict_covid19.save_image, []
+
+    def disk_full_on_the_second(path, image):
+        if saved:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        saved.append(path)
+        real_save(path, image)
+
+    monkeypatch.setattr(predict_covid19, "save_image", disk_full_on_the_second)
+    code, out, err = run_main(predict_covid19.main, [
+        "--model", trained["model"], "--csv", str(tmp_path / "p.csv"), "--gradcam",
+        str(tmp_path / "cams"), *images])
+    assert_one_line_error(code, err, "predict_covid19.py", "error: No space left on device",
+                          "no output was left half-written")
+    # the first overlay was written, then the disk filled: neither it nor the CSV is there,
+    # the earlier files are as they were, and no temporary file is left
+    assert len(saved) == 1
+    assert snapshot(str(tmp_path)) == before

@@ -1,12 +1,14 @@
 """train_covid19.py: the tutorial's pipeline, step for step, on Keras 3."""
 
 import argparse
+import errno
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import types
 
 import cv2
 import h5py
@@ -20,6 +22,8 @@ from sklearn.preprocessing import LabelBinarizer
 
 import predict_covid19
 import train_covid19
+from covid19xray import data
+from covid19xray.cache import FeatureCache
 from covid19xray.data import load_dataset
 from covid19xray.features import make_head
 from covid19xray.images import load_xray, scale_pixels
@@ -812,3 +816,63 @@ def test_a_second_run_on_the_same_outputs_stops_at_its_start(workdir, tiny_datas
     # once that run is gone (killed: its lock was never released by hand), the next one runs
     code, out, err = train("--dataset", tiny_dataset, "--batch-size", "4", "--cache-features")
     assert code == 0, err
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk elsewhere, and checks before VGG16 loads
+# ---------------------------------------------------------------------------------------------
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", "/full/disk/file")
+
+
+def test_a_full_temporary_folder_while_decoding_is_one_line(workdir, monkeypatch):
+    small_dataset(workdir / "d", {"covid": 5, "normal": 5})
+    before = outputs_after(workdir)
+
+    class FullFile:
+        write = full_disk
+        close = flush = staticmethod(lambda: None)
+
+    monkeypatch.setattr(data.tempfile, "TemporaryFile", FullFile)
+    code, _, err = train("--dataset", "d")
+    assert_one_line_error(code, err, "train_covid19.py", "error: No space left on device "
+                          "(/full/disk/file); no output was left half-written")
+    assert outputs_after(workdir) == before and sorted(os.listdir(workdir)) == [
+        "covid19.h5", "d", "plot.png", "report.json", "roc.png"]
+
+
+def test_a_full_feature_cache_is_one_line(workdir, monkeypatch):
+    small_dataset(workdir / "d", {"covid": 5, "normal": 5})
+    before = outputs_after(workdir)
+    monkeypatch.setattr(FeatureCache, "put", full_disk)
+    code, _, err = train("--dataset", "d", "--cache-features", "--cache-dir", "cache")
+    assert_one_line_error(code, err, "train_covid19.py", "error: No space left on device")
+    assert outputs_after(workdir) == before
+
+
+@pytest.mark.parametrize("case, phrase", [
+    ("cache-dir is a file", "--cache-dir 'cache' is not a folder"),
+    ("no room in TMPDIR", "decoded images need 1.4 MB; set TMPDIR to a folder with room"),
+    ("manifest field over the csv limit", "not a readable manifest (field larger than field "
+                                          "limit"),
+])
+def test_inputs_that_would_fail_later_are_found_before_vgg16_loads(workdir, monkeypatch, case,
+                                                                   phrase):
+    small_dataset(workdir / "d", {"covid": 5, "normal": 5})
+    argv = ["--dataset", "d", "--cache-features", "--cache-dir", "cache"]
+    if case == "cache-dir is a file":
+        (workdir / "cache").write_text("a file")
+    elif case == "no room in TMPDIR":
+        free = 10 * data.ImageStore.IMAGE_BYTES - 1  # one byte short of 10 images
+        monkeypatch.setattr(data.shutil, "disk_usage", lambda folder: types.SimpleNamespace(
+            total=free, used=0, free=free))
+    else:
+        (workdir / "d" / "manifest.csv").write_text(
+            "file,class,patient_id,source\ncovid/0.png,covid," + "x" * 200_000 + ",cohen\n")
+    before = snapshot(str(workdir))
+    code, out, err = train(*argv)
+    assert_one_line_error(code, err, "train_covid19.py", phrase)
+    assert out == ""  # not even "[INFO] loading VGG16 base"
+    assert snapshot(str(workdir)) == before
