@@ -99,10 +99,10 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
 def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path):
     dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=32)
     external = write_signal_dataset(str(tmp_path / "e"), None, per_class=3, size=40)
-    report, out = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "2",
+    report, out = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "1",
                         "--external", external)
     (tmp_path / "plain").mkdir()
-    plain, _ = audit(dataset, tmp_path / "plain", "none", "--folds", "2", "--epochs", "2")
+    plain, _ = audit(dataset, tmp_path / "plain", "none", "--folds", "2", "--epochs", "1")
     assert plain["probe"] == report["probe"]  # the external test changes no internal number
     found = report["external"]
     assert found["counts"] == {"covid": 3, "normal": 3} and len(found["files"]) == 6

@@ -189,3 +189,16 @@ def test_special_and_oversized_files_are_refused_before_a_byte_is_read(tmp_path,
     with pytest.raises(NotAnImage) as raised:
         load_xray(path)
     assert str(raised.value) == reason
+
+
+def test_a_dicom_claiming_too_many_pixels_is_refused_from_its_header(tmp_path):
+    import pydicom
+
+    path = write_dicom(str(tmp_path / "big.dcm"), np.zeros((8, 8), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000  # 400 megapixels claimed; 128 bytes of pixels present
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(NotAnImage) as raised:
+        load_xray(path)
+    assert str(raised.value) == ("20000x20000 pixels (400.0 megapixels), over the limit of 100 "
+                                 "megapixels")
