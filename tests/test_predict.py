@@ -358,3 +358,32 @@ def test_a_full_disk_while_writing_the_csv_or_the_overlays_leaves_nothing(traine
     # the earlier files are as they were, and no temporary file is left
     assert len(saved) == 1
     assert snapshot(str(tmp_path)) == before
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MB filesystem (tmpfs), where mounting one is allowed (root); else skipped."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_really_full_disk_ends_in_one_line_and_leaves_nothing_on_it(trained, tmp_path,
+                                                                      small_tmpfs):
+    # six overlays of about 400 KB each do not fit in 1 MB
+    images = [write_image(str(tmp_path / "in" / f"{i}.png"), seed=i, size=(400, 400))
+              for i in range(6)]
+    code, out, err = run_main(predict_covid19.main, [
+        "--model", trained["model"], "--gradcam", str(small_tmpfs / "cams"),
+        "--csv", str(small_tmpfs / "p.csv"), *images])
+    assert_one_line_error(code, err, "predict_covid19.py", "error: No space left on device",
+                          "no output was left half-written")
+    # the overlays written before the disk filled are gone with the rest: an empty folder
+    assert os.listdir(small_tmpfs) == ["cams"] and os.listdir(small_tmpfs / "cams") == []
