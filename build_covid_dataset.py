@@ -15,6 +15,9 @@ Usage:
         --view PA --view AP
     python build_covid_dataset.py -c covid-chestxray-dataset -o external/covid \
         --license "CC BY" --exclude-patients dataset/manifest.csv
+    python build_covid_dataset.py \
+        -c https://raw.githubusercontent.com/ieee8023/covid-chestxray-dataset/master \
+        -o mydata/covid --license "CC BY" --per-patient 1 --limit 25   # downloads 25 images
 
 `--license "CC BY"` keeps rows whose `license` is CC BY of any version (never CC BY-NC-SA or
 CC BY-NC-ND); `--per-patient 1` keeps one image of each patient, so no patient can end up on
@@ -35,12 +38,18 @@ import random
 import re
 import sys
 
-from covid19xray.building import copy_into_output
+from covid19xray.building import copy_into_output, refusal
+from covid19xray.cache import default_cache_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
 from covid19xray.manifest import read_manifest_file
 from covid19xray.outputs import check_output_folder, claim_outputs
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
+# the raw-file root of Cohen's repository: metadata.csv and images/ are under it
+COHEN_RAW_URL = "https://raw.githubusercontent.com/ieee8023/covid-chestxray-dataset/master"
+# metadata.csv is about 1 MB today
+METADATA_BYTES = 100 << 20
 # what the manifest's `source` column says of these images
 SOURCE = "cohen"
 
@@ -50,8 +59,12 @@ def parse_args(argv=None):
         description="Copy COVID-19 positive PA X-rays from Cohen's collection into a folder.",
     )
     ap.add_argument("-c", "--covid", required=True,
-                    help="path to a checkout of Cohen's covid-chestxray-dataset "
-                         "(with metadata.csv and images/)")
+                    help="path to a checkout of Cohen's covid-chestxray-dataset (with "
+                         "metadata.csv and images/), or the http(s):// URL of one, such as "
+                         f"{COHEN_RAW_URL}: then only the selected images are downloaded")
+    ap.add_argument("--cache-dir", default=default_cache_folder(),
+                    help="with a URL, where downloads are kept (in downloads/) so that a rerun "
+                         "downloads nothing twice (default: %(default)s)")
     # Required, as in the tutorial: a default of dataset/covid would add images to the shipped
     # dataset instead of building a new one.
     ap.add_argument("-o", "--output", required=True,
@@ -104,7 +117,7 @@ def read_text(path):
         return data.decode("cp1252", errors="replace")
 
 
-def read_metadata(covid):
+def read_metadata(path, shown_as=None):
     """Rows of `<covid>/metadata.csv` as dicts keyed by trimmed, lower-cased column names.
 
     The header changed between versions (`Patientid` vs `patientid`, `" url"`, a trailing empty
@@ -112,11 +125,8 @@ def read_metadata(covid):
     A file re-saved by a spreadsheet in another encoding, or with `;` or tabs between the
     columns, works too.
     """
-    path = os.path.join(covid, "metadata.csv")
-    if not os.path.isfile(path):
-        raise UserError(f"--covid {covid!r} has no metadata.csv; point it at a checkout of "
-                        "Cohen's covid-chestxray-dataset")
     text = read_text(path)
+    path = shown_as or path
     first_line = text.split("\n", 1)[0]
     try:
         dialect = csv.Sniffer().sniff(first_line, delimiters=",;\t")
@@ -173,20 +183,26 @@ def select_rows(rows, findings, views, licenses=None):
                  or any(license_matches(row.get("license", ""), w) for w in licenses))]
 
 
-def image_path(covid, row):
-    """Where a row's image is: `<covid>/<folder>/<filename>` (or `images/`), or None if refused.
-
-    A filename or folder that is absolute or climbs out with `..` is refused. Links inside the
-    checkout are followed (`images/` may live on another disk); what a link leads to is
-    checked when it is copied: only images are (covid19xray.building).
-    """
+def image_relative(row):
+    """A row's image as `<folder>/<filename>` inside the collection (`images/` when the row has
+    no folder), or None when it is refused: absolute, or climbing out with `..`."""
     folder = row.get("folder") or "images"
     filename = row.get("filename", "")
     parts = re.split(r"[/\\]", folder) + re.split(r"[/\\]", filename)
     if os.path.isabs(folder) or os.path.isabs(filename) or ".." in parts \
             or "\0" in folder + filename:  # no file has a NUL in its name; os would raise
         return None
-    return os.path.join(covid, folder, filename)
+    return f"{folder}/{filename}"
+
+
+def image_path(covid, row):
+    """Where a row's image is: `<covid>/<folder>/<filename>` (or `images/`), or None if refused.
+
+    Links inside the checkout are followed (`images/` may live on another disk); what a link
+    leads to is checked when it is copied: only images are (covid19xray.building).
+    """
+    relative = image_relative(row)
+    return None if relative is None else os.path.join(covid, *relative.split("/"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +287,19 @@ def at_most_per_patient(sources, rows_of, per_patient, seed):
     return sorted(kept)
 
 
+def sample_order(sources, limit, seed):
+    """The order `sample` picks from: sorted, then (with a limit) a seeded shuffle."""
+    order = sorted(sources)
+    if limit is not None:
+        random.Random(seed).shuffle(order)
+    return order
+
+
 def sample(sources, limit, seed):
-    """A reproducible random `limit` of `sources` (sorted first, then a seeded shuffle)."""
+    """A reproducible random `limit` of `sources`: the first `limit` of `sample_order`."""
     if limit is None or limit >= len(sources):
         return list(sources)
-    chosen = sorted(sources)
-    random.Random(seed).shuffle(chosen)
-    return sorted(chosen[:limit])
+    return sorted(sample_order(sources, limit, seed)[:limit])
 
 
 def describe_seen(rows, licenses=None):
@@ -297,14 +319,68 @@ def describe_selection(args):
     return text
 
 
+def metadata_file(args, remote):
+    """The path of metadata.csv: in the checkout, or downloaded (cached) from --covid's URL."""
+    if remote is None:
+        path = os.path.join(args.covid, "metadata.csv")
+        if not os.path.isfile(path):
+            raise UserError(f"--covid {args.covid!r} has no metadata.csv; point it at a checkout "
+                            "of Cohen's covid-chestxray-dataset")
+        return path, path
+    try:
+        return remote.fetch("metadata.csv", limit=METADATA_BYTES), remote.url("metadata.csv")
+    except Missing as err:
+        raise UserError(f"--covid {args.covid!r}: {remote.url('metadata.csv')}: {err}; give the "
+                        "URL of a checkout's root, where metadata.csv and images/ are") from None
+
+
+def remote_candidates(rows):
+    """The distinct `folder/filename` of `rows`, sorted, with the rows refused as outside the
+    collection counted, and the first row naming each file (a download cannot be looked at
+    before it is chosen, so missing files are found while downloading)."""
+    candidates, counts = {}, {"missing files": 0, "refused": 0, "duplicates": 0}
+    for row in rows:
+        relative = image_relative(row)
+        if relative is None:
+            counts["refused"] += 1
+            print(f"[WARNING] refusing {shown(row.get('filename', ''))!r}: not a file inside "
+                  "--covid", file=sys.stderr)
+        elif relative in candidates:
+            counts["duplicates"] += 1
+        else:
+            candidates[relative] = row
+    return sorted(candidates), counts, candidates
+
+
+def download_chosen(remote, order, wanted, counts):
+    """Download the files of `order` one after another until `wanted` are in the cache. A file
+    that fails (404, refused content) is named, counted, and replaced by the next in `order`.
+    Returns {local path: relative path}."""
+    got = {}
+    for relative in order:
+        if len(got) == wanted:
+            break
+        url = remote.url(relative)
+        try:
+            path = remote.fetch(relative, check=refusal, announce=lambda url: print(
+                f"[INFO] downloading {len(got) + 1}/{wanted}: {shown(url)}", flush=True))
+        except Missing as err:
+            warn_missing(url, err)
+            counts["refused" if isinstance(err, Refused) else "missing files"] += 1
+            continue
+        got[path] = relative
+    return got
+
+
 def build(args):
     """Read and filter metadata.csv, pick the images and copy them into --output."""
+    remote = Remote(args.covid, args.cache_dir) if is_url(args.covid) else None
     # read and filter metadata.csv before creating anything
-    columns, rows = read_metadata(args.covid)
+    path, shown_as = metadata_file(args, remote)
+    columns, rows = read_metadata(path, shown_as)
     if args.license and "license" not in columns:
-        raise UserError(f"{os.path.join(args.covid, 'metadata.csv')} has no license column, so "
-                        "--license cannot select rows; drop --license or use a newer "
-                        "metadata.csv")
+        raise UserError(f"{shown_as} has no license column, so --license cannot select rows; "
+                        "drop --license or use a newer metadata.csv")
     matched = select_rows(rows, args.finding, args.view, args.license)
     print(f"[INFO] {len(rows)} rows in metadata.csv, {len(matched)} with "
           f"{describe_selection(args)}")
@@ -318,7 +394,10 @@ def build(args):
         raise UserError(f"no row has {describe_selection(args)}; "
                         f"{describe_seen(rows, args.license)}")
 
-    sources, dropped, rows_of = resolve_sources(args.covid, matched)
+    if remote is None:
+        sources, dropped, rows_of = resolve_sources(args.covid, matched)
+    else:
+        sources, dropped, rows_of = remote_candidates(matched)
     if not sources:
         # The tutorial's copies end here with an empty folder and no word: say why instead.
         raise UserError(f"none of the {len(matched)} matching rows has its image in --covid "
@@ -332,11 +411,25 @@ def build(args):
     chosen = sample(sources, args.limit, args.seed)
     if args.limit is not None:
         print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {args.seed})")
+    downloaded_from = {}
+    if remote is not None:
+        # the same picks as from a checkout; a file that cannot be had is replaced by the next
+        # in --limit's seeded order, so that the count stays --limit when enough rows exist
+        before = remote.downloaded
+        got = download_chosen(remote, sample_order(sources, args.limit, args.seed),
+                              len(chosen), dropped)
+        fetched = remote.downloaded - before
+        print(f"[INFO] {fetched} image(s) downloaded, {len(got) - fetched} already in the cache "
+              f"{shown(remote.folder)}")
+        rows_of = {path: rows_of[relative] for path, relative in got.items()}
+        downloaded_from = {path: remote.url(relative) for path, relative in got.items()}
+        chosen = sorted(got)
 
     def manifest_row(path):
         row = rows_of[path]
         return {"patient_id": patient_of(path, row), "license": row.get("license", ""),
-                "url": source_url(row), "excluded_patients_of": ";".join(args.exclude_patients)}
+                "url": source_url(row), "excluded_patients_of": ";".join(args.exclude_patients),
+                "downloaded_from": downloaded_from.get(path, "")}
 
     copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)},
                      dropped, manifest_row=manifest_row, source_name=SOURCE)
@@ -346,9 +439,12 @@ def build(args):
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not os.path.isdir(args.covid):
-        raise UserError(f"--covid {args.covid!r} is not a folder")
-    check_output_folder(args.output, "--output", args.covid, "--covid")
+    if is_url(args.covid):
+        check_output_folder(args.output, "--output")
+    else:
+        if not os.path.isdir(args.covid):
+            raise UserError(f"--covid {args.covid!r} is not a folder (nor an http(s):// URL)")
+        check_output_folder(args.output, "--output", args.covid, "--covid")
     with claim_outputs(args.output):  # a second build into the same folder stops here
         return build(args)
 

@@ -14,6 +14,7 @@ Read the scripts first: they follow the tutorial step by step and call into thes
 - `training`: what train_covid19.py and audit_covid19.py share: flags, checks, the head's fit.
 - `report`: metrics with their 95% intervals, the plots, the JSON reports.
 - `outputs`: checked, atomic and locked outputs; `spreadsheet`: CSV cells that stay text.
-- `manifest`, `building`: the dataset's manifest and the builders' copy step.
+- `manifest`, `building`, `fetch`: the dataset's manifest, the builders' copy step, and
+  downloading a collection's files over HTTP(S), checked and cached.
 - `properties`: the audit's confounds and near-duplicate detection.
 """

@@ -9,6 +9,7 @@ is a link to another disk works.
 """
 
 import contextlib
+import hashlib
 import os
 import sys
 
@@ -27,6 +28,11 @@ def refusal(source):
     except NotAnImage as err:
         return str(err)
     return None
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def copy_all(sources, output, copied_now):
@@ -81,7 +87,8 @@ def copy_into_output(sources, output, counts_before, counts_after=None, manifest
             label = os.path.basename(os.path.abspath(output))
             total = update_manifest(dataset, [
                 {"file": f"{label}/{os.path.basename(source)}", "class": label,
-                 "source": source_name, **manifest_row(source)} for source in in_place])
+                 "source": source_name, "sha256": file_sha256(source), **manifest_row(source)}
+                for source in in_place])
             print(f"[INFO] {shown(os.path.join(os.path.dirname(output), MANIFEST))}: "
                   f"{len(in_place)} row(s) for {label}/, {total} in all")
     except BaseException:

@@ -7,7 +7,9 @@ for Kaggle the patient in the file name, such as `person1102` or `IM-0033`), `so
 attribution list, and `splits.patients_of` reads the patients from it for
 `train_covid19.py --split patient` and `audit_covid19.py`. `excluded_patients_of` names the
 manifests whose patients `build_covid_dataset.py --exclude-patients` left out of the selection
-(`;` between them; empty for the other rows). A manifest written before `license`, `url` or
+(`;` between them; empty for the other rows). `sha256` is the file's SHA-256, and
+`downloaded_from` the URL a builder downloaded it from (empty when it was copied from a local
+folder). A manifest written before `license`, `url` or
 `excluded_patients_of` existed is still read; rows written now fill them.
 """
 
@@ -21,7 +23,7 @@ from .spreadsheet import unquoted
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url",
-                    "excluded_patients_of")
+                    "excluded_patients_of", "sha256", "downloaded_from")
 MANIFEST_REQUIRED = ("file", "class", "patient_id", "source")
 
 

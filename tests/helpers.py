@@ -10,7 +10,10 @@ import functools
 import hashlib
 import io
 import os
+import pathlib
 import random
+import time
+import urllib.parse
 
 import cv2
 import numpy as np
@@ -453,3 +456,63 @@ def write_refused_radiology_files(folder):
             "floating-point pixels, whose grey scale cannot be known; save it with 8- or "
             "16-bit integer pixels",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# A web server on 127.0.0.1
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve(root, missing=(), html=(), stall=(), cut=()):
+    """Serve the folder `root` over HTTP on 127.0.0.1 (a free port) while the block runs.
+
+    Yields (base URL, the list of paths requested). Paths in `missing` answer 404; paths in
+    `html` answer 200 with an HTML error page, as some servers and proxies do; paths in `stall`
+    answer nothing for 1.5 s; paths in `cut` send half their bytes, then close the connection.
+    """
+    import http.server
+    import threading
+
+    requested = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            path = urllib.parse.unquote(self.path.split("?")[0]).lstrip("/")
+            requested.append(path)
+            if path in stall:
+                time.sleep(1.5)
+                self.close_connection = True
+            elif path in cut:
+                data = (pathlib.Path(root) / path).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+            elif path in missing:
+                self.send_error(404)
+            elif path in html:
+                body = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                super().do_GET()
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    server.daemon_threads, server.block_on_close = True, False  # a stalled answer waits for no one
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", requested
+    finally:
+        server.shutdown()
+        server.server_close()

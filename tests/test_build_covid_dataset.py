@@ -2,8 +2,10 @@
 
 import csv
 import errno
+import hashlib
 import os
 import random
+import socket
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 
 import build_covid_dataset
 import sample_kaggle_dataset
-from covid19xray import building
+from covid19xray import building, fetch
 from helpers import (
     HEADERS,
     ROOT,
@@ -21,6 +23,7 @@ from helpers import (
     expected_kaggle_sample,
     output_cases,
     run_main,
+    serve,
     snapshot,
     terminate_here,
     write_collection,
@@ -173,9 +176,9 @@ def test_manifest_records_each_images_patient_and_merges_on_rerun(tmp_path):
     assert code == 0, err
     assert f"[INFO] {dataset / 'manifest.csv'}: 4 row(s) for covid/, 4 in all" in out
 
-    def manifest():
+    def manifest():  # every column but sha256 and downloaded_from (tested with --covid URL)
         with open(dataset / "manifest.csv", newline="") as f:
-            return [tuple(row.values()) for row in csv.DictReader(f)]
+            return [tuple(row.values())[:7] for row in csv.DictReader(f)]
 
     # write_collection numbers the patients by row: a.jpg is row 0, d.png 3, g.jpeg 10, v.jpg 11;
     # its rows have neither a licence nor a url, and no patient was excluded
@@ -415,14 +418,16 @@ def test_spreadsheet_formulas_in_metadata_land_quoted_and_read_back_exactly(tmp_
         csv.writer(f).writerows(rows)
     assert build(str(covid), str(tmp_path / "d" / "covid"))[0] == 0
     with open(tmp_path / "d" / "manifest.csv", newline="") as f:
-        written = list(csv.reader(f))[1]
+        written = list(csv.reader(f))[1][:7]  # sha256 and downloaded_from come after
     # what a spreadsheet sees: text, every cell that would run starting with '
     assert written == ["covid/-a.jpg", "covid", "'" + hyperlink, "cohen", "'+CC BY",
                        "'@SUM(1+1)", ""]
     # what our own readers see: the values as they were
     assert read_manifest(str(tmp_path / "d"))["covid/-a.jpg"] == {
         "file": "covid/-a.jpg", "class": "covid", "patient_id": hyperlink, "source": "cohen",
-        "license": "+CC BY", "url": "@SUM(1+1)", "excluded_patients_of": ""}
+        "license": "+CC BY", "url": "@SUM(1+1)", "excluded_patients_of": "",
+        "sha256": hashlib.sha256((covid / "images" / "-a.jpg").read_bytes()).hexdigest(),
+        "downloaded_from": ""}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,3 +603,108 @@ def test_a_builder_copies_a_dicom_as_it_is_and_refuses_one_it_cannot_read(tmp_pa
     assert in_place == [good] and counts["refused"] == len(bad)
     with open(good, "rb") as a, open(tmp_path / "out" / "IM0001.dcm", "rb") as b:
         assert a.read() == b.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# --covid URL: only the selected images are downloaded
+# ---------------------------------------------------------------------------------------------
+
+
+def manifest_rows(dataset):
+    with open(os.path.join(dataset, "manifest.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def folder_bytes(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_a_url_selects_and_copies_exactly_what_the_checkout_gives(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch, "BACKOFF", 0)
+    covid, rows = per_patient_collection(str(tmp_path / "c"))
+    flags = ["--license", "CC BY", "--per-patient", "1", "--limit", "5", "--seed", "3"]
+    assert build(covid, str(tmp_path / "local" / "covid"), *flags)[0] == 0
+    cache = str(tmp_path / "cache")
+    with serve(covid) as (url, requested):
+        code, out, err = build(url, str(tmp_path / "remote" / "covid"), "--cache-dir", cache,
+                               *flags)
+        assert code == 0, err
+        # metadata.csv and the 5 chosen images, nothing else
+        assert requested[0] == "metadata.csv" and len(requested) == 6
+        assert "[INFO] 5 image(s) downloaded, 0 already in the cache" in out
+        assert folder_bytes(tmp_path / "remote" / "covid") == folder_bytes(
+            tmp_path / "local" / "covid")
+        local, remote = manifest_rows(tmp_path / "local"), manifest_rows(tmp_path / "remote")
+        assert [{**row, "downloaded_from": ""} for row in remote] == local
+        assert [row["downloaded_from"] for row in remote] == [
+            f"{url}images/{row['file'].split('/')[1]}" for row in remote]
+        for row in remote:  # the manifest's SHA-256 is the file's
+            data = (tmp_path / "remote" / row["file"]).read_bytes()
+            assert row["sha256"] == hashlib.sha256(data).hexdigest()
+
+        # a rerun, into another folder, downloads nothing
+        requested.clear()
+        code, out, err = build(url, str(tmp_path / "again" / "covid"), "--cache-dir", cache,
+                               *flags)
+        assert code == 0, err
+        assert requested == [] and "[INFO] 0 image(s) downloaded, 5 already in the cache" in out
+    assert not [name for base, _, names in os.walk(cache) for name in names if ".tmp" in name]
+
+
+def test_a_missing_or_refused_download_is_replaced_by_the_next_pick(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch, "BACKOFF", 0)
+    covid, rows = per_patient_collection(str(tmp_path / "c"))
+    flags = ["--limit", "5", "--seed", "3"]
+    assert build(covid, str(tmp_path / "local" / "covid"), *flags)[0] == 0
+    first_picks = sorted(os.listdir(tmp_path / "local" / "covid"))
+    gone, page = f"images/{first_picks[0]}", f"images/{first_picks[1]}"
+    with serve(covid, missing=[gone], html=[page]) as (url, requested):
+        code, out, err = build(url, str(tmp_path / "remote" / "covid"), "--cache-dir",
+                               str(tmp_path / "cache"), *flags)
+    assert code == 0, err
+    got = sorted(os.listdir(tmp_path / "remote" / "covid"))
+    assert len(got) == 5 and set(first_picks[2:]) <= set(got)
+    assert first_picks[0] not in got and first_picks[1] not in got
+    assert err.splitlines() == [
+        f"[WARNING] not using {url}{gone}: HTTP 404 Not Found",
+        f"[WARNING] not using {url}{page}: not an image (no JPEG, PNG, BMP or TIFF signature, "
+        "no DICOM marker)"]
+    assert "missing files: 1" in out and "refused: 1" in out
+    # the HTML page was never kept under the image's name
+    assert not list((tmp_path / "cache").rglob(first_picks[1]))
+
+
+def test_no_network_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch, "BACKOFF", 0)
+    with socket.socket() as s:  # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = snapshot(str(tmp_path))
+    code, out, err = build(f"http://127.0.0.1:{port}/", str(tmp_path / "d" / "covid"),
+                           "--cache-dir", str(tmp_path / "cache"))
+    assert_one_line_error(code, err, "build_covid_dataset.py",
+                          f"cannot download http://127.0.0.1:{port}/metadata.csv: ConnectionError",
+                          "check the address and the network connection")
+    assert snapshot(str(tmp_path)) == before  # not even the cache folder
+
+
+def test_a_stalled_or_cut_download_is_a_warning_and_leaves_nothing_half_written(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(fetch, "BACKOFF", 0)
+    monkeypatch.setattr(fetch, "TIMEOUT", (2, 0.5))
+    covid, rows = per_patient_collection(str(tmp_path / "c"))
+    for name in ["p00-0.jpg", "p01-0.jpg"]:  # large enough to be cut in the middle
+        write_image(os.path.join(covid, "images", name), seed=7, size=(300, 300))
+    stalled, cut = "images/p00-0.jpg", "images/p01-0.jpg"
+    with serve(covid, stall=[stalled], cut=[cut]) as (url, requested):
+        code, out, err = build(url, str(tmp_path / "d" / "covid"), "--cache-dir",
+                               str(tmp_path / "cache"), "--limit", "30")
+    assert code == 0, err
+    assert sorted(err.splitlines()) == [  # in --limit's seeded order
+        f"[WARNING] not using {url}{stalled}: no answer within 0.5 s, 3 retries",
+        f"[WARNING] not using {url}{cut}: the download broke off (ChunkedEncodingError)"]
+    assert len(os.listdir(tmp_path / "d" / "covid")) == 28 and "missing files: 2" in out
+    # nothing of either is kept, and no temporary file is left in the cache
+    cached = [name for _, _, names in os.walk(tmp_path / "cache") for name in names]
+    assert "p00-0.jpg" not in cached and "p01-0.jpg" not in cached
+    assert not [name for name in cached if ".tmp" in name]
