@@ -29,6 +29,7 @@ from covid19xray.cli import (
     ArgumentParser,
     UserError,
     cli,
+    import_tensorflow,
     lazy_import,
     positive,
     shown,
@@ -240,6 +241,7 @@ def main(argv=None) -> int:
     warn_if_not_utf8(image_paths)
     if not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in args.images)}")
+    import_tensorflow()
     model, class_names = load_classifier(args.model)
     truth = true_classes(image_paths, class_names) if args.labelled else None
     check_precision(args.precision)

@@ -17,6 +17,7 @@ from .cli import UserError, shown
 from .images import NotAnImage, decode, read_bytes
 from .manifest import MANIFEST, read_manifest, update_manifest
 from .outputs import CONFLICT, COPIED, PRESENT, copy_new_file
+from .progress import progress
 
 REFUSED = "refused"
 
@@ -43,23 +44,30 @@ def copy_all(sources, output, copied_now):
     goes. Each refusal and conflict is reported on stderr.
     """
     counts, in_place = {COPIED: 0, PRESENT: 0, REFUSED: 0, CONFLICT: 0}, []
-    for source in sources:
-        reason = refusal(source)
-        if reason is not None:
-            counts[REFUSED] += 1
-            print(f"[WARNING] refusing {shown(source)}: {reason}", file=sys.stderr)
-            continue
-        destination = os.path.join(output, os.path.basename(source))
-        outcome = copy_new_file(source, destination)
-        if outcome == COPIED:
-            copied_now.append(destination)
-        counts[outcome] += 1
-        if outcome == CONFLICT:
-            print(f"[WARNING] not overwriting {shown(destination)}: a different file is already "
-                  f"there (wanted to copy {shown(source)})", file=sys.stderr)
-        else:
-            in_place.append(source)
+    with progress(len(sources), "copying") as bar:
+        for source in sources:
+            _copy_one(source, output, counts, in_place, copied_now)
+            bar.update(1)
     return counts, in_place
+
+
+def _copy_one(source, output, counts, in_place, copied_now):
+    """copy_all's step for one source: refuse it, copy it, or find it there already."""
+    reason = refusal(source)
+    if reason is not None:
+        counts[REFUSED] += 1
+        print(f"[WARNING] refusing {shown(source)}: {reason}", file=sys.stderr)
+        return
+    destination = os.path.join(output, os.path.basename(source))
+    outcome = copy_new_file(source, destination)
+    if outcome == COPIED:
+        copied_now.append(destination)
+    counts[outcome] += 1
+    if outcome == CONFLICT:
+        print(f"[WARNING] not overwriting {shown(destination)}: a different file is already "
+              f"there (wanted to copy {shown(source)})", file=sys.stderr)
+    else:
+        in_place.append(source)
 
 
 def copy_into_output(sources, output, counts_before, counts_after=None, manifest_row=None,

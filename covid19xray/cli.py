@@ -9,6 +9,8 @@
 - `lazy_import`: TensorFlow takes seconds to import and prints start-up lines. The modules that
   need it import it with this function, so it loads on first use and `--help` or a mistyped flag
   answers at once.
+- `import_tensorflow`: TensorFlow's import and start-up without its C++ start-up lines, which
+  still show in full when something fails.
 - `shown`: a path as it can be printed, also when its name is not valid UTF-8.
 """
 
@@ -19,6 +21,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 
 # Keep TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines) off the console;
 # it must be set before TensorFlow loads.
@@ -117,6 +120,45 @@ def lazy_import(name):
     sys.modules[name] = module
     loader.exec_module(module)
     return module
+
+
+def import_tensorflow():
+    """Import TensorFlow and Keras and start TensorFlow's runtime, keeping the terminal calm.
+
+    On a machine without a GPU, TensorFlow 2.21's C++ side writes about seven lines to stderr as
+    it starts (`absl::InitializeLog`, oneDNN, "could not find cuda drivers", a `cuInit` error
+    printed twice), whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow/tensorflow#100442). They
+    are written to file descriptor 2, below Python, so that descriptor is pointed at a temporary
+    file while TensorFlow imports and initialises. What was written there is shown in full when
+    that fails, or when there is a GPU (its lines then matter); otherwise it is dropped.
+    """
+    if getattr(import_tensorflow, "done", False):
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor to redirect: import as it comes
+        saved = None
+    captured = tempfile.TemporaryFile()
+    if saved is not None:
+        os.dup2(captured.fileno(), 2)
+    gpus, failed = [], True
+    try:
+        import keras  # noqa: F401 (imported here, with fd 2 redirected)
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")  # initialises the runtime (cuInit)
+        failed = False
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if failed or gpus:
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            sys.stderr.flush()
+        captured.close()
+    import_tensorflow.done = True
 
 
 def shown(path):

@@ -37,6 +37,7 @@ from .images import (
     read_bytes,
     scale_pixels,
 )
+from .progress import progress
 
 tf = lazy_import("tensorflow")
 
@@ -75,7 +76,8 @@ class ImageStore:
         self._entries, self.skipped = {}, []
         try:
             # OpenCV releases the GIL, so threads decode in parallel; map keeps the order.
-            with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+            with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, \
+                    progress(len(image_paths), "decoding") as bar:
                 for start in range(0, len(image_paths), DECODE_WINDOW):
                     window = image_paths[start:start + DECODE_WINDOW]
                     for path, (facts, image) in zip(window, pool.map(_decode, window)):
@@ -84,6 +86,7 @@ class ImageStore:
                         else:
                             self._entries[path] = Entry(len(self._entries), *facts)
                             self._file.write(image.tobytes())
+                    bar.update(len(window))
             self._file.flush()
         except BaseException:  # a full TMPDIR, Ctrl-C: the anonymous file goes with the store
             self._file.close()

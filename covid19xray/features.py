@@ -25,6 +25,7 @@ from .cli import lazy_import
 from .data import model_batches
 from .images import PREPROCESSING
 from .model import FEATURES_LAYER, with_precision
+from .progress import progress
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -131,9 +132,13 @@ def extract_features(extract, images, paths, batch_size, prepare=None, cache=Non
     found = [None] * len(paths) if cache is None else cache.lookup(digests)
     missing = [k for k, features in enumerate(found) if features is None]
     if missing:
-        computed = np.concatenate([
-            extract(batch).numpy() for batch in
-            model_batches(images, [paths[k] for k in missing], batch_size, prepare)])
+        batches = model_batches(images, [paths[k] for k in missing], batch_size, prepare)
+        parts = []
+        with progress(len(missing), "VGG16 features") as bar:
+            for batch in batches:
+                parts.append(extract(batch).numpy())
+                bar.update(len(parts[-1]))
+        computed = np.concatenate(parts)
         for k, row in zip(missing, computed):
             found[k] = row
         if cache is not None:

@@ -10,7 +10,7 @@ import os
 import sys
 
 from .cache import default_cache_folder
-from .cli import UserError, lazy_import, positive, shown
+from .cli import UserError, import_tensorflow, lazy_import, positive, shown
 from .data import check_room_for_decoded
 from .images import list_images
 from .manifest import read_manifest
@@ -109,6 +109,7 @@ def start(args):
     """The start of a run: seed Python's random, NumPy and TensorFlow, warn about a slow
     precision, and load the VGG16 base first, so that a wrong --weights, or no network for
     ImageNet's, fails in seconds rather than after the images."""
+    import_tensorflow()
     keras.utils.set_random_seed(args.seed)
     check_precision(args.precision)
     return load_vgg16_base(args.weights)

@@ -12,6 +12,7 @@ import io
 import os
 import pathlib
 import random
+import re
 import time
 import urllib.parse
 
@@ -176,6 +177,13 @@ def terminate_here(*args, **kwargs):
 
     os.kill(os.getpid(), signal.SIGTERM)
     raise AssertionError("SIGTERM did not stop the run")
+
+
+def assert_no_tensorflow_log_lines(stderr):
+    """No line of TensorFlow's C++ start-up logging (`I0000 ...`, `E0000 ... cuInit`, absl's
+    notice) in a script's stderr: covid19xray.cli.import_tensorflow keeps them off."""
+    assert not re.search(r"^[IWE][0-9]{4} ", stderr, re.M), stderr
+    assert "absl::InitializeLog" not in stderr, stderr
 
 
 def assert_one_line_error(code, err, script, *phrases, exit_code=1, warnings=0):

@@ -26,6 +26,7 @@ import audit_covid19
 from covid19xray.data import load_dataset
 from helpers import (
     ROOT,
+    assert_no_tensorflow_log_lines,
     assert_one_line_error,
     narrow_vgg16,
     run_main,
@@ -212,6 +213,7 @@ def test_command_line_run_in_a_subprocess(tmp_path):
          "--weights", "none", "--folds", "2", "--epochs", "1", "--cache-dir",
          str(tmp_path / "cache")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert_no_tensorflow_log_lines(result.stderr)
     assert result.stdout.strip().splitlines()[-1] == (
         "[INFO] wrote audit.json (report), audit.png (plot)")
     assert sorted(os.listdir(tmp_path)) == ["audit.json", "audit.png", "cache", "d"]

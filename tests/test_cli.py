@@ -1,6 +1,7 @@
 """covid19xray.cli: every script answers --help and a bad flag at once, before TensorFlow loads,
 and ends a user's error in one line."""
 
+import os
 import subprocess
 import sys
 
@@ -44,3 +45,22 @@ def test_an_error_text_over_several_lines_is_printed_as_one():
     assert code == 1 and out == ""
     assert err == "test_cli.py: error: cannot read x.h5: Unable to open file (truncated)\n"
     assert one_line("a\r\n  b\n\nc ") == "a b c"
+
+
+def test_when_tensorflow_fails_to_start_its_own_lines_show_in_full(tmp_path):
+    # a stand-in TensorFlow whose C++ side writes to file descriptor 2, then fails
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os\n"
+        "os.write(2, b'E0000 00:00:1 cuda_dnn.cc:1] could not load libcudnn.so.9\\n')\n"
+        "raise ImportError('libcudnn.so.9: cannot open shared object file')\n")
+    result = subprocess.run(
+        [sys.executable, "-c", "from covid19xray.cli import import_tensorflow\n"
+                               "import_tensorflow()\n"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])})
+    assert result.returncode == 1
+    assert "E0000 00:00:1 cuda_dnn.cc:1] could not load libcudnn.so.9" in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "ImportError: libcudnn.so.9: cannot open shared object file")

@@ -18,6 +18,7 @@ from covid19xray.images import NotAnImage, list_images, load_xray, scale_pixels
 from covid19xray.model import CLASS_NAMES_ATTR
 from helpers import (
     ROOT,
+    assert_no_tensorflow_log_lines,
     assert_one_line_error,
     run_main,
     small_dataset,
@@ -146,6 +147,7 @@ def test_command_line_run_in_a_subprocess(trained, tmp_path):
         [sys.executable, os.path.join(ROOT, "predict_covid19.py"), "--model", trained["model"],
          image], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert_no_tensorflow_log_lines(result.stderr)
     m = LINE.match(result.stdout.strip())
     assert m and m["path"] == image
     row = expected_probabilities(trained["model"], [image])[0]

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from covid19xray.images import list_images, load_xray
+from helpers import assert_no_tensorflow_log_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(ROOT, "dataset")
@@ -83,6 +84,7 @@ def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
          "--epochs", "1", *[str(x) for pair in outputs.items() for x in pair]],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert_no_tensorflow_log_lines(result.stderr)
     out = result.stdout
     assert "[INFO] 50 images, classes ['covid', 'normal']: 40 for training, 10 for testing" in out
     # Keras prints no "Epoch 1/1" header for a single epoch, only its line of metrics
