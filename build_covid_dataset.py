@@ -195,16 +195,6 @@ def image_relative(row):
     return f"{folder}/{filename}"
 
 
-def image_path(covid, row):
-    """Where a row's image is: `<covid>/<folder>/<filename>` (or `images/`), or None if refused.
-
-    Links inside the checkout are followed (`images/` may live on another disk); what a link
-    leads to is checked when it is copied: only images are (covid19xray.building).
-    """
-    relative = image_relative(row)
-    return None if relative is None else os.path.join(covid, *relative.split("/"))
-
-
 # ---------------------------------------------------------------------------------------------
 # Resolve, sample and copy
 # ---------------------------------------------------------------------------------------------
@@ -217,26 +207,35 @@ def source_url(row):
     return f"https://doi.org/{row['doi']}" if row.get("doi") else ""
 
 
-def resolve_sources(covid, rows):
-    """The distinct, existing image files of `rows`, sorted, with counts of what was dropped.
+def resolve_sources(rows, covid=None):
+    """The distinct image files of `rows`, sorted, with counts of what was dropped.
 
-    Returns (paths, counts, rows_of): `rows_of` maps each path to the first row naming it.
+    In a checkout (`covid`), the existing files, keyed by their resolved path so that one file
+    listed twice (or through a link) is copied once. Without one (a URL), the distinct
+    `folder/filename` of the rows: a download cannot be looked at before it is chosen, so
+    missing files are found while downloading. Returns (sources, counts, rows_of): `rows_of`
+    maps each source to the first row naming it.
     """
-    # keyed by the resolved path, so one file listed twice (or through a link) is copied once
     sources, counts, rows_of = {}, {"missing files": 0, "refused": 0, "duplicates": 0}, {}
     for row in rows:
-        path = image_path(covid, row)
-        if path is None:
+        relative = image_relative(row)
+        if relative is None:
             counts["refused"] += 1
             print(f"[WARNING] refusing {shown(row.get('filename', ''))!r}: not a file inside "
                   "--covid", file=sys.stderr)
-        elif not os.path.isfile(path):
+            continue
+        # in a checkout: <covid>/<folder>/<filename>. Links inside it are followed (images/ may
+        # live on another disk); what a link leads to is checked when it is copied
+        source = relative if covid is None else os.path.join(covid, *relative.split("/"))
+        if covid is not None and not os.path.isfile(source):
             counts["missing files"] += 1
-        elif os.path.realpath(path) in sources:
+            continue
+        identity = source if covid is None else os.path.realpath(source)
+        if identity in sources:
             counts["duplicates"] += 1
         else:
-            sources[os.path.realpath(path)] = path
-            rows_of[path] = row
+            sources[identity] = source
+            rows_of[source] = row
     return sorted(sources.values()), counts, rows_of
 
 
@@ -247,11 +246,7 @@ def excluded_patients(manifests):
         if not os.path.isfile(path):
             raise UserError(f"--exclude-patients {path!r}: no such file; give the manifest.csv "
                             "of the dataset whose patients to leave out")
-        try:
-            rows = read_manifest_file(path)
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise UserError(f"--exclude-patients {path!r} is not a readable manifest "
-                            f"({err})") from None
+        rows = read_manifest_file(path)  # a manifest it cannot read is a one-line UserError
         patients |= {row["patient_id"] for row in rows.values()
                      if row["source"] == SOURCE and row["patient_id"]}
     return patients
@@ -260,9 +255,7 @@ def excluded_patients(manifests):
 def without_patients(rows, patients, manifests):
     """`rows` minus those of `patients` (a row's patient: its patientid, else its file name,
     as `patient_of` says), with a line saying how many went."""
-    kept = [row for row in rows
-            if (row.get("patientid") or os.path.basename(row.get("filename", "")))
-            not in patients]
+    kept = [row for row in rows if patient_of(row.get("filename", ""), row) not in patients]
     print(f"[INFO] --exclude-patients: left out {len(rows) - len(kept)} matching row(s) of the "
           f"{len(patients)} patient(s) in {', '.join(shown(m) for m in manifests)}")
     return kept
@@ -334,24 +327,6 @@ def metadata_file(args, remote):
                         "URL of a checkout's root, where metadata.csv and images/ are") from None
 
 
-def remote_candidates(rows):
-    """The distinct `folder/filename` of `rows`, sorted, with the rows refused as outside the
-    collection counted, and the first row naming each file (a download cannot be looked at
-    before it is chosen, so missing files are found while downloading)."""
-    candidates, counts = {}, {"missing files": 0, "refused": 0, "duplicates": 0}
-    for row in rows:
-        relative = image_relative(row)
-        if relative is None:
-            counts["refused"] += 1
-            print(f"[WARNING] refusing {shown(row.get('filename', ''))!r}: not a file inside "
-                  "--covid", file=sys.stderr)
-        elif relative in candidates:
-            counts["duplicates"] += 1
-        else:
-            candidates[relative] = row
-    return sorted(candidates), counts, candidates
-
-
 def download_chosen(remote, order, wanted, counts):
     """Download the files of `order` one after another until `wanted` are in the cache. A file
     that fails (404, refused content) is named, counted, and replaced by the next in `order`.
@@ -394,10 +369,7 @@ def build(args):
         raise UserError(f"no row has {describe_selection(args)}; "
                         f"{describe_seen(rows, args.license)}")
 
-    if remote is None:
-        sources, dropped, rows_of = resolve_sources(args.covid, matched)
-    else:
-        sources, dropped, rows_of = remote_candidates(matched)
+    sources, dropped, rows_of = resolve_sources(matched, None if remote else args.covid)
     if not sources:
         # The tutorial's copies end here with an empty folder and no word: say why instead.
         raise UserError(f"none of the {len(matched)} matching rows has its image in --covid "

@@ -182,8 +182,9 @@ def _first_line(err):
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def _dicom_header(data):
-    ds = _read_dicom(data, pixels=False)
+def _dicom_header(ds):
+    """The header of a pydicom dataset, refusing a file without one image of at most
+    MAX_PIXELS before any pixel is decoded."""
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if not rows or not columns:
         raise NotAnImage("a DICOM file without an image (no Rows and Columns)")
@@ -215,7 +216,7 @@ def read_header(data):
     cannot be parsed, more than MAX_PIXELS pixels, several frames, or floating-point pixels.
     """
     if is_dicom(data):
-        return _dicom_header(data)
+        return _dicom_header(_read_dicom(data, pixels=False))
     if not any(data.startswith(signature) for signature in SIGNATURES):
         raise NotAnImage("not an image (no JPEG, PNG, BMP or TIFF signature, no DICOM marker)")
     try:
@@ -296,8 +297,10 @@ def _dicom_to_grey(ds, stored):
 
 def _decode_dicom(data):
     """A DICOM file's one frame as 8-bit BGR, through `_dicom_to_grey` for grey images."""
-    header = _dicom_header(data)  # refuses too many pixels or frames before reading them
+    # parsed once; pydicom decodes the pixel data only when `pixel_array` asks for it, after
+    # the header has refused too many pixels or frames
     ds = _read_dicom(data, pixels=True)
+    header = _dicom_header(ds)
     if "PixelData" not in ds:
         raise NotAnImage("a DICOM file without integer pixel data (float pixel data, or none)")
     try:
