@@ -20,9 +20,9 @@ Usage:
     python audit_covid19.py --dataset dataset --external external
 
 Writes `audit.json` and `audit.png`, and prints a table and a verdict. Folds are stratified by
-class and, when the dataset has the builders' `manifest.csv`, grouped by patient. Features come
-from the same on-disk cache as `train_covid19.py --cache-features`. Two classes; the first in
-sorted order (covid) is the positive one.
+class and, when the dataset has the builders' `manifest.csv`, grouped by patient. The `full`
+features come from the same on-disk cache as `train_covid19.py`'s (`--no-cache` keeps none). Two
+classes; the first in sorted order (covid) is the positive one.
 """
 
 import contextlib
@@ -367,7 +367,7 @@ def probe_versions(args, base_model, images, paths, classes, folds, class_names,
     probes, external_probes, caches, features_of = {}, {}, [], {}
     for name in VERSIONS:
         print(f"[INFO] {name}: features of every image, then {args.folds} heads...")
-        caches.append(FeatureCache(args.cache_dir, cache_configuration(
+        caches.append(None if args.no_cache else FeatureCache(args.cache_dir, cache_configuration(
             model, crops, args.precision, variant=name)))
         features_of[name] = extract_features(extract, images, paths, args.batch_size,
                                              prepare=version_of(name), cache=caches[-1])
@@ -381,7 +381,8 @@ def probe_versions(args, base_model, images, paths, classes, folds, class_names,
             external_probes[name] = test_externally(args, head, initial, features_of[name],
                                                     onehot, external, extract, name, cache,
                                                     class_names)
-    print(cache_line(caches))
+    if not args.no_cache:
+        print(cache_line(caches))
     return probes, external_probes
 
 
@@ -426,7 +427,8 @@ def audit_report(args, class_names, labels, grouped, probes, verdict_of, confoun
 def main(argv=None) -> int:
     args = parse_args(argv)
     outputs = check_outputs(args.dataset, outputs_of(args))
-    check_inputs([args.dataset, *([args.external] if args.external else [])], args.cache_dir)
+    check_inputs([args.dataset, *([args.external] if args.external else [])],
+                 None if args.no_cache else args.cache_dir)
     with claim_outputs(*outputs):  # a second audit writing the same files stops here
         base_model = start(args)
         print("[INFO] loading images...")

@@ -7,6 +7,7 @@ train, evaluate, plot, save. For education only: not a medical device, not a dia
 
 Usage:
     python train_covid19.py --dataset dataset
+    python train_covid19.py --dataset dataset                     # again: in seconds, same numbers
     python train_covid19.py --dataset dataset --cache-features    # no augmentation, much faster
     python train_covid19.py --dataset dataset --precision bfloat16  # on CPUs with bfloat16
     python train_covid19.py --dataset dataset --external external  # and test it elsewhere
@@ -14,16 +15,21 @@ Usage:
 `--dataset` holds one folder of images per class; the folder name is the label. Writes the model
 (HDF5, with its class names), the loss/accuracy plot, `roc.png` beside it and `report.json`, and
 prints the tutorial's report with a 95% interval after each number. Only the head learns, so the
-frozen VGG16 never computes the same thing twice (see `features_for_the_head`).
+frozen VGG16 never computes the same thing twice (see `features_for_the_head`): every feature it
+computes is kept in the feature cache (`--cache-dir`; `--no-cache` keeps none), and a rerun with
+the same images, weights and seed reads them back instead of computing them.
 """
 
 import contextlib
 import os
 import sys
 
+import numpy as np
+
+from covid19xray.augmentation import AUGMENTATION, rotation_angles
 from covid19xray.cache import FeatureCache, cache_line
-from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, shown
-from covid19xray.data import load_dataset, training_batches
+from covid19xray.cli import ArgumentParser, UserError, cli, shown
+from covid19xray.data import epoch_batches, load_dataset, training_batches
 from covid19xray.external import check_classes, load_external, shared_patients
 from covid19xray.features import (
     cache_configuration,
@@ -31,7 +37,6 @@ from covid19xray.features import (
     make_feature_extractor,
     make_head,
 )
-from covid19xray.images import scale_pixels
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, save_model
 from covid19xray.outputs import claim_outputs
@@ -51,8 +56,6 @@ from covid19xray.splits import (
     warn_shared_patients,
 )
 from covid19xray.training import (
-    AUGMENTATION,
-    ROTATION_DEGREES,
     add_training_flags,
     check_inputs,
     check_outputs,
@@ -64,7 +67,6 @@ from covid19xray.training import (
     write_outputs,
 )
 
-keras = lazy_import("keras")
 
 def parse_args(argv=None):
     """The tutorial's three arguments, and flags for what it hard-coded: its INIT_LR, EPOCHS
@@ -92,9 +94,9 @@ def parse_args(argv=None):
                          "source (one folder per class, as --dataset), with the same report; "
                          "repeatable")
     ap.add_argument("--cache-features", action="store_true",
-                    help="no augmentation: every image passes through VGG16 once and the head "
-                         "trains on its features, kept in --cache-dir for the next run (much "
-                         "faster; the saved model is the same whole network)")
+                    help="no augmentation: every image passes through VGG16 once, not once per "
+                         "epoch, and the head trains on the same features every epoch (much "
+                         "faster on a first run; the saved model is the same whole network)")
     return ap.parse_args(argv)
 
 
@@ -129,48 +131,58 @@ def check_batch_size(args, trainP):
                         f"({len(trainP)} images); use --batch-size {len(trainP)} or less")
 
 
-def make_augmentation(seed):
+def make_augmentation(args, images, trainP):
     """Initialize the training data augmentation: the tutorial's ImageDataGenerator(
-    rotation_range=15, fill_mode="nearest") is Keras's RandomRotation layer, whose factor is a
-    fraction of a full turn: 15/360 rotates by up to 15 degrees either way."""
-    return keras.layers.RandomRotation(factor=ROTATION_DEGREES / 360, fill_mode="nearest",
-                                       seed=seed)
+    rotation_range=15, fill_mode="nearest") rotated each training image by a random angle of
+    up to 15 degrees either way, anew every epoch. Returns those angles, (epochs, images):
+    each drawn from the seed, the epoch and the image alone, so that a rerun draws them again
+    and finds their features in the cache (covid19xray.augmentation)."""
+    digests = [images.digest(path) for path in trainP]
+    return np.stack([rotation_angles(args.seed, epoch, digests) for epoch in range(args.epochs)])
+
+
+def feature_caches(args, model, crops):
+    """The feature caches of this run: of the images as they are, and of the training images'
+    rotations (one entry per image and epoch); (None, None) with --no-cache."""
+    if args.no_cache:
+        return None, None
+    plain = FeatureCache(args.cache_dir, cache_configuration(model, crops, args.precision))
+    rotated = FeatureCache(args.cache_dir,
+                           cache_configuration(model, crops, args.precision, "rotated"),
+                           what="rotated image(s) (one per training image and epoch)")
+    return plain, rotated
 
 
 def features_for_the_head(args, model, images, trainP, trainY, testP):
     """What the head trains on: (training batches, the test split's features, and the function
     that computes other images' features the same way: `features_of(store, paths)`).
 
-    Only the head learns, so the frozen base is part of the input pipeline. Test images are
-    never augmented, so their features are the same every epoch: computed once. The training
-    batches are the features of each batch's images, read from the store, scaled and randomly
-    rotated anew every epoch; with --cache-features, of the images themselves, computed once
-    and kept on disk for the next run.
+    Only the head learns, so the frozen base is part of the input pipeline, and what it
+    computes depends on the image alone: it is computed once and kept in the feature cache.
+    Test images are never augmented: their features are the same every epoch. Each training
+    image is rotated anew every epoch (`make_augmentation`), so it passes through VGG16 once
+    per epoch, on the first run; with --cache-features, once, not rotated.
     """
     extract, crops = make_feature_extractor(model, args.precision)
-    cache = None
-    if args.cache_features:
-        print("[INFO] --cache-features: augmentation off, each image passes through VGG16 once")
-        cache = FeatureCache(args.cache_dir, cache_configuration(model, crops, args.precision))
+    plain_cache, rotated_cache = feature_caches(args, model, crops)
 
     def features_of(store, paths):
-        return extract_features(extract, store, paths, args.batch_size, cache=cache)
+        return extract_features(extract, store, paths, args.batch_size, cache=plain_cache)
 
     testF = features_of(images, testP)
     if args.cache_features:
-        trainF = features_of(images, trainP)
-        print(cache_line([cache]))
-        return training_batches(trainF, trainY, args.batch_size, args.seed), testF, features_of
-    return augmented_features(args, images, trainP, trainY, extract), testF, features_of
-
-
-def augmented_features(args, images, trainP, trainY, extract):
-    """Training batches of (`extract` of each image, rotated anew every epoch, its label)."""
-    augment = make_augmentation(args.seed)
-    return training_batches(
-        images.slots(trainP), trainY, args.batch_size, args.seed,
-        prepare=lambda slots: extract(augment(scale_pixels(images.read_tensor(slots)),
-                                              training=True)))
+        print("[INFO] --cache-features: augmentation off, each image passes through VGG16 once")
+        batches = training_batches(features_of(images, trainP), trainY, args.batch_size,
+                                   args.seed)
+    else:
+        angles = make_augmentation(args, images, trainP)
+        trainF = extract_features(extract, images, trainP * args.epochs, args.batch_size,
+                                  cache=rotated_cache, angles=angles.ravel())
+        batches = epoch_batches(trainF.reshape(args.epochs, len(trainP), -1), trainY,
+                                args.batch_size, args.seed)
+    if plain_cache is not None:
+        print(cache_line([plain_cache] if args.cache_features else [plain_cache, rotated_cache]))
+    return batches, testF, features_of
 
 
 def train(args, head, batches, steps, testF, testY):
@@ -263,7 +275,7 @@ def save_outputs(outputs, model, class_names, H, trueIdxs, probabilities, report
 def main(argv=None) -> int:
     args = parse_args(argv)
     outputs = check_outputs(args.dataset, outputs_of(args))  # before minutes of training
-    check_inputs([args.dataset, *args.external], args.cache_dir if args.cache_features else None)
+    check_inputs([args.dataset, *args.external], None if args.no_cache else args.cache_dir)
     with claim_outputs(*outputs):  # a second run writing the same files stops here
         # seed everything, then load VGG16 first: a wrong --weights fails in seconds
         baseModel = start(args)

@@ -2,13 +2,14 @@
 
 Runs, in turn and `--pairs` times over (so that a slow spell of a shared machine hits every
 program alike): bench/reference_train.py (the tutorial as written, Keras 3 changes only); our
-train_covid19.py in float32 (the tutorial's results) and with `--precision bfloat16`; and
-`--cache-features` twice on one fresh cache folder, cold (every image through VGG16, stored)
-then warm (every feature read back). Each run is a fresh process with the same dataset, epochs
-and weights; wall time is measured around it, peak memory (RSS) comes from the kernel
-(os.wait4). It prints every run, the medians, their ratios to the reference's median, and each
-program's floor: the time its VGG16 forward passes alone take, from the cost of one forward pass
-measured in the same session (`--floor`).
+train_covid19.py's default command (float32, augmented: the tutorial's results) twice on one
+fresh feature cache, first (every rotation of every training image through VGG16, stored) then
+warm (the same command again: every feature read back); `--precision bfloat16`; and
+`--cache-features` (no augmentation) twice on another fresh cache, cold then warm. Each run is a
+fresh process with the same dataset, epochs and weights; wall time is measured around it, peak
+memory (RSS) comes from the kernel (os.wait4). It prints every run, the medians, their ratios to
+the reference's median, and each program's floor: the time its VGG16 forward passes alone take,
+from the cost of one forward pass measured in the same session (`--floor`).
 
 `--memory` instead measures peak memory against dataset size: it writes datasets of 200 and
 2,000 images (resized copies of --dataset's images, in a temporary folder, deleted afterwards)
@@ -23,6 +24,7 @@ Usage (from the repository root, with requirements.txt installed; `-m` finds the
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -36,12 +38,15 @@ from covid19xray.images import list_images
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN = os.path.join(ROOT, "train_covid19.py")
+# {name: (command, the feature cache it uses: one fresh folder per name and pair, shared by
+# a program's cold and warm runs)}
 PROGRAMS = {
-    "reference": [os.path.join(ROOT, "bench", "reference_train.py")],
-    "ours": [TRAIN],
-    "ours bfloat16": [TRAIN, "--precision", "bfloat16"],
-    "ours --cache-features cold": [TRAIN, "--cache-features"],
-    "ours --cache-features warm": [TRAIN, "--cache-features"],
+    "reference": ([os.path.join(ROOT, "bench", "reference_train.py")], None),
+    "ours": ([TRAIN], "default"),
+    "ours warm": ([TRAIN], "default"),
+    "ours bfloat16": ([TRAIN, "--precision", "bfloat16"], "bfloat16"),
+    "ours --cache-features cold": ([TRAIN, "--cache-features"], "cache-features"),
+    "ours --cache-features warm": ([TRAIN, "--cache-features"], "cache-features"),
 }
 
 # Times one forward pass of the full VGG16 (what the reference computes) and of our cropped
@@ -118,6 +123,13 @@ def run(command, workdir):
     return seconds, usage.ru_maxrss / 1024, lines  # ru_maxrss is in KiB on Linux
 
 
+def comparable(lines):
+    """A run's stdout without what differs between identical runs: Keras's step times, the
+    feature cache's counts and the output paths."""
+    return [re.sub(r" - \d+m?s(/step)?", "", line) for line in lines
+            if not line.startswith(("[INFO] feature cache", "[INFO] wrote"))]
+
+
 def accuracy_line(lines):
     return next((line for line in lines if line.startswith("acc: ")), "acc: ?")
 
@@ -141,11 +153,13 @@ def measure_floor(dataset):
 def floors(costs, images, epochs):
     """Each program's floor: its forward passes times their measured cost. The reference passes
     every image through the full VGG16 every epoch (training and validation); ours passes the
-    training images through the cropped extractor every epoch and the test images once;
-    --cache-features passes every image once, and reads them all back when warm."""
+    training images through the cropped extractor every epoch and the test images once, and
+    reads them all back when warm; --cache-features passes every image once, and reads them
+    all back when warm."""
     train, test = images - round(0.2 * images), round(0.2 * images)
     return {"reference": costs["full VGG16"] * images * epochs,
             "ours": costs["ours float32"] * (train * epochs + test),
+            "ours warm": 0.0,
             "ours bfloat16": costs["ours bfloat16"] * (train * epochs + test),
             "ours --cache-features cold": costs["ours float32"] * images,
             "ours --cache-features warm": 0.0}
@@ -157,17 +171,20 @@ def time_programs(args):
     floor = floors(costs, len(list_images(dataset)), args.epochs)
     times = {name: [] for name in args.programs}
     memory = {name: [] for name in args.programs}
+    outputs = {name: [] for name in args.programs}
     for pair in range(args.pairs):
-        with tempfile.TemporaryDirectory() as cache:  # cold, then warm, on one fresh cache
+        with tempfile.TemporaryDirectory() as caches:  # fresh caches for every pair
             for name in args.programs:
+                program, cache = PROGRAMS[name]
                 with tempfile.TemporaryDirectory() as workdir:
-                    command = [sys.executable, *PROGRAMS[name], "--dataset", dataset,
+                    command = [sys.executable, *program, "--dataset", dataset,
                                "--epochs", str(args.epochs), "--weights", args.weights]
-                    if "--cache-features" in name:
-                        command += ["--cache-dir", cache]
+                    if cache is not None:
+                        command += ["--cache-dir", os.path.join(caches, cache)]
                     seconds, rss, lines = run(command, workdir)
                 times[name].append(seconds)
                 memory[name].append(rss)
+                outputs[name].append(comparable(lines))
                 print(f"run {pair + 1} {name}: {seconds:.1f} s, peak RSS {rss:.0f} MiB, "
                       f"{accuracy_line(lines)}", flush=True)
 
@@ -181,6 +198,12 @@ def time_programs(args):
         to_floor = f"{median / floor[name]:.2f}" if floor[name] else "-"
         print(f"| {name} | {', '.join(f'{t:.1f}' for t in times[name])} | {median:.1f} | "
               f"{ratio} | {floor[name]:.1f} | {to_floor} | {max(memory[name]):.0f} |")
+    for first, again in [("ours", "ours warm"),
+                         ("ours --cache-features cold", "ours --cache-features warm")]:
+        if outputs.get(first) and outputs.get(again):
+            same = outputs[first] == outputs[again]
+            print(f"{again} printed the same epoch lines and report as {first} (step times "
+                  f"aside), in every pair: {'yes' if same else 'NO'}")
 
 
 def write_dataset(source, size, folder):
@@ -204,10 +227,11 @@ def measure_memory(args):
         with tempfile.TemporaryDirectory() as data, tempfile.TemporaryDirectory() as workdir:
             write_dataset(args.dataset, size, data)
             for name in programs:
-                command = [sys.executable, *PROGRAMS[name], "--dataset", data,
+                program, cache = PROGRAMS[name]
+                command = [sys.executable, *program, "--dataset", data,
                            "--epochs", str(args.memory_epochs), "--weights", args.weights]
-                if "--cache-features" in name:
-                    command += ["--cache-dir", os.path.join(workdir, "cache")]
+                if cache is not None:
+                    command += ["--cache-dir", os.path.join(workdir, f"{cache}-{size}")]
                 seconds, rss, _ = run(command, workdir)
                 rows.append((name, size, rss, seconds))
                 print(f"{name} on {size} images: peak RSS {rss:.0f} MiB ({seconds:.0f} s)",

@@ -12,8 +12,11 @@ is recomputed with a warning, and replaced. Entries are written to a temporary f
 so a crash never leaves half an entry. `<folder>/<configuration key>/configuration.json` says
 what the key stands for.
 
-The default folder is `$XDG_CACHE_HOME/covid19-xray` (`~/.cache/covid19-xray`): about 2 KB per
-image and configuration. Deleting the folder clears it; nothing else refers to it.
+The default folder is `$XDG_CACHE_HOME/covid19-xray` (`~/.cache/covid19-xray`). An entry holds
+2,137 bytes for the tutorial's 512 features, and takes one filesystem block on disk (4 KB on most):
+one per image and configuration, and, for a training run with augmentation, one per training
+image and epoch (each epoch's rotation of it). `cache_line` prints both sizes after every run
+that used the cache. Deleting the folder clears it; nothing else refers to it.
 """
 
 import hashlib
@@ -46,16 +49,23 @@ def weights_digest(layers):
     return digest.hexdigest()
 
 
+def disk_usage(path):
+    """Bytes that the file at `path` takes on disk (whole blocks), not its length."""
+    return os.stat(path).st_blocks * 512
+
+
 class FeatureCache:
     """Features of images, keyed by each image's SHA-256 within one `configuration` (a dict of
-    everything else the features depend on, JSON-serializable)."""
+    everything else the features depend on, JSON-serializable). `what` names its entries in
+    `cache_line`."""
 
-    def __init__(self, folder, configuration):
+    def __init__(self, folder, configuration, what="image(s)"):
         text = json.dumps(configuration, sort_keys=True)
         self.key = hashlib.sha256(text.encode()).hexdigest()
         self.folder = os.path.join(folder, self.key[:24])
-        self.root = folder
+        self.root, self.what = folder, what
         self.found = self.computed = 0
+        self.entry_size = None  # on disk, measured on the first entry read or written
         # 0700: the features of a user's images are theirs; other users on a shared machine
         # could read them, or plant entries (which the entry's own key would refuse)
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -89,6 +99,8 @@ class FeatureCache:
             print(f"[WARNING] feature cache entry {shown(path)} is damaged or was written for "
                   "something else; computing it again", file=sys.stderr)
             return None
+        if self.entry_size is None:
+            self.entry_size = disk_usage(path)
         return np.frombuffer(payload, dtype="<f4")
 
     def put(self, image_digest, features):
@@ -98,6 +110,8 @@ class FeatureCache:
         with atomic_output(path) as temporary, open(temporary, "wb") as f:
             f.write(MAGIC + self._entry_key(image_digest) + payload
                     + hashlib.sha256(payload).digest())
+        if self.entry_size is None:
+            self.entry_size = disk_usage(path)
 
     def lookup(self, digests):
         """The features cached for each of `digests` (SHA-256 of image files), None where there
@@ -115,13 +129,22 @@ class FeatureCache:
 
 def cache_line(caches):
     """`[INFO] feature cache ...`: for the caches one run used (all in one folder), where, what
-    was found and computed, and how large the folder is, so that it never grows unseen."""
+    was found and computed, and how large an entry and the folder are, so that it never grows
+    unseen."""
     root = caches[0].root
-    size = sum(os.path.getsize(os.path.join(base, name))
+    size = sum(disk_usage(os.path.join(base, name))
                for base, _, names in os.walk(root) for name in names)
     home = os.path.expanduser("~")
     if root.startswith(home + os.sep):  # ~/.cache/covid19-xray, as the user would type it
         root = "~" + root[len(home):]
-    return (f"[INFO] feature cache {shown(root)}: {sum(c.found for c in caches)} image(s) found, "
-            f"{sum(c.computed for c in caches)} computed; {size / 1e6:.1f} MB in all (delete "
-            "the folder to clear it)")
+    counts = {}
+    for cache in caches:
+        found, computed = counts.get(cache.what, (0, 0))
+        counts[cache.what] = found + cache.found, computed + cache.computed
+    entry = max(cache.entry_size or 0 for cache in caches)
+    return (f"[INFO] feature cache {shown(root)}: "
+            + "; ".join(f"{found} {what} found, {computed} computed"
+                        for what, (found, computed) in counts.items())
+            + (f"; {entry / 1e3:.1f} kB an entry" if entry else "")
+            + f", {size / 1e6:.1f} MB in all (delete the folder to clear it, or run with "
+            "--no-cache)")

@@ -27,6 +27,7 @@ import tempfile
 
 import numpy as np
 
+from .augmentation import rotate, rotation_matrices
 from .cli import UserError, lazy_import, shown, warn_if_not_utf8
 from .images import (
     IMAGE_SIZE,
@@ -184,16 +185,23 @@ def _without_autotuning(dataset):
     return dataset.prefetch(1).with_options(options)
 
 
-def model_batches(images, paths, batch_size, prepare=None):
-    """The images at `paths`, in order, in batches, scaled to [0, 1]; never augmented.
+def model_batches(images, paths, batch_size, prepare=None, angles=None):
+    """The images at `paths`, in order, in batches, scaled to [0, 1].
 
-    `prepare`, if given, changes each uint8 batch before it is scaled (the audit's masks).
+    Either `prepare` changes each uint8 batch before it is scaled (the audit's masks), or
+    `angles` (degrees, one per path) rotates each scaled image (the training augmentation).
     """
-    dataset = tf.data.Dataset.from_tensor_slices(images.slots(paths)).batch(batch_size)
-    dataset = dataset.map(images.read_tensor)
-    if prepare is not None:
-        dataset = dataset.map(prepare)
-    return _without_autotuning(dataset.map(scale_pixels))
+    slots = images.slots(paths)
+    if angles is None:
+        dataset = tf.data.Dataset.from_tensor_slices(slots).batch(batch_size)
+        dataset = dataset.map(images.read_tensor)
+        if prepare is not None:
+            dataset = dataset.map(prepare)
+        return _without_autotuning(dataset.map(scale_pixels))
+    matrices = rotation_matrices(angles, *IMAGE_SIZE)
+    dataset = tf.data.Dataset.from_tensor_slices((slots, matrices)).batch(batch_size)
+    return _without_autotuning(dataset.map(
+        lambda slot, matrix: rotate(scale_pixels(images.read_tensor(slot)), matrix)))
 
 
 def training_batches(inputs, labels, batch_size, seed, prepare=None):
@@ -208,4 +216,24 @@ def training_batches(inputs, labels, batch_size, seed, prepare=None):
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if prepare is not None:
         dataset = dataset.map(lambda x, y: (prepare(x), y))
+    return _without_autotuning(dataset)
+
+
+def epoch_batches(features, labels, batch_size, seed):
+    """Every epoch's batches, one after the other: `features[epoch]` holds that epoch's
+    features of each training image (its own rotation); `labels` their one-hot rows.
+
+    Each epoch is a shuffle drawn from (seed, epoch) alone, cut into `len(labels) //
+    batch_size` whole batches, as in `training_batches`. Keras, given that many steps an
+    epoch, reads on through the next epoch's batches.
+    """
+    epochs, count = features.shape[:2]
+    steps = count // batch_size
+    order = np.stack([np.random.default_rng([seed % 2**64, epoch]).permutation(count)
+                      [:steps * batch_size].reshape(steps, batch_size)
+                      for epoch in range(epochs)])
+    x = np.stack([features[epoch][order[epoch]] for epoch in range(epochs)])
+    y = np.asarray(labels)[order]
+    dataset = tf.data.Dataset.from_tensor_slices((x.reshape(epochs * steps, batch_size, -1),
+                                                  y.reshape(epochs * steps, batch_size, -1)))
     return _without_autotuning(dataset)

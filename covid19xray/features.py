@@ -20,6 +20,7 @@ import importlib.metadata
 import cv2
 import numpy as np
 
+from .augmentation import FILL_MODE, INTERPOLATION, ROTATION_DEGREES, rotated_key
 from .cache import weights_digest
 from .cli import lazy_import
 from .data import model_batches
@@ -121,18 +122,24 @@ def make_head(model):
     return keras.Model(features, x, name="head")
 
 
-def extract_features(extract, images, paths, batch_size, prepare=None, cache=None):
+def extract_features(extract, images, paths, batch_size, prepare=None, cache=None,
+                     angles=None):
     """The features of the images at `paths` (in the `ImageStore` `images`), in order:
     (len(paths), features).
 
     With `cache` (a `cache.FeatureCache`), features found there are not computed again, and
-    those computed are stored. `prepare` changes each uint8 batch before it is scaled.
+    those computed are stored. Either `prepare` changes each uint8 batch before it is scaled
+    (the audit's masks), or `angles` (degrees, one per path; a path may come once per epoch)
+    rotates each image first, and each rotation is cached under its own key.
     """
-    digests = [images.digest(path) for path in paths]
-    found = [None] * len(paths) if cache is None else cache.lookup(digests)
+    keys = [images.digest(path) for path in paths]
+    if angles is not None:
+        keys = [rotated_key(key, angle) for key, angle in zip(keys, angles)]
+    found = [None] * len(paths) if cache is None else cache.lookup(keys)
     missing = [k for k, features in enumerate(found) if features is None]
     if missing:
-        batches = model_batches(images, [paths[k] for k in missing], batch_size, prepare)
+        batches = model_batches(images, [paths[k] for k in missing], batch_size, prepare,
+                                None if angles is None else np.asarray(angles)[missing])
         parts = []
         with progress(len(missing), "VGG16 features") as bar:
             for batch in batches:
@@ -142,7 +149,7 @@ def extract_features(extract, images, paths, batch_size, prepare=None, cache=Non
         for k, row in zip(missing, computed):
             found[k] = row
         if cache is not None:
-            cache.store([digests[k] for k in missing], computed)
+            cache.store([keys[k] for k in missing], computed)
     return np.stack(found)
 
 
@@ -160,9 +167,12 @@ def decoder_versions():
 def cache_configuration(model, crops, precision, variant="full"):
     """Everything besides the image that the features of `model`'s extractor depend on: the
     key of a `cache.FeatureCache`, built here and nowhere else. `variant` names what the audit
-    did to the image (a mask)."""
+    did to the image (a mask), or "rotated" for the training augmentation (whose entries are
+    keyed by image and angle: `augmentation.rotated_key`)."""
     frozen = frozen_layers(model)
-    return {
+    rotation = {"rotation": {"degrees": ROTATION_DEGREES, "fill_mode": FILL_MODE,
+                             "interpolation": INTERPOLATION}} if variant == "rotated" else {}
+    return {**rotation,
         "weights": weights_digest(frozen),
         "layers": [[type(layer).__name__, {k: v for k, v in layer.get_config().items()
                                            if k not in ("name", "trainable")}]

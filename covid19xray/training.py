@@ -32,14 +32,11 @@ keras = lazy_import("keras")
 
 # The tutorial's random_state, for the split, the heads and everything seeded.
 SEED = 42
-# The tutorial's augmentation: ImageDataGenerator(rotation_range=15, fill_mode="nearest").
-ROTATION_DEGREES = 15
-AUGMENTATION = f"random rotation up to {ROTATION_DEGREES} degrees either way"
 
 
 def add_training_flags(ap, dataset_help):
     """The flags of a run that trains heads on the frozen VGG16: --dataset, --weights,
-    --precision, --seed, --epochs, --batch-size, --lr, --cache-dir."""
+    --precision, --seed, --epochs, --batch-size, --lr, --cache-dir, --no-cache."""
     ap.add_argument("-d", "--dataset", required=True, help=dataset_help)
     ap.add_argument("--weights", default="imagenet",
                     help="VGG16 base weights: imagenet (downloaded by Keras on first use), none "
@@ -60,8 +57,14 @@ def add_training_flags(ap, dataset_help):
                     help="initial learning rate, decayed per step as Keras 2's decay=lr/epochs "
                          "did (default: %(default)s)")
     ap.add_argument("--cache-dir", default=default_cache_folder(),
-                    help="the feature cache, shared by train_covid19.py --cache-features and "
-                         "audit_covid19.py; delete it to clear it (default: %(default)s)")
+                    help="the feature cache that every run of train_covid19.py and "
+                         "audit_covid19.py reads and fills: VGG16's features of each image, and "
+                         "of each training image's rotation in each epoch, so that a rerun with "
+                         "the same images, weights and seed recomputes none of them; delete the "
+                         "folder to clear it (default: %(default)s)")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="neither read nor fill the feature cache: compute every feature, keep "
+                         "none on disk")
 
 
 def check_outputs(dataset, outputs):

@@ -101,7 +101,9 @@ def trained(tiny_dataset, tmp_path_factory):
         patch.setattr(train_covid19, "train", train_then_mark)
         code, stdout, stderr = run_main(train_covid19.main, [
             "--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights",
-            "none", "--seed", "7", "--model", model, "--plot", plot, "--report", report])
+            "none", "--seed", "7", "--model", model, "--plot", plot, "--report", report,
+            "--cache-dir", str(out / "cache")])  # its own: no other test's entries in it
     return {"code": code, "stdout": stdout, "stderr": stderr, "model": model, "plot": plot,
+            "cache": str(out / "cache"),
             "report": report, "dataset": tiny_dataset, "seed": 7, "batch_size": 4,
             "reads": reads, "autotuning": autotuning[0] if autotuning else None}

@@ -42,14 +42,23 @@ def test_the_cache_line_says_where_what_and_how_much(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     root = str(tmp_path / ".cache" / "covid19-xray")
     first, second = FeatureCache(root, {"variant": "a"}), FeatureCache(root, {"variant": "b"})
+    rotated = FeatureCache(root, {"variant": "rotated"}, what="rotations")
     first.store(["ab" * 32, "cd" * 32], np.zeros((2, 512), np.float32))
     assert second.lookup(["ab" * 32, "ef" * 32]) == [None, None]  # another configuration
     np.testing.assert_array_equal(first.lookup(["ab" * 32, "ef" * 32])[0], np.zeros(512))
-    size = sum(os.path.getsize(os.path.join(base, name))
+    rotated.store(["12" * 32, "34" * 32, "56" * 32], np.ones((3, 512), np.float32))
+    entries = [os.path.join(base, name) for base, _, names in os.walk(root) for name in names
+               if name.endswith(".features")]
+    assert len(entries) == 5 and {os.path.getsize(path) for path in entries} == {2137}
+    # on disk, what the filesystem gives each entry (a whole block), and the folder in all
+    entry = os.stat(entries[0]).st_blocks * 512
+    size = sum(os.stat(os.path.join(base, name)).st_blocks * 512
                for base, _, names in os.walk(root) for name in names)
-    assert cache_line([first, second]) == (
-        f"[INFO] feature cache ~/.cache/covid19-xray: 1 image(s) found, 2 computed; "
-        f"{size / 1e6:.1f} MB in all (delete the folder to clear it)")
+    assert entry >= 2137 and size >= 5 * entry
+    assert cache_line([first, second, rotated]) == (
+        "[INFO] feature cache ~/.cache/covid19-xray: 1 image(s) found, 2 computed; 0 rotations "
+        f"found, 3 computed; {entry / 1e3:.1f} kB an entry, {size / 1e6:.1f} MB in all (delete "
+        "the folder to clear it, or run with --no-cache)")
 
 
 def test_the_cache_folders_are_the_users_alone(tmp_path):

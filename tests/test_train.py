@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import hashlib
 import json
 import os
 import re
@@ -23,9 +24,10 @@ from sklearn.preprocessing import LabelBinarizer
 import predict_covid19
 import train_covid19
 from covid19xray import data
+from covid19xray.augmentation import rotate, rotation_angles, rotation_matrices
 from covid19xray.cache import FeatureCache
-from covid19xray.data import load_dataset
-from covid19xray.features import make_head
+from covid19xray.data import epoch_batches, load_dataset
+from covid19xray.features import extract_features, make_head
 from covid19xray.images import load_xray, scale_pixels
 from covid19xray.model import CLASS_NAMES_ATTR, build_model
 from covid19xray.report import wilson
@@ -110,42 +112,64 @@ def test_every_training_label_is_its_images_folder(tmp_path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             cv2.imwrite(path, np.full((40, 30), 20 * i + 120 * c + 5, np.uint8))
     images, _, (trainP, _, trainY, _), _ = split_as_main_does(str(tmp_path), 3)
-    args = argparse.Namespace(batch_size=3, seed=3)
-    batches = train_covid19.augmented_features(args, images, trainP, trainY,
-                                               extract=lambda x: x)  # features = the images
+    args = argparse.Namespace(batch_size=3, seed=3, epochs=2)
+    angles = train_covid19.make_augmentation(args, images, trainP)
+    rotated = extract_features(lambda x: x, images, trainP * 2, 3,  # features = the images
+                               angles=angles.ravel())
+    batches = epoch_batches(rotated.reshape(2, len(trainP), -1), trainY, 3, 3)
     seen = []
-    for _epoch in range(2):
-        for x, y in batches:
-            for image, row in zip(np.asarray(x), np.asarray(y)):
-                assert np.ptp(image) < 1e-6  # one flat image, not a mix of two
-                source = level[round(float(image.mean()) * 255)]
-                folder = os.path.basename(os.path.dirname(source))
-                assert row.tolist() == ([1.0, 0.0] if folder == "covid" else [0.0, 1.0])
-                seen.append(source)
+    for x, y in batches:  # both epochs, one after the other
+        for image, row in zip(np.asarray(x), np.asarray(y)):
+            assert np.ptp(image) < 1e-6  # one flat image, not a mix of two
+            source = level[round(float(image.mean()) * 255)]
+            folder = os.path.basename(os.path.dirname(source))
+            assert row.tolist() == ([1.0, 0.0] if folder == "covid" else [0.0, 1.0])
+            seen.append(source)
     # every training image once an epoch (9 // 3 whole batches), and only training images
-    assert sorted(seen) == sorted(trainP * 2)
+    assert sorted(seen[:9]) == sorted(seen[9:]) == sorted(trainP)
+    assert seen[:9] != seen[9:]  # shuffled anew
 
 
 def test_training_data_is_read_once_per_step_and_never_after_fit(trained):
     """The end-of-training stall came from tf.data's autotuning thread, which a finished
     iterator waited for, and prefetched batches no step used; neither may come back."""
     assert trained["autotuning"] is False
-    # A batch prefetched for no step, or a pipeline thread still reading after fit returned
-    # (while main evaluates, plots and saves), would show here: an extra read, or one marked
-    # after. 2 test images once, then 2 epochs of 8 // 4 = 2 batches of 4 training images.
+    # Every image is read back from the store once for each feature it has: the 2 test images
+    # once, then the 8 training images once per epoch (each epoch's rotation), in batches of 4;
+    # none while the head trains or after (while main evaluates, plots and saves).
     assert [n for n, after in trained["reads"]] == [2] + [4] * 4
     assert not any(after for n, after in trained["reads"])
 
 
-def test_augmentation_rotates_up_to_15_degrees_with_nearest_fill():
-    augment = train_covid19.make_augmentation(seed=1)
-    assert augment.factor == (-15 / 360, 15 / 360)
-    assert augment.fill_mode == "nearest"
-    image = np.zeros((1, 64, 64, 3), np.float32)
+def test_rotation_angles_come_from_the_seed_epoch_and_image_alone():
+    digests = [hashlib.sha256(str(k).encode()).hexdigest() for k in range(500)]
+    angles = rotation_angles(42, 0, digests)
+    assert angles.min() >= -15 and angles.max() < 15
+    assert angles.min() < -14 and angles.max() > 14  # the whole range, either way
+    assert len(set(angles.tolist())) == 500
+    # the same image gets the same angle whatever the others are, or their order
+    assert rotation_angles(42, 0, digests[7:8])[0] == angles[7]
+    np.testing.assert_array_equal(rotation_angles(42, 0, digests[::-1]), angles[::-1])
+    # and another in another epoch, or with another seed
+    assert not np.isin(rotation_angles(42, 1, digests), angles).any()
+    assert not np.isin(rotation_angles(7, 0, digests), angles).any()
+    assert rotation_angles(-1, 0, digests[:1]).shape == (1,)  # any int seed
+
+
+def test_rotation_is_keras_random_rotation_with_nearest_fill():
+    image = np.zeros((1, 64, 48, 3), np.float32)
     image[:, 28:36, :, :] = 1.0  # a horizontal bar: any rotation moves its ends
-    rotated = np.asarray(augment(image, training=True))
-    assert not np.allclose(rotated, image)
-    assert np.allclose(np.asarray(augment(image, training=False)), image)
+    for angle in (-14.5, 3.25, 15.0):
+        # the tutorial's augmentation as Keras 3 spells it, held at one angle
+        layer = keras.layers.RandomRotation(factor=(angle / 360, angle / 360),
+                                            fill_mode="nearest")
+        expected = np.asarray(layer(image, training=True))
+        rotated = np.asarray(rotate(image, rotation_matrices([angle], 64, 48)))
+        assert not np.allclose(rotated, image)
+        np.testing.assert_allclose(rotated, expected, atol=1e-4)
+    # "nearest" fills the corners from the nearest edge pixel: no black corners
+    white = np.ones((1, 64, 48, 3), np.float32)
+    np.testing.assert_allclose(rotate(white, rotation_matrices([15.0], 64, 48)), 1.0, atol=1e-6)
 
 
 def test_encode_labels_two_classes_as_the_tutorial_and_more():
@@ -313,6 +337,60 @@ def test_a_warm_feature_cache_computes_nothing_and_changes_nothing(cached_run):
 
     assert losses(cold) == losses(warm) and len(losses(cold)) == 4
     assert parse_report(cold)[0].tolist() == parse_report(warm)[0].tolist()
+
+
+def without_timings(stdout):
+    """A run's stdout without what differs between identical runs: Keras's step times, the
+    cache line's counts and the paths of the outputs."""
+    text = re.sub(r" - \d+m?s(/step)?", "", stdout)
+    return [line for line in text.splitlines()
+            if not line.startswith(("[INFO] feature cache", "[INFO] wrote"))]
+
+
+def cache_counts(stdout):
+    """The cache line's (found, computed) of images, then of rotated training images."""
+    line = next(line for line in stdout.splitlines() if line.startswith("[INFO] feature cache"))
+    return [tuple(map(int, pair)) for pair in re.findall(r"(\d+) [a-z ]*image\(s\)[^;]*? found, "
+                                                         r"(\d+) computed", line)]
+
+
+def test_a_rerun_computes_no_feature_and_prints_the_same(trained, tmp_path):
+    """The trained fixture's run filled its own cache: 2 test images, and 8 training images
+    rotated in each of 2 epochs. The same command again computes nothing and prints the same
+    epoch lines and report; more epochs and another learning rate reuse every epoch there is;
+    --no-cache neither reads nor writes the cache, and changes no number."""
+    def rerun(name, *flags):
+        out = tmp_path / name
+        out.mkdir()
+        code, stdout, stderr = run_main(train_covid19.main, [
+            "--dataset", trained["dataset"], "--batch-size", "4", "--weights", "none",
+            "--seed", "7", "--model", str(out / "m.h5"), "--plot", str(out / "p.png"),
+            "--report", str(out / "r.json"), *flags])
+        assert code == 0, stderr
+        report = json.loads((out / "r.json").read_text())
+        return stdout, {key: report[key] for key in ("confusion_matrix", "accuracy", "per_class", "sensitivity",
+                                              "specificity", "roc_auc")}
+
+    first = trained["stdout"]
+    first_report = json.loads(open(trained["report"]).read())
+    cache = ["--cache-dir", trained["cache"]]
+    assert cache_counts(first) == [(0, 2), (0, 16)]
+
+    again, report = rerun("again", "--epochs", "2", *cache)
+    assert cache_counts(again) == [(2, 0), (16, 0)]
+    assert without_timings(again) == without_timings(first)
+    assert len(re.findall(r"^Epoch \d/2$", again, re.M)) == 2
+    assert report == {key: first_report[key] for key in report}
+
+    more, _ = rerun("more", "--epochs", "3", "--lr", "0.01", *cache)
+    assert cache_counts(more) == [(2, 0), (16, 8)]  # only the third epoch is new
+
+    no_cache = tmp_path / "no-cache"
+    uncached, report = rerun("uncached", "--epochs", "2", "--no-cache",
+                             "--cache-dir", str(no_cache))
+    assert not no_cache.exists() and "[INFO] feature cache" not in uncached
+    assert without_timings(uncached) == without_timings(first)
+    assert report == {key: first_report[key] for key in report}
 
 
 @pytest.mark.slow
