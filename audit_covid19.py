@@ -45,6 +45,7 @@ from covid19xray.images import IMAGE_SIZE
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model
 from covid19xray.outputs import claim_outputs
+from covid19xray.progress import progress
 from covid19xray.properties import (
     CATEGORICAL,
     NEAR_DUPLICATE_BITS,
@@ -131,23 +132,28 @@ def version_of(name):
             "lungs_only": lambda images: images * inside}[name]
 
 
-def cross_validate(args, head, initial, features, onehot, folds):
+def cross_validate(args, head, initial, features, onehot, folds, what):
     """Out-of-fold probabilities: for each fold, a fresh head (the weights `initial`) trained on
     the other folds' features as train_covid19.py --cache-features trains it, then applied to
-    the fold."""
+    the fold. `what` names the step in its progress bar."""
     compile_head(head, onehot.shape[1], args.lr, args.epochs)
     probabilities = np.zeros(onehot.shape, np.float32)
-    for train, test in folds:
-        # A fresh head: the same initial weights and a new optimizer state (its step count,
-        # which drives the learning-rate decay, included). One compiled step serves all folds.
-        head.set_weights(initial)
-        for variable in head.optimizer.variables:
-            variable.assign(tf.zeros_like(variable))
-        batch_size = min(args.batch_size, len(train))
-        fit_head(head, training_batches(features[train], onehot[train], batch_size, args.seed),
-                 max(1, len(train) // args.batch_size), args.epochs)
-        # the head called directly: Keras's predict would trace itself anew for every fold size
-        probabilities[test] = np.asarray(head(features[test], training=False))
+    with progress(len(folds), what, unit="head") as bar:
+        for train, test in folds:
+            # A fresh head: the same initial weights and a new optimizer state (its step
+            # count, which drives the learning-rate decay, included). One compiled step serves
+            # all folds.
+            head.set_weights(initial)
+            for variable in head.optimizer.variables:
+                variable.assign(tf.zeros_like(variable))
+            batch_size = min(args.batch_size, len(train))
+            fit_head(head, training_batches(features[train], onehot[train], batch_size,
+                                            args.seed),
+                     max(1, len(train) // args.batch_size), args.epochs)
+            # the head called directly: Keras's predict would trace itself anew for every
+            # fold size
+            probabilities[test] = np.asarray(head(features[test], training=False))
+            bar.update(1)
     return probabilities
 
 
@@ -182,10 +188,12 @@ def verdict(hidden_auc):
 def measure(images, paths):
     """Every image's properties and perceptual hash, in one pass over the store."""
     rows, hashes = [], []
-    for path in paths:
-        image = images.image(path)
-        rows.append(image_properties(images.header(path), images.file_size(path), image))
-        hashes.append(perceptual_hash(image))
+    with progress(len(paths), "image properties") as bar:
+        for path in paths:
+            image = images.image(path)
+            rows.append(image_properties(images.header(path), images.file_size(path), image))
+            hashes.append(perceptual_hash(image))
+            bar.update(1)
     return rows, hashes
 
 
@@ -371,7 +379,8 @@ def probe_versions(args, base_model, images, paths, classes, folds, class_names,
             model, crops, args.precision, variant=name)))
         features_of[name] = extract_features(extract, images, paths, args.batch_size,
                                              prepare=version_of(name), cache=caches[-1])
-        probabilities = cross_validate(args, head, initial, features_of[name], onehot, folds)
+        probabilities = cross_validate(args, head, initial, features_of[name], onehot, folds,
+                                       f"{name} heads")
         probes[name] = probe(classes, probabilities, class_names, args.seed)
     # after every internal probe, so that an external test changes none of their numbers
     if external is not None:
@@ -397,7 +406,8 @@ def test_externally(args, head, initial, features, onehot, external, extract, na
     n = len(features)
     fold = [(np.arange(n), np.arange(n, len(everything)))]
     probabilities = cross_validate(args, head, initial, everything,
-                                   np.concatenate([onehot, external_onehot]), fold)[n:]
+                                   np.concatenate([onehot, external_onehot]), fold,
+                                   f"{name} head on every image")[n:]
     return probe(external_onehot.argmax(axis=1), probabilities, class_names, args.seed)
 
 

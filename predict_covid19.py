@@ -53,6 +53,7 @@ from covid19xray.outputs import (
     claim_outputs,
     temporary_beside,
 )
+from covid19xray.progress import progress, say
 from covid19xray.report import print_evaluation, versions, write_json
 
 keras = lazy_import("keras")
@@ -106,20 +107,21 @@ def find_inputs(inputs):
 
 
 def read_in_batches(image_paths, batch_size):
-    """(paths, uint8 images) of the usable files, `batch_size` at a time, in order; the others
-    are reported on stderr and skipped."""
-    paths, images = [], []
+    """(paths, uint8 images, files read) of the usable files, `batch_size` at a time, in order;
+    the others are reported on stderr and skipped, and counted in the next batch's files read."""
+    paths, images, read = [], [], 0
     for path in image_paths:
+        read += 1
         try:
             images.append(load_xray(path))
             paths.append(path)
         except NotAnImage as err:
             print(f"[WARNING] skipping {shown(path)}: {err}", file=sys.stderr)
         if len(paths) == batch_size:
-            yield paths, np.stack(images)
-            paths, images = [], []
-    if paths:
-        yield paths, np.stack(images)
+            yield paths, np.stack(images), read
+            paths, images, read = [], [], 0
+    if paths or read:
+        yield paths, np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8), read
 
 
 def predict(model, images):
@@ -263,20 +265,23 @@ def main(argv=None) -> int:
             os.makedirs(args.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(model), set()
         predicted, read_paths, probabilities = 0, [], []
-        for paths, images in read_in_batches(image_paths, args.batch_size):
-            for path, image, row in zip(paths, images, predict(model, images)):
-                print(prediction_line(path, row, class_names))
-                if args.labelled:
-                    read_paths.append(path)
-                    probabilities.append(row)
-                if writer:
-                    writer.writerow(csv_row(path, row, class_names))
-                if args.gradcam:
-                    heatmap = grad_cam(grad_model, image, int(row.argmax()))
-                    final = os.path.join(args.gradcam, gradcam_name(path, used))
-                    overlays.append((temporary_beside(final), final))
-                    save_image(overlays[-1][0], overlay(path, heatmap))
-            predicted += len(paths)
+        with progress(len(image_paths), "predicting") as bar:
+            for paths, images, read in read_in_batches(image_paths, args.batch_size):
+                rows = predict(model, images) if paths else []  # none: all skipped
+                for path, image, row in zip(paths, images, rows):
+                    say(prediction_line(path, row, class_names))
+                    if args.labelled:
+                        read_paths.append(path)
+                        probabilities.append(row)
+                    if writer:
+                        writer.writerow(csv_row(path, row, class_names))
+                    if args.gradcam:
+                        heatmap = grad_cam(grad_model, image, int(row.argmax()))
+                        final = os.path.join(args.gradcam, gradcam_name(path, used))
+                        overlays.append((temporary_beside(final), final))
+                        save_image(overlays[-1][0], overlay(path, heatmap))
+                predicted += len(paths)
+                bar.update(read)
         if not predicted:
             raise UserError("none of the given images could be read")
         for temporary, final in overlays:

@@ -41,3 +41,9 @@ def progress(total, what, unit="image"):
                     leave=False, dynamic_ncols=True)
     return tqdm(total=total, desc=what, unit=unit, file=_PlainLines(stream), delay=LOG_INTERVAL,
                 mininterval=LOG_INTERVAL, ascii=True, ncols=80)
+
+
+def say(line):
+    """Print `line` on stdout without breaking a live bar on the terminal (tqdm lifts the bar,
+    prints, and draws it again)."""
+    tqdm.write(line, file=sys.stdout)

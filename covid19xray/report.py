@@ -20,6 +20,7 @@ import sklearn
 from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
 from .cli import lazy_import, shown
+from .progress import progress
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -126,11 +127,17 @@ def auc_with_interval(is_positive, scores, seed=0):
         # classes that every resample separates perfectly give the interval [1, 1]; SciPy
         # warns that such a distribution is degenerate, which is the point
         warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
-        result = scipy.stats.bootstrap((positives, negatives), _auc_statistic, vectorized=True,
-                                       paired=False, n_resamples=BOOTSTRAP_RESAMPLES,
-                                       batch=BOOTSTRAP_BATCH,
-                                       confidence_level=CONFIDENCE, method="percentile",
-                                       random_state=np.random.default_rng(seed))
+        with progress(BOOTSTRAP_RESAMPLES, "AUC bootstrap", unit="resample") as bar:
+            def statistic(positives, negatives, axis=-1):
+                if positives.ndim > 1:  # a batch of resamples, not the data itself
+                    bar.update(int(np.prod(positives.shape[:-1])))
+                return _auc_statistic(positives, negatives, axis)
+
+            result = scipy.stats.bootstrap((positives, negatives), statistic, vectorized=True,
+                                           paired=False, n_resamples=BOOTSTRAP_RESAMPLES,
+                                           batch=BOOTSTRAP_BATCH, confidence_level=CONFIDENCE,
+                                           method="percentile",
+                                           random_state=np.random.default_rng(seed))
     interval = result.confidence_interval
     return {"value": value, "ci95": [float(interval.low), float(interval.high)]}
 

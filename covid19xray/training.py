@@ -44,8 +44,9 @@ def add_training_flags(ap, dataset_help):
                          "(default: %(default)s)")
     ap.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="what the frozen VGG16 computes in; bfloat16 is about twice as fast on "
-                         "CPUs with AVX512_BF16 or AMX, float16 on GPUs. The head, the loss and "
-                         "the saved model stay float32 (default: %(default)s)")
+                         "CPUs with AVX512_BF16 and about six times on CPUs with AMX, float16 "
+                         "on GPUs. The head, the loss and the saved model stay float32 "
+                         "(default: %(default)s)")
     ap.add_argument("--seed", type=int, default=SEED,
                     help="seeds the split or folds, Python, NumPy and TensorFlow: the same seed "
                          "gives the same run (default: %(default)s)")

@@ -79,6 +79,7 @@ def trained(tiny_dataset, tmp_path_factory):
     returned by then, and whether the training pipeline autotunes: the end-of-training stall
     came from there."""
     import train_covid19
+    from covid19xray import progress
     from covid19xray.data import ImageStore
 
     out = tmp_path_factory.mktemp("trained")
@@ -97,6 +98,7 @@ def trained(tiny_dataset, tmp_path_factory):
         return history
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
         patch.setattr(ImageStore, "read", counted_read)
         patch.setattr(train_covid19, "train", train_then_mark)
         code, stdout, stderr = run_main(train_covid19.main, [

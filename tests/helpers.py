@@ -186,6 +186,16 @@ def assert_no_tensorflow_log_lines(stderr):
     assert "absl::InitializeLog" not in stderr, stderr
 
 
+def progress_counts(stderr, what):
+    """The (done, total) of the progress lines of the step `what` in a log's stderr, in order,
+    a repeat of the same count (the line a bar prints when it closes) counted once; after
+    checking that every progress line is plain text (no carriage return, no colour)."""
+    assert "\r" not in stderr and "\x1b" not in stderr
+    counts = [(int(done), int(total)) for done, total in
+              re.findall(rf"^{re.escape(what)}: +\d+%\|[^|]*\| (\d+)/(\d+) ", stderr, re.M)]
+    return [count for k, count in enumerate(counts) if k == 0 or count != counts[k - 1]]
+
+
 def assert_one_line_error(code, err, script, *phrases, exit_code=1, warnings=0):
     """The run failed with `exit_code` and one error line, after `warnings` warning lines."""
     assert code == exit_code, err

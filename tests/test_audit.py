@@ -23,12 +23,15 @@ import numpy as np
 import pytest
 
 import audit_covid19
+from covid19xray import progress
 from covid19xray.data import load_dataset
+from covid19xray.report import BOOTSTRAP_RESAMPLES
 from helpers import (
     ROOT,
     assert_no_tensorflow_log_lines,
     assert_one_line_error,
     narrow_vgg16,
+    progress_counts,
     run_main,
     small_dataset,
     snapshot,
@@ -59,7 +62,7 @@ def audit(dataset, tmp_path, weights, *extra):
         "--plot", str(plot), "--cache-dir", str(tmp_path / "cache"), *extra])
     assert code == 0, err
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads(report.read_text()), out
+    return json.loads(report.read_text()), out, err
 
 
 def auc(report, version):
@@ -73,7 +76,7 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.applications, "VGG16",
                         lambda **options: narrow_vgg16(options["input_shape"], width=4))
     dataset = write_signal_dataset(str(tmp_path / "corner"), "corner")
-    report, out = audit(dataset, tmp_path, "none")
+    report, out, _ = audit(dataset, tmp_path, "none")
     assert report["shortcut"] is True
     assert auc(report, "full") >= 0.8 and auc(report, "lungs_hidden") >= 0.8
     assert report["probe"]["lungs_hidden"]["auc"]["ci95"][0] > 0.5
@@ -97,13 +100,23 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path):
+def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path, monkeypatch):
     dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=32)
     external = write_signal_dataset(str(tmp_path / "e"), None, per_class=3, size=40)
-    report, out = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "1",
-                        "--external", external)
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
+    report, out, err = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "1",
+                             "--external", external)
+    # every step says how far it is, in a log as on a terminal
+    # (8 images in --dataset, 6 external ones, from 0 to all of them)
+    for what, totals in [("decoding", [8, 6]), ("VGG16 features", [8, 6]),
+                         ("full heads", [2]), ("lungs_hidden heads", [2]),
+                         ("lungs_only heads", [2]), ("full head on every image", [1]),
+                         ("image properties", [8]), ("AUC bootstrap", [BOOTSTRAP_RESAMPLES])]:
+        counts = progress_counts(err, what)
+        for total in totals:
+            assert (0, total) in counts and (total, total) in counts, (what, counts)
     (tmp_path / "plain").mkdir()
-    plain, _ = audit(dataset, tmp_path / "plain", "none", "--folds", "2", "--epochs", "1")
+    plain, _, _ = audit(dataset, tmp_path / "plain", "none", "--folds", "2", "--epochs", "1")
     assert plain["probe"] == report["probe"]  # the external test changes no internal number
     found = report["external"]
     assert found["counts"] == {"covid": 3, "normal": 3} and len(found["files"]) == 6

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 import predict_covid19
+from covid19xray import progress
 from covid19xray.images import NotAnImage, list_images, load_xray, scale_pixels
 from covid19xray.model import CLASS_NAMES_ATTR
 from helpers import (
     ROOT,
     assert_no_tensorflow_log_lines,
     assert_one_line_error,
+    progress_counts,
     run_main,
     small_dataset,
     snapshot,
@@ -237,12 +239,15 @@ def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_pat
         return real_predict(model, batch)
 
     monkeypatch.setattr(predict_covid19, "predict", recorded)
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
     code, out, err = run_main(predict_covid19.main, ["--model", trained["model"],
                                                      str(tmp_path / "in"), "--batch-size", "4",
                                                      "--csv", str(tmp_path / "p.csv")])
     assert code == 0, err
     assert batches == [4, 4, 3]
     assert [line.split(":")[0] for line in out.splitlines()[:-1]] == images
+    # progress on stderr, a batch at a time; stdout keeps only the predictions
+    assert progress_counts(err, "predicting") == [(0, 11), (4, 11), (8, 11), (11, 11)]
 
 
 def test_sigterm_between_batches_is_one_line_and_writes_no_csv(tmp_path, trained, monkeypatch):

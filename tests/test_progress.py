@@ -4,7 +4,7 @@ and nothing at all for a short step."""
 import io
 
 from covid19xray import progress as progress_module
-from covid19xray.progress import progress
+from covid19xray.progress import progress, say
 
 
 class Terminal(io.StringIO):
@@ -38,3 +38,17 @@ def test_a_terminal_gets_a_live_bar_that_leaves_no_trace(monkeypatch):
     out = run(monkeypatch, Terminal())
     assert out.startswith("\rdecoding:") and "\n" not in out  # redrawn in place
     assert out.split("\r")[-2].strip() == "" and out.endswith("\r")  # and blanked at the end
+
+
+def test_lines_printed_under_a_live_bar_reach_stdout_whole(monkeypatch):
+    monkeypatch.setattr(progress_module, "TERMINAL_DELAY", 0)
+    terminal, stdout = Terminal(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr("sys.stdout", stdout)
+    with progress(3, "predicting") as bar:
+        for k in range(3):
+            say(f"x{k}.png: normal")
+            bar.update(1)
+    # stdout holds the lines and nothing of the bar; the bar is drawn again after each line
+    assert stdout.getvalue() == "x0.png: normal\nx1.png: normal\nx2.png: normal\n"
+    assert terminal.getvalue().count("predicting:") >= 4

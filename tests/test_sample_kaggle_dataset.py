@@ -7,11 +7,13 @@ import sys
 import pytest
 
 import sample_kaggle_dataset
+from covid19xray import progress
 from helpers import (
     NOT_UTF8,
     ROOT,
     assert_one_line_error,
     output_cases,
+    progress_counts,
     run_main,
     snapshot,
     write_image,
@@ -24,11 +26,14 @@ def sample(kaggle, output, *extra):
     return run_main(sample_kaggle_dataset.main, ["--kaggle", kaggle, "--output", output, *extra])
 
 
-def test_samples_only_train_normal_reproducibly(tmp_path):
+def test_samples_only_train_normal_reproducibly(tmp_path, monkeypatch):
     kaggle = write_kaggle(str(tmp_path / "chest_xray"))
     before = snapshot(kaggle)
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
     code, out, err = sample(kaggle, str(tmp_path / "dataset" / "normal"))
     assert code == 0, err
+    copying = progress_counts(err, "copying")
+    assert copying[0] == (0, 25) and copying[-1] == (25, 25) and len(copying) == 26
     copied = sorted(os.listdir(tmp_path / "dataset" / "normal"))
     assert copied == expected_sample("train", "NORMAL", 25)
     assert all(name.startswith(("IM-", "NORMAL2-IM-")) for name in copied)

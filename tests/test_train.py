@@ -28,7 +28,7 @@ from covid19xray.augmentation import rotate, rotation_angles, rotation_matrices
 from covid19xray.cache import FeatureCache
 from covid19xray.data import epoch_batches, load_dataset
 from covid19xray.features import extract_features, make_head
-from covid19xray.images import load_xray, scale_pixels
+from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model import CLASS_NAMES_ATTR, build_model
 from covid19xray.report import wilson
 from covid19xray.splits import encode_labels
@@ -37,6 +37,7 @@ from helpers import (
     ROOT,
     assert_one_line_error,
     make_dataset,
+    progress_counts,
     run_main,
     small_dataset,
     snapshot,
@@ -139,6 +140,16 @@ def test_training_data_is_read_once_per_step_and_never_after_fit(trained):
     # none while the head trains or after (while main evaluates, plots and saves).
     assert [n for n, after in trained["reads"]] == [2] + [4] * 4
     assert not any(after for n, after in trained["reads"])
+
+
+def test_decoding_and_feature_extraction_show_progress_in_a_log(trained):
+    # the fixture logs a line for every update, as a long step would every 10 s
+    listed = len(list_images(trained["dataset"]))
+    decoding = progress_counts(trained["stderr"], "decoding")
+    assert decoding[0] == (0, listed) and decoding[-1] == (listed, listed)
+    # the 2 test images, then 2 epochs of the 8 training images, a batch of 4 at a time
+    assert progress_counts(trained["stderr"], "VGG16 features") == [
+        (0, 2), (2, 2), (0, 16), (4, 16), (8, 16), (12, 16), (16, 16)]
 
 
 def test_rotation_angles_come_from_the_seed_epoch_and_image_alone():
@@ -368,8 +379,8 @@ def test_a_rerun_computes_no_feature_and_prints_the_same(trained, tmp_path):
             "--report", str(out / "r.json"), *flags])
         assert code == 0, stderr
         report = json.loads((out / "r.json").read_text())
-        return stdout, {key: report[key] for key in ("confusion_matrix", "accuracy", "per_class", "sensitivity",
-                                              "specificity", "roc_auc")}
+        return stdout, {key: report[key] for key in ("confusion_matrix", "accuracy", "per_class",
+                                                     "sensitivity", "specificity", "roc_auc")}
 
     first = trained["stdout"]
     first_report = json.loads(open(trained["report"]).read())
