@@ -365,6 +365,7 @@ def cache_counts(stdout):
                                                          r"(\d+) computed", line)]
 
 
+@pytest.mark.slow
 def test_a_rerun_computes_no_feature_and_prints_the_same(trained, tmp_path):
     """The trained fixture's run filled its own cache: 2 test images, and 8 training images
     rotated in each of 2 epochs. The same command again computes nothing and prints the same
