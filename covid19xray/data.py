@@ -225,15 +225,23 @@ def epoch_batches(features, labels, batch_size, seed):
 
     Each epoch is a shuffle drawn from (seed, epoch) alone, cut into `len(labels) //
     batch_size` whole batches, as in `training_batches`. Keras, given that many steps an
-    epoch, reads on through the next epoch's batches.
+    epoch, reads on through the next epoch's batches. Each batch is gathered from `features`
+    when a step needs it, so the features are held once, whatever the number of epochs.
     """
     epochs, count = features.shape[:2]
     steps = count // batch_size
     order = np.stack([np.random.default_rng([seed % 2**64, epoch]).permutation(count)
                       [:steps * batch_size].reshape(steps, batch_size)
                       for epoch in range(epochs)])
-    x = np.stack([features[epoch][order[epoch]] for epoch in range(epochs)])
-    y = np.asarray(labels)[order]
-    dataset = tf.data.Dataset.from_tensor_slices((x.reshape(epochs * steps, batch_size, -1),
-                                                  y.reshape(epochs * steps, batch_size, -1)))
-    return _without_autotuning(dataset)
+    # row k of features.reshape(epochs * count, -1) is image k % count in epoch k // count
+    rows = (order + count * np.arange(epochs)[:, None, None]).reshape(epochs * steps, batch_size)
+    flat = features.reshape(epochs * count, -1)
+    y = np.asarray(labels, np.float32)[order].reshape(epochs * steps, batch_size, -1)
+
+    def gather(batch_rows):
+        batch = tf.numpy_function(lambda r: flat[r], [batch_rows], tf.float32, stateful=False)
+        batch.set_shape((batch_size, flat.shape[1]))
+        return batch
+
+    dataset = tf.data.Dataset.from_tensor_slices((rows, y))
+    return _without_autotuning(dataset.map(lambda r, label: (gather(r), label)))
