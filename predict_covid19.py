@@ -106,22 +106,22 @@ def find_inputs(inputs):
     return found
 
 
-def read_in_batches(image_paths, batch_size):
-    """(paths, uint8 images, files read) of the usable files, `batch_size` at a time, in order;
-    the others are reported on stderr and skipped, and counted in the next batch's files read."""
-    paths, images, read = [], [], 0
+def read_in_batches(image_paths, batch_size, bar):
+    """(paths, uint8 images) of the usable files, `batch_size` at a time, in order; the others
+    are reported on stderr and skipped. `bar` (a progress bar) counts every file read."""
+    paths, images = [], []
     for path in image_paths:
-        read += 1
         try:
             images.append(load_xray(path))
             paths.append(path)
         except NotAnImage as err:
             print(f"[WARNING] skipping {shown(path)}: {err}", file=sys.stderr)
+        bar.update(1)
         if len(paths) == batch_size:
-            yield paths, np.stack(images), read
-            paths, images, read = [], [], 0
-    if paths or read:
-        yield paths, np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8), read
+            yield paths, np.stack(images)
+            paths, images = [], []
+    if paths:
+        yield paths, np.stack(images)
 
 
 def predict(model, images):
@@ -266,9 +266,8 @@ def main(argv=None) -> int:
             grad_model, used = gradcam_model(model), set()
         predicted, read_paths, probabilities = 0, [], []
         with progress(len(image_paths), "predicting") as bar:
-            for paths, images, read in read_in_batches(image_paths, args.batch_size):
-                rows = predict(model, images) if paths else []  # none: all skipped
-                for path, image, row in zip(paths, images, rows):
+            for paths, images in read_in_batches(image_paths, args.batch_size, bar):
+                for path, image, row in zip(paths, images, predict(model, images)):
                     say(prediction_line(path, row, class_names))
                     if args.labelled:
                         read_paths.append(path)
@@ -281,7 +280,6 @@ def main(argv=None) -> int:
                         overlays.append((temporary_beside(final), final))
                         save_image(overlays[-1][0], overlay(path, heatmap))
                 predicted += len(paths)
-                bar.update(read)
         if not predicted:
             raise UserError("none of the given images could be read")
         for temporary, final in overlays:

@@ -246,8 +246,8 @@ def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_pat
     assert code == 0, err
     assert batches == [4, 4, 3]
     assert [line.split(":")[0] for line in out.splitlines()[:-1]] == images
-    # progress on stderr, a batch at a time; stdout keeps only the predictions
-    assert progress_counts(err, "predicting") == [(0, 11), (4, 11), (8, 11), (11, 11)]
+    # progress on stderr, a file at a time; stdout keeps only the predictions
+    assert progress_counts(err, "predicting") == [(k, 11) for k in range(12)]
 
 
 def test_sigterm_between_batches_is_one_line_and_writes_no_csv(tmp_path, trained, monkeypatch):

@@ -23,6 +23,7 @@ from sklearn.preprocessing import LabelBinarizer
 
 import predict_covid19
 import train_covid19
+from bench.benchmark import comparable  # what two identical runs print alike
 from covid19xray import data
 from covid19xray.augmentation import rotate, rotation_angles, rotation_matrices
 from covid19xray.cache import FeatureCache
@@ -350,14 +351,6 @@ def test_a_warm_feature_cache_computes_nothing_and_changes_nothing(cached_run):
     assert parse_report(cold)[0].tolist() == parse_report(warm)[0].tolist()
 
 
-def without_timings(stdout):
-    """A run's stdout without what differs between identical runs: Keras's step times, the
-    cache line's counts and the paths of the outputs."""
-    text = re.sub(r" - \d+m?s(/step)?", "", stdout)
-    return [line for line in text.splitlines()
-            if not line.startswith(("[INFO] feature cache", "[INFO] wrote"))]
-
-
 def cache_counts(stdout):
     """The cache line's (found, computed) of images, then of rotated training images."""
     line = next(line for line in stdout.splitlines() if line.startswith("[INFO] feature cache"))
@@ -390,7 +383,7 @@ def test_a_rerun_computes_no_feature_and_prints_the_same(trained, tmp_path):
 
     again, report = rerun("again", "--epochs", "2", *cache)
     assert cache_counts(again) == [(2, 0), (16, 0)]
-    assert without_timings(again) == without_timings(first)
+    assert comparable(again.splitlines()) == comparable(first.splitlines())
     assert len(re.findall(r"^Epoch \d/2$", again, re.M)) == 2
     assert report == {key: first_report[key] for key in report}
 
@@ -401,7 +394,7 @@ def test_a_rerun_computes_no_feature_and_prints_the_same(trained, tmp_path):
     uncached, report = rerun("uncached", "--epochs", "2", "--no-cache",
                              "--cache-dir", str(no_cache))
     assert not no_cache.exists() and "[INFO] feature cache" not in uncached
-    assert without_timings(uncached) == without_timings(first)
+    assert comparable(uncached.splitlines()) == comparable(first.splitlines())
     assert report == {key: first_report[key] for key in report}
 
 
