@@ -204,8 +204,9 @@ def model_batches(images, paths, batch_size, prepare=None, angles=None):
         lambda slot, matrix: rotate(scale_pixels(images.read_tensor(slot)), matrix)))
 
 
-def training_batches(inputs, labels, batch_size, seed, prepare=None):
-    """One epoch of (prepare(input batch), label batch): shuffled anew each epoch, whole batches.
+def training_batches(inputs, labels, batch_size, seed):
+    """One epoch of (input batch, label batch) of features that are the same every epoch
+    (--cache-features, the audit's heads): shuffled anew each epoch, whole batches.
 
     As in the tutorial, an epoch is `len(inputs) // batch_size` whole batches; an image left
     over by that division waits for another epoch's shuffle. Keras iterates the dataset once
@@ -213,10 +214,7 @@ def training_batches(inputs, labels, batch_size, seed, prepare=None):
     """
     dataset = tf.data.Dataset.from_tensor_slices((inputs, labels))
     dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    if prepare is not None:
-        dataset = dataset.map(lambda x, y: (prepare(x), y))
-    return _without_autotuning(dataset)
+    return _without_autotuning(dataset.batch(batch_size, drop_remainder=True))
 
 
 def epoch_batches(features, labels, batch_size, seed):
