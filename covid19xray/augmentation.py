@@ -31,7 +31,6 @@ AUGMENTATION = f"random rotation up to {ROTATION_DEGREES} degrees either way"
 def rotation_angles(seed, epoch, digests):
     """The angle, in degrees, by which each image (named by the SHA-256 of its file) is
     rotated in `epoch` (0-based) of a run seeded with `seed`: uniform in [-15, 15)."""
-    seed = seed % 2**64  # a seed may be negative; NumPy's seed sequences take non-negatives
     return np.array([np.random.default_rng([seed, epoch, int(digest[:16], 16)])
                      .uniform(-ROTATION_DEGREES, ROTATION_DEGREES) for digest in digests])
 

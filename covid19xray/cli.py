@@ -65,6 +65,15 @@ def positive(kind):
     return parse
 
 
+def seed_value(text):
+    """An argparse type: an int NumPy, scikit-learn and TensorFlow all take as a seed, 0 to
+    2**32 - 1 (NumPy's legacy seeding, which Keras's set_random_seed calls, takes no other)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1}, got {text}")
+    return value
+
+
 def _raise_terminated(signum, frame):
     raise Terminated
 

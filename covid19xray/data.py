@@ -228,7 +228,7 @@ def epoch_batches(features, labels, batch_size, seed):
     """
     epochs, count = features.shape[:2]
     steps = count // batch_size
-    order = np.stack([np.random.default_rng([seed % 2**64, epoch]).permutation(count)
+    order = np.stack([np.random.default_rng([seed, epoch]).permutation(count)
                       [:steps * batch_size].reshape(steps, batch_size)
                       for epoch in range(epochs)])
     # row k of features.reshape(epochs * count, -1) is image k % count in epoch k // count

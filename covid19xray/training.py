@@ -10,7 +10,7 @@ import os
 import sys
 
 from .cache import default_cache_folder
-from .cli import UserError, import_tensorflow, lazy_import, positive, shown
+from .cli import UserError, import_tensorflow, lazy_import, positive, seed_value, shown
 from .data import check_room_for_decoded
 from .images import list_images
 from .manifest import read_manifest
@@ -47,7 +47,7 @@ def add_training_flags(ap, dataset_help):
                          "CPUs with AVX512_BF16 and about six times on CPUs with AMX, float16 "
                          "on GPUs. The head, the loss and the saved model stay float32 "
                          "(default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=SEED,
+    ap.add_argument("--seed", type=seed_value, default=SEED,
                     help="seeds the split or folds, Python, NumPy and TensorFlow: the same seed "
                          "gives the same run (default: %(default)s)")
     ap.add_argument("--epochs", type=positive(int), default=EPOCHS,

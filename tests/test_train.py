@@ -165,7 +165,7 @@ def test_rotation_angles_come_from_the_seed_epoch_and_image_alone():
     # and another in another epoch, or with another seed
     assert not np.isin(rotation_angles(42, 1, digests), angles).any()
     assert not np.isin(rotation_angles(7, 0, digests), angles).any()
-    assert rotation_angles(-1, 0, digests[:1]).shape == (1,)  # any int seed
+    assert rotation_angles(2**32 - 1, 0, digests[:1]).shape == (1,)  # the largest --seed
 
 
 def test_rotation_is_keras_random_rotation_with_nearest_fill():
@@ -613,6 +613,10 @@ def outputs_after(workdir):
      ["argument --epochs: must be greater than 0, got 0"], 2),
     ("negative --batch-size", ["--dataset", "ok", "--batch-size", "-4"],
      ["argument --batch-size: must be greater than 0, got -4"], 2),
+    ("negative --seed", ["--dataset", "ok", "--seed", "-1"],
+     ["argument --seed: must be from 0 to 4294967295, got -1"], 2),
+    ("--seed over 2**32 - 1", ["--dataset", "ok", "--seed", "4294967296"],
+     ["argument --seed: must be from 0 to 4294967295, got 4294967296"], 2),
     ("--batch-size over the split", ["--dataset", "ok", "--batch-size", "9"],
      ["--batch-size 9 is larger than the training split (8 images); use --batch-size 8 or less"],
      1),
