@@ -28,6 +28,7 @@ from covid19xray import spreadsheet
 from covid19xray.cli import (
     ArgumentParser,
     UserError,
+    capture_stderr_fd,
     cli,
     import_tensorflow,
     lazy_import,
@@ -37,13 +38,15 @@ from covid19xray.cli import (
 )
 from covid19xray.data import label_of
 from covid19xray.images import (
-    NotAnImage,
+    damage_warning,
     decode,
     list_images,
-    load_xray,
     read_bytes,
     save_image,
     scale_pixels,
+    skip_warning,
+    try_load_xray,
+    with_decoder_messages,
 )
 from covid19xray.model import PRECISIONS, check_precision, load_classifier, model_with_precision
 from covid19xray.outputs import (
@@ -111,11 +114,14 @@ def read_in_batches(image_paths, batch_size, bar):
     are reported on stderr and skipped. `bar` (a progress bar) counts every file read."""
     paths, images = [], []
     for path in image_paths:
-        try:
-            images.append(load_xray(path))
+        [((image, reason), message)] = with_decoder_messages(try_load_xray, [path])
+        if image is None:
+            say(skip_warning(path, reason, message), file=sys.stderr)
+        else:
+            if message:
+                say(damage_warning(path, message), file=sys.stderr)
+            images.append(image)
             paths.append(path)
-        except NotAnImage as err:
-            print(f"[WARNING] skipping {shown(path)}: {err}", file=sys.stderr)
         bar.update(1)
         if len(paths) == batch_size:
             yield paths, np.stack(images)
@@ -164,7 +170,9 @@ def grad_cam(grad_model, image, class_index):
 
 def overlay(path, heatmap):
     """The X-ray at `path`, at its own size, with `heatmap` in the jet colour map over it."""
-    image = decode(read_bytes(path))
+    # decoded again at its own size; a damaged file's decoder lines were shown when it was read
+    with capture_stderr_fd():
+        image = decode(read_bytes(path))
     height, width = image.shape[:2]
     heat = cv2.resize(heatmap.astype(np.float32), (width, height))
     colored = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)

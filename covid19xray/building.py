@@ -14,7 +14,7 @@ import os
 import sys
 
 from .cli import UserError, shown
-from .images import NotAnImage, decode, read_bytes
+from .images import NotAnImage, damage_warning, decode, read_bytes, with_decoder_messages
 from .manifest import MANIFEST, read_manifest, update_manifest
 from .outputs import CONFLICT, COPIED, PRESENT, copy_new_file
 from .progress import progress
@@ -22,13 +22,23 @@ from .progress import progress
 REFUSED = "refused"
 
 
-def refusal(source):
-    """Why `source` must not be copied into a dataset, or None when it is a usable image."""
+def _why_not_an_image(source):
     try:
         decode(read_bytes(source))
     except NotAnImage as err:
         return str(err)
     return None
+
+
+def refusal(source):
+    """Why `source` must not be copied into a dataset, or None when it is a usable image. A
+    file whose decoder complained but that decodes is copied as it is, named in one warning."""
+    [(reason, message)] = with_decoder_messages(_why_not_an_image, [source])
+    if reason is None and message:
+        print(damage_warning(source, message), file=sys.stderr)
+    elif message:
+        reason += f" (the decoder said: {message})"
+    return reason
 
 
 def file_sha256(path):

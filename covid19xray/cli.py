@@ -8,15 +8,16 @@
   interrupted run leaves every earlier output as it was.
 - `lazy_import`: TensorFlow takes seconds to import and prints start-up lines. The modules that
   need it import it with this function, so it loads on first use and `--help` or a mistyped flag
-  answers at once.
+  answers at once. The first use may come from any thread (the loader decodes in a pool).
 - `import_tensorflow`: TensorFlow's import and start-up without its C++ start-up lines, which
   still show in full when something fails.
 - `shown`: a path as it can be printed, also when its name is not valid UTF-8.
 """
 
 import argparse
+import contextlib
 import functools
-import importlib.util
+import importlib
 import os
 import re
 import signal
@@ -117,18 +118,70 @@ def one_line(text):
     return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
+class LazyModule:
+    """Stands for the module `name` and imports it at its first attribute access.
+
+    Python's own `importlib.util.LazyLoader` is not thread-safe before 3.12: a second thread
+    touching the module while the first executes it finds it half-built (`module 'pydicom'
+    has no attribute 'dcmread'`), and the loader decodes images in threads. Here the first use
+    calls `importlib.import_module`, whose per-module lock makes every other thread wait until
+    the module is whole.
+    """
+
+    def __init__(self, name):
+        self._name = name
+        self._module = None
+
+    def __getattr__(self, attribute):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attribute)
+
+    def __repr__(self):
+        return f"<lazily imported module {self._name!r}>"
+
+
 def lazy_import(name):
-    """The module `name`, executed on its first attribute access (the Python documentation's
-    `importlib.util.LazyLoader` recipe); the module itself if it is loaded already."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+    """The module `name` if it is loaded already, else a `LazyModule` that imports it on first
+    use (thread-safe)."""
+    return sys.modules.get(name) or LazyModule(name)
+
+
+class CapturedOutput:
+    """What was written to file descriptor 2 inside `capture_stderr_fd`: `text`, once the
+    block has ended."""
+
+    text = ""
+
+
+@contextlib.contextmanager
+def capture_stderr_fd():
+    """Point file descriptor 2 at a temporary file for the block, and yield a `CapturedOutput`
+    that holds what was written there once the block ends.
+
+    C libraries (TensorFlow's C++ runtime, libpng, libjpeg) write to the descriptor itself,
+    below Python's `sys.stderr`, so only this catches them. Python's own writes to stderr in
+    the block are caught too: keep the block to the C calls.
+    """
+    captured = CapturedOutput()
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor to redirect: nothing to catch
+        yield captured
+        return
+    # in memory where the system allows (Linux): a full TMPDIR must not stop the capture
+    buffer = (os.fdopen(os.memfd_create("captured-stderr"), "w+b")
+              if hasattr(os, "memfd_create") else tempfile.TemporaryFile())
+    with buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buffer.seek(0)
+            captured.text = buffer.read(1 << 20).decode("utf-8", "replace")
 
 
 def import_tensorflow():
@@ -137,36 +190,23 @@ def import_tensorflow():
     On a machine without a GPU, TensorFlow 2.21's C++ side writes about seven lines to stderr as
     it starts (`absl::InitializeLog`, oneDNN, "could not find cuda drivers", a `cuInit` error
     printed twice), whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow/tensorflow#100442). They
-    are written to file descriptor 2, below Python, so that descriptor is pointed at a temporary
-    file while TensorFlow imports and initialises. What was written there is shown in full when
-    that fails, or when there is a GPU (its lines then matter); otherwise it is dropped.
+    are caught (`capture_stderr_fd`) while TensorFlow imports and initialises, and shown in
+    full when that fails, or when there is a GPU (its lines then matter); otherwise dropped.
     """
     if getattr(import_tensorflow, "done", False):
         return
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr descriptor to redirect: import as it comes
-        saved = None
-    captured = tempfile.TemporaryFile()
-    if saved is not None:
-        os.dup2(captured.fileno(), 2)
     gpus, failed = [], True
     try:
-        import keras  # noqa: F401 (imported here, with fd 2 redirected)
-        import tensorflow as tf
+        with capture_stderr_fd() as captured:
+            import keras  # noqa: F401 (imported here, with fd 2 redirected)
+            import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")  # initialises the runtime (cuInit)
-        failed = False
+            gpus = tf.config.list_physical_devices("GPU")  # initialises the runtime (cuInit)
+            failed = False
     finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
         if failed or gpus:
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            sys.stderr.write(captured.text)
             sys.stderr.flush()
-        captured.close()
     import_tensorflow.done = True
 
 

@@ -28,15 +28,18 @@ import tempfile
 import numpy as np
 
 from .augmentation import rotate, rotation_matrices
-from .cli import UserError, lazy_import, shown, warn_if_not_utf8
+from .cli import UserError, lazy_import, warn_if_not_utf8
 from .images import (
     IMAGE_SIZE,
     NotAnImage,
+    damage_warning,
     decode_with_header,
     list_images,
     model_input,
     read_bytes,
     scale_pixels,
+    skip_warning,
+    with_decoder_messages,
 )
 from .progress import progress
 
@@ -65,7 +68,9 @@ def _decode(path):
 class ImageStore:
     """The usable images among `image_paths`, each decoded once into a temporary file on disk.
 
-    `paths` are the usable ones, in order; `skipped` is the (path, reason) of every other file.
+    `paths` are the usable ones, in order; `skipped` is the (path, reason, what its decoder
+    wrote or None) of every other file; `damaged` the (path, what its decoder wrote) of usable
+    files a decoder complained of.
     `image(path)`, `digest(path)`, `header(path)` and `file_size(path)` answer for one image;
     `read(slots)` reads a batch back for the tf.data pipelines below.
     """
@@ -74,17 +79,20 @@ class ImageStore:
 
     def __init__(self, image_paths):
         self._file = tempfile.TemporaryFile()
-        self._entries, self.skipped = {}, []
+        self._entries, self.skipped, self.damaged = {}, [], []
         try:
             # OpenCV releases the GIL, so threads decode in parallel; map keeps the order.
             with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool, \
                     progress(len(image_paths), "decoding") as bar:
                 for start in range(0, len(image_paths), DECODE_WINDOW):
                     window = image_paths[start:start + DECODE_WINDOW]
-                    for path, (facts, image) in zip(window, pool.map(_decode, window)):
+                    decoded = with_decoder_messages(_decode, window, pool.map)
+                    for path, ((facts, image), message) in zip(window, decoded):
                         if facts is None:
-                            self.skipped.append((path, image))
+                            self.skipped.append((path, image, message))
                         else:
+                            if message:
+                                self.damaged.append((path, message))
                             self._entries[path] = Entry(len(self._entries), *facts)
                             self._file.write(image.tobytes())
                     bar.update(len(window))
@@ -127,9 +135,12 @@ class ImageStore:
         return images
 
     def warn_skipped(self):
-        """One warning line per skipped file, then their count, on stderr."""
-        for path, reason in self.skipped:
-            print(f"[WARNING] skipping {shown(path)}: {reason}", file=sys.stderr)
+        """One warning line per skipped file, and per file a decoder found damaged but could
+        decode, then the skipped files' count, on stderr."""
+        for path, message in self.damaged:
+            print(damage_warning(path, message), file=sys.stderr)
+        for path, reason, message in self.skipped:
+            print(skip_warning(path, reason, message), file=sys.stderr)
         if self.skipped:
             print(f"[WARNING] skipped {len(self.skipped)} unreadable image(s)", file=sys.stderr)
 

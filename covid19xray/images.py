@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .cli import lazy_import
+from .cli import capture_stderr_fd, lazy_import, shown
 
 tf = lazy_import("tensorflow")
 pydicom = lazy_import("pydicom")
@@ -161,6 +161,16 @@ def is_dicom(data):
 # ---------------------------------------------------------------------------------------------
 
 
+def ignore_decoder_warnings():
+    """Pillow and pydicom warn of each oddity they read past in a damaged file (`Tag data
+    larger than file`, `Invalid value for VR DS`), naming no file; the one line that names the
+    file says what matters. The filter is set again at each use: a caller's
+    `warnings.catch_warnings` (pytest's, around each test) would undo a filter set once. Not
+    `catch_warnings` here: it is not thread-safe, and the loader decodes in threads."""
+    for module in ("PIL", "pydicom"):
+        warnings.filterwarnings("ignore", module=module)
+
+
 def _check_pixels(width, height):
     pixels = width * height
     if pixels > MAX_PIXELS:
@@ -171,9 +181,8 @@ def _check_pixels(width, height):
 def _read_dicom(data, pixels):
     """The pydicom dataset in `data`: its header only, or with its pixels."""
     try:
-        with warnings.catch_warnings():  # pydicom warns of each oddity it reads past
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+        ignore_decoder_warnings()
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
     except Exception as err:  # pydicom raises many types on a damaged file
         raise NotAnImage(f"not a readable DICOM file ({_first_line(err)})") from None
 
@@ -182,17 +191,66 @@ def _first_line(err):
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def _header_value(ds, keyword, kind=int, low=None, high=None, default=None, first=False):
+    """One value of a DICOM header that may be damaged, checked before it is used: a number
+    (`kind` int or float) from `low` to `high`, or a `str` when `kind` is str; `default` when
+    the element is missing or empty. Several values are refused, or with `first`, the first is
+    taken (a file may offer several windows). Anything else is a `NotAnImage` naming the
+    element, so that a damaged file is one skipped line, not a traceback."""
+    try:
+        value = ds.get(keyword)
+    except Exception as err:  # pydicom converts an element's raw bytes when it is read
+        raise NotAnImage(f"a damaged DICOM header: {keyword} cannot be read "
+                         f"({_first_line(err)})") from None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if len(value) > 1 and not first:
+            raise NotAnImage(f"a damaged DICOM header: {keyword} holds {len(value)} values, "
+                             "not one")
+        value = value[0] if len(value) else None
+    if value is None or value == "" or value == b"":
+        return default
+    if kind is str:
+        return str(value).strip()
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or not np.isfinite(number) or (kind is int and not number.is_integer()):
+        raise NotAnImage(f"a damaged DICOM header: {keyword} is {str(value)[:40]!r}, not "
+                         f"{'a whole number' if kind is int else 'a number'}")
+    number = kind(number)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise NotAnImage(f"a damaged DICOM header: {keyword} is {number}, outside "
+                         f"{low}-{high}" if high is not None else
+                         f"a damaged DICOM header: {keyword} is {number}, below {low}")
+    return number
+
+
 def _dicom_header(ds):
     """The header of a pydicom dataset, refusing a file without one image of at most
     MAX_PIXELS before any pixel is decoded."""
-    rows, columns = ds.get("Rows"), ds.get("Columns")
+    rows = _header_value(ds, "Rows", low=0, high=65535)
+    columns = _header_value(ds, "Columns", low=0, high=65535)
     if not rows or not columns:
         raise NotAnImage("a DICOM file without an image (no Rows and Columns)")
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames = _header_value(ds, "NumberOfFrames", low=1, default=1)
     if frames > 1:
         raise NotAnImage(f"{frames} frames; a chest radiograph has one")
-    _check_pixels(int(columns), int(rows))
-    return Header("DICOM", int(columns), int(rows), str(ds.get("PhotometricInterpretation", "")))
+    _check_pixels(columns, rows)
+    return Header("DICOM", columns, rows, _header_value(ds, "PhotometricInterpretation", str,
+                                                        default=""))
+
+
+def _pixel_format(ds):
+    """The header values the pixel pipeline uses, each checked (`_header_value`):
+    {bits_stored, signed, samples}."""
+    allocated = _header_value(ds, "BitsAllocated", low=1, high=64, default=16)
+    stored = _header_value(ds, "BitsStored", low=1, high=allocated, default=allocated)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        _header_value(ds, keyword, float)
+    return {"bits_stored": stored,
+            "signed": _header_value(ds, "PixelRepresentation", low=0, high=1, default=0) == 1,
+            "samples": _header_value(ds, "SamplesPerPixel", low=1, high=4, default=1)}
 
 
 def _png_significant_bits(data):
@@ -217,6 +275,7 @@ def read_header(data):
     """
     if is_dicom(data):
         return _dicom_header(_read_dicom(data, pixels=False))
+    ignore_decoder_warnings()
     if not any(data.startswith(signature) for signature in SIGNATURES):
         raise NotAnImage("not an image (no JPEG, PNG, BMP or TIFF signature, no DICOM marker)")
     try:
@@ -260,12 +319,7 @@ def _window(values, center, width, function):
     return np.clip((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
 
 
-def _first(value):
-    """The first of a multi-valued DICOM element (several windows may be offered)."""
-    return value[0] if isinstance(value, pydicom.multival.MultiValue) else value
-
-
-def _dicom_to_grey(ds, stored):
+def _dicom_to_grey(ds, stored, pixel_format):
     """Stored DICOM values to grey in [0, 1], as a viewer shows them: the modality LUT
     (RescaleSlope/Intercept, or a Modality LUT), then the VOI LUT, or else the first
     WindowCenter/Width, or else the whole range the stored bits can hold; MONOCHROME1 inverted
@@ -273,23 +327,23 @@ def _dicom_to_grey(ds, stored):
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     values = apply_modality_lut(stored, ds).astype(np.float64)
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    center = _header_value(ds, "WindowCenter", float, first=True)
+    width = _header_value(ds, "WindowWidth", float, first=True)
     if "VOILUTSequence" in ds:
         descriptor = ds.VOILUTSequence[0].LUTDescriptor
         # the LUT is indexed by the modality LUT's output, an integer
         grey = apply_voi(np.round(values).astype(np.int64), ds).astype(np.float64)
-        grey /= float((1 << int(descriptor[2])) - 1)
-    elif center is not None and width is not None and float(_first(width)) > 0:
-        function = str(_first(ds.get("VOILUTFunction", "LINEAR")) or "LINEAR").upper()
-        grey = _window(values, float(_first(center)), float(_first(width)), function)
+        grey /= float((1 << min(max(int(descriptor[2]), 1), 32)) - 1)
+    elif center is not None and width is not None and width > 0:
+        function = (_header_value(ds, "VOILUTFunction", str, first=True) or "LINEAR").upper()
+        grey = _window(values, center, width, function)
     else:
-        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        bits, signed = pixel_format["bits_stored"], pixel_format["signed"]
         low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         ends = apply_modality_lut(np.array([low, high]), ds).astype(np.float64)
         low, high = float(ends.min()), float(ends.max())
         grey = (values - low) / max(high - low, 1e-12)
-    grey = np.clip(grey, 0.0, 1.0)
+    grey = np.clip(np.nan_to_num(grey), 0.0, 1.0)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         grey = 1.0 - grey
     return grey
@@ -301,12 +355,11 @@ def _decode_dicom(data):
     # the header has refused too many pixels or frames
     ds = _read_dicom(data, pixels=True)
     header = _dicom_header(ds)
+    pixel_format = _pixel_format(ds)
     if "PixelData" not in ds:
         raise NotAnImage("a DICOM file without integer pixel data (float pixel data, or none)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stored = ds.pixel_array
+        stored = ds.pixel_array
     except Exception as err:  # the decoder plugins raise many types
         syntax = ds.file_meta.get("TransferSyntaxUID")
         name = getattr(syntax, "name", None) or str(syntax or "unknown")
@@ -314,14 +367,30 @@ def _decode_dicom(data):
             raise NotAnImage(f"its transfer syntax '{name}' cannot be decoded by the installed "
                              "DICOM decoders (pydicom, python-gdcm)") from None
         raise NotAnImage(f"its pixel data cannot be decoded ({name}: {_first_line(err)})") from None
+    try:
+        return _dicom_pixels_to_bgr(ds, stored, header, pixel_format), header
+    except NotAnImage:
+        raise
+    except Exception as err:  # a damaged LUT or an element pydicom cannot apply
+        raise NotAnImage(f"a damaged DICOM header or pixel data ({type(err).__name__}: "
+                         f"{_first_line(err)})") from None
+
+
+def _dicom_pixels_to_bgr(ds, stored, header, pixel_format):
+    """A DICOM frame's stored values as 8-bit BGR: grey through `_dicom_to_grey`, colour as
+    it is."""
     interpretation = header.mode.upper()
     if interpretation in ("MONOCHROME1", "MONOCHROME2"):
-        grey = np.round(_dicom_to_grey(ds, stored) * 255.0).astype(np.uint8)
-        return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), header
+        if stored.ndim != 2:
+            raise NotAnImage(f"a {interpretation} DICOM file whose pixels have shape "
+                             f"{stored.shape}, not one grey plane")
+        grey = np.round(_dicom_to_grey(ds, stored, pixel_format) * 255.0).astype(np.uint8)
+        return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     if stored.ndim == 3 and stored.shape[-1] == 3:  # RGB, or YBR that pydicom made RGB
-        bits = int(ds.get("BitsStored") or 8)
-        rgb = _to_8_bits(stored.astype(np.uint16), bits) if bits > 8 else stored.astype(np.uint8)
-        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), header
+        bits = pixel_format["bits_stored"]
+        rgb = (_to_8_bits(stored.astype(np.uint16), min(bits, 16)) if bits > 8
+               else stored.astype(np.uint8))
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     raise NotAnImage(f"photometric interpretation {header.mode or 'missing'} is not supported "
                      "(MONOCHROME1, MONOCHROME2 and RGB are)")
 
@@ -362,6 +431,38 @@ def decode(data):
     return decode_with_header(data)[0]
 
 
+def _decoder_message(text):
+    """What C decoders wrote for one file (`Corrupt JPEG data: ...`, `libpng error: ...`), as
+    one line: each distinct line once, in order."""
+    lines = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    message = "; ".join(lines)
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
+def with_decoder_messages(function, items, map_items=map):
+    """[(function(item), what the C decoders wrote while it ran, or None)] for each of `items`.
+
+    libjpeg and libpng write their complaints about a damaged file (`Corrupt JPEG data:
+    premature end of data segment`, `libpng error: IDAT: CRC error`) straight to file
+    descriptor 2, naming no file. They are caught here (`capture_stderr_fd`) and handed back
+    with the file they belong to, for the one warning that names it. `map_items` may run the
+    calls in threads (`pool.map`); when anything was written, each item is run again on its
+    own, so that every message is given to its file. `function` must not print.
+    """
+    with capture_stderr_fd() as written:
+        results = list(map_items(function, items))
+    if not written.text.strip():
+        return [(result, None) for result in results]
+    if len(items) == 1:
+        return [(results[0], _decoder_message(written.text))]
+    attributed = []
+    for item in items:
+        with capture_stderr_fd() as written:
+            result = function(item)
+        attributed.append((result, _decoder_message(written.text) or None))
+    return attributed
+
+
 def model_input(image, size=IMAGE_SIZE):
     """A decoded BGR image prepared as the tutorial did: BGR->RGB, resized to `size` ignoring
     the aspect ratio. Returns uint8 (height, width, 3).
@@ -376,6 +477,26 @@ def load_xray(path, size=IMAGE_SIZE):
     """The X-ray file at `path` as the model's uint8 input; raises `NotAnImage` with the
     reason."""
     return model_input(decode(read_bytes(path)), size)
+
+
+def try_load_xray(path):
+    """`load_xray` as (image, None), or (None, the reason the file cannot be used)."""
+    try:
+        return load_xray(path), None
+    except NotAnImage as err:
+        return None, str(err)
+
+
+def damage_warning(path, message):
+    """The one line that names a file a decoder complained of but could still decode."""
+    return (f"[WARNING] {shown(path)}: damaged, used as far as it decodes (the decoder said: "
+            f"{message})")
+
+
+def skip_warning(path, reason, message=None):
+    """The one line that names a file that is skipped, with what its decoder said."""
+    return f"[WARNING] skipping {shown(path)}: {reason}" + (
+        f" (the decoder said: {message})" if message else "")
 
 
 def scale_pixels(images):

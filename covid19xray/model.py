@@ -187,10 +187,10 @@ def load_classifier(path):
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_has_native_bfloat16():
+def cpu_has_native_bfloat16(cpuinfo="/proc/cpuinfo"):
     """True when the CPU computes bfloat16 in hardware (x86: AVX512_BF16 or AMX; Arm: BF16)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             flags = set(f.read().lower().split())
     except OSError:  # not Linux: assume the worst, the warning only says it may be slow
         return False

@@ -140,6 +140,9 @@ def _acquire(path, wait):
             os.close(fd)
             raise UserError(f"{path!r} is being written by another run (process {holder}); "
                             "wait for it to end, or write elsewhere") from None
+        except BaseException:  # Ctrl-C while waiting: the lock file is not left behind
+            _release(fd, lock_path)
+            raise
         # The previous holder removes its lock file as it releases it; a lock taken on a file
         # that is no longer at `lock_path` guards nothing: take the new one.
         try:
@@ -148,8 +151,13 @@ def _acquire(path, wait):
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        # who holds it, for the message a second run prints; on a full disk the lock works
+        # without it
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
     return fd, lock_path
 
 
@@ -172,9 +180,14 @@ def claim_outputs(*paths, wait=False):
         yield
     finally:
         for fd, lock_path in reversed(held):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock_path)
-            os.close(fd)
+            _release(fd, lock_path)
+
+
+def _release(fd, lock_path):
+    """Remove the lock file, then release its lock (closing it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock_path)
+    os.close(fd)
 
 
 def copy_new_file(source, destination):

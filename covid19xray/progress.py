@@ -43,7 +43,7 @@ def progress(total, what, unit="image"):
                 mininterval=LOG_INTERVAL, ascii=True, ncols=80)
 
 
-def say(line):
-    """Print `line` on stdout without breaking a live bar on the terminal (tqdm lifts the bar,
-    prints, and draws it again)."""
-    tqdm.write(line, file=sys.stdout)
+def say(line, file=None):
+    """Print `line` on stdout (or `file`) without breaking a live bar on the terminal (tqdm
+    lifts the bar, prints, and draws it again)."""
+    tqdm.write(line, file=file or sys.stdout)

@@ -534,3 +534,107 @@ def serve(root, missing=(), html=(), stall=(), cut=()):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: a DICOM header edited byte by byte, and a seeded mutator for fuzzing
+# ---------------------------------------------------------------------------------------------
+
+# The header elements the DICOM reader uses: keyword -> (group, element, VR)
+DICOM_HEADER_ELEMENTS = {
+    "Rows": (0x0028, 0x0010, b"US"), "Columns": (0x0028, 0x0011, b"US"),
+    "BitsAllocated": (0x0028, 0x0100, b"US"), "BitsStored": (0x0028, 0x0101, b"US"),
+    "PixelRepresentation": (0x0028, 0x0103, b"US"), "SamplesPerPixel": (0x0028, 0x0002, b"US"),
+    "PhotometricInterpretation": (0x0028, 0x0004, b"CS"),
+    "WindowCenter": (0x0028, 0x1050, b"DS"), "WindowWidth": (0x0028, 0x1051, b"DS"),
+    "RescaleIntercept": (0x0028, 0x1052, b"DS"), "RescaleSlope": (0x0028, 0x1053, b"DS"),
+}
+# What a damaged file may hold instead of a value, by the kind of value
+DAMAGED_VALUES = {b"US": [b"\x40\x00\x40\x00", b"", b"\xff\xff", b"\x00\x00", b"\x07\x00\x00\x00"],
+                  b"CS": [b"MONOCHROME2\\RGB ", b"", b"\xff\xfe", b"YBR_FULL"],
+                  b"DS": [b"abc ", b"", b"1e999 ", b"nan ", b"1\\2\\3 ", b"-0", b"\xff\xfe"]}
+
+
+def splice_dicom_element(data, keyword, value):
+    """`data` (an explicit VR little endian DICOM file) with `keyword`'s value replaced by the
+    bytes `value` (its length field made to match): what a few changed header bytes do."""
+    import struct
+
+    group, element, vr = DICOM_HEADER_ELEMENTS[keyword]
+    tag = struct.pack("<HH", group, element) + vr
+    at = data.index(tag, 132)
+    length = struct.unpack("<H", data[at + 6:at + 8])[0]
+    if len(value) % 2:  # DICOM values have even lengths
+        value += b" "
+    return data[:at + 6] + struct.pack("<H", len(value)) + value + data[at + 8 + length:]
+
+
+def fuzz_seed_files(folder):
+    """{name: bytes}: one small file of each kind the project reads: JPEG, PNG 8- and 16-bit,
+    TIFF, and DICOM uncompressed (windowed and rescaled), JPEG 2000, RLE and JPEG baseline
+    (the last two are pydicom's bundled test files)."""
+    from pydicom.data import get_testdata_file
+
+    grey = cv2.resize(cv2.imread(shipped_xray(), cv2.IMREAD_GRAYSCALE), (96, 96))
+    encoded = {ext: cv2.imencode(ext, image)[1].tobytes() for ext, image in [
+        (".jpg", grey), (".png", grey), (".tif", cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))]}
+    twelve = to_12_bits(grey)
+    os.makedirs(folder, exist_ok=True)
+    paths = {
+        "png16.png": write_png16(os.path.join(folder, "png16.png"), twelve),
+        "plain.dcm": write_dicom(os.path.join(folder, "plain.dcm"), twelve + 100,
+                                 rescale=(1, -100), window=(2048, 4096)),
+        "j2k.dcm": write_dicom(os.path.join(folder, "j2k.dcm"), twelve, jpeg2000=True),
+        "rle.dcm": get_testdata_file("MR_small_RLE.dcm"),
+        "ybr.dcm": get_testdata_file("SC_rgb_jpeg.dcm"),
+    }
+    files = {f"eight{ext}": data for ext, data in encoded.items()}
+    for name, path in paths.items():
+        with open(path, "rb") as f:
+            files[name] = f.read()
+    return files
+
+
+def mutate(data, rng, header_bytes=1024):
+    """A damaged copy of `data`, drawn by `rng`: bits flipped, cut short, a block zeroed or
+    overwritten, a block repeated, or (most damage matters there) bytes of the header
+    changed; for explicit-VR DICOM also a header value replaced (`splice_dicom_element`)."""
+    data = bytearray(data)
+    kind = int(rng.integers(7))
+    if kind == 6 and data[128:132] == b"DICM":
+        keyword = list(DICOM_HEADER_ELEMENTS)[int(rng.integers(len(DICOM_HEADER_ELEMENTS)))]
+        values = DAMAGED_VALUES[DICOM_HEADER_ELEMENTS[keyword][2]]
+        with contextlib.suppress(ValueError):  # an element this file does not have
+            return splice_dicom_element(bytes(data), keyword,
+                                        values[int(rng.integers(len(values)))])
+        kind = 0
+    if kind in (0, 6):  # a few bits flipped anywhere
+        for at in rng.integers(0, len(data), size=int(rng.integers(1, 9))):
+            data[at] ^= 1 << int(rng.integers(8))
+    elif kind == 1:  # cut short
+        data = data[:int(rng.integers(0, len(data)))]
+    elif kind == 2:  # a zeroed block
+        start, length = int(rng.integers(0, len(data))), int(rng.integers(1, 4096))
+        data[start:start + length] = bytes(len(data[start:start + length]))
+    elif kind == 3:  # random bytes over a block
+        start = int(rng.integers(0, len(data)))
+        block = data[start:start + int(rng.integers(1, 256))]
+        data[start:start + len(block)] = rng.integers(0, 256, len(block), dtype=np.uint8).tobytes()
+    elif kind == 4:  # a block repeated
+        start = int(rng.integers(0, len(data)))
+        data[start:start] = data[start:start + int(rng.integers(1, 2048))]
+    else:  # bytes of the header changed
+        for at in rng.integers(0, min(header_bytes, len(data)), size=int(rng.integers(1, 5))):
+            data[at] = int(rng.integers(256))
+    return bytes(data)
+
+
+def mutate_text(data, rng):
+    """A damaged copy of a CSV file's bytes: `mutate`'s damage, or a NUL, a stray quote, a
+    non-UTF-8 byte, or a very long field put in somewhere."""
+    kind = int(rng.integers(8))
+    if kind < 4:
+        return mutate(data, rng, header_bytes=200)
+    at = int(rng.integers(0, len(data) + 1))
+    insert = [b"\0", b'"', b"\xff\xfe", b"x" * 200_000][kind - 4]
+    return data[:at] + insert + data[at:]

@@ -1,5 +1,6 @@
 """predict_covid19.py: the saved model applied to new X-rays, with Grad-CAM overlays."""
 
+import contextlib
 import csv
 import errno
 import os
@@ -394,3 +395,17 @@ def test_a_really_full_disk_ends_in_one_line_and_leaves_nothing_on_it(trained, t
                           "no output was left half-written")
     # the overlays written before the disk filled are gone with the rest: an empty folder
     assert os.listdir(small_tmpfs) == ["cams"] and os.listdir(small_tmpfs / "cams") == []
+
+
+def test_a_disk_full_from_the_start_leaves_no_lock_file(trained, tmp_path, small_tmpfs):
+    # the lock file can be created (an inode) but not written: before, `.p.csv.lock` stayed
+    with open(small_tmpfs / "filler", "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    image = write_image(str(tmp_path / "in" / "a.png"), seed=0)
+    code, out, err = run_main(predict_covid19.main, [
+        "--model", trained["model"], "--csv", str(small_tmpfs / "p.csv"), image])
+    assert_one_line_error(code, err, "predict_covid19.py", "error: No space left on device",
+                          "no output was left half-written")
+    assert sorted(os.listdir(small_tmpfs)) == ["filler"]
