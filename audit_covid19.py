@@ -34,7 +34,13 @@ import numpy as np
 from covid19xray.cache import FeatureCache, cache_line
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.data import load_dataset, training_batches
-from covid19xray.external import check_classes, load_external, shared_patients
+from covid19xray.external import (
+    by_source,
+    check_classes,
+    describe_by_source,
+    load_external,
+    shared_patients,
+)
 from covid19xray.features import (
     cache_configuration,
     extract_features,
@@ -253,7 +259,7 @@ def print_probes(probes, shortcut_text, folds_info):
     print(f"[RESULT] {shortcut_text}")
 
 
-def print_external(probes, external_probes, folder, counts):
+def print_external(probes, external_probes, folder, counts, class_names):
     """Each version's cross-validated AUC beside its AUC on the external folder."""
     print(f"[INFO] external test: {shown(folder)} ({counts}); each version's head trained on "
           "every image of --dataset")
@@ -264,6 +270,13 @@ def print_external(probes, external_probes, folder, counts):
                  for a in (inside, outside)]
         print(f"{name:<13} {cells[0]:<20} {cells[1]:<20} "
               f"{inside['value'] - outside['value']:+.2f}")
+    if external_probes[VERSIONS[0]]["by_source"]:
+        print(f"by source ({shown(os.path.join(folder, 'manifest.csv'))}), each version's "
+              "external head:")
+        for name in VERSIONS:
+            print(f"{name}:")
+            print("\n".join(describe_by_source(external_probes[name]["by_source"],
+                                               class_names)))
 
 
 def print_confounds_and_duplicates(args, confounds, found, class_names):
@@ -408,7 +421,10 @@ def test_externally(args, head, initial, features, onehot, external, extract, na
     probabilities = cross_validate(args, head, initial, everything,
                                    np.concatenate([onehot, external_onehot]), fold,
                                    f"{name} head on every image")[n:]
-    return probe(external_onehot.argmax(axis=1), probabilities, class_names, args.seed)
+    result = probe(external_onehot.argmax(axis=1), probabilities, class_names, args.seed)
+    result["by_source"] = by_source(args.external, external_paths,
+                                    external_onehot.argmax(axis=1), probabilities, class_names)
+    return result
 
 
 def audit_report(args, class_names, labels, grouped, probes, verdict_of, confounds, per_class,
@@ -467,7 +483,7 @@ def main(argv=None) -> int:
         external_report = None
         if external:
             counts = class_counts(external_onehot, class_names)
-            print_external(probes, external_probes, args.external, counts)
+            print_external(probes, external_probes, args.external, counts, class_names)
             external_report = {
                 "folder": args.external,
                 "counts": {name: int(n) for name, n in zip(class_names,

@@ -399,7 +399,8 @@ def build(args):
 
     def manifest_row(path):
         row = rows_of[path]
-        return {"patient_id": patient_of(path, row), "license": row.get("license", ""),
+        return {"patient_id": patient_of(path, row), "age": row.get("age", ""),
+                "view": row.get("view", ""), "license": row.get("license", ""),
                 "url": source_url(row), "excluded_patients_of": ";".join(args.exclude_patients),
                 "downloaded_from": downloaded_from.get(path, "")}
 

@@ -37,6 +37,7 @@ from covid19xray.cli import (
     warn_if_not_utf8,
 )
 from covid19xray.data import label_of
+from covid19xray.external import print_by_source
 from covid19xray.images import (
     damage_warning,
     decode,
@@ -48,6 +49,7 @@ from covid19xray.images import (
     try_load_xray,
     with_decoder_messages,
 )
+from covid19xray.manifest import MANIFEST
 from covid19xray.model import PRECISIONS, check_precision, load_classifier, model_with_precision
 from covid19xray.outputs import (
     atomic_output,
@@ -220,9 +222,15 @@ def labelled_report(args, class_names, paths, truth, probabilities):
     print(f"[INFO] {len(paths)} labelled images: the model's report on them")
     trueIdxs = np.array([truth[path] for path in paths])
     results = print_evaluation(trueIdxs, np.asarray(probabilities), class_names)
+    # split by source when a folder given has a manifest (external/ does)
+    folder = next((item for item in args.images if os.path.isdir(item)
+                   and os.path.isfile(os.path.join(item, MANIFEST))), None)
+    sources = None if folder is None else print_by_source(folder, paths, trueIdxs,
+                                                          probabilities, class_names)
     return {"model": args.model, "inputs": args.images, "files": paths,
             "counts": {name: int((trueIdxs == i).sum()) for i, name in enumerate(class_names)},
-            "class_names": class_names, **results, "versions": versions()}
+            "class_names": class_names, **results, "by_source": sources,
+            "versions": versions()}
 
 
 def prediction_line(path, row, class_names):

@@ -30,7 +30,12 @@ from covid19xray.augmentation import AUGMENTATION, rotation_angles
 from covid19xray.cache import FeatureCache, cache_line
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.data import epoch_batches, load_dataset, training_batches
-from covid19xray.external import check_classes, load_external, shared_patients
+from covid19xray.external import (
+    check_classes,
+    load_external,
+    print_by_source,
+    shared_patients,
+)
 from covid19xray.features import (
     cache_configuration,
     extract_features,
@@ -227,12 +232,14 @@ def test_externally(args, folder, head, features_of, class_names, training_diges
     print(f"[INFO] {len(paths)} external images ({class_counts(extY, class_names)})")
     probabilities = head.predict(extF, batch_size=args.batch_size, verbose=0)
     results = print_evaluation(extY.argmax(axis=1), probabilities, class_names)
+    sources = print_by_source(folder, paths, extY.argmax(axis=1), probabilities, class_names)
     return {
         "files": [os.path.relpath(path, folder) for path in paths],
         "counts": {name: int(n) for name, n in zip(class_names, extY.sum(axis=0))},
         "refused_identical_to_dataset": [os.path.relpath(path, folder) for path in refused],
         "patients_shared_with_dataset": shared_patients(args.dataset, folder),
         **results,
+        "by_source": sources,
     }
 
 

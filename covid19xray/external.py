@@ -10,7 +10,9 @@ folder's shape (one folder of images per class) and is checked before it is used
   training;
 - `load_external`: its images, minus any byte-identical to an image of `--dataset` (such a file
   is not external: refused, counted and named), with their one-hot labels in the model's order;
-- `shared_patients`: with a `manifest.csv` on both sides, the patients both hold.
+- `shared_patients`: with a `manifest.csv` on both sides, the patients both hold;
+- `by_source`: with a `manifest.csv`, the test split by where each image comes from (`nih`,
+  `cohen`): a specificity over 101 normals says little if 98 of them are from one hospital.
 """
 
 import os
@@ -21,6 +23,7 @@ import numpy as np
 from .cli import UserError, shown
 from .data import class_folders, load_dataset
 from .manifest import read_manifest
+from .report import describe, metric
 
 
 def check_classes(folder, class_names, flag="--external"):
@@ -82,3 +85,58 @@ def shared_patients(dataset, folder):
               f"{shown(dataset)} too ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}"
               "): the external test is not all new patients", file=sys.stderr)
     return shared
+
+
+def sources_of(folder, paths):
+    """The source (`nih`, `cohen`, ...) of each of `paths` under `folder`, from its manifest;
+    "unknown" for a file it does not list; None without a manifest."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    relative = [os.path.relpath(path, folder).replace(os.sep, "/") for path in paths]
+    return [(manifest.get(name) or {}).get("source") or "unknown" for name in relative]
+
+
+def by_source(folder, paths, trueIdxs, probabilities, class_names):
+    """{source: {"counts", "recall" of each class, and with two classes "sensitivity" and
+    "specificity"}} of an external test, from `folder`'s manifest; None without one."""
+    sources = sources_of(folder, paths)
+    if sources is None:
+        return None
+    sources, predIdxs = np.array(sources), np.asarray(probabilities).argmax(axis=1)
+    trueIdxs = np.asarray(trueIdxs)
+    results = {}
+    for source in sorted(set(sources), key=lambda s: (-int((sources == s).sum()), s)):
+        mine = sources == source
+        recall = {name: metric(int((mine & (trueIdxs == i) & (predIdxs == i)).sum()),
+                               int((mine & (trueIdxs == i)).sum()))
+                  for i, name in enumerate(class_names)}
+        results[source] = {"counts": {name: m["trials"] for name, m in recall.items()},
+                           "recall": recall}
+        if len(class_names) == 2:
+            results[source]["sensitivity"] = recall[class_names[0]]
+            results[source]["specificity"] = recall[class_names[1]]
+    return results
+
+
+def describe_by_source(results, class_names):
+    """One line per source: its counts and each defined metric with its interval."""
+    lines = []
+    for source, result in results.items():
+        counts = ", ".join(f"{shown(name)} {n}" for name, n in result["counts"].items() if n)
+        if len(class_names) == 2:
+            named = [("sensitivity", result["sensitivity"]), ("specificity", result["specificity"])]
+        else:
+            named = [(f"{shown(name)} recall", m) for name, m in result["recall"].items()]
+        metrics = ", ".join(describe(name, m) for name, m in named if m["trials"])
+        lines.append(f"  {shown(source)} ({counts}): {metrics}")
+    return lines
+
+
+def print_by_source(folder, paths, trueIdxs, probabilities, class_names):
+    """`by_source`, printed under a heading; returns it (None without a manifest)."""
+    results = by_source(folder, paths, trueIdxs, probabilities, class_names)
+    if results:
+        print(f"by source ({shown(os.path.join(folder, 'manifest.csv'))}):")
+        print("\n".join(describe_by_source(results, class_names)))
+    return results

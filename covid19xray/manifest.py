@@ -9,8 +9,10 @@ attribution list, and `splits.patients_of` reads the patients from it for
 manifests whose patients `build_covid_dataset.py --exclude-patients` left out of the selection
 (`;` between them; empty for the other rows). `sha256` is the file's SHA-256, and
 `downloaded_from` the URL a builder downloaded it from (empty when it was copied from a local
-folder). A manifest written before `license`, `url` or
-`excluded_patients_of` existed is still read; rows written now fill them.
+folder). `age` (years, where the source gives it) and `view` (PA, AP) are the patient's
+age and the film's view. Sources: `cohen`, `kaggle`, `nih`. A manifest written before
+`license`, `url`, `excluded_patients_of`, `age` or `view` existed is still read; rows written
+now fill them.
 """
 
 import csv
@@ -23,7 +25,7 @@ from .spreadsheet import unquoted
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url",
-                    "excluded_patients_of", "sha256", "downloaded_from")
+                    "excluded_patients_of", "sha256", "downloaded_from", "age", "view")
 MANIFEST_REQUIRED = ("file", "class", "patient_id", "source")
 
 

@@ -638,3 +638,55 @@ def mutate_text(data, rng):
     at = int(rng.integers(0, len(data) + 1))
     insert = [b"\0", b'"', b"\xff\xfe", b"x" * 200_000][kind - 4]
     return data[:at] + insert + data[at:]
+
+
+# ---------------------------------------------------------------------------------------------
+# NIH ChestX-ray14's layout
+# ---------------------------------------------------------------------------------------------
+
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+              "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+# (image, finding labels, follow-up, patient, age, view): children, a lateral view, repeat
+# films of one patient, other findings, and plain adult "No Finding" films
+NIH_ROWS = [
+    ("00000001_000.png", "No Finding", 0, 1, 45, "PA"),
+    ("00000001_001.png", "No Finding", 1, 1, 46, "PA"),      # a repeat: not the first
+    ("00000002_000.png", "No Finding", 0, 2, 9, "PA"),       # a child
+    ("00000003_000.png", "Effusion", 0, 3, 60, "PA"),        # another finding
+    ("00000003_001.png", "No Finding", 1, 3, 60, "PA"),      # patient 3's first No Finding
+    ("00000004_000.png", "No Finding", 0, 4, 30, "LL"),      # a lateral view
+    ("00000005_000.png", "No Finding", 0, 5, 70, "AP"),
+    ("00000006_000.png", "Infiltration|Effusion", 0, 6, 50, "PA"),
+    ("00000007_000.png", "No Finding", 0, 7, 18, "PA"),      # 18: an adult
+    ("00000008_000.png", "No Finding", 0, 8, 17, "PA"),      # 17: a child
+    ("00000009_001.png", "No Finding", 1, 9, 33, "AP"),
+    ("00000009_002.png", "No Finding", 2, 9, 33, "PA"),      # the first PA of patient 9
+] + [(f"{p:08d}_000.png", "No Finding", 0, p, 20 + p, "PA") for p in range(10, 20)]
+# what the default selection (No Finding, 18 or more, PA or AP, the first per patient) takes
+NIH_SELECTED = (["00000001_000.png", "00000003_001.png", "00000005_000.png", "00000007_000.png",
+                 "00000009_001.png"] + [f"{p:08d}_000.png" for p in range(10, 20)])
+NIH_SELECTED_PA = (["00000001_000.png", "00000003_001.png", "00000007_000.png",
+                    "00000009_002.png"] + [f"{p:08d}_000.png" for p in range(10, 20)])
+
+
+def write_nih(root, archives=True, rows=NIH_ROWS):
+    """An NIH-shaped download: `Data_Entry_2017_v2020.csv` and the films split over
+    `images_001/images/` and `images_002/images/` (NIH's archives), or `Data_Entry_2017.csv`
+    and one `images/` folder."""
+    lines = [NIH_HEADER] + [f"{name},{finding},{follow_up},{patient},{age},M,{view},2048,2500,"
+                            "0.143,0.143" for name, finding, follow_up, patient, age, view in rows]
+    os.makedirs(root, exist_ok=True)
+    label_file = "Data_Entry_2017_v2020.csv" if archives else "Data_Entry_2017.csv"
+    with open(os.path.join(root, label_file), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    for k, (name, *_) in enumerate(rows):
+        folder = os.path.join(f"images_{1 + k % 2:03d}", "images") if archives else "images"
+        write_image(os.path.join(root, folder, name), seed=300 + k, gray=True, size=(40, 40))
+    return root
+
+
+def expected_nih_sample(selected, n, seed=42):
+    """The sampler's rule: sorted, shuffled with random.Random(seed), the first n, sorted."""
+    order = sorted(selected)
+    random.Random(seed).shuffle(order)
+    return sorted(order[:n])

@@ -14,6 +14,7 @@ import pytest
 import audit_covid19
 import build_covid_dataset
 import predict_covid19
+import sample_nih_dataset
 import train_covid19
 from covid19xray.cli import UserError
 from covid19xray.data import load_dataset
@@ -32,6 +33,7 @@ from helpers import (
     to_12_bits,
     write_collection,
     write_dicom,
+    write_nih,
     write_png16,
 )
 
@@ -261,9 +263,14 @@ def test_damaged_files_of_every_kind_are_used_or_skipped_in_one_line(trained, tm
 
 
 def test_damaged_csv_files_are_read_or_refused_in_one_line(tmp_path):
-    """Cohen's metadata.csv through the builder, and manifest.csv through its reader and the
-    patients' lookup: each damaged copy is read, or refused in one line, never a traceback."""
+    """Cohen's metadata.csv and NIH's label file through their builders, and manifest.csv
+    through its reader and the patients' lookup: each damaged copy is read, or refused in one
+    line, never a traceback."""
     collection = write_collection(str(tmp_path / "cohen"), "current")
+    nih = write_nih(str(tmp_path / "nih"))
+    label_file = os.path.join(nih, "Data_Entry_2017_v2020.csv")
+    with open(label_file, "rb") as f:
+        labels = f.read()
     with open(os.path.join(collection, "metadata.csv"), "rb") as f:
         metadata = f.read()
     dataset = tmp_path / "data"
@@ -283,6 +290,13 @@ def test_damaged_csv_files_are_read_or_refused_in_one_line(tmp_path):
         assert code in (0, 1) and "Traceback" not in err, err
         assert code == 0 or err.strip().splitlines()[-1].startswith(
             "build_covid_dataset.py: error: "), err
+        with open(label_file, "wb") as f:
+            f.write(mutate_text(labels, rng))
+        code, out, err = run_main(sample_nih_dataset.main, [
+            "--nih", nih, "--output", str(tmp_path / f"nih-{case}" / "normal")])
+        assert code in (0, 1) and "Traceback" not in err, err
+        assert code == 0 or err.strip().splitlines()[-1].startswith(
+            "sample_nih_dataset.py: error: "), err
         (dataset / "manifest.csv").write_bytes(mutate_text(manifest, rng))
         try:
             read_manifest(str(dataset))

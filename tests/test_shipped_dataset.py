@@ -108,23 +108,36 @@ def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# external/: the external test set's recipe. Its images are not committed (images live only in
-# dataset/ and docs/): the builders make them, and its manifest.csv says exactly which files,
-# with each file's SHA-256.
+# external/: the external test set, shipped with its images: 9 COVID-19 and 3 "No Finding" films
+# of Cohen's collection, and 98 adult "No Finding" films of NIH ChestX-ray14
 # ---------------------------------------------------------------------------------------------
+
+NIH_URL = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
 
 def test_the_external_manifest_is_licence_clean_attributed_and_pinned():
     manifest = shipped_manifest(EXTERNAL)
-    assert collections.Counter(row["class"] for row in manifest.values()) == {
-        "covid": 9, "normal": 3}
+    assert collections.Counter((row["class"], row["source"]) for row in manifest.values()) == {
+        ("covid", "cohen"): 9, ("normal", "cohen"): 3, ("normal", "nih"): 98}
     for file, row in manifest.items():
-        assert OPEN_LICENSE.fullmatch(row["license"].strip()), (file, row["license"])
-        assert row["url"].startswith("https://"), file
-        assert row["class"] == file.split("/")[0] and row["source"] == "cohen"
+        if row["source"] == "cohen":
+            assert OPEN_LICENSE.fullmatch(row["license"].strip()), (file, row["license"])
+            assert row["url"].startswith("https://"), file
+        else:  # NIH: unrestricted use, with the attribution external/README.md gives
+            assert row["license"] == "NIH: unrestricted use, with attribution", file
+            assert row["url"] == NIH_URL and 18 <= int(row["age"]) <= 77, file
+        assert row["class"] == file.split("/")[0] and row["view"] in ("PA", "AP"), file
         assert row["excluded_patients_of"] == "dataset/manifest.csv"
         assert re.fullmatch(r"[0-9a-f]{64}", row["sha256"]), file
-    assert len({row["sha256"] for row in manifest.values()}) == 12  # no two files identical
+    assert len({row["sha256"] for row in manifest.values()}) == 110  # no two files identical
+
+
+def test_the_external_set_is_attributed_as_nih_asks():
+    with open(os.path.join(EXTERNAL, "README.md"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    for phrase in [NIH_URL, "NIH Clinical Center", "Wang X, Peng Y, Lu L, Lu Z, Bagheri M, "
+                   "Summers RM. ChestX-ray8", "CVPR 2017", '"No Finding" is not "normal"']:
+        assert phrase in text, phrase
 
 
 def test_the_external_set_shares_no_file_and_no_patient_with_the_dataset():
@@ -133,15 +146,49 @@ def test_the_external_set_shares_no_file_and_no_patient_with_the_dataset():
     patients = {(row["source"], row["patient_id"]) for row in shipped_manifest().values()}
     external_patients = {(row["source"], row["patient_id"])
                          for row in shipped_manifest(EXTERNAL).values()}
-    assert len(external_patients) == 8 and "" not in {p for _, p in external_patients}
+    assert len(external_patients) == 8 + 98 and "" not in {p for _, p in external_patients}
     assert not patients & external_patients
 
 
-def test_a_built_external_set_is_exactly_its_manifest():
-    if not list_images(EXTERNAL):
-        pytest.skip("external/ is not built here (external/README.md has the two commands)")
+def test_the_shipped_external_set_is_exactly_its_manifest():
     built = {os.path.relpath(path, EXTERNAL).replace(os.sep, "/"): digest
              for digest, path in digests(EXTERNAL).items()}
     assert built == {file: row["sha256"] for file, row in shipped_manifest(EXTERNAL).items()}
+    assert len(built) == 110
     for path in list_images(EXTERNAL):
         assert load_xray(path).shape == (224, 224, 3), path
+
+
+@pytest.mark.slow
+def test_one_command_runs_the_external_test_on_a_fresh_clone(tmp_path):
+    """`train_covid19.py --dataset dataset --external external` as a fresh clone runs it (a
+    narrow random VGG16 in-process, one epoch without augmentation: the report, not the
+    accuracy, is the point), split by source."""
+    import train_covid19
+    from helpers import run_main
+
+    outputs = {flag: str(tmp_path / name) for flag, name in [
+        ("--model", "m.h5"), ("--plot", "plot.png"), ("--report", "report.json")]}
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        code, out, err = run_main(train_covid19.main, [
+            "--dataset", "dataset", "--external", "external", "--weights", "none",
+            "--epochs", "1", "--cache-features", "--no-cache",
+            *[item for pair in outputs.items() for item in pair]])
+    finally:
+        os.chdir(cwd)
+    assert code == 0, err
+    assert "[INFO] external test: external" in out
+    assert "[INFO] 110 external images (covid: 9, normal: 101)" in out
+    metric = r"[01]\.\d{4} \(95% CI [01]\.\d\d-[01]\.\d\d\)"
+    assert re.search(rf"^by source \(external/manifest.csv\):\n"
+                     rf"  nih \(normal 98\): specificity: {metric}\n"
+                     rf"  cohen \(covid 9, normal 3\): sensitivity: {metric}, specificity: "
+                     rf"{metric}$", out, re.M), out
+    external = json.loads((tmp_path / "report.json").read_text())["external"]["external"]
+    assert external["counts"] == {"covid": 9, "normal": 101}
+    assert {source: result["counts"] for source, result in external["by_source"].items()} == {
+        "nih": {"covid": 0, "normal": 98}, "cohen": {"covid": 9, "normal": 3}}
+    assert external["by_source"]["nih"]["specificity"]["trials"] == 98
+    assert external["patients_shared_with_dataset"] == []
