@@ -427,7 +427,7 @@ def test_spreadsheet_formulas_in_metadata_land_quoted_and_read_back_exactly(tmp_
         "file": "covid/-a.jpg", "class": "covid", "patient_id": hyperlink, "source": "cohen",
         "license": "+CC BY", "url": "@SUM(1+1)", "excluded_patients_of": "",
         "sha256": hashlib.sha256((covid / "images" / "-a.jpg").read_bytes()).hexdigest(),
-        "downloaded_from": ""}
+        "downloaded_from": "", "age": "", "view": "PA"}
 
 
 # ---------------------------------------------------------------------------------------------
