@@ -42,7 +42,7 @@ from covid19xray.building import copy_into_output, refusal
 from covid19xray.cache import default_cache_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
 from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
-from covid19xray.manifest import read_manifest_file
+from covid19xray.manifest import patients_in_manifests
 from covid19xray.outputs import check_output_folder, claim_outputs
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
@@ -240,16 +240,8 @@ def resolve_sources(rows, covid=None):
 
 
 def excluded_patients(manifests):
-    """The patients of Cohen's collection (rows with source `cohen`) in each manifest file."""
-    patients = set()
-    for path in manifests:
-        if not os.path.isfile(path):
-            raise UserError(f"--exclude-patients {path!r}: no such file; give the manifest.csv "
-                            "of the dataset whose patients to leave out")
-        rows = read_manifest_file(path)  # a manifest it cannot read is a one-line UserError
-        patients |= {row["patient_id"] for row in rows.values()
-                     if row["source"] == SOURCE and row["patient_id"]}
-    return patients
+    """The patients of this builder's source in each manifest file."""
+    return patients_in_manifests(manifests, SOURCE)
 
 
 def without_patients(rows, patients, manifests):

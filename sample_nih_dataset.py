@@ -34,7 +34,7 @@ import sys
 
 from covid19xray.building import copy_into_output
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
-from covid19xray.manifest import read_manifest_file
+from covid19xray.manifest import patients_in_manifests
 from covid19xray.outputs import check_output_folder, claim_outputs
 
 # NIH's label file, by its two published names
@@ -178,15 +178,8 @@ def first_per_patient(rows):
 
 
 def excluded_patients(manifests):
-    """The NIH patients (rows with source `nih`) in each manifest file."""
-    patients = set()
-    for path in manifests:
-        if not os.path.isfile(path):
-            raise UserError(f"--exclude-patients {path!r}: no such file; give the manifest.csv "
-                            "of the dataset whose patients to leave out")
-        patients |= {row["patient_id"] for row in read_manifest_file(path).values()
-                     if row["source"] == SOURCE and row["patient_id"]}
-    return patients
+    """The patients of this builder's source in each manifest file."""
+    return patients_in_manifests(manifests, SOURCE)
 
 
 def sample(rows, limit, seed):

@@ -79,3 +79,17 @@ def update_manifest(dataset, rows):
             writer.writerows([merged[file].get(column, "") for column in MANIFEST_COLUMNS]
                              for file in sorted(merged))
     return len(merged)
+
+
+def patients_in_manifests(manifests, source):
+    """The patients of `source` (`cohen`, `nih`) in each manifest file: what a builder's
+    `--exclude-patients` leaves out. A missing or unreadable manifest is a one-line
+    `UserError`."""
+    patients = set()
+    for path in manifests:
+        if not os.path.isfile(path):
+            raise UserError(f"--exclude-patients {path!r}: no such file; give the manifest.csv "
+                            "of the dataset whose patients to leave out")
+        patients |= {row["patient_id"] for row in read_manifest_file(path).values()
+                     if row["source"] == source and row["patient_id"]}
+    return patients
