@@ -283,20 +283,17 @@ def test_damaged_csv_files_are_read_or_refused_in_one_line(tmp_path):
     outcomes = {"read": 0, "refused": 0}
     for case in range(MUTANTS_PER_CSV):
         rng = np.random.default_rng([FUZZ_SEED, 99, case])
-        with open(os.path.join(collection, "metadata.csv"), "wb") as f:
-            f.write(mutate_text(metadata, rng))
-        code, out, err = run_main(build_covid_dataset.main, [
-            "--covid", collection, "--output", str(tmp_path / f"built-{case}" / "covid")])
-        assert code in (0, 1) and "Traceback" not in err, err
-        assert code == 0 or err.strip().splitlines()[-1].startswith(
-            "build_covid_dataset.py: error: "), err
-        with open(label_file, "wb") as f:
-            f.write(mutate_text(labels, rng))
-        code, out, err = run_main(sample_nih_dataset.main, [
-            "--nih", nih, "--output", str(tmp_path / f"nih-{case}" / "normal")])
-        assert code in (0, 1) and "Traceback" not in err, err
-        assert code == 0 or err.strip().splitlines()[-1].startswith(
-            "sample_nih_dataset.py: error: "), err
+        for script, source, data, argv in [
+                (build_covid_dataset, os.path.join(collection, "metadata.csv"), metadata,
+                 ["--covid", collection, "--output", str(tmp_path / f"built-{case}" / "covid")]),
+                (sample_nih_dataset, label_file, labels,
+                 ["--nih", nih, "--output", str(tmp_path / f"nih-{case}" / "normal")])]:
+            with open(source, "wb") as f:
+                f.write(mutate_text(data, rng))
+            code, out, err = run_main(script.main, argv)
+            assert code in (0, 1) and "Traceback" not in err, err
+            assert code == 0 or err.strip().splitlines()[-1].startswith(
+                f"{script.__name__}.py: error: "), err
         (dataset / "manifest.csv").write_bytes(mutate_text(manifest, rng))
         try:
             read_manifest(str(dataset))
