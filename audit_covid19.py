@@ -6,7 +6,7 @@ Machine Intelligence 2021). Ten test images cannot show it. This script asks the
 with every image a test image once:
 
 1. Probe. K-fold cross-validation of the tutorial's head (the same frozen VGG16, head, optimizer
-   and epochs as `train_covid19.py --cache-features`) on three versions of every image: `full`;
+   and epochs as `train_covid19.py --cache-features`) on three variants of every image: `full`;
    `lungs_hidden`, the central box that covers the lung fields of a PA film blacked out; and
    `lungs_only`, everything outside that box blacked out. If the classes are told apart with
    the lungs hidden, the model can pass without looking at the lungs: a shortcut.
@@ -26,31 +26,27 @@ classes; the first in sorted order (covid) is the positive one.
 """
 
 import contextlib
+import dataclasses
 import os
 import sys
 
 import numpy as np
 
-from covid19xray.cache import FeatureCache, cache_line
+from covid19xray.cache import cache_line
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
+from covid19xray.config import FOLDS, RunConfig, add_run_flags
 from covid19xray.data import load_dataset, training_batches
-from covid19xray.external import (
-    by_source,
-    check_classes,
-    describe_by_source,
-    load_external,
-    shared_patients,
-)
+from covid19xray.external import check_classes, describe_by_source, load_external
 from covid19xray.features import (
-    cache_configuration,
     extract_features,
+    feature_cache,
     make_feature_extractor,
     make_head,
 )
 from covid19xray.images import IMAGE_SIZE
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model
-from covid19xray.outputs import claim_outputs
+from covid19xray.outputs import commit_outputs
 from covid19xray.progress import progress
 from covid19xray.properties import (
     CATEGORICAL,
@@ -65,15 +61,14 @@ from covid19xray.properties import (
 from covid19xray.report import auc_with_interval, classification_metrics, save_figure, write_json
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
 from covid19xray.training import (
-    add_training_flags,
     check_inputs,
     check_outputs,
     compile_head,
     fit_head,
     run_facts,
     start,
-    write_outputs,
 )
+from covid19xray.transforms import UNCHANGED, BoxMask
 
 tf = lazy_import("tensorflow")
 
@@ -82,7 +77,8 @@ tf = lazy_import("tensorflow")
 # of 22 pixels (a tenth) on every side, where the shoulders, the film's edges, labels and
 # markers are.
 LUNG_BOX = (0.1, 0.1, 0.9, 0.9)
-VERSIONS = ("full", "lungs_hidden", "lungs_only")
+# What each variant of an image is: the image as it is, the lung box blacked out, all but it.
+VARIANTS = ("full", "lungs_hidden", "lungs_only")
 # The verdict: a shortcut when, with the lungs hidden, the AUC's 95% interval lies above chance
 # and the AUC itself is at least this.
 SHORTCUT_AUC = 0.8
@@ -90,15 +86,29 @@ SHORTCUT_AUC = 0.8
 CONFOUND_AUC = 0.8
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditConfig(RunConfig):
+    """Everything the audit is told, built once from the flags (`parse_args`)."""
+
+    folds: int = FOLDS
+    external: str | None = None
+    report: str = "audit.json"
+    plot: str = "audit.png"
+
+    def outputs(self):
+        """The two outputs, in the order they are written: (path, flag, suffix)."""
+        return [(self.report, "--report", ".json"), (self.plot, "--plot", ".png")]
+
+
 def parse_args(argv=None):
     ap = ArgumentParser(description="Can the classes of a chest X-ray dataset be told apart "
                                     "without the lungs? Cross-validated probes, confounds and "
                                     "duplicates. For education only.")
-    add_training_flags(ap, "dataset folder: one folder of images per class, two classes")
-    ap.add_argument("--folds", type=positive(int), default=5,
+    add_run_flags(ap, "dataset folder: one folder of images per class, two classes")
+    ap.add_argument("--folds", type=positive(int), default=FOLDS,
                     help="cross-validation folds (default: %(default)s)")
     ap.add_argument("--external", metavar="DIR",
-                    help="also train each version's head on all of --dataset and test it on "
+                    help="also train each variant's head on all of --dataset and test it on "
                          "this labelled folder from another source: internal against external "
                          "AUC")
     ap.add_argument("-r", "--report", default="audit.json",
@@ -108,12 +118,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.folds < 2:
         ap.error(f"--folds must be 2 or more, got {args.folds}")
-    return args
-
-
-def outputs_of(args):
-    """The two outputs, in the order they are written: report and plot."""
-    return [(args.report, "--report", ".json"), (args.plot, "--plot", ".png")]
+    return AuditConfig.from_flags(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,28 +126,20 @@ def outputs_of(args):
 # ---------------------------------------------------------------------------------------------
 
 
-def box_mask():
-    """1 inside LUNG_BOX and 0 outside, on the 224x224 image, as uint8 (224, 224, 1)."""
-    height, width = IMAGE_SIZE
-    left, top, right, bottom = LUNG_BOX
-    mask = np.zeros((height, width, 1), np.uint8)
-    mask[round(top * height):round(bottom * height), round(left * width):round(right * width)] = 1
-    return mask
+def variant_transforms(box=None):
+    """What each variant does to an image before VGG16: {variant: transform}. The box is read
+    when the audit runs (LUNG_BOX unless given), and each mask names it in the feature cache's
+    key, so that a changed box never reuses features masked with another."""
+    box = tuple(LUNG_BOX if box is None else box)
+    return {"full": UNCHANGED, "lungs_hidden": BoxMask(box=box, keep="outside"),
+            "lungs_only": BoxMask(box=box, keep="inside")}
 
 
-def version_of(name):
-    """What a version does to a batch of uint8 images before it is scaled, or None (full)."""
-    inside = tf.constant(box_mask())
-    return {"full": None,
-            "lungs_hidden": lambda images: images * (1 - inside),
-            "lungs_only": lambda images: images * inside}[name]
-
-
-def cross_validate(args, head, initial, features, onehot, folds, what):
+def cross_validate(config, head, initial, features, onehot, folds, what):
     """Out-of-fold probabilities: for each fold, a fresh head (the weights `initial`) trained on
     the other folds' features as train_covid19.py --cache-features trains it, then applied to
     the fold. `what` names the step in its progress bar."""
-    compile_head(head, onehot.shape[1], args.lr, args.epochs)
+    compile_head(head, onehot.shape[1], config.lr, config.epochs)
     probabilities = np.zeros(onehot.shape, np.float32)
     with progress(len(folds), what, unit="head") as bar:
         for train, test in folds:
@@ -152,10 +149,10 @@ def cross_validate(args, head, initial, features, onehot, folds, what):
             head.set_weights(initial)
             for variable in head.optimizer.variables:
                 variable.assign(tf.zeros_like(variable))
-            batch_size = min(args.batch_size, len(train))
+            batch_size = min(config.batch_size, len(train))
             fit_head(head, training_batches(features[train], onehot[train], batch_size,
-                                            args.seed),
-                     max(1, len(train) // args.batch_size), args.epochs)
+                                            config.seed),
+                     max(1, len(train) // config.batch_size), config.epochs)
             # the head called directly: Keras's predict would trace itself anew for every
             # fold size
             probabilities[test] = np.asarray(head(features[test], training=False))
@@ -164,7 +161,7 @@ def cross_validate(args, head, initial, features, onehot, folds, what):
 
 
 def probe(classes, probabilities, class_names, seed):
-    """The cross-validated metrics of one version, in report.json's shape, and its AUC's
+    """The cross-validated metrics of one variant, in report.json's shape, and its AUC's
     bootstrap interval."""
     metrics = classification_metrics(classes, probabilities, class_names)
     return {"auc": auc_with_interval(classes == 0, probabilities[:, 0], seed),
@@ -174,7 +171,7 @@ def probe(classes, probabilities, class_names, seed):
 
 
 def verdict(hidden_auc):
-    """`shortcut` and what to say, from the lungs_hidden version's AUC."""
+    """`shortcut` and what to say, from the lungs_hidden variant's AUC."""
     value, (low, high) = hidden_auc["value"], hidden_auc["ci95"]
     auc = f"AUC {value:.2f}, 95% CI {low:.2f}-{high:.2f}"
     if low > 0.5 and value >= SHORTCUT_AUC:
@@ -237,7 +234,7 @@ def tally(values):
 
 
 def find_duplicates(images, paths, labels, hashes):
-    """Exact and near copies among the images (covid19_properties.duplicates)."""
+    """Exact and near copies among the images (`covid19xray.properties.duplicates`)."""
     return duplicates(paths, list(labels), [images.digest(path) for path in paths], hashes,
                       images.image)
 
@@ -248,10 +245,10 @@ def find_duplicates(images, paths, labels, hashes):
 
 
 def print_probes(probes, shortcut_text, folds_info):
-    """The probe table, one row per version, and the verdict."""
+    """The probe table, one row per variant, and the verdict."""
     print(f"[INFO] {folds_info}")
-    print(f"{'version':<13} {'accuracy':<18} {'sensitivity':<18} {'specificity':<18} ROC AUC")
-    for name in VERSIONS:
+    print(f"{'variant':<13} {'accuracy':<18} {'sensitivity':<18} {'specificity':<18} ROC AUC")
+    for name in VARIANTS:
         p = probes[name]
         cells = [f"{p[k]['value']:.2f} ({p[k]['ci95'][0]:.2f}-{p[k]['ci95'][1]:.2f})"
                  for k in ("accuracy", "sensitivity", "specificity", "auc")]
@@ -260,26 +257,26 @@ def print_probes(probes, shortcut_text, folds_info):
 
 
 def print_external(probes, external_probes, folder, counts, class_names):
-    """Each version's cross-validated AUC beside its AUC on the external folder."""
-    print(f"[INFO] external test: {shown(folder)} ({counts}); each version's head trained on "
+    """Each variant's cross-validated AUC beside its AUC on the external folder."""
+    print(f"[INFO] external test: {shown(folder)} ({counts}); each variant's head trained on "
           "every image of --dataset")
-    print(f"{'version':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
-    for name in VERSIONS:
+    print(f"{'variant':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
+    for name in VARIANTS:
         inside, outside = probes[name]["auc"], external_probes[name]["auc"]
         cells = [f"{a['value']:.2f} ({a['ci95'][0]:.2f}-{a['ci95'][1]:.2f})"
                  for a in (inside, outside)]
         print(f"{name:<13} {cells[0]:<20} {cells[1]:<20} "
               f"{inside['value'] - outside['value']:+.2f}")
-    if external_probes[VERSIONS[0]]["by_source"]:
-        print(f"by source ({shown(os.path.join(folder, 'manifest.csv'))}), each version's "
+    if external_probes[VARIANTS[0]]["by_source"]:
+        print(f"by source ({shown(os.path.join(folder, MANIFEST))}), each variant's "
               "external head:")
-        for name in VERSIONS:
+        for name in VARIANTS:
             print(f"{name}:")
             print("\n".join(describe_by_source(external_probes[name]["by_source"],
                                                class_names)))
 
 
-def print_confounds_and_duplicates(args, confounds, found, class_names):
+def print_confounds_and_duplicates(dataset, confounds, found, class_names):
     """One line per confound and per group of copies, or one line saying there are none."""
     for c in confounds:
         print(f"[RESULT] confound: {c['property'].replace('_', ' ')} alone separates "
@@ -290,15 +287,16 @@ def print_confounds_and_duplicates(args, confounds, found, class_names):
               f"{CONFOUND_AUC})")
     for d in found:
         how = "" if d["kind"] == "exact" else f" (pixels correlate at {d['correlation']:.3f})"
-        files = ", ".join(shown(os.path.relpath(f, args.dataset)) for f in d["files"])
+        files = ", ".join(shown(os.path.relpath(f, dataset)) for f in d["files"])
         print(f"[RESULT] {'CROSS-CLASS ' if d['cross_class'] else ''}{d['kind']} duplicate{how}: "
               f"{files}")
     if not found:
         print("[RESULT] no exact or near duplicates")
 
 
-def plot_audit(probes, confounds, rows, labels, class_names, examples, external_probes=None):
-    """AUC with its interval for the three versions beside chance (and beside their external
+def plot_audit(probes, confounds, rows, labels, class_names, examples, box,
+               external_probes=None):
+    """AUC with its interval for the three variants beside chance (and beside their external
     AUC), one example of each class with the box drawn, and the strongest confound's values per
     class."""
     import matplotlib.pyplot as plt
@@ -313,12 +311,12 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
             sets.append(("external", external_probes, "tab:orange"))
         width = 0.8 / len(sets)
         for k, (label, found, color) in enumerate(sets):
-            values = [found[v]["auc"]["value"] for v in VERSIONS]
-            low = [v - found[n]["auc"]["ci95"][0] for v, n in zip(values, VERSIONS)]
-            high = [found[n]["auc"]["ci95"][1] - v for v, n in zip(values, VERSIONS)]
-            ax.bar(np.arange(len(VERSIONS)) + (k - (len(sets) - 1) / 2) * width, values, width,
+            values = [found[v]["auc"]["value"] for v in VARIANTS]
+            low = [v - found[n]["auc"]["ci95"][0] for v, n in zip(values, VARIANTS)]
+            high = [found[n]["auc"]["ci95"][1] - v for v, n in zip(values, VARIANTS)]
+            ax.bar(np.arange(len(VARIANTS)) + (k - (len(sets) - 1) / 2) * width, values, width,
                    yerr=[low, high], capsize=6, color=color, label=label)
-        ax.set_xticks(range(len(VERSIONS)), VERSIONS)
+        ax.set_xticks(range(len(VARIANTS)), VARIANTS)
         ax.axhline(0.5, linestyle="--", color="gray", label="chance")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("ROC AUC (95% CI)")
@@ -342,7 +340,7 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
             ax.set_axis_off()
 
         height, width = IMAGE_SIZE
-        left, top, right, bottom = LUNG_BOX
+        left, top, right, bottom = box
         for k, (name, image) in enumerate(examples):
             ax = fig.add_subplot(grid[1, k])
             ax.imshow(image)
@@ -356,88 +354,99 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
     return fig
 
 
-def two_classes(args, labels, paths):
+def two_classes(config, labels, paths):
     """The class names (sorted: the first is the positive class), each image's class index, the
     folds, whether they are grouped by patient, and a line saying so; the audit compares
     exactly two classes."""
     if len(set(labels)) != 2:
-        raise UserError(f"the audit compares two classes; --dataset {args.dataset!r} has "
+        raise UserError(f"the audit compares two classes; --dataset {config.dataset!r} has "
                         f"{len(set(labels))} ({', '.join(sorted(set(labels)))})")
     onehot, class_names = encode_labels(labels)
     classes = onehot.argmax(axis=1)
-    patients = patients_of(args.dataset, paths)
-    folds = cv_folds(classes, args.folds, args.seed, class_names, patients)
-    about = (f"{len(paths)} images ({class_counts(onehot, class_names)}), {args.folds}-fold "
+    patients = patients_of(config.dataset, paths)
+    folds = cv_folds(classes, config.folds, config.seed, class_names, patients)
+    about = (f"{len(paths)} images ({class_counts(onehot, class_names)}), {config.folds}-fold "
              "cross-validation "
              + (f"grouped by patient ({MANIFEST})" if patients is not None
                 else f"by image (no {MANIFEST}: images of one patient may sit in two folds)"))
     return class_names, classes, folds, patients is not None, about
 
 
-def probe_versions(args, base_model, images, paths, classes, folds, class_names,
+def probe_variants(config, base_model, images, paths, classes, folds, class_names,
                    external=None):
-    """The probe of every version: the features of every image (each computed once, or read
-    from the cache), then one fresh head per fold. With `external` (store, paths, one-hot), also
+    """The probe of every variant: the features of every image (each computed once, or read
+    from the cache), then one fresh head per fold. With `external` (an `ExternalSet`), also
     one head trained on every image of --dataset, tested on the external images."""
     model = build_model(base_model, 2)
-    (extract, crops), head = make_feature_extractor(model, args.precision), make_head(model)
-    # every head of every version starts from these weights, so that no version's result
-    # depends on the versions (or the external test) before it
+    (extract, crops), head = make_feature_extractor(model, config.precision), make_head(model)
+    # every head of every variant starts from these weights, so that no variant's result
+    # depends on the variants (or the external test) before it
     initial = head.get_weights()
     onehot = np.eye(2, dtype="float32")[classes]
-    probes, external_probes, caches, features_of = {}, {}, [], {}
-    for name in VERSIONS:
-        print(f"[INFO] {name}: features of every image, then {args.folds} heads...")
-        caches.append(None if args.no_cache else FeatureCache(args.cache_dir, cache_configuration(
-            model, crops, args.precision, variant=name)))
-        features_of[name] = extract_features(extract, images, paths, args.batch_size,
-                                             prepare=version_of(name), cache=caches[-1])
-        probabilities = cross_validate(args, head, initial, features_of[name], onehot, folds,
-                                       f"{name} heads")
-        probes[name] = probe(classes, probabilities, class_names, args.seed)
+    probes, external_probes, caches, features_by_variant = {}, {}, [], {}
+    transforms = variant_transforms()
+    for name in VARIANTS:
+        print(f"[INFO] {name}: features of every image, then {config.folds} heads...")
+        caches.append(feature_cache(config.cache_folder, model, crops, config.precision,
+                                    transforms[name]))
+        features_by_variant[name] = extract_features(extract, images, paths, config.batch_size,
+                                                     transforms[name], caches[-1])
+        probabilities = cross_validate(config, head, initial, features_by_variant[name], onehot,
+                                       folds, f"{name} heads")
+        probes[name] = probe(classes, probabilities, class_names, config.seed)
     # after every internal probe, so that an external test changes none of their numbers
     if external is not None:
-        for name, cache in zip(VERSIONS, caches):
+        for name, cache in zip(VARIANTS, caches):
             print(f"[INFO] {name}: one head trained on every image, tested on the external "
                   "images...")
-            external_probes[name] = test_externally(args, head, initial, features_of[name],
-                                                    onehot, external, extract, name, cache,
+            external_features = extract_features(extract, external.store, external.paths,
+                                                 config.batch_size, transforms[name], cache)
+            external_probes[name] = test_externally(config, head, initial,
+                                                    features_by_variant[name], onehot,
+                                                    external, external_features, name,
                                                     class_names)
-    if not args.no_cache:
+    if config.cache_folder is not None:
         print(cache_line(caches))
     return probes, external_probes
 
 
-def test_externally(args, head, initial, features, onehot, external, extract, name, cache,
+def test_externally(config, head, initial, features, onehot, external, external_features, name,
                     class_names):
-    """One version's head trained on every image of --dataset (as one more fold), then tested
-    on the external images' features: the external probe of that version."""
-    store, external_paths, external_onehot = external
-    external_features = extract_features(extract, store, external_paths, args.batch_size,
-                                         prepare=version_of(name), cache=cache)
+    """One variant's head trained on every image of --dataset (as one more fold), then tested
+    on the external images' features: the external probe of that variant."""
     everything = np.concatenate([features, external_features])
     n = len(features)
     fold = [(np.arange(n), np.arange(n, len(everything)))]
-    probabilities = cross_validate(args, head, initial, everything,
-                                   np.concatenate([onehot, external_onehot]), fold,
+    probabilities = cross_validate(config, head, initial, everything,
+                                   np.concatenate([onehot, external.onehot]), fold,
                                    f"{name} head on every image")[n:]
-    result = probe(external_onehot.argmax(axis=1), probabilities, class_names, args.seed)
-    result["by_source"] = by_source(args.external, external_paths,
-                                    external_onehot.argmax(axis=1), probabilities, class_names)
+    result = probe(external.onehot.argmax(axis=1), probabilities, class_names, config.seed)
+    result["by_source"] = external.by_source(probabilities, class_names)
     return result
 
 
-def audit_report(args, class_names, labels, grouped, probes, verdict_of, confounds, per_class,
-                 found, external=None):
+def external_report(config, external, probes, external_probes, class_names):
+    """The audit's external test (`audit.json`'s `external`): what every external report says
+    first (`ExternalSet.facts`), each variant's probe and its AUC's drop."""
+    return {"folder": config.external, **external.facts(config.dataset, class_names),
+            "probe": external_probes,
+            "auc_drop": {name: probes[name]["auc"]["value"]
+                         - external_probes[name]["auc"]["value"] for name in VARIANTS}}
+
+
+def audit_report(config, class_names, labels, grouped, probes, verdict_of, confounds,
+                 per_class, found, external=None):
     """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
     shortcut, text = verdict_of
+    box = variant_transforms()["lungs_only"]
     return {
         **({"external": external} if external else {}),
-        "dataset": args.dataset, "class_names": class_names, "positive_class": class_names[0],
+        "dataset": config.dataset, "class_names": class_names,
+        "positive_class": class_names[0],
         "counts": {name: int((labels == name).sum()) for name in class_names},
-        "folds": {"k": args.folds, "grouped_by_patient": grouped},
-        "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
-                     "pixels_of_224": [round(f * 224) for f in LUNG_BOX]},
+        "folds": {"k": config.folds, "grouped_by_patient": grouped},
+        "lung_box": {"fractions_left_top_right_bottom": list(box.box),
+                     "pixels_of_224": [round(f * 224) for f in box.box]},
         "probe": probes, "shortcut": shortcut, "verdict": text,
         "shortcut_rule": f"lungs_hidden AUC 95% CI above 0.5 and AUC >= {SHORTCUT_AUC}",
         "confounds": confounds, "confound_rule": f"a property's AUC alone >= {CONFOUND_AUC}",
@@ -445,67 +454,55 @@ def audit_report(args, class_names, labels, grouped, probes, verdict_of, confoun
         "duplicates": found, "near_duplicate_rule": (
             f"perceptual hashes at most {NEAR_DUPLICATE_BITS} bits of 64 apart and 64x64 grey "
             f"versions correlating at {NEAR_DUPLICATE_CORRELATION} or more"),
-        **run_facts(args),
+        **run_facts(config),
     }
 
 
 @cli
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    outputs = check_outputs(args.dataset, outputs_of(args))
-    check_inputs([args.dataset, *([args.external] if args.external else [])],
-                 None if args.no_cache else args.cache_dir)
-    with claim_outputs(*outputs):  # a second audit writing the same files stops here
-        base_model = start(args)
+    config = parse_args(argv)
+    outputs = check_outputs(config.dataset, config.outputs())
+    check_inputs([config.dataset, *([config.external] if config.external else [])],
+                 config.cache_folder)
+    # a second audit writing the same files stops here; the outputs replace the earlier ones
+    # only when both are written
+    with commit_outputs(*outputs) as commit:
+        base_model = start(config)
         print("[INFO] loading images...")
-        images, paths, labels = load_dataset(args.dataset)
+        images, paths, labels = load_dataset(config.dataset)
         with contextlib.ExitStack() as stack:
             stack.callback(images.close)
-            class_names, classes, folds, grouped, about = two_classes(args, labels, paths)
+            class_names, classes, folds, grouped, about = two_classes(config, labels, paths)
             external = None
-            if args.external:
-                check_classes(args.external, class_names)
-                print("[INFO] loading external images...")
-                store, external_paths, external_onehot, refused = load_external(
-                    args.external, class_names, {images.digest(p): p for p in paths})
-                stack.callback(store.close)
-                external = (store, external_paths, external_onehot)
-            probes, external_probes = probe_versions(args, base_model, images, paths, classes,
-                                                     folds, class_names, external)
+            if config.external:
+                check_classes(config.external, class_names)
+                external = stack.enter_context(contextlib.closing(load_external(
+                    config.external, class_names, {images.digest(p): p for p in paths})))
+            probes, external_probes = probe_variants(config, base_model, images, paths,
+                                                     classes, folds, class_names, external)
             rows, hashes = measure(images, paths)
-            per_class, confounds = describe_properties(rows, labels, class_names, args.seed)
+            per_class, confounds = describe_properties(rows, labels, class_names, config.seed)
             found = find_duplicates(images, paths, labels, hashes)
             examples = [(name, images.image(paths[list(labels).index(name)]))
                         for name in class_names]
 
         verdict_of = verdict(probes["lungs_hidden"]["auc"])
         print_probes(probes, verdict_of[1], about)
-        external_report = None
+        external_part = None
         if external:
-            counts = class_counts(external_onehot, class_names)
-            print_external(probes, external_probes, args.external, counts, class_names)
-            external_report = {
-                "folder": args.external,
-                "counts": {name: int(n) for name, n in zip(class_names,
-                                                           external_onehot.sum(axis=0))},
-                "files": [os.path.relpath(p, args.external) for p in external_paths],
-                "refused_identical_to_dataset": [os.path.relpath(p, args.external)
-                                                 for p in refused],
-                "patients_shared_with_dataset": shared_patients(args.dataset, args.external),
-                "probe": external_probes,
-                "auc_drop": {name: probes[name]["auc"]["value"]
-                             - external_probes[name]["auc"]["value"] for name in VERSIONS}}
-        print_confounds_and_duplicates(args, confounds, found, class_names)
-        report = audit_report(args, class_names, labels, grouped, probes, verdict_of, confounds,
-                              per_class, found, external_report)
-
-        def write(report_tmp, plot_tmp):
-            write_json(report_tmp, report)
+            print_external(probes, external_probes, config.external,
+                           class_counts(external.onehot, class_names), class_names)
+            external_part = external_report(config, external, probes, external_probes,
+                                            class_names)
+        print_confounds_and_duplicates(config.dataset, confounds, found, class_names)
+        report = audit_report(config, class_names, labels, grouped, probes, verdict_of,
+                              confounds, per_class, found, external_part)
+        with commit.writing():
+            write_json(commit.temporary(config.report), report)
             save_figure(plot_audit(probes, confounds, rows, labels, class_names, examples,
-                                   external_probes), plot_tmp)
-
-        write_outputs(outputs, write)
-    print(f"[INFO] wrote {shown(args.report)} (report), {shown(args.plot)} (plot)")
+                                   variant_transforms()["lungs_only"].box, external_probes),
+                        commit.temporary(config.plot))
+    print(f"[INFO] wrote {shown(config.report)} (report), {shown(config.plot)} (plot)")
     return 0
 
 

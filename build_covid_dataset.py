@@ -39,8 +39,8 @@ import re
 import sys
 
 from covid19xray.building import copy_into_output, refusal
-from covid19xray.cache import default_cache_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.config import default_cache_folder
 from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
 from covid19xray.manifest import patients_in_manifests
 from covid19xray.outputs import check_output_folder, claim_outputs

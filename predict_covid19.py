@@ -12,9 +12,10 @@ Prints one line per image: the predicted class and every class's probability. Th
 come from the model file (train_covid19.py stores them there), and each image is prepared by
 the same `load_xray` and `scale_pixels` that training uses. `--gradcam DIR` writes each X-ray
 with a Grad-CAM heatmap of the predicted class over it: the regions whose features raised that
-class's score most (Selvaraju et al. 2017, as in keras-io's "Grad-CAM class activation
-visualization"). Images are read, predicted and written a batch at a time, so memory does not
-grow with their number; files that are not usable images are reported and skipped.
+class's score (before the softmax) most (Selvaraju et al. 2017, as in keras-io's "Grad-CAM
+class activation visualization"). Images are read, predicted and written a batch at a time, so
+memory does not grow with their number; files that are not usable images are reported and
+skipped. Every output is renamed into place only when the run ends well.
 """
 
 import contextlib
@@ -36,6 +37,7 @@ from covid19xray.cli import (
     shown,
     warn_if_not_utf8,
 )
+from covid19xray.config import BATCH_SIZE, PRECISIONS
 from covid19xray.data import label_of
 from covid19xray.external import print_by_source
 from covid19xray.images import (
@@ -50,14 +52,8 @@ from covid19xray.images import (
     with_decoder_messages,
 )
 from covid19xray.manifest import MANIFEST
-from covid19xray.model import PRECISIONS, check_precision, load_classifier, model_with_precision
-from covid19xray.outputs import (
-    atomic_output,
-    check_output_folder,
-    check_output_path,
-    claim_outputs,
-    temporary_beside,
-)
+from covid19xray.model import check_precision, load_classifier, model_with_precision
+from covid19xray.outputs import check_output_folder, check_output_path, commit_outputs
 from covid19xray.progress import progress, say
 from covid19xray.report import print_evaluation, versions, write_json
 
@@ -85,7 +81,7 @@ def parse_args(argv=None):
                          "training script's test report on them")
     ap.add_argument("--report", metavar="JSON",
                     help="with --labelled, also write that report to this JSON file")
-    ap.add_argument("--batch-size", type=positive(int), default=8,
+    ap.add_argument("--batch-size", type=positive(int), default=BATCH_SIZE,
                     help="images per forward pass (default: %(default)s)")
     ap.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="what the network computes in; the softmax stays float32 "
@@ -147,21 +143,32 @@ def last_conv_layer(model):
 
 
 def gradcam_model(model):
-    """`model` with the last convolutional layer's output as a second output; build it once."""
-    return keras.Model(model.inputs, [last_conv_layer(model).output, model.output])
+    """`model` with two outputs: the last convolutional layer's output, and the class scores
+    before the softmax (the logits); build it once.
+
+    The last layer is the tutorial's `Dense(2, activation="softmax")`; its input, times its
+    kernel, plus its bias, is the score of each class. Grad-CAM differentiates that score, not
+    the softmax's probability (Selvaraju et al. 2017; keras-io's example): the probability's
+    gradient is the score's times p(1 - p), which vanishes as the model grows sure, and for two
+    classes it mixes in the other class's score.
+    """
+    last = model.layers[-1]
+    # in float32, as the softmax layer computes (also under --precision bfloat16)
+    logits = keras.ops.matmul(keras.ops.cast(last.input, "float32"), last.kernel) + last.bias
+    return keras.Model(model.inputs, [last_conv_layer(model).output, logits])
 
 
 def grad_cam(grad_model, image, class_index):
     """Grad-CAM heatmap in [0, 1] of `class_index` for one uint8 image, at the conv map's size.
 
-    The gradient of the class score with respect to the last convolutional layer's output,
-    averaged over each channel, weights that channel; the weighted sum, with negatives
-    clipped, shows where the evidence for the class is.
+    The gradient of the class's score (before the softmax) with respect to the last
+    convolutional layer's output, averaged over each channel, weights that channel; the
+    weighted sum, with negatives clipped, shows where the evidence for the class is.
     """
     batch = scale_pixels(image[None])
     with tf.GradientTape() as tape:
-        conv_output, predictions = grad_model(batch, training=False)
-        score = predictions[:, class_index]
+        conv_output, scores = grad_model(batch, training=False)
+        score = scores[:, class_index]
     conv_output = tf.cast(conv_output, tf.float32)
     grads = tf.cast(tape.gradient(score, conv_output), tf.float32)
     weights = tf.reduce_mean(grads, axis=(0, 1, 2))
@@ -179,12 +186,6 @@ def overlay(path, heatmap):
     heat = cv2.resize(heatmap.astype(np.float32), (width, height))
     colored = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)
     return cv2.addWeighted(colored, HEATMAP_ALPHA, image, 1 - HEATMAP_ALPHA, 0)
-
-
-def remove_temporaries(overlays):
-    for temporary, _ in overlays:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
 
 
 def gradcam_name(path, used):
@@ -246,7 +247,6 @@ def csv_row(path, row, class_names):
 def main(argv=None) -> int:
     args = parse_args(argv)
     # check every output before the slow work
-    outputs = [path for path in (args.csv, args.gradcam, args.report) if path]
     if args.report and not args.labelled:
         raise UserError("--report needs --labelled: without true classes there is no report")
     if args.csv:
@@ -265,18 +265,18 @@ def main(argv=None) -> int:
     check_precision(args.precision)
     model = model_with_precision(model, args.precision)
 
-    with claim_outputs(*outputs), contextlib.ExitStack() as stack:
+    # every output is written to its temporary file, and all are renamed into place together
+    # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
+    folders = [args.gradcam] if args.gradcam else []
+    files = [path for path in (args.csv, args.report) if path]
+    with commit_outputs(*files, folders=folders) as commit, contextlib.ExitStack() as stack:
         writer = None
         if args.csv:
             # the real file name, also when it is not UTF-8: its bytes go into the CSV as they are
-            f = stack.enter_context(open(stack.enter_context(atomic_output(args.csv)), "w",
-                                         newline="", encoding="utf-8", errors="surrogateescape"))
+            f = stack.enter_context(open(commit.temporary(args.csv), "w", newline="",
+                                         encoding="utf-8", errors="surrogateescape"))
             writer = spreadsheet.Writer(f)  # a name a spreadsheet would run stays text
             writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names]])
-        # this run's Grad-CAM files as (temporary, final): all renamed into place at the end,
-        # so that a full disk or Ctrl-C half-way leaves none of them, and no temporary file
-        overlays = []
-        stack.callback(remove_temporaries, overlays)
         if args.gradcam:
             os.makedirs(args.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(model), set()
@@ -293,18 +293,14 @@ def main(argv=None) -> int:
                     if args.gradcam:
                         heatmap = grad_cam(grad_model, image, int(row.argmax()))
                         final = os.path.join(args.gradcam, gradcam_name(path, used))
-                        overlays.append((temporary_beside(final), final))
-                        save_image(overlays[-1][0], overlay(path, heatmap))
+                        save_image(commit.temporary(final), overlay(path, heatmap))
                 predicted += len(paths)
         if not predicted:
             raise UserError("none of the given images could be read")
-        for temporary, final in overlays:
-            os.replace(temporary, final)
         if args.labelled:
             report = labelled_report(args, class_names, read_paths, truth, probabilities)
             if args.report:
-                with atomic_output(args.report) as temporary:
-                    write_json(temporary, report)
+                write_json(commit.temporary(args.report), report)
     if args.report:
         print(f"[INFO] wrote {shown(args.report)}")
     if args.csv:

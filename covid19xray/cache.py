@@ -33,12 +33,6 @@ MAGIC = b"covid19-xray features v1\n"
 DIGEST_BYTES = 32
 
 
-def default_cache_folder():
-    """`$XDG_CACHE_HOME/covid19-xray`, else `~/.cache/covid19-xray` (the XDG rule)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "covid19-xray")
-
-
 def weights_digest(layers):
     """SHA-256 of the values of every weight of `layers`: the same for the same weights,
     however they were made (ImageNet download, a local file, `none` with a seed)."""

@@ -118,6 +118,13 @@ def one_line(text):
     return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
+def first_line(err):
+    """The first line of an exception's message, or its type's name when it has none: what a
+    one-line error quotes of a library's."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class LazyModule:
     """Stands for the module `name` and imports it at its first attribute access.
 

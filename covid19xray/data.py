@@ -27,7 +27,6 @@ import tempfile
 
 import numpy as np
 
-from .augmentation import rotate, rotation_matrices
 from .cli import UserError, lazy_import, warn_if_not_utf8
 from .images import (
     IMAGE_SIZE,
@@ -37,7 +36,6 @@ from .images import (
     list_images,
     model_input,
     read_bytes,
-    scale_pixels,
     skip_warning,
     with_decoder_messages,
 )
@@ -190,29 +188,11 @@ def label_of(path):
     return os.path.basename(os.path.dirname(path))
 
 
-def _without_autotuning(dataset):
+def without_autotuning(dataset):
+    """`dataset`, prefetching one element, with tf.data's autotuning off (see above)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(1).with_options(options)
-
-
-def model_batches(images, paths, batch_size, prepare=None, angles=None):
-    """The images at `paths`, in order, in batches, scaled to [0, 1].
-
-    Either `prepare` changes each uint8 batch before it is scaled (the audit's masks), or
-    `angles` (degrees, one per path) rotates each scaled image (the training augmentation).
-    """
-    slots = images.slots(paths)
-    if angles is None:
-        dataset = tf.data.Dataset.from_tensor_slices(slots).batch(batch_size)
-        dataset = dataset.map(images.read_tensor)
-        if prepare is not None:
-            dataset = dataset.map(prepare)
-        return _without_autotuning(dataset.map(scale_pixels))
-    matrices = rotation_matrices(angles, *IMAGE_SIZE)
-    dataset = tf.data.Dataset.from_tensor_slices((slots, matrices)).batch(batch_size)
-    return _without_autotuning(dataset.map(
-        lambda slot, matrix: rotate(scale_pixels(images.read_tensor(slot)), matrix)))
 
 
 def training_batches(inputs, labels, batch_size, seed):
@@ -225,7 +205,7 @@ def training_batches(inputs, labels, batch_size, seed):
     """
     dataset = tf.data.Dataset.from_tensor_slices((inputs, labels))
     dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return _without_autotuning(dataset.batch(batch_size, drop_remainder=True))
+    return without_autotuning(dataset.batch(batch_size, drop_remainder=True))
 
 
 def epoch_batches(features, labels, batch_size, seed):
@@ -253,4 +233,4 @@ def epoch_batches(features, labels, batch_size, seed):
         return batch
 
     dataset = tf.data.Dataset.from_tensor_slices((rows, y))
-    return _without_autotuning(dataset.map(lambda r, label: (gather(r), label)))
+    return without_autotuning(dataset.map(lambda r, label: (gather(r), label)))

@@ -9,12 +9,15 @@ folder's shape (one folder of images per class) and is checked before it is used
 - `check_classes`: its class folders must be the model's classes, said in one line before any
   training;
 - `load_external`: its images, minus any byte-identical to an image of `--dataset` (such a file
-  is not external: refused, counted and named), with their one-hot labels in the model's order;
+  is not external: refused, counted and named), with their one-hot labels in the model's order,
+  as an `ExternalSet`, whose `facts` and `by_source` every external report (train's, the
+  audit's) begins with;
 - `shared_patients`: with a `manifest.csv` on both sides, the patients both hold;
 - `by_source`: with a `manifest.csv`, the test split by where each image comes from (`nih`,
   `cohen`): a specificity over 101 normals says little if 98 of them are from one hospital.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from .cli import UserError, shown
 from .data import class_folders, load_dataset
-from .manifest import read_manifest
+from .manifest import MANIFEST, read_manifest
 from .report import describe, metric
 
 
@@ -42,10 +45,44 @@ def check_classes(folder, class_names, flag="--external"):
                         "folder of images per class, named as in --dataset")
 
 
+@dataclasses.dataclass
+class ExternalSet:
+    """The usable images of an external folder: the `ImageStore` holding them, their paths,
+    their one-hot labels in the model's class order, and the files refused as copies of
+    --dataset's."""
+
+    folder: str
+    store: object
+    paths: list
+    onehot: np.ndarray
+    refused: list
+
+    def close(self):
+        self.store.close()
+
+    def facts(self, dataset, class_names):
+        """What every external report says first: its files, counts, refused copies and the
+        patients it shares with `dataset`."""
+        return {
+            "files": [os.path.relpath(path, self.folder) for path in self.paths],
+            "counts": {name: int(n) for name, n in zip(class_names, self.onehot.sum(axis=0))},
+            "refused_identical_to_dataset": [os.path.relpath(path, self.folder)
+                                             for path in self.refused],
+            "patients_shared_with_dataset": shared_patients(dataset, self.folder),
+        }
+
+    def by_source(self, probabilities, class_names, printed=False):
+        """`by_source` of this test's `probabilities`; printed under a heading if `printed`."""
+        of_sources = print_by_source if printed else by_source
+        return of_sources(self.folder, self.paths, self.onehot.argmax(axis=1), probabilities,
+                          class_names)
+
+
 def load_external(folder, class_names, training_digests, flag="--external"):
-    """(store, paths, one-hot labels in `class_names` order, refused paths) of the usable
-    images of `folder`. `training_digests` maps the SHA-256 of each training-folder image to
-    its path: an identical file in the external folder is refused with one warning line."""
+    """The `ExternalSet` of `folder`'s usable images. `training_digests` maps the SHA-256 of
+    each training-folder image to its path: an identical file in the external folder is
+    refused with one warning line. Train and the audit both test through this."""
+    print(f"[INFO] external test: {shown(folder)}")
     images, paths, labels = load_dataset(folder, flag)
     kept, refused = [], []
     for path in paths:
@@ -65,7 +102,7 @@ def load_external(folder, class_names, training_digests, flag="--external"):
     label = dict(zip(paths, labels))
     onehot = np.array([[label[path] == name for name in class_names] for path in kept],
                       dtype="float32")
-    return images, kept, onehot, refused
+    return ExternalSet(folder, images, kept, onehot, refused)
 
 
 def shared_patients(dataset, folder):
@@ -137,6 +174,6 @@ def print_by_source(folder, paths, trueIdxs, probabilities, class_names):
     """`by_source`, printed under a heading; returns it (None without a manifest)."""
     results = by_source(folder, paths, trueIdxs, probabilities, class_names)
     if results:
-        print(f"by source ({shown(os.path.join(folder, 'manifest.csv'))}):")
+        print(f"by source ({shown(os.path.join(folder, MANIFEST))}):")
         print("\n".join(describe_by_source(results, class_names)))
     return results

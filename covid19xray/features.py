@@ -15,18 +15,24 @@ operations, and when a learner changes the head (a 7x7 pool reads everything), t
 follows, or there is none.
 """
 
+import hashlib
 import importlib.metadata
+import sys
 
 import cv2
 import numpy as np
 
-from .augmentation import FILL_MODE, INTERPOLATION, ROTATION_DEGREES, rotated_key
-from .cache import weights_digest
+from .cache import FeatureCache, weights_digest
 from .cli import lazy_import
-from .data import model_batches
-from .images import PREPROCESSING
+from .data import without_autotuning
+from .images import scale_pixels
 from .model import FEATURES_LAYER, with_precision
 from .progress import progress
+from .transforms import UNCHANGED
+
+# The modules whose code decides what VGG16 sees (`preprocessing_digest`).
+PREPROCESSING_MODULES = ("covid19xray.images", "covid19xray.data", "covid19xray.transforms",
+                         __name__)
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -122,35 +128,61 @@ def make_head(model):
     return keras.Model(features, x, name="head")
 
 
-def extract_features(extract, images, paths, batch_size, prepare=None, cache=None,
-                     angles=None):
-    """The features of the images at `paths` (in the `ImageStore` `images`), in order:
-    (len(paths), features).
+def model_batches(images, paths, batch_size, transform=UNCHANGED, parameters=None):
+    """The images at `paths` (in the `ImageStore` `images`), in order and in batches, scaled to
+    [0, 1] and changed by `transform`, each by its row of `parameters`
+    (`transform.parameters`)."""
+    if parameters is None:
+        parameters = np.zeros((len(paths), 0), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((images.slots(paths), parameters))
+    dataset = dataset.batch(batch_size).map(
+        lambda slots, rows: transform.apply(scale_pixels(images.read_tensor(slots)), rows))
+    return without_autotuning(dataset)
 
-    With `cache` (a `cache.FeatureCache`), features found there are not computed again, and
-    those computed are stored. Either `prepare` changes each uint8 batch before it is scaled
-    (the audit's masks), or `angles` (degrees, one per path; a path may come once per epoch)
-    rotates each image first, and each rotation is cached under its own key.
+
+def features_per_epoch(extract, images, paths, batch_size, transform, epochs, cache=None):
+    """The features of the images at `paths` changed by `transform` as it changes them in each
+    of `epochs` epochs: (epochs, len(paths), features), in order.
+
+    Each distinct `transform.entry_key` is computed once: an image that `transform` leaves the
+    same every epoch passes through VGG16 once, not once per epoch, and so does a file that
+    stands twice. With `cache` (a `cache.FeatureCache` for this transform), features found
+    there are not computed again, and those computed are stored. Every missing entry goes
+    through VGG16 in one pass, under one progress bar.
     """
-    keys = [images.digest(path) for path in paths]
-    if angles is not None:
-        keys = [rotated_key(key, angle) for key, angle in zip(keys, angles)]
-    found = [None] * len(paths) if cache is None else cache.lookup(keys)
-    missing = [k for k, features in enumerate(found) if features is None]
+    digests = [images.digest(path) for path in paths]
+    wanted = [(k, epoch) for epoch in range(epochs) for k in range(len(paths))]
+    keys = [transform.entry_key(digests[k], epoch) for k, epoch in wanted]
+    first = {}  # each distinct key: the first place it is wanted
+    for n, key in enumerate(keys):
+        first.setdefault(key, n)
+    distinct = list(first)
+    found = dict(zip(distinct, [None] * len(distinct) if cache is None
+                     else cache.lookup(distinct)))
+    missing = [key for key in distinct if found[key] is None]
     if missing:
-        batches = model_batches(images, [paths[k] for k in missing], batch_size, prepare,
-                                None if angles is None else np.asarray(angles)[missing])
+        places = [first[key] for key in missing]
+        parameters = np.concatenate([transform.parameters(digests, epoch)
+                                     for epoch in range(epochs)])[places]
+        batches = model_batches(images, [paths[wanted[n][0]] for n in places], batch_size,
+                                transform, parameters)
         parts = []
         with progress(len(missing), "VGG16 features") as bar:
             for batch in batches:
                 parts.append(extract(batch).numpy())
                 bar.update(len(parts[-1]))
         computed = np.concatenate(parts)
-        for k, row in zip(missing, computed):
-            found[k] = row
+        found.update(zip(missing, computed))
         if cache is not None:
-            cache.store([keys[k] for k in missing], computed)
-    return np.stack(found)
+            cache.store(missing, computed)
+    # `wanted` runs epoch by epoch, image by image within each
+    return np.stack([found[key] for key in keys]).reshape(epochs, len(paths), -1)
+
+
+def extract_features(extract, images, paths, batch_size, transform=UNCHANGED, cache=None):
+    """The features of the images at `paths` changed by `transform` (by default, as they are):
+    (len(paths), features), in order. See `features_per_epoch`."""
+    return features_per_epoch(extract, images, paths, batch_size, transform, 1, cache)[0]
 
 
 def decoder_versions():
@@ -164,23 +196,41 @@ def decoder_versions():
     return versions
 
 
-def cache_configuration(model, crops, precision, variant="full"):
+def preprocessing_digest():
+    """SHA-256 of the source of every module that decides the pixels VGG16 sees: decoding,
+    resizing and scaling (`images`), the store they are kept in (`data`), the transforms
+    (`transforms`) and the pipeline and extractor here. Derived, not kept by hand: any edit to
+    them, even one that changes nothing, computes the features afresh rather than reusing old
+    ones."""
+    digest = hashlib.sha256()
+    for module in PREPROCESSING_MODULES:
+        with open(sys.modules[module].__file__, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def cache_configuration(model, crops, precision, transform=UNCHANGED):
     """Everything besides the image that the features of `model`'s extractor depend on: the
-    key of a `cache.FeatureCache`, built here and nowhere else. `variant` names what the audit
-    did to the image (a mask), or "rotated" for the training augmentation (whose entries are
-    keyed by image and angle: `augmentation.rotated_key`)."""
+    key of a `cache.FeatureCache`, built here and nowhere else. `transform` names itself and
+    its parameters (`Transform.describe`)."""
     frozen = frozen_layers(model)
-    rotation = {"rotation": {"degrees": ROTATION_DEGREES, "fill_mode": FILL_MODE,
-                             "interpolation": INTERPOLATION}} if variant == "rotated" else {}
-    return {**rotation,
+    return {
         "weights": weights_digest(frozen),
         "layers": [[type(layer).__name__, {k: v for k, v in layer.get_config().items()
                                            if k not in ("name", "trainable")}]
                    for layer in frozen],
         "crops": crops,
         "precision": precision,
-        "preprocessing": PREPROCESSING,
-        "variant": variant,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "opencv": cv2.__version__, **decoder_versions()},
+        "preprocessing": preprocessing_digest(),
+        "transform": transform.describe(),
+        "libraries": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                      "opencv": cv2.__version__, **decoder_versions()},
     }
+
+
+def feature_cache(cache_folder, model, crops, precision, transform=UNCHANGED):
+    """The feature cache of `transform`'s features in `cache_folder`, or None (--no-cache)."""
+    if cache_folder is None:
+        return None
+    return FeatureCache(cache_folder, cache_configuration(model, crops, precision, transform),
+                        what=transform.entries)

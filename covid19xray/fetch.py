@@ -18,7 +18,7 @@ import os
 import sys
 import urllib.parse
 
-from .cli import UserError, lazy_import, shown
+from .cli import UserError, first_line, lazy_import, shown
 from .images import MAX_FILE_BYTES
 from .outputs import atomic_output
 
@@ -124,7 +124,7 @@ class Unreachable(UserError):
     """No answer at all from the server: one line, and the run stops."""
 
     def __init__(self, url, err):
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         if len(reason) > 200:
             reason = reason[:200] + "..."
         super().__init__(f"cannot download {url}: {type(err).__name__} ({reason}); check the "

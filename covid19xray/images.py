@@ -37,18 +37,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .cli import capture_stderr_fd, lazy_import, shown
+from .cli import capture_stderr_fd, first_line, lazy_import, shown
 
 tf = lazy_import("tensorflow")
 pydicom = lazy_import("pydicom")
 
 # The tutorial resizes every X-ray to VGG16's native input size, ignoring the aspect ratio.
 IMAGE_SIZE = (224, 224)
-# What `decode`, `model_input` and `scale_pixels` do, in words: part of the feature cache's key, so
-# change it whenever they change.
-PREPROCESSING = ("cv2.imdecode IMREAD_COLOR|ANYDEPTH, 16-bit scaled by the bits used, alpha over "
-                 "black, DICOM modality+VOI LUT/window/stored bits, MONOCHROME1 inverted, BGR to "
-                 "RGB, cv2.resize 224x224 INTER_LINEAR, /255")
 # Far above any chest X-ray (a 4,000 x 5,000 detector has 20 million pixels).
 MAX_PIXELS = 100_000_000
 # Far above any chest X-ray file (an uncompressed 16-bit 5,000 x 5,000 DICOM is 50 MB): the
@@ -184,11 +179,7 @@ def _read_dicom(data, pixels):
         ignore_decoder_warnings()
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
     except Exception as err:  # pydicom raises many types on a damaged file
-        raise NotAnImage(f"not a readable DICOM file ({_first_line(err)})") from None
-
-
-def _first_line(err):
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NotAnImage(f"not a readable DICOM file ({first_line(err)})") from None
 
 
 def _header_value(ds, keyword, kind=int, low=None, high=None, default=None, first=False):
@@ -201,7 +192,7 @@ def _header_value(ds, keyword, kind=int, low=None, high=None, default=None, firs
         value = ds.get(keyword)
     except Exception as err:  # pydicom converts an element's raw bytes when it is read
         raise NotAnImage(f"a damaged DICOM header: {keyword} cannot be read "
-                         f"({_first_line(err)})") from None
+                         f"({first_line(err)})") from None
     if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
         if len(value) > 1 and not first:
             raise NotAnImage(f"a damaged DICOM header: {keyword} holds {len(value)} values, "
@@ -366,14 +357,14 @@ def _decode_dicom(data):
         if "plugin" in str(err).lower() or "not support" in str(err).lower():
             raise NotAnImage(f"its transfer syntax '{name}' cannot be decoded by the installed "
                              "DICOM decoders (pydicom, python-gdcm)") from None
-        raise NotAnImage(f"its pixel data cannot be decoded ({name}: {_first_line(err)})") from None
+        raise NotAnImage(f"its pixel data cannot be decoded ({name}: {first_line(err)})") from None
     try:
         return _dicom_pixels_to_bgr(ds, stored, header, pixel_format), header
     except NotAnImage:
         raise
     except Exception as err:  # a damaged LUT or an element pydicom cannot apply
         raise NotAnImage(f"a damaged DICOM header or pixel data ({type(err).__name__}: "
-                         f"{_first_line(err)})") from None
+                         f"{first_line(err)})") from None
 
 
 def _dicom_pixels_to_bgr(ds, stored, header, pixel_format):

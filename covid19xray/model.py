@@ -18,24 +18,17 @@ import sys
 
 import h5py
 
-from .cli import UserError, lazy_import, shown
+from .cli import UserError, first_line, lazy_import, shown
+from .config import VGG16_NOTOP_FILE
 from .images import IMAGE_SIZE
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
-# The file Keras downloads for `VGG16(weights="imagenet", include_top=False)`.
-VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The HDF5 attribute that holds the class names (a JSON list, in the order of the outputs).
 CLASS_NAMES_ATTR = "covid19_class_names"
-PRECISIONS = ("float32", "bfloat16", "float16")
 # The head's Flatten: its output is the features the head trains on (features.py).
 FEATURES_LAYER = "flatten"
-# The tutorial's initial learning rate, number of epochs to train for, and batch size: here, so
-# that train_covid19.py and audit_covid19.py train their heads the same way.
-LEARNING_RATE = 1e-3
-EPOCHS = 25
-BATCH_SIZE = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,9 +60,8 @@ def load_vgg16_base(weights):
             return keras.applications.VGG16(weights="imagenet", include_top=False,
                                             input_shape=input_shape)
         except Exception as err:  # Keras raises a bare Exception for a failed download
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise UserError(
-                f"cannot get the VGG16 ImageNet weights ({reason}). Offline, copy "
+                f"cannot get the VGG16 ImageNet weights ({first_line(err)}). Offline, copy "
                 f"{VGG16_NOTOP_FILE} into {keras_models_folder()}/ or pass --weights PATH "
                 "(a local copy of that file), or --weights none for random weights"
             ) from None
@@ -80,9 +72,8 @@ def load_vgg16_base(weights):
         return keras.applications.VGG16(weights=weights, include_top=False,
                                         input_shape=input_shape)
     except (OSError, ValueError, KeyError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"--weights {weights!r} is not a VGG16 no-top weights file like "
-                        f"{VGG16_NOTOP_FILE}: {reason}") from None
+                        f"{VGG16_NOTOP_FILE}: {first_line(err)}") from None
 
 
 def build_model(base_model, num_classes=2):
@@ -174,7 +165,7 @@ def load_classifier(path):
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a damaged or foreign file
         raise UserError(f"--model {path!r} cannot be loaded as a Keras model: "
-                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+                        f"{first_line(err)}") from None
     if model.output_shape[-1] != len(class_names):
         raise UserError(f"--model {path!r} has {model.output_shape[-1]} outputs but "
                         f"{len(class_names)} class names ({', '.join(class_names)}); it was not "

@@ -2,9 +2,10 @@
 
 - `check_output_path` / `check_output_folder`: fail before any work when an output cannot be
   written, or would land inside the source data (which is never modified).
-- `atomic_outputs`: write every output to a temporary file beside it and rename them all into
-  place only when all are written: a crash, Ctrl-C or SIGTERM leaves the earlier files
-  byte-for-byte as they were, and no half-written file.
+- `commit_outputs`: the one way train, predict and the audit write: every output locked, written
+  to a temporary file beside it, and all renamed into place only when the run succeeds: a
+  crash, Ctrl-C or SIGTERM leaves the earlier files byte-for-byte as they were, and no
+  half-written file. `atomic_outputs` is the same without the lock.
 - `claim_outputs`: an advisory lock beside each output, so that a second run writing the same
   outputs stops at its start, naming the first, and a set of outputs always comes from one run.
   The kernel releases the lock when its process dies, however it dies: a killed run never blocks
@@ -22,7 +23,7 @@ import shutil
 import stat
 import uuid
 
-from .cli import UserError
+from .cli import UserError, shown
 
 try:
     import fcntl
@@ -80,19 +81,74 @@ def temporary_beside(path):
     return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp{os.path.splitext(name)[1]}")
 
 
+class OutputCommit:
+    """The outputs of one run, committed together: each is written to a temporary file beside
+    it (`temporary`), and all are renamed into place only when the run succeeds, in the order
+    their temporaries were asked for. `commit_outputs` and `atomic_outputs` make one."""
+
+    def __init__(self, paths, folders=()):
+        self.names = [*paths, *folders]  # as the user gave them, for messages
+        self.paths = [os.path.abspath(path) for path in paths]
+        self.folders = [os.path.abspath(folder) for folder in folders]
+        self._pending = []  # (temporary, final)
+
+    def temporary(self, path):
+        """A fresh temporary path for the output `path` (one of the run's files, or a file in
+        one of its folders), renamed to `path` when the run succeeds."""
+        final = os.path.abspath(path)
+        if final not in self.paths and os.path.dirname(final) not in self.folders:
+            raise ValueError(f"{path!r} is not one of this run's outputs")
+        temporary = temporary_beside(path)
+        self._pending.append((temporary, path))
+        return temporary
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Write the outputs in this block: an `OSError` (a full disk, a folder removed
+        meanwhile) becomes one line saying that every earlier output was kept."""
+        try:
+            yield self
+        except OSError as err:
+            names = ", ".join(shown(name) for name in self.names)
+            raise UserError(f"cannot write the outputs ({err.strerror or err}); every earlier "
+                            f"{names} was kept") from None
+
+    def _replace_all(self):
+        for temporary, final in self._pending:
+            os.replace(temporary, final)
+
+    def _discard(self):
+        for temporary, _ in self._pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+
+
+@contextlib.contextmanager
+def _committing(commit):
+    try:
+        yield commit
+        commit._replace_all()
+    finally:  # whatever was not renamed into place goes
+        commit._discard()
+
+
+@contextlib.contextmanager
+def commit_outputs(*paths, folders=()):
+    """The one way a script writes its outputs: lock every one of `paths` and `folders`
+    (`claim_outputs`), yield the run's `OutputCommit`, and rename every output it wrote into
+    place only if the block succeeds. A crash, Ctrl-C, SIGTERM or a full disk anywhere before
+    leaves every earlier output byte for byte as it was, and no temporary file."""
+    with claim_outputs(*paths, *folders), _committing(OutputCommit(paths, folders)) as commit:
+        yield commit
+
+
 @contextlib.contextmanager
 def atomic_outputs(*paths):
     """Yield one temporary path beside each of `paths`; rename them all into place only if the
-    block succeeds, and remove every temporary file however it ends."""
-    temporaries = [temporary_beside(path) for path in paths]
-    try:
-        yield temporaries
-        for temporary, path in zip(temporaries, paths):
-            os.replace(temporary, path)
-    finally:
-        for temporary in temporaries:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+    block succeeds, and remove every temporary file however it ends (no lock: for files that
+    a lock already guards, such as the cache's entries and the manifest)."""
+    with _committing(OutputCommit(paths)) as commit:
+        yield [commit.temporary(path) for path in paths]
 
 
 @contextlib.contextmanager

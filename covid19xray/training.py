@@ -1,5 +1,5 @@
-"""What train_covid19.py and audit_covid19.py share: their flags, the checks of their outputs,
-the start of a run, how the head is trained, and how the outputs are written.
+"""What train_covid19.py and audit_covid19.py share: the checks of their inputs and outputs,
+the start of a run, and how the head is trained (their flags are `config.add_run_flags`).
 
 Both train the tutorial's head on the frozen VGG16's output the same way (the same optimizer,
 learning-rate decay, loss, epochs and batch size), so that the audit's probes measure what the
@@ -9,64 +9,15 @@ trainer would learn. Writing this once keeps the two from drifting apart.
 import os
 import sys
 
-from .cache import default_cache_folder
-from .cli import UserError, import_tensorflow, lazy_import, positive, seed_value, shown
+from .cli import UserError, import_tensorflow, lazy_import, shown
 from .data import check_room_for_decoded
 from .images import list_images
 from .manifest import read_manifest
-from .model import (
-    BATCH_SIZE,
-    EPOCHS,
-    LEARNING_RATE,
-    PRECISIONS,
-    VGG16_NOTOP_FILE,
-    check_precision,
-    load_vgg16_base,
-    loss_for,
-    make_optimizer,
-)
-from .outputs import atomic_outputs, check_output_path, same_or_inside
+from .model import check_precision, load_vgg16_base, loss_for, make_optimizer
+from .outputs import check_output_path, same_or_inside
 from .report import CONFIDENCE, versions
 
 keras = lazy_import("keras")
-
-# The tutorial's random_state, for the split, the heads and everything seeded.
-SEED = 42
-
-
-def add_training_flags(ap, dataset_help):
-    """The flags of a run that trains heads on the frozen VGG16: --dataset, --weights,
-    --precision, --seed, --epochs, --batch-size, --lr, --cache-dir, --no-cache."""
-    ap.add_argument("-d", "--dataset", required=True, help=dataset_help)
-    ap.add_argument("--weights", default="imagenet",
-                    help="VGG16 base weights: imagenet (downloaded by Keras on first use), none "
-                         f"(random), or the path of a local {VGG16_NOTOP_FILE} "
-                         "(default: %(default)s)")
-    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
-                    help="what the frozen VGG16 computes in; bfloat16 is about twice as fast on "
-                         "CPUs with AVX512_BF16 and about six times on CPUs with AMX, float16 "
-                         "on GPUs. The head, the loss and the saved model stay float32 "
-                         "(default: %(default)s)")
-    ap.add_argument("--seed", type=seed_value, default=SEED,
-                    help="seeds the split or folds, Python, NumPy and TensorFlow: the same seed "
-                         "gives the same run (default: %(default)s)")
-    ap.add_argument("--epochs", type=positive(int), default=EPOCHS,
-                    help="training epochs of the head (default: %(default)s)")
-    ap.add_argument("--batch-size", type=positive(int), default=BATCH_SIZE,
-                    help="images per training step (default: %(default)s)")
-    ap.add_argument("--lr", type=positive(float), default=LEARNING_RATE,
-                    help="initial learning rate, decayed per step as Keras 2's decay=lr/epochs "
-                         "did (default: %(default)s)")
-    ap.add_argument("--cache-dir", default=default_cache_folder(),
-                    help="the feature cache that every run of train_covid19.py and "
-                         "audit_covid19.py reads and fills: VGG16's features of each image, and "
-                         "of each training image's rotation in each epoch, so that a rerun with "
-                         "the same images, weights and seed recomputes none of them; delete the "
-                         "folder to clear it (default: %(default)s)")
-    ap.add_argument("--no-cache", action="store_true",
-                    help="neither read nor fill the feature cache: compute every feature, keep "
-                         "none on disk")
-
 
 def check_outputs(dataset, outputs):
     """Fail now, not after training, if an output cannot be written, would land inside
@@ -109,14 +60,14 @@ def check_inputs(folders, cache_dir=None):
         read_manifest(folder)
 
 
-def start(args):
-    """The start of a run: seed Python's random, NumPy and TensorFlow, warn about a slow
-    precision, and load the VGG16 base first, so that a wrong --weights, or no network for
-    ImageNet's, fails in seconds rather than after the images."""
+def start(config):
+    """The start of a run (`config`: a `config.RunConfig`): seed Python's random, NumPy and
+    TensorFlow, warn about a slow precision, and load the VGG16 base first, so that a wrong
+    --weights, or no network for ImageNet's, fails in seconds rather than after the images."""
     import_tensorflow()
-    keras.utils.set_random_seed(args.seed)
-    check_precision(args.precision)
-    return load_vgg16_base(args.weights)
+    keras.utils.set_random_seed(config.seed)
+    check_precision(config.precision)
+    return load_vgg16_base(config.weights)
 
 
 def compile_head(head, num_classes, lr, epochs):
@@ -147,19 +98,7 @@ def keras_verbosity():
     return 1 if sys.stdout.isatty() else 2
 
 
-def run_facts(args):
+def run_facts(config):
     """The end of every report: what is needed to repeat the run."""
-    return {"confidence_level": CONFIDENCE, "seed": args.seed, "flags": vars(args),
+    return {"confidence_level": CONFIDENCE, "seed": config.seed, "flags": config.flags(),
             "versions": versions()}
-
-
-def write_outputs(paths, write):
-    """Call `write(*temporary paths)`, then rename every output into place together. A crash,
-    Ctrl-C, SIGTERM or a full disk before the end leaves every earlier output as it was; an
-    `OSError` becomes one line."""
-    try:
-        with atomic_outputs(*paths) as temporaries:
-            write(*temporaries)
-    except OSError as err:  # a full disk, a folder removed meanwhile
-        raise UserError(f"cannot write the outputs ({err.strerror or err}); every earlier "
-                        f"{', '.join(shown(path) for path in paths)} was kept") from None

@@ -6,10 +6,9 @@ layers: features of 1e-4, which 25 epochs of the head hardly move. So these test
 weights file: VGG16 with He-scaled random kernels (std sqrt(2 / fan-in), zero biases), which
 keep the contrast through every layer. On a flat, lightly noisy background a white patch then
 moves the pooled features about 25 times more than the noise does, and the cross-validated AUC,
-which only needs the head to rank the images, sees it wherever the version leaves it visible.
+which only needs the head to rank the images, sees it wherever the variant leaves it visible.
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -65,8 +64,8 @@ def audit(dataset, tmp_path, weights, *extra):
     return json.loads(report.read_text()), out, err
 
 
-def auc(report, version):
-    return report["probe"][version]["auc"]["value"]
+def auc(report, variant):
+    return report["probe"][variant]["auc"]["value"]
 
 
 @pytest.mark.slow
@@ -82,9 +81,9 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
     assert report["probe"]["lungs_hidden"]["auc"]["ci95"][0] > 0.5
     assert auc(report, "lungs_only") < 0.8  # the box itself holds nothing
     assert "[RESULT] shortcut: the classes can be told apart without looking at the lungs" in out
-    # the report's shape: each version with its AUC and report.json's metrics
-    for version in ["full", "lungs_hidden", "lungs_only"]:
-        probe = report["probe"][version]
+    # the report's shape: each variant with its AUC and report.json's metrics
+    for variant in ["full", "lungs_hidden", "lungs_only"]:
+        probe = report["probe"][variant]
         assert set(probe["auc"]) == {"value", "ci95"}
         for metric in ["accuracy", "sensitivity", "specificity"]:
             assert set(probe[metric]) == {"value", "ci95", "successes", "trials"}
@@ -92,9 +91,9 @@ def test_a_signal_outside_the_lung_box_is_a_shortcut(tmp_path, monkeypatch):
     assert report["lung_box"] == {"fractions_left_top_right_bottom": [0.1, 0.1, 0.9, 0.9],
                                   "pixels_of_224": [22, 22, 202, 202]}
     lines = out.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("version "))
+    header = next(i for i, line in enumerate(lines) if line.startswith("variant "))
     assert [line.split()[0] for line in lines[header:header + 4]] == [
-        "version", "full", "lungs_hidden", "lungs_only"]
+        "variant", "full", "lungs_hidden", "lungs_only"]
     hidden = lines[header + 2].split()
     assert hidden[-2] == f"{auc(report, 'lungs_hidden'):.2f}"  # the AUC column is the report's
 
@@ -123,27 +122,29 @@ def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path, monkeyp
     assert found["refused_identical_to_dataset"] == []
     assert found["patients_shared_with_dataset"] is None  # neither folder has a manifest
     lines = out.splitlines()
-    header = lines.index(f"{'version':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
-    for line, version in zip(lines[header + 1:header + 4], ["full", "lungs_hidden",
+    header = lines.index(f"{'variant':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
+    for line, variant in zip(lines[header + 1:header + 4], ["full", "lungs_hidden",
                                                              "lungs_only"]):
-        inside = report["probe"][version]["auc"]["value"]
-        outside = found["probe"][version]["auc"]["value"]
-        assert found["probe"][version]["accuracy"]["trials"] == 6
-        assert found["auc_drop"][version] == pytest.approx(inside - outside)
-        assert line.split()[0] == version and line.split()[-1] == f"{inside - outside:+.2f}"
+        inside = report["probe"][variant]["auc"]["value"]
+        outside = found["probe"][variant]["auc"]["value"]
+        assert found["probe"][variant]["accuracy"]["trials"] == 6
+        assert found["auc_drop"][variant] == pytest.approx(inside - outside)
+        assert line.split()[0] == variant and line.split()[-1] == f"{inside - outside:+.2f}"
 
 
-def test_the_versions_hide_exactly_the_lung_box_or_all_but_it():
+def test_the_variants_hide_exactly_the_lung_box_or_all_but_it():
     # the end-to-end run above shows that lungs_only hides a signal outside the box; here, on
     # every pixel, that the two masks are exact complements along the box's edges (22..201)
-    images = np.full((1, 224, 224, 3), 200, np.uint8)
-    hidden = np.asarray(audit_covid19.version_of("lungs_hidden")(images))[0, :, :, 0]
-    only = np.asarray(audit_covid19.version_of("lungs_only")(images))[0, :, :, 0]
+    images = np.full((1, 224, 224, 3), 200 / 255, np.float32)
+    transforms = audit_covid19.variant_transforms()
+    none = np.zeros((1, 0), np.float32)
+    hidden = np.asarray(transforms["lungs_hidden"].apply(images, none))[0, :, :, 0]
+    only = np.asarray(transforms["lungs_only"].apply(images, none))[0, :, :, 0]
     box = np.zeros((224, 224), bool)
     box[22:202, 22:202] = True
-    assert (hidden[box] == 0).all() and (hidden[~box] == 200).all()
-    assert (only[box] == 200).all() and (only[~box] == 0).all()
-    assert audit_covid19.version_of("full") is None
+    assert (hidden[box] == 0).all() and (hidden[~box] == np.float32(200 / 255)).all()
+    assert (only[box] == np.float32(200 / 255)).all() and (only[~box] == 0).all()
+    assert np.asarray(transforms["full"].apply(images, none)).tolist() == images.tolist()
 
 
 @pytest.mark.parametrize("auc, ci, shortcut", [
@@ -170,9 +171,9 @@ def confounds_and_duplicates(dataset):
         per_class, confounds = audit_covid19.describe_properties(rows, labels,
                                                                  ["covid", "normal"], seed=0)
         found = audit_covid19.find_duplicates(images, paths, labels, hashes)
-    args = argparse.Namespace(dataset=dataset)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        audit_covid19.print_confounds_and_duplicates(args, confounds, found, ["covid", "normal"])
+        audit_covid19.print_confounds_and_duplicates(dataset, confounds, found,
+                                                     ["covid", "normal"])
     return per_class, confounds, found, out.getvalue()
 
 

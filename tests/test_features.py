@@ -2,6 +2,9 @@
 feature cache."""
 
 import os
+import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -12,13 +15,17 @@ from covid19xray.data import ImageStore
 from covid19xray.features import (
     cache_configuration,
     extract_features,
+    feature_cache,
     feature_crops,
+    features_per_epoch,
     make_feature_extractor,
     make_head,
+    preprocessing_digest,
 )
-from covid19xray.images import PREPROCESSING, list_images, load_xray, scale_pixels
+from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model import build_model, load_vgg16_base
-from helpers import make_dataset, write_image
+from covid19xray.transforms import UNCHANGED, BoxMask, Rotation
+from helpers import ROOT, make_dataset, write_image
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +160,60 @@ def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
 
     # other weights or another precision: a configuration of its own, computed afresh
     assert run({**configuration, "precision": "bfloat16"})[0] == 6
-    # and so does any other decoding: the preprocessing's text and the DICOM decoders' versions
-    # are in the key, so features cached before DICOM and 16-bit scaling are never reused
-    assert configuration["preprocessing"] == PREPROCESSING and "DICOM" in PREPROCESSING
-    assert set(configuration["versions"]) >= {"pydicom", "python-gdcm", "opencv"}
-    assert run({**configuration, "preprocessing": "cv2.imdecode IMREAD_COLOR"})[0] == 6
+    # and so does any other decoding: the preprocessing code's digest and the DICOM decoders'
+    # versions are in the key, so features cached by other code are never reused
+    assert configuration["preprocessing"] == preprocessing_digest()
+    assert set(configuration["libraries"]) >= {"pydicom", "python-gdcm", "opencv"}
+    assert run({**configuration, "preprocessing": "0" * 64})[0] == 6
     assert capsys.readouterr().err == ""
+
+
+def test_a_transforms_parameters_are_in_the_key_so_editing_one_recomputes(base, tmp_path):
+    """The audit's lung box and the rotation's seed name themselves in the cache's key: an
+    edited box reuses nothing computed with the old one, and the same box reuses everything."""
+    dataset = str(tmp_path / "d")
+    make_dataset(dataset, per_class=2)
+    paths = list_images(dataset)
+    store = ImageStore(paths)
+    model = build_model(base)
+    extract, crops = make_feature_extractor(model)
+
+    def run(transform):
+        cache = feature_cache(str(tmp_path / "cache"), model, crops, "float32", transform)
+        counted = counting(extract)
+        features = features_per_epoch(counted, store, paths, 4, transform, 2, cache)
+        return counted.images, features
+
+    lungs_hidden = BoxMask(box=(0.1, 0.1, 0.9, 0.9), keep="outside")
+    computed, hidden = run(lungs_hidden)
+    assert computed == 4  # 4 images; a mask is the same every epoch: one pass
+    assert run(BoxMask(box=(0.1, 0.1, 0.9, 0.9), keep="outside"))[0] == 0
+    computed, wider = run(BoxMask(box=(0.05, 0.1, 0.9, 0.9), keep="outside"))
+    assert computed == 4 and not np.allclose(wider, hidden)
+    # a mask is the same every epoch; a rotation is not (4 images, 2 epochs), and its seed is
+    # in its key
+    np.testing.assert_array_equal(hidden[0], hidden[1])
+    computed, rotated = run(Rotation(seed=1))
+    assert computed == 8 and not np.allclose(rotated[0], rotated[1])
+    assert run(Rotation(seed=1))[0] == 0 and run(Rotation(seed=2))[0] == 8
+    assert run(UNCHANGED)[0] == 4 and run(UNCHANGED)[0] == 0  # one pass: the same each epoch
+
+
+def test_the_preprocessing_key_follows_the_code_that_decides_the_pixels(tmp_path):
+    """Derived, not kept by hand: a copy of the package whose scaling divides by 256 instead of
+    255 gets another key; the unchanged copy gets this one."""
+    def digest_of(package):
+        return subprocess.run(
+            [sys.executable, "-c", "from covid19xray.features import preprocessing_digest\n"
+             "print(preprocessing_digest())"], cwd=package.parent, capture_output=True,
+            text=True, check=True, env={**os.environ, "PYTHONPATH": ""}).stdout.strip()
+
+    for name in ("same", "edited"):
+        shutil.copytree(os.path.join(ROOT, "covid19xray"), tmp_path / name / "covid19xray")
+    images = tmp_path / "edited" / "covid19xray" / "images.py"
+    source = images.read_text()
+    assert source.count("/ 255.0") == 1
+    images.write_text(source.replace("/ 255.0", "/ 256.0"))
+    same = digest_of(tmp_path / "same" / "covid19xray")
+    assert same == preprocessing_digest()
+    assert digest_of(tmp_path / "edited" / "covid19xray") != same

@@ -1,6 +1,5 @@
 """train_covid19.py: the tutorial's pipeline, step for step, on Keras 3."""
 
-import argparse
 import errno
 import hashlib
 import json
@@ -25,14 +24,14 @@ import predict_covid19
 import train_covid19
 from bench.benchmark import comparable  # what two identical runs print alike
 from covid19xray import data
-from covid19xray.augmentation import rotate, rotation_angles, rotation_matrices
 from covid19xray.cache import FeatureCache
 from covid19xray.data import epoch_batches, load_dataset
-from covid19xray.features import extract_features, make_head
+from covid19xray.features import features_per_epoch, make_head
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model import CLASS_NAMES_ATTR, build_model
 from covid19xray.report import wilson
 from covid19xray.splits import encode_labels
+from covid19xray.transforms import Rotation, rotate, rotation_angles, rotation_matrices
 from helpers import (
     NOT_UTF8,
     ROOT,
@@ -55,8 +54,8 @@ def split_as_main_does(dataset, seed, kind="random"):
     """load_images, encode_labels and split, as main() calls them: (store, class names, parts)."""
     images, paths, labels = load_dataset(dataset)
     onehot, class_names = encode_labels(labels)
-    args = argparse.Namespace(split=kind, dataset=dataset, seed=seed)
-    parts, info = train_covid19.split(args, paths, onehot, class_names)
+    config = train_covid19.TrainConfig(split=kind, dataset=dataset, seed=seed)
+    parts, info = train_covid19.split(config, paths, onehot, class_names)
     return images, class_names, parts, info
 
 
@@ -114,11 +113,9 @@ def test_every_training_label_is_its_images_folder(tmp_path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             cv2.imwrite(path, np.full((40, 30), 20 * i + 120 * c + 5, np.uint8))
     images, _, (trainP, _, trainY, _), _ = split_as_main_does(str(tmp_path), 3)
-    args = argparse.Namespace(batch_size=3, seed=3, epochs=2)
-    angles = train_covid19.make_augmentation(args, images, trainP)
-    rotated = extract_features(lambda x: x, images, trainP * 2, 3,  # features = the images
-                               angles=angles.ravel())
-    batches = epoch_batches(rotated.reshape(2, len(trainP), -1), trainY, 3, 3)
+    rotated = features_per_epoch(lambda x: x, images, trainP, 3,  # features = the images
+                                 Rotation(seed=3), epochs=2)
+    batches = epoch_batches(rotated, trainY, 3, 3)
     seen = []
     for x, y in batches:  # both epochs, one after the other
         for image, row in zip(np.asarray(x), np.asarray(y)):
