@@ -19,6 +19,7 @@ skipped. Every output is renamed into place only when the run ends well.
 """
 
 import contextlib
+import dataclasses
 import os
 import sys
 
@@ -37,7 +38,7 @@ from covid19xray.cli import (
     shown,
     warn_if_not_utf8,
 )
-from covid19xray.config import BATCH_SIZE, PRECISIONS
+from covid19xray.config import BATCH_SIZE, PRECISIONS, Config
 from covid19xray.data import label_of
 from covid19xray.external import print_by_source
 from covid19xray.images import (
@@ -64,7 +65,25 @@ tf = lazy_import("tensorflow")
 HEATMAP_ALPHA = 0.4
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PredictConfig(Config):
+    """Everything this run is told, built once from the flags (`parse_args`)."""
+
+    images: tuple
+    model: str = "covid19.h5"
+    csv: str | None = None
+    gradcam: str | None = None
+    labelled: bool = False
+    report: str | None = None
+    batch_size: int = BATCH_SIZE
+    precision: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "images", tuple(self.images))  # frozen all the way
+
+
 def parse_args(argv=None):
+    """Returns a `PredictConfig`."""
     ap = ArgumentParser(description="Classify chest X-rays with a model train_covid19.py "
                                     "saved. For education only.")
     ap.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
@@ -86,7 +105,7 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="what the network computes in; the softmax stays float32 "
                          "(default: %(default)s)")
-    return ap.parse_args(argv)
+    return PredictConfig.from_flags(ap.parse_args(argv))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,17 +237,17 @@ def true_classes(image_paths, class_names):
     return dict(zip(image_paths, indices))
 
 
-def labelled_report(args, class_names, paths, truth, probabilities):
+def labelled_report(config, class_names, paths, truth, probabilities):
     """The training script's test report on the labelled images that could be read."""
     print(f"[INFO] {len(paths)} labelled images: the model's report on them")
     trueIdxs = np.array([truth[path] for path in paths])
     results = print_evaluation(trueIdxs, np.asarray(probabilities), class_names)
     # split by source when a folder given has a manifest (external/ does)
-    folder = next((item for item in args.images if os.path.isdir(item)
+    folder = next((item for item in config.images if os.path.isdir(item)
                    and os.path.isfile(os.path.join(item, MANIFEST))), None)
     sources = None if folder is None else print_by_source(folder, paths, trueIdxs,
                                                           probabilities, class_names)
-    return {"model": args.model, "inputs": args.images, "files": paths,
+    return {"model": config.model, "inputs": list(config.images), "files": paths,
             "counts": {name: int((trueIdxs == i).sum()) for i, name in enumerate(class_names)},
             "class_names": class_names, **results, "by_source": sources,
             "versions": versions()}
@@ -243,70 +262,90 @@ def csv_row(path, row, class_names):
     return [path, class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]]
 
 
-@cli
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    # check every output before the slow work
-    if args.report and not args.labelled:
+def check_outputs(config):
+    """Every output checked before the slow work: (files, folders) to write."""
+    if config.report and not config.labelled:
         raise UserError("--report needs --labelled: without true classes there is no report")
-    if args.csv:
-        check_output_path(args.csv, "--csv", suffix=".csv")
-    if args.report:
-        check_output_path(args.report, "--report", suffix=".json")
-    if args.gradcam:
-        check_output_folder(args.gradcam, "--gradcam")
-    image_paths = find_inputs(args.images)
-    warn_if_not_utf8(image_paths)
-    if not image_paths:
-        raise UserError(f"no images in {', '.join(shown(item) for item in args.images)}")
-    import_tensorflow()
-    model, class_names = load_classifier(args.model)
-    truth = true_classes(image_paths, class_names) if args.labelled else None
-    check_precision(args.precision)
-    model = model_with_precision(model, args.precision)
+    if config.csv:
+        check_output_path(config.csv, "--csv", suffix=".csv")
+    if config.report:
+        check_output_path(config.report, "--report", suffix=".json")
+    if config.gradcam:
+        check_output_folder(config.gradcam, "--gradcam")
+    return ([path for path in (config.csv, config.report) if path],
+            [config.gradcam] if config.gradcam else [])
 
-    # every output is written to its temporary file, and all are renamed into place together
-    # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
-    folders = [args.gradcam] if args.gradcam else []
-    files = [path for path in (args.csv, args.report) if path]
-    with commit_outputs(*files, folders=folders) as commit, contextlib.ExitStack() as stack:
+
+def load_model(config):
+    """The saved model in --precision, and its class names."""
+    import_tensorflow()
+    model, class_names = load_classifier(config.model)
+    check_precision(config.precision)
+    return model_with_precision(model, config.precision), class_names
+
+
+def predict_every_image(config, commit, model, class_names, image_paths):
+    """Predict every image a batch at a time: print a line each, and write its CSV row and
+    Grad-CAM overlay to `commit`'s temporary files. Returns how many were predicted, and with
+    --labelled the paths read and their probabilities (kept only for the report: without it,
+    memory does not grow with the number of images)."""
+    with contextlib.ExitStack() as stack:
         writer = None
-        if args.csv:
+        if config.csv:
             # the real file name, also when it is not UTF-8: its bytes go into the CSV as they are
-            f = stack.enter_context(open(commit.temporary(args.csv), "w", newline="",
+            f = stack.enter_context(open(commit.temporary(config.csv), "w", newline="",
                                          encoding="utf-8", errors="surrogateescape"))
             writer = spreadsheet.Writer(f)  # a name a spreadsheet would run stays text
             writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names]])
-        if args.gradcam:
-            os.makedirs(args.gradcam, exist_ok=True)
+        if config.gradcam:
+            os.makedirs(config.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(model), set()
         predicted, read_paths, probabilities = 0, [], []
         with progress(len(image_paths), "predicting") as bar:
-            for paths, images in read_in_batches(image_paths, args.batch_size, bar):
+            for paths, images in read_in_batches(image_paths, config.batch_size, bar):
                 for path, image, row in zip(paths, images, predict(model, images)):
                     say(prediction_line(path, row, class_names))
-                    if args.labelled:
+                    if config.labelled:
                         read_paths.append(path)
                         probabilities.append(row)
                     if writer:
                         writer.writerow(csv_row(path, row, class_names))
-                    if args.gradcam:
+                    if config.gradcam:
                         heatmap = grad_cam(grad_model, image, int(row.argmax()))
-                        final = os.path.join(args.gradcam, gradcam_name(path, used))
+                        final = os.path.join(config.gradcam, gradcam_name(path, used))
                         save_image(commit.temporary(final), overlay(path, heatmap))
                 predicted += len(paths)
-        if not predicted:
-            raise UserError("none of the given images could be read")
-        if args.labelled:
-            report = labelled_report(args, class_names, read_paths, truth, probabilities)
-            if args.report:
-                write_json(commit.temporary(args.report), report)
-    if args.report:
-        print(f"[INFO] wrote {shown(args.report)}")
-    if args.csv:
-        print(f"[INFO] wrote {shown(args.csv)}")
-    if args.gradcam:
-        print(f"[INFO] wrote {predicted} Grad-CAM overlay(s) to {shown(args.gradcam)}")
+    if not predicted:
+        raise UserError("none of the given images could be read")
+    return predicted, read_paths, probabilities
+
+
+@cli
+def main(argv=None) -> int:
+    config = parse_args(argv)
+    files, folders = check_outputs(config)
+    image_paths = find_inputs(config.images)
+    warn_if_not_utf8(image_paths)
+    if not image_paths:
+        raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
+    model, class_names = load_model(config)
+    truth = true_classes(image_paths, class_names) if config.labelled else None
+
+    # every output is written to its temporary file, and all are renamed into place together
+    # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
+    with commit_outputs(*files, folders=folders) as commit:
+        predicted, read_paths, probabilities = predict_every_image(
+            config, commit, model, class_names, image_paths)
+        if config.labelled:
+            report = labelled_report(config, class_names, read_paths, truth, probabilities)
+            if config.report:
+                write_json(commit.temporary(config.report), report)
+    if config.report:
+        print(f"[INFO] wrote {shown(config.report)}")
+    if config.csv:
+        print(f"[INFO] wrote {shown(config.csv)}")
+    if config.gradcam:
+        print(f"[INFO] wrote {predicted} Grad-CAM overlay(s) to {shown(config.gradcam)}")
     return 0
 
 

@@ -5,9 +5,10 @@ The tutorial hard-coded `INIT_LR = 1e-3`, `EPOCHS = 25`, `BS = 8`, `random_state
 defaults of the flags here, and nowhere else, so that train_covid19.py, audit_covid19.py and
 predict_covid19.py use the same numbers.
 
-`RunConfig` is what a run that trains heads on the frozen VGG16 (train and the audit) is told,
-built once from the flags and never changed: the steps read it, none rewrites it, and a test
-builds one directly (`RunConfig(dataset=...)`) instead of faking argparse's namespace.
+`Config` is what a script is told, built once from its flags and never changed: the steps read
+it, none rewrites it, and a test builds one directly (`TrainConfig(dataset=...)`) instead of
+faking argparse's namespace. `RunConfig` holds the flags of a run that trains heads on the
+frozen VGG16 (train and the audit); each script extends it with its own.
 """
 
 import dataclasses
@@ -42,7 +43,21 @@ def default_cache_folder():
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RunConfig:
+class Config:
+    """A script's flags, parsed once into a frozen dataclass that no step rewrites."""
+
+    @classmethod
+    def from_flags(cls, namespace):
+        """The configuration of argparse's parsed flags, once."""
+        return cls(**vars(namespace))
+
+    def flags(self):
+        """Every flag and its value: the `flags` of a report, to repeat the run."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig(Config):
     """The flags that train_covid19.py and audit_covid19.py share (`add_run_flags`)."""
 
     dataset: str
@@ -55,19 +70,10 @@ class RunConfig:
     cache_dir: str = dataclasses.field(default_factory=default_cache_folder)
     no_cache: bool = False
 
-    @classmethod
-    def from_flags(cls, namespace):
-        """The configuration of argparse's parsed flags, once."""
-        return cls(**vars(namespace))
-
     @property
     def cache_folder(self):
         """The feature cache's folder, or None with --no-cache."""
         return None if self.no_cache else self.cache_dir
-
-    def flags(self):
-        """Every flag and its value: the `flags` of a report, to repeat the run."""
-        return dataclasses.asdict(self)
 
 
 def add_run_flags(ap, dataset_help):

@@ -14,12 +14,10 @@ import sys
 import numpy as np
 
 from .cli import UserError, lazy_import
+from .config import TEST_SIZE
 from .manifest import MANIFEST, read_manifest
 
 keras = lazy_import("keras")
-
-# the tutorial's test fraction
-TEST_SIZE = 0.20
 
 
 def encode_labels(labels):

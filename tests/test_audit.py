@@ -132,6 +132,26 @@ def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path, monkeyp
         assert line.split()[0] == variant and line.split()[-1] == f"{inside - outside:+.2f}"
 
 
+@pytest.mark.slow
+def test_an_edited_lung_box_recomputes_the_masked_features(tmp_path, monkeypatch):
+    """The box is in the feature cache's key: a rerun finds every feature, and a rerun with
+    another LUNG_BOX computes both masked variants anew and reuses only the full images'."""
+    dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=32)
+
+    def cache_counts():
+        report, out, _ = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "1")
+        [line] = [line for line in out.splitlines() if line.startswith("[INFO] feature cache")]
+        return report["lung_box"]["fractions_left_top_right_bottom"], line.split(": ")[1]
+
+    box, counts = cache_counts()
+    assert box == [0.1, 0.1, 0.9, 0.9]
+    assert counts.startswith("0 image(s) found, 24 computed;")  # 8 images, 3 variants
+    assert cache_counts()[1].startswith("24 image(s) found, 0 computed;")
+    monkeypatch.setattr(audit_covid19, "LUNG_BOX", (0.2, 0.1, 0.9, 0.9))
+    box, counts = cache_counts()
+    assert box == [0.2, 0.1, 0.9, 0.9] and counts.startswith("8 image(s) found, 16 computed;")
+
+
 def test_the_variants_hide_exactly_the_lung_box_or_all_but_it():
     # the end-to-end run above shows that lungs_only hides a signal outside the box; here, on
     # every pixel, that the two masks are exact complements along the box's edges (22..201)

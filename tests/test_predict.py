@@ -88,8 +88,8 @@ def test_predictions_equal_model_predict_on_the_same_arrays(trained, tmp_path):
 def model_that_uses_its_features(trained, path):
     """The trained model, with a head whose covid score rises with every feature whatever
     VGG16's random weights are: non-negative hidden weights, and the covid output +0.01 / normal
-    output -0.01 on each unit (small, so that the softmax does not saturate: a saturated
-    softmax has no gradient). So its covid Grad-CAM has evidence to show."""
+    output -0.01 on each unit (small, so that the softmax is not saturated). So its covid
+    Grad-CAM has evidence to show."""
     model = keras.models.load_model(trained["model"])
     dense, out = model.get_layer(index=-3), model.get_layer(index=-1)
     dense.set_weights([np.abs(dense.get_weights()[0]), np.zeros(64)])
@@ -141,6 +141,27 @@ def test_gradcam_of_a_class_without_evidence_is_all_zero(trained, tmp_path):
     assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
     # for the other class every channel weighs negatively: no evidence anywhere
     assert predict_covid19.grad_cam(grad_model, image, class_index=1).max() == 0
+
+
+def test_gradcam_weighs_the_score_before_the_softmax_so_a_sure_model_still_shows_where(
+        trained, tmp_path):
+    model = model_that_uses_its_features(trained, str(tmp_path / "m.h5"))
+    image = load_xray(write_image(str(tmp_path / "x.png"), seed=5, size=(224, 224)))
+    batch = scale_pixels(image[None])
+    grad_model = predict_covid19.gradcam_model(model)
+    # its second output is the class scores that the softmax turns into the model's output
+    _, scores = grad_model(batch, training=False)
+    np.testing.assert_allclose(keras.ops.softmax(scores), model(batch, training=False),
+                               atol=1e-6)
+    unsure = predict_covid19.grad_cam(grad_model, image, class_index=0)
+    # the same head a thousand times as sure: the softmax saturates, and the probability's
+    # gradient (p times 1 - p) is zero; the score's is a thousand times larger, the map the same
+    last = model.layers[-1]
+    last.set_weights([1000 * weight for weight in last.get_weights()])
+    assert float(model(batch, training=False)[0, 0]) == 1.0
+    sure = predict_covid19.grad_cam(predict_covid19.gradcam_model(model), image, class_index=0)
+    assert sure.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(sure, unsure, atol=1e-4)
 
 
 @pytest.mark.slow
