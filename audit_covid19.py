@@ -138,14 +138,14 @@ def variant_transforms(box=None):
 def cross_validate(config, head, initial, features, onehot, folds, what):
     """Out-of-fold probabilities: for each fold, a fresh head (the weights `initial`) trained on
     the other folds' features as train_covid19.py --cache-features trains it, then applied to
-    the fold. `what` names the step in its progress bar."""
-    compile_head(head, onehot.shape[1], config.lr, config.epochs)
+    the fold. `head` is compiled (`probe_variants`); `what` names the step in its progress
+    bar."""
     probabilities = np.zeros(onehot.shape, np.float32)
     with progress(len(folds), what, unit="head") as bar:
         for train, test in folds:
             # A fresh head: the same initial weights and a new optimizer state (its step
             # count, which drives the learning-rate decay, included). One compiled step serves
-            # all folds.
+            # every fold of every variant: compiling again would only trace it again.
             head.set_weights(initial)
             for variable in head.optimizer.variables:
                 variable.assign(tf.zeros_like(variable))
@@ -382,6 +382,7 @@ def probe_variants(config, base_model, images, paths, classes, folds, class_name
     # every head of every variant starts from these weights, so that no variant's result
     # depends on the variants (or the external test) before it
     initial = head.get_weights()
+    compile_head(head, 2, config.lr, config.epochs)
     onehot = np.eye(2, dtype="float32")[classes]
     probes, external_probes, caches, features_by_variant = {}, {}, [], {}
     transforms = variant_transforms()
