@@ -7,6 +7,7 @@ Usage:
     python predict_covid19.py --model covid19.h5 dataset/covid more.png --csv predictions.csv
     python predict_covid19.py --model covid19.h5 xray.jpg --gradcam gradcam/
     python predict_covid19.py --model covid19.h5 external --labelled --report external.json
+    python predict_covid19.py --model covid19.keras --export savedmodel --tflite covid19.tflite
 
 Prints one line per image: the predicted class and every class's probability. The class names
 come from the model file (train_covid19.py stores them there), and each image is prepared by
@@ -16,6 +17,12 @@ class's score (before the softmax) most (Selvaraju et al. 2017, as in keras-io's
 class activation visualization"). Images are read, predicted and written a batch at a time, so
 memory does not grow with their number; files that are not usable images are reported and
 skipped. Every output is renamed into place only when the run ends well.
+
+`--export DIR` and `--tflite FILE` write the model for plain TensorFlow: a SavedModel folder and
+a TensorFlow Lite file that take the same 224x224x3 input and give the same probabilities
+(`covid19xray.export`). They are done here, on a saved model, rather than by train_covid19.py:
+a model trained earlier, .h5 or .keras, is exported without training it again, and the same run
+can show its predictions on a few images beside the export.
 """
 
 import contextlib
@@ -32,14 +39,17 @@ from covid19xray.cli import (
     UserError,
     capture_stderr_fd,
     cli,
+    first_line,
     import_tensorflow,
     lazy_import,
+    one_line,
     positive,
     shown,
     warn_if_not_utf8,
 )
 from covid19xray.config import BATCH_SIZE, PRECISIONS, Config
 from covid19xray.data import label_of
+from covid19xray.export import export_saved_model, export_tflite
 from covid19xray.external import print_by_source
 from covid19xray.images import (
     damage_warning,
@@ -54,7 +64,12 @@ from covid19xray.images import (
 )
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import check_precision, load_classifier, model_with_precision
-from covid19xray.outputs import check_output_folder, check_output_path, commit_outputs
+from covid19xray.outputs import (
+    check_new_folder,
+    check_output_folder,
+    check_output_path,
+    commit_outputs,
+)
 from covid19xray.progress import progress, say
 from covid19xray.report import print_evaluation, versions, write_json
 
@@ -69,7 +84,7 @@ HEATMAP_ALPHA = 0.4
 class PredictConfig(Config):
     """Everything this run is told, built once from the flags (`parse_args`)."""
 
-    images: tuple
+    images: tuple = ()
     model: str = "covid19.h5"
     csv: str | None = None
     gradcam: str | None = None
@@ -77,6 +92,8 @@ class PredictConfig(Config):
     report: str | None = None
     batch_size: int = BATCH_SIZE
     precision: str = "float32"
+    export: str | None = None
+    tflite: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "images", tuple(self.images))  # frozen all the way
@@ -86,10 +103,10 @@ def parse_args(argv=None):
     """Returns a `PredictConfig`."""
     ap = ArgumentParser(description="Classify chest X-rays with a model train_covid19.py "
                                     "saved. For education only.")
-    ap.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+    ap.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER",
                     help="X-ray image files, or folders searched for images recursively")
     ap.add_argument("-m", "--model", default="covid19.h5",
-                    help="model saved by train_covid19.py (default: %(default)s)")
+                    help="model saved by train_covid19.py, .h5 or .keras (default: %(default)s)")
     ap.add_argument("--csv", help="also write file,predicted,p_<class>... to this CSV file")
     ap.add_argument("--gradcam", metavar="DIR",
                     help="write <name>_gradcam.png per image into this folder: the X-ray at its "
@@ -105,7 +122,21 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="what the network computes in; the softmax stays float32 "
                          "(default: %(default)s)")
-    return PredictConfig.from_flags(ap.parse_args(argv))
+    ap.add_argument("--export", metavar="DIR",
+                    help="also write the model as a TensorFlow SavedModel into this new folder: "
+                         "serve(images) takes (n, 224, 224, 3) RGB floats in [0, 1] and returns "
+                         "the class probabilities (float32, whatever --precision says)")
+    ap.add_argument("--tflite", metavar="FILE",
+                    help="also write the model as a TensorFlow Lite file (.tflite), with the "
+                         "same input and output")
+    args = ap.parse_args(argv)
+    if not (args.images or args.export or args.tflite):
+        ap.error("give the images to predict, or --export or --tflite to export the model")
+    for flag, given in [("--csv", args.csv), ("--gradcam", args.gradcam),
+                        ("--labelled", args.labelled)]:
+        if given and not args.images:
+            ap.error(f"{flag} needs the images to predict")
+    return PredictConfig.from_flags(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +294,8 @@ def csv_row(path, row, class_names):
 
 
 def check_outputs(config):
-    """Every output checked before the slow work: (files, folders) to write."""
+    """Every output checked before the slow work: (files and new folders, folders of files)
+    to write."""
     if config.report and not config.labelled:
         raise UserError("--report needs --labelled: without true classes there is no report")
     if config.csv:
@@ -272,16 +304,41 @@ def check_outputs(config):
         check_output_path(config.report, "--report", suffix=".json")
     if config.gradcam:
         check_output_folder(config.gradcam, "--gradcam")
-    return ([path for path in (config.csv, config.report) if path],
+    if config.export:
+        check_new_folder(config.export, "--export")
+    if config.tflite:
+        check_output_path(config.tflite, "--tflite", suffix=".tflite")
+    return ([path for path in (config.csv, config.report, config.export, config.tflite) if path],
             [config.gradcam] if config.gradcam else [])
 
 
 def load_model(config):
-    """The saved model in --precision, and its class names."""
+    """The saved model (float32, as saved) and its class names."""
     import_tensorflow()
     model, class_names = load_classifier(config.model)
     check_precision(config.precision)
-    return model_with_precision(model, config.precision), class_names
+    return model, class_names
+
+
+def export_model(config, commit, model, class_names):
+    """Write the float32 model as a SavedModel and a TensorFlow Lite file, each to its
+    temporary name in `commit`; TensorFlow's converters print their C++ lines only if they
+    fail."""
+    failure = None
+    with capture_stderr_fd() as converter_lines:
+        try:
+            if config.export:
+                export_saved_model(model, commit.temporary(config.export), class_names)
+            if config.tflite:
+                export_tflite(model, commit.temporary(config.tflite))
+        except OSError:  # a full disk: the one line `cli` prints
+            raise
+        except Exception as err:  # the converters raise many types
+            failure = first_line(err)
+    if failure is not None:
+        said = one_line(converter_lines.text)[:300] or "nothing more"
+        raise UserError(f"cannot export --model {config.model!r}: {failure} (TensorFlow said: "
+                        f"{said})")
 
 
 def predict_every_image(config, commit, model, class_names, image_paths):
@@ -326,7 +383,7 @@ def main(argv=None) -> int:
     files, folders = check_outputs(config)
     image_paths = find_inputs(config.images)
     warn_if_not_utf8(image_paths)
-    if not image_paths:
+    if config.images and not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
     model, class_names = load_model(config)
     truth = true_classes(image_paths, class_names) if config.labelled else None
@@ -334,8 +391,13 @@ def main(argv=None) -> int:
     # every output is written to its temporary file, and all are renamed into place together
     # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
     with commit_outputs(*files, folders=folders) as commit:
-        predicted, read_paths, probabilities = predict_every_image(
-            config, commit, model, class_names, image_paths)
+        if config.export or config.tflite:
+            export_model(config, commit, model, class_names)
+        predicted = 0  # none with --export or --tflite alone
+        if image_paths:
+            predicted, read_paths, probabilities = predict_every_image(
+                config, commit, model_with_precision(model, config.precision), class_names,
+                image_paths)
         if config.labelled:
             report = labelled_report(config, class_names, read_paths, truth, probabilities)
             if config.report:
@@ -346,6 +408,12 @@ def main(argv=None) -> int:
         print(f"[INFO] wrote {shown(config.csv)}")
     if config.gradcam:
         print(f"[INFO] wrote {predicted} Grad-CAM overlay(s) to {shown(config.gradcam)}")
+    if config.export:
+        print(f"[INFO] wrote {shown(config.export)} (TensorFlow SavedModel: serve(images) -> "
+              f"probabilities of {', '.join(class_names)})")
+    if config.tflite:
+        print(f"[INFO] wrote {shown(config.tflite)} (TensorFlow Lite, the same input and "
+              "output)")
     return 0
 
 

@@ -11,13 +11,15 @@ Usage:
     python train_covid19.py --dataset dataset --cache-features    # no augmentation, much faster
     python train_covid19.py --dataset dataset --precision bfloat16  # on CPUs with bfloat16
     python train_covid19.py --dataset dataset --external external  # and test it elsewhere
+    python train_covid19.py --dataset dataset --model covid19.keras  # Keras's own format
 
 `--dataset` holds one folder of images per class; the folder name is the label. Writes the model
-(HDF5, with its class names), the loss/accuracy plot, `roc.png` beside it and `report.json`, and
-prints the tutorial's report with a 95% interval after each number. Only the head learns, so the
-frozen VGG16 never computes the same thing twice (see `features_for_the_head`): every feature it
-computes is kept in the feature cache (`--cache-dir`; `--no-cache` keeps none), and a rerun with
-the same images, weights and seed reads them back instead of computing them.
+(HDF5 as the tutorial, or `.keras`; with its class names), the loss/accuracy plot, `roc.png`
+beside it and `report.json`, and prints the tutorial's report with a 95% interval after each
+number. Only the head learns, so the frozen VGG16 never computes the same thing twice (see
+`features_for_the_head`): every feature it computes is kept in the feature cache
+(`--cache-dir`; `--no-cache` keeps none), and a rerun with the same images, weights and seed
+reads them back instead of computing them.
 """
 
 import contextlib
@@ -38,7 +40,7 @@ from covid19xray.features import (
     make_head,
 )
 from covid19xray.manifest import MANIFEST
-from covid19xray.model import build_model, save_model
+from covid19xray.model import MODEL_SUFFIXES, build_model, save_model
 from covid19xray.outputs import commit_outputs
 from covid19xray.report import (
     plot_history,
@@ -88,7 +90,7 @@ class TrainConfig(RunConfig):
 
     def outputs(self):
         """The four outputs, in the order they are written: (path, flag, suffix)."""
-        return [(self.model, "--model", ".h5"), (self.plot, "--plot", ".png"),
+        return [(self.model, "--model", MODEL_SUFFIXES), (self.plot, "--plot", ".png"),
                 (self.report, "--report", ".json"), (self.roc, "--plot", ".png")]
 
 
@@ -103,8 +105,8 @@ def parse_args(argv=None):
                     help="path to output loss/accuracy plot, PNG; roc.png is written beside it "
                          "(default: %(default)s)")
     ap.add_argument("-m", "--model", default="covid19.h5",
-                    help="path to output model, HDF5 (the name must end in .h5) "
-                         "(default: %(default)s)")
+                    help="path to output model: HDF5 as the tutorial (.h5), or Keras's own "
+                         "format (.keras) (default: %(default)s)")
     ap.add_argument("-r", "--report", default="report.json",
                     help="path to output JSON report: counts, test files, confusion matrix, "
                          "metrics with 95%% intervals, ROC AUC, flags, versions "

@@ -4,7 +4,8 @@
   weights; a failed download or a wrong file is a one-line `UserError`.
 - `build_model(base_model, num_classes)`: the tutorial's head on the frozen base.
 - `make_optimizer(lr, epochs)`: Adam with the tutorial's per-step decay, which Keras 3 dropped.
-- `save_model` / `load_classifier`: the HDF5 file, with the class names in its attributes.
+- `save_model` / `load_classifier`: the model file, HDF5 (the tutorial's, with the class names in
+  its attributes) or Keras's own `.keras` (with the class names in a member of its zip).
 - `check_precision` / `with_precision`: bfloat16 or float16 copies of layers (Keras's mixed
   policies: variables stay float32, computations run in the lower precision), for the frozen
   base in training and for the whole network in prediction. The saved model is always float32.
@@ -15,6 +16,7 @@ import logging
 import os
 import platform
 import sys
+import zipfile
 
 import h5py
 
@@ -25,8 +27,14 @@ from .images import IMAGE_SIZE
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
-# The HDF5 attribute that holds the class names (a JSON list, in the order of the outputs).
+# The HDF5 attribute that holds the class names (a JSON list, in the order of the outputs), and
+# the member of a .keras file (a zip) that holds them.
 CLASS_NAMES_ATTR = "covid19_class_names"
+CLASS_NAMES_MEMBER = "covid19_class_names.json"
+# The model files train_covid19.py writes: HDF5 as the tutorial, or Keras's own format.
+MODEL_SUFFIXES = (".h5", ".keras")
+# Far above any list of class names: a member larger than this is not ours.
+MAX_CLASS_NAMES_BYTES = 64 * 1024
 # The head's Flatten: its output is the features the head trains on (features.py).
 FEATURES_LAYER = "flatten"
 
@@ -119,10 +127,17 @@ def loss_for(num_classes):
 
 
 def save_model(model, path, class_names):
-    """Save the whole model as HDF5, with the class names in the file's attributes.
+    """Save the whole model, with its class names in the file: HDF5 (`.h5`, the tutorial's
+    format) or Keras's own format (`.keras`, a zip), chosen by the name as Keras chooses.
 
-    predict_covid19.py reads them back, so it never has to guess which output is which class.
+    predict_covid19.py reads the class names back, so it never has to guess which output is
+    which class.
     """
+    if path.lower().endswith(".keras"):
+        model.save(path)
+        with zipfile.ZipFile(path, "a") as archive:  # Keras reads only the members it knows
+            archive.writestr(CLASS_NAMES_MEMBER, json.dumps(class_names))
+        return
     # HDF5 is the tutorial's format; Keras 3 logs a warning calling it legacy on every save.
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -135,21 +150,40 @@ def save_model(model, path, class_names):
         f.attrs[CLASS_NAMES_ATTR] = json.dumps(class_names)
 
 
-def load_classifier(path):
-    """The Keras model at `path` and its class names, in the order of its outputs."""
-    if not os.path.isfile(path):
-        raise UserError(f"--model {path!r}: no such file; train one with train_covid19.py")
-    if not path.lower().endswith((".h5", ".hdf5")):
-        # Keras picks its loader from the name: an HDF5 model must be named as one, so that no
-        # other loader ever reads the file (a file can parse as a zip and as HDF5 at once)
-        raise UserError(f"--model {path!r} must be an HDF5 file named .h5 or .hdf5, as "
-                        "train_covid19.py saves it")
+def _stored_class_names(path):
+    """The class names' JSON text stored in the model file at `path`, or None."""
+    if path.lower().endswith(".keras"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo(CLASS_NAMES_MEMBER)
+                if info.file_size > MAX_CLASS_NAMES_BYTES:
+                    return None
+                with archive.open(info) as member:
+                    return member.read(MAX_CLASS_NAMES_BYTES).decode("utf-8", "replace")
+        except KeyError:  # a .keras file, but not one train_covid19.py saved
+            return None
+        except (zipfile.BadZipFile, OSError, ValueError):
+            raise UserError(f"--model {path!r} is not a Keras model file (.keras) saved by "
+                            "train_covid19.py") from None
     try:
         with h5py.File(path, "r") as f:
-            stored = f.attrs.get(CLASS_NAMES_ATTR)
+            return f.attrs.get(CLASS_NAMES_ATTR)
     except OSError:
         raise UserError(f"--model {path!r} is not an HDF5 model file (.h5) saved by "
                         "train_covid19.py") from None
+
+
+def load_classifier(path):
+    """The Keras model at `path` (HDF5 or .keras) and its class names, in the order of its
+    outputs."""
+    if not os.path.isfile(path):
+        raise UserError(f"--model {path!r}: no such file; train one with train_covid19.py")
+    if not path.lower().endswith((".h5", ".hdf5", ".keras")):
+        # Keras picks its loader from the name: a model must be named as its format, so that
+        # no other loader ever reads the file (a file can parse as a zip and as HDF5 at once)
+        raise UserError(f"--model {path!r} must be a model file named .h5, .hdf5 or .keras, as "
+                        "train_covid19.py saves it")
+    stored = _stored_class_names(path)
     if stored is None:
         raise UserError(f"--model {path!r} has no class names, so its outputs cannot be named; "
                         "use a model saved by this train_covid19.py (retrain if it is older)")
@@ -159,8 +193,9 @@ def load_classifier(path):
         class_names = None
     if not (isinstance(class_names, list) and class_names
             and all(isinstance(name, str) for name in class_names)):
-        raise UserError(f"--model {path!r}: its class names ({CLASS_NAMES_ATTR}) are not a JSON "
-                        "list of names; use a model saved by this train_covid19.py")
+        where = CLASS_NAMES_MEMBER if path.lower().endswith(".keras") else CLASS_NAMES_ATTR
+        raise UserError(f"--model {path!r}: its class names ({where}) are not a JSON list of "
+                        "names; use a model saved by this train_covid19.py")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a damaged or foreign file

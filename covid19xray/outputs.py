@@ -1,7 +1,7 @@
 """Writing files without losing any: checked outputs, atomic replacement, no overwriting, locks.
 
-- `check_output_path` / `check_output_folder`: fail before any work when an output cannot be
-  written, or would land inside the source data (which is never modified).
+- `check_output_path` / `check_output_folder` / `check_new_folder`: fail before any work when an
+  output cannot be written, or would land inside the source data (which is never modified).
 - `commit_outputs`: the one way train, predict and the audit write: every output locked, written
   to a temporary file beside it, and all renamed into place only when the run succeeds: a
   crash, Ctrl-C or SIGTERM leaves the earlier files byte-for-byte as they were, and no
@@ -41,14 +41,29 @@ def same_or_inside(path, folder):
 
 
 def check_output_path(path, flag, suffix=None):
-    """Fail now, not after training, if `path` cannot be written as an output file."""
-    if suffix and not path.lower().endswith(suffix):
-        raise UserError(f"{flag} {path!r} must end in {suffix}")
+    """Fail now, not after training, if `path` cannot be written as an output file. `suffix`:
+    the ending it must have, or a tuple of the endings it may have."""
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if suffixes and not path.lower().endswith(suffixes):
+        raise UserError(f"{flag} {path!r} must end in {' or '.join(suffixes)}")
+    _check_parent(path, flag)
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a folder; give a file name")
+
+
+def check_new_folder(path, flag):
+    """Fail now if `path` cannot be written as a new folder: one that exists already is never
+    written over or into."""
+    if os.path.lexists(path):
+        raise UserError(f"{flag} {path!r} exists; give a new folder's name (nothing is written "
+                        "over an existing one)")
+    _check_parent(path, flag)
+
+
+def _check_parent(path, flag):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{flag} {path!r}: folder {folder!r} does not exist; create it first")
-    if os.path.isdir(path):
-        raise UserError(f"{flag} {path!r} is a folder; give a file name")
     if not os.access(folder, os.W_OK):
         raise UserError(f"{flag} {path!r}: folder {folder!r} is not writable")
 
@@ -82,9 +97,11 @@ def temporary_beside(path):
 
 
 class OutputCommit:
-    """The outputs of one run, committed together: each is written to a temporary file beside
+    """The outputs of one run, committed together: each is written to a temporary path beside
     it (`temporary`), and all are renamed into place only when the run succeeds, in the order
-    their temporaries were asked for. `commit_outputs` and `atomic_outputs` make one."""
+    their temporaries were asked for. An output may be a whole new folder (an exported model):
+    it is written under its temporary name and renamed as one. `commit_outputs` and
+    `atomic_outputs` make one."""
 
     def __init__(self, paths, folders=()):
         self.names = [*paths, *folders]  # as the user gave them, for messages
@@ -115,12 +132,18 @@ class OutputCommit:
 
     def _replace_all(self):
         for temporary, final in self._pending:
+            if os.path.isdir(temporary) and os.path.lexists(final):
+                # a folder renamed onto an empty one would replace it: never write over one
+                raise FileExistsError(errno.EEXIST, "appeared while the run wrote it", final)
             os.replace(temporary, final)
 
     def _discard(self):
         for temporary, _ in self._pending:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
+            if os.path.isdir(temporary) and not os.path.islink(temporary):
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(temporary)
 
 
 @contextlib.contextmanager

@@ -134,8 +134,8 @@ def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_an_edited_lung_box_recomputes_the_masked_features(tmp_path, monkeypatch):
-    """The box is in the feature cache's key: a rerun finds every feature, and a rerun with
-    another LUNG_BOX computes both masked variants anew and reuses only the full images'."""
+    """The box is in the feature cache's key: a rerun with another LUNG_BOX computes both masked
+    variants anew and reuses only the full images' features."""
     dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=4, size=32)
 
     def cache_counts():
@@ -146,7 +146,6 @@ def test_an_edited_lung_box_recomputes_the_masked_features(tmp_path, monkeypatch
     box, counts = cache_counts()
     assert box == [0.1, 0.1, 0.9, 0.9]
     assert counts.startswith("0 image(s) found, 24 computed;")  # 8 images, 3 variants
-    assert cache_counts()[1].startswith("24 image(s) found, 0 computed;")
     monkeypatch.setattr(audit_covid19, "LUNG_BOX", (0.2, 0.1, 0.9, 0.9))
     box, counts = cache_counts()
     assert box == [0.2, 0.1, 0.9, 0.9] and counts.startswith("8 image(s) found, 16 computed;")

@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import errno
+import json
 import os
 import re
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import predict_covid19
 from covid19xray import progress
 from covid19xray.images import NotAnImage, list_images, load_xray, scale_pixels
-from covid19xray.model import CLASS_NAMES_ATTR
+from covid19xray.model import CLASS_NAMES_ATTR, load_classifier, save_model
 from helpers import (
     ROOT,
     assert_no_tensorflow_log_lines,
@@ -164,20 +165,6 @@ def test_gradcam_weighs_the_score_before_the_softmax_so_a_sure_model_still_shows
     np.testing.assert_allclose(sure, unsure, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_command_line_run_in_a_subprocess(trained, tmp_path):
-    image = write_image(str(tmp_path / "x.jpg"), seed=9, size=(120, 140))
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "predict_covid19.py"), "--model", trained["model"],
-         image], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert_no_tensorflow_log_lines(result.stderr)
-    m = LINE.match(result.stdout.strip())
-    assert m and m["path"] == image
-    row = expected_probabilities(trained["model"], [image])[0]
-    assert float(m["covid"]) == pytest.approx(row[0], abs=5e-5)
-
-
 def test_bfloat16_prediction_is_close_to_float32(trained, tmp_path):
     image = write_image(str(tmp_path / "x.jpg"), seed=9, size=(120, 140))
     lines = {}
@@ -201,19 +188,23 @@ def predict(*argv):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, trained):
     """Files that are not usable models, beside an image to predict: copies of the trained
-    model's file with its class names removed or wrong, and a text file."""
+    model's file with its class names removed or wrong, one named as another format, a .keras
+    file without class names, and a text file."""
     import shutil
 
     folder = tmp_path_factory.mktemp("models")
     (folder / "text.h5").write_text("not a model")
     for name, class_names in [("no_names.h5", None),
                               ("three_names.h5", '["covid", "normal", "pneumonia"]'),
-                              ("not_json.h5", "covid, normal"), ("model.keras", None)]:
+                              ("not_json.h5", "covid, normal"), ("model.keras", None),
+                              ("model.onnx", None)]:
         shutil.copyfile(trained["model"], folder / name)
         with h5py.File(folder / name, "a") as f:
             del f.attrs[CLASS_NAMES_ATTR]
             if class_names:
                 f.attrs[CLASS_NAMES_ATTR] = class_names
+    # Keras's own format, saved by Keras alone: no class names in it
+    keras.models.load_model(trained["model"]).save(folder / "plain.keras")
     write_image(str(folder / "x.jpg"), seed=1, size=(40, 40))
     return folder
 
@@ -227,7 +218,10 @@ def models(tmp_path_factory, trained):
     ("not_json.h5", [], ["not_json.h5': its class names (covid19_class_names) are not a JSON "
                          "list of names"]),
     # an HDF5 file named as another format: no other loader may ever read it
-    ("model.keras", [], ["model.keras' must be an HDF5 file named .h5 or .hdf5"]),
+    ("model.keras", [], ["model.keras' is not a Keras model file (.keras) saved by "
+                         "train_covid19.py"]),
+    ("model.onnx", [], ["model.onnx' must be a model file named .h5, .hdf5 or .keras"]),
+    ("plain.keras", [], ["plain.keras' has no class names", "retrain if it is older"]),
     ("TRAINED", ["nowhere.jpg"], ["'nowhere.jpg': no such file or folder"]),
     ("TRAINED", ["--csv", "no/p.csv"], ["--csv 'no/p.csv'", "does not exist"]),
     ("TRAINED", ["--gradcam", "x.jpg"], ["--gradcam 'x.jpg' is a file, not a folder"]),
@@ -430,3 +424,178 @@ def test_a_disk_full_from_the_start_leaves_no_lock_file(trained, tmp_path, small
     assert_one_line_error(code, err, "predict_covid19.py", "error: No space left on device",
                           "no output was left half-written")
     assert sorted(os.listdir(small_tmpfs)) == ["filler"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The export: a SavedModel and a TensorFlow Lite file that plain TensorFlow runs
+# ---------------------------------------------------------------------------------------------
+
+# What a user of the export runs: TensorFlow and OpenCV in a fresh Python, none of this project
+# (the README's example). Each image is prepared as train_covid19.py prepares it.
+PLAIN_TENSORFLOW = r"""
+import json, sys
+import cv2, numpy as np, tensorflow as tf
+try:
+    import covid19xray
+    sys.exit("this project's package is importable here")
+except ImportError:
+    pass
+saved_model, tflite, *paths = sys.argv[1:]
+
+
+def prepared(path):  # RGB, 224x224, floats in [0, 1]
+    image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.resize(image, (224, 224)).astype(np.float32) / 255
+
+
+images = np.stack([prepared(path) for path in paths])
+loaded = tf.saved_model.load(saved_model)
+serving = loaded.signatures["serving_default"]
+interpreter = tf.lite.Interpreter(model_path=tflite)
+interpreter.allocate_tensors()
+given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+lite = []
+for image in images:
+    interpreter.set_tensor(given["index"], image[None])
+    interpreter.invoke()
+    lite.append(interpreter.get_tensor(taken["index"])[0].tolist())
+[served] = serving(tf.constant(images)).values()
+print(json.dumps({"serve": loaded.serve(images).numpy().tolist(),
+                  "serving_default": served.numpy().tolist(),
+                  "tflite": lite, "tflite_input": given["shape"].tolist()}))
+"""
+
+
+def shipped_jpegs():
+    """Three normal films (224x224 colour JPEGs) and three COVID-19 films (large grey JPEGs)."""
+    def jpegs(kind):
+        return [path for path in list_images(os.path.join(ROOT, "dataset", kind))
+                if path.endswith((".jpg", ".jpeg"))][:3]
+    return jpegs("normal") + jpegs("covid")
+
+
+@pytest.mark.slow
+def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilities(trained,
+                                                                                   tmp_path):
+    """The script in a subprocess: its predictions, and a SavedModel and a TensorFlow Lite file
+    that a fresh Python with TensorFlow alone loads and runs to the same probabilities."""
+    model_that_uses_its_features(trained, str(tmp_path / "m.h5"))  # probabilities that vary
+    images = shipped_jpegs()
+    saved, lite, csv_path = tmp_path / "savedmodel", tmp_path / "m.tflite", tmp_path / "p.csv"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "predict_covid19.py"), "--model", "m.h5",
+         "--export", "savedmodel", "--tflite", "m.tflite", "--csv", "p.csv", *images],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_no_tensorflow_log_lines(result.stderr)
+    assert result.stderr == ""  # nothing of the converters' C++ lines either
+    lines = result.stdout.strip().splitlines()
+    assert lines[-3:] == [
+        "[INFO] wrote p.csv",
+        "[INFO] wrote savedmodel (TensorFlow SavedModel: serve(images) -> probabilities of "
+        "covid, normal)",
+        "[INFO] wrote m.tflite (TensorFlow Lite, the same input and output)"]
+    expected = expected_probabilities(str(tmp_path / "m.h5"), images)
+    for line, path, row in zip(lines[:-3], images, expected, strict=True):
+        m = LINE.match(line)
+        assert m and m["path"] == path
+        assert float(m["covid"]) == pytest.approx(row[0], abs=5e-5)
+    # no temporary file or folder, no lock file
+    assert sorted(os.listdir(tmp_path)) == ["m.h5", "m.tflite", "p.csv", "savedmodel"]
+    assert json.loads((saved / "class_names.json").read_text()) == ["covid", "normal"]
+    # every weight stored once (Keras's model.export stores each twice: keras-team/keras#23553)
+    weights = 4 * keras.models.load_model(tmp_path / "m.h5").count_params()
+    [stored] = [entry.stat().st_size for entry in (saved / "variables").iterdir()
+                if entry.name.startswith("variables.data")]
+    assert weights <= stored < 1.05 * weights
+    with open(csv_path, newline="") as f:
+        printed = np.array([row[2:] for row in list(csv.reader(f))[1:]], dtype=float)
+    assert printed.shape == (6, 2) and np.ptp(printed[:, 0]) > 0.01  # a comparison that can fail
+
+    result = subprocess.run([sys.executable, "-c", PLAIN_TENSORFLOW, str(saved), str(lite),
+                             *images], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    # predict's CSV holds 6 decimals: 5e-7 of the 1e-5 is rounding
+    np.testing.assert_allclose(got["serve"], printed, atol=1e-5)
+    np.testing.assert_allclose(got["serving_default"], printed, atol=1e-5)
+    np.testing.assert_allclose(got["tflite"], printed, atol=1e-5)
+    assert got["tflite_input"] == [1, 224, 224, 3]
+
+
+def test_a_keras_format_model_predicts_and_exports_as_its_h5(trained, tmp_path):
+    model, class_names = load_classifier(trained["model"])
+    save_model(model, str(tmp_path / "m.keras"), class_names)
+    image = write_image(str(tmp_path / "x.png"), seed=5, size=(100, 120))
+    lines = [predict("--model", path, image)[1] for path in (trained["model"],
+                                                             str(tmp_path / "m.keras"))]
+    assert lines[0] == lines[1] and LINE.match(lines[0].strip())
+
+
+@pytest.mark.parametrize("argv, phrases", [
+    (["--export", "exists"], ["--export 'exists' exists; give a new folder's name (nothing is "
+                              "written over an existing one)"]),
+    (["--export", "x.jpg"], ["--export 'x.jpg' exists"]),
+    (["--export", "no/savedmodel"], ["--export 'no/savedmodel'", "does not exist; create it "
+                                     "first"]),
+    (["--tflite", "m.onnx"], ["--tflite 'm.onnx' must end in .tflite"]),
+    (["--tflite", "exists"], ["--tflite 'exists' must end in .tflite"]),
+    (["--tflite", "no/m.tflite"], ["--tflite 'no/m.tflite'", "does not exist"]),
+])
+def test_an_export_refuses_bad_input_in_one_line(models, trained, monkeypatch, argv, phrases):
+    monkeypatch.chdir(models)
+    (models / "exists").mkdir(exist_ok=True)
+    before = snapshot(str(models))
+    code, out, err = predict("--model", trained["model"], *argv)
+    assert_one_line_error(code, err, "predict_covid19.py", *phrases)
+    assert out == "" and snapshot(str(models)) == before
+
+
+def test_an_unwritable_place_for_the_export_is_one_line(trained, tmp_path, monkeypatch):
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if os.path.abspath(path) == str(tmp_path / "locked") else real_access(path, mode)))
+    for flag, path in [("--export", "locked/savedmodel"), ("--tflite", "locked/m.tflite")]:
+        code, out, err = predict("--model", trained["model"], flag, str(tmp_path / path))
+        assert_one_line_error(code, err, "predict_covid19.py",
+                              f"folder '{tmp_path / 'locked'}' is not writable")
+    assert os.listdir(tmp_path / "locked") == []
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    ([], "give the images to predict, or --export or --tflite to export the model"),
+    (["--export", "e", "--csv", "p.csv"], "--csv needs the images to predict"),
+    (["--tflite", "m.tflite", "--labelled"], "--labelled needs the images to predict"),
+])
+def test_nothing_to_predict_is_a_usage_error(argv, phrase):
+    code, out, err = predict("--model", "m.h5", *argv)
+    assert_one_line_error(code, err, "predict_covid19.py", phrase, exit_code=2)
+
+
+def test_a_model_that_is_not_this_projects_exports_nothing(models, trained, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.chdir(models)
+    before = snapshot(str(models))
+    for model in ["text.h5", "no_names.h5", "model.keras", "plain.keras"]:
+        code, out, err = predict("--model", model, "--export", str(tmp_path / "savedmodel"),
+                                 "--tflite", str(tmp_path / "m.tflite"))
+        assert code == 1 and out == "" and len(err.splitlines()) == 1, (model, err)
+    assert snapshot(str(models)) == before and os.listdir(tmp_path) == []
+
+
+def test_a_failed_conversion_is_one_line_and_leaves_nothing(trained, tmp_path, monkeypatch):
+    def failing(model, path):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        os.write(2, b"E0000 converter.cc:1] a C++ line\n")
+        raise RuntimeError("the converter failed\nwith details")
+
+    monkeypatch.setattr(predict_covid19, "export_tflite", failing)
+    code, out, err = predict("--model", trained["model"], "--export", str(tmp_path / "saved"),
+                             "--tflite", str(tmp_path / "m.tflite"))
+    assert_one_line_error(code, err, "predict_covid19.py", "cannot export --model",
+                          "the converter failed (TensorFlow said: E0000 converter.cc:1] a C++ "
+                          "line)")
+    assert os.listdir(tmp_path) == []  # neither the SavedModel written first nor half a file

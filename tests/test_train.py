@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import types
+import zipfile
 
 import cv2
 import h5py
@@ -28,7 +29,7 @@ from covid19xray.cache import FeatureCache
 from covid19xray.data import epoch_batches, load_dataset
 from covid19xray.features import features_per_epoch, make_head
 from covid19xray.images import list_images, load_xray, scale_pixels
-from covid19xray.model import CLASS_NAMES_ATTR, build_model
+from covid19xray.model import CLASS_NAMES_ATTR, CLASS_NAMES_MEMBER, build_model, load_classifier
 from covid19xray.report import wilson
 from covid19xray.splits import encode_labels
 from covid19xray.transforms import Rotation, rotate, rotation_angles, rotation_matrices
@@ -334,6 +335,27 @@ def test_cache_features_run_matches_the_saved_model(cached_run, tiny_dataset):
     assert roc_auc_score(actual == 0, probabilities[:, 0]) == pytest.approx(report["roc_auc"])
 
 
+def test_a_keras_format_model_carries_its_class_names_and_predicts_as_the_h5(cached_run,
+                                                                            tiny_dataset):
+    """--model m.keras: Keras's own format (a zip), with the class names in it as the .h5 holds
+    them; the cached run's command again (every feature in its cache) trains the same model."""
+    out = cached_run["out"]
+    argv = ["--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights", "none",
+            "--seed", "3", "--cache-features", "--cache-dir", str(out / "cache"),
+            "--model", str(out / "m.keras"), "--plot", str(out / "k.png"),
+            "--report", str(out / "k.json")]
+    code, stdout, err = run_main(train_covid19.main, argv)
+    assert code == 0, err
+    assert f"[INFO] wrote {out / 'm.keras'} (model)" in stdout
+    with zipfile.ZipFile(out / "m.keras") as archive:
+        assert {"config.json", "metadata.json", "model.weights.h5"} <= set(archive.namelist())
+        assert json.loads(archive.read(CLASS_NAMES_MEMBER)) == ["covid", "normal"]
+    assert load_classifier(str(out / "m.keras"))[1] == ["covid", "normal"]
+    _, _, (_, testP, _, _), _ = split_as_main_does(tiny_dataset, 3)
+    np.testing.assert_allclose(predict_files(str(out / "m.keras"), testP),
+                               predict_files(str(out / "m.h5"), testP), atol=1e-6)
+
+
 def test_a_warm_feature_cache_computes_nothing_and_changes_nothing(cached_run):
     (_, cold, _), (code, warm, err) = cached_run["runs"]
     assert code == 0, err
@@ -623,8 +645,8 @@ def outputs_after(workdir):
      ["--plot 'no/p.png'", "does not exist"], 1),
     ("--report missing folder", ["--dataset", "ok", "--report", "no/r.json"],
      ["--report 'no/r.json'", "does not exist"], 1),
-    ("--model not .h5", ["--dataset", "ok", "--model", "covid19.model"],
-     ["--model 'covid19.model' must end in .h5"], 1),
+    ("--model neither .h5 nor .keras", ["--dataset", "ok", "--model", "covid19.model"],
+     ["--model 'covid19.model' must end in .h5 or .keras"], 1),
     ("--plot inside --dataset", ["--dataset", "ok", "--plot", "ok/covid/plot.png"],
      ["--plot 'ok/covid/plot.png' is inside --dataset 'ok'", "source data is never modified"],
      1),
