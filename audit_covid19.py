@@ -126,11 +126,11 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def variant_transforms(box=None):
-    """What each variant does to an image before VGG16: {variant: transform}. The box is read
-    when the audit runs (LUNG_BOX unless given), and each mask names it in the feature cache's
-    key, so that a changed box never reuses features masked with another."""
-    box = tuple(LUNG_BOX if box is None else box)
+def variant_transforms():
+    """What each variant does to an image before VGG16: {variant: transform}. LUNG_BOX is read
+    when the audit runs, and each mask names it in the feature cache's key, so that a changed
+    box never reuses features masked with another."""
+    box = tuple(LUNG_BOX)
     return {"full": UNCHANGED, "lungs_hidden": BoxMask(box=box, keep="outside"),
             "lungs_only": BoxMask(box=box, keep="inside")}
 
@@ -294,8 +294,7 @@ def print_confounds_and_duplicates(dataset, confounds, found, class_names):
         print("[RESULT] no exact or near duplicates")
 
 
-def plot_audit(probes, confounds, rows, labels, class_names, examples, box,
-               external_probes=None):
+def plot_audit(probes, confounds, rows, labels, class_names, examples, external_probes=None):
     """AUC with its interval for the three variants beside chance (and beside their external
     AUC), one example of each class with the box drawn, and the strongest confound's values per
     class."""
@@ -340,7 +339,7 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, box,
             ax.set_axis_off()
 
         height, width = IMAGE_SIZE
-        left, top, right, bottom = box
+        left, top, right, bottom = LUNG_BOX
         for k, (name, image) in enumerate(examples):
             ax = fig.add_subplot(grid[1, k])
             ax.imshow(image)
@@ -439,15 +438,14 @@ def audit_report(config, class_names, labels, grouped, probes, verdict_of, confo
                  per_class, found, external=None):
     """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
     shortcut, text = verdict_of
-    box = variant_transforms()["lungs_only"]
     return {
         **({"external": external} if external else {}),
         "dataset": config.dataset, "class_names": class_names,
         "positive_class": class_names[0],
         "counts": {name: int((labels == name).sum()) for name in class_names},
         "folds": {"k": config.folds, "grouped_by_patient": grouped},
-        "lung_box": {"fractions_left_top_right_bottom": list(box.box),
-                     "pixels_of_224": [round(f * 224) for f in box.box]},
+        "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
+                     "pixels_of_224": [round(f * 224) for f in LUNG_BOX]},
         "probe": probes, "shortcut": shortcut, "verdict": text,
         "shortcut_rule": f"lungs_hidden AUC 95% CI above 0.5 and AUC >= {SHORTCUT_AUC}",
         "confounds": confounds, "confound_rule": f"a property's AUC alone >= {CONFOUND_AUC}",
@@ -501,7 +499,7 @@ def main(argv=None) -> int:
         with commit.writing():
             write_json(commit.temporary(config.report), report)
             save_figure(plot_audit(probes, confounds, rows, labels, class_names, examples,
-                                   variant_transforms()["lungs_only"].box, external_probes),
+                                   external_probes),
                         commit.temporary(config.plot))
     print(f"[INFO] wrote {shown(config.report)} (report), {shown(config.plot)} (plot)")
     return 0

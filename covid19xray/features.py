@@ -15,6 +15,7 @@ operations, and when a learner changes the head (a 7x7 pool reads everything), t
 follows, or there is none.
 """
 
+import functools
 import hashlib
 import importlib.metadata
 import sys
@@ -28,7 +29,7 @@ from .data import without_autotuning
 from .images import scale_pixels
 from .model import FEATURES_LAYER, with_precision
 from .progress import progress
-from .transforms import UNCHANGED
+from .transforms import UNCHANGED, entry_key
 
 # The modules whose code decides what VGG16 sees (`preprocessing_digest`).
 PREPROCESSING_MODULES = ("covid19xray.images", "covid19xray.data", "covid19xray.transforms",
@@ -144,15 +145,18 @@ def features_per_epoch(extract, images, paths, batch_size, transform, epochs, ca
     """The features of the images at `paths` changed by `transform` as it changes them in each
     of `epochs` epochs: (epochs, len(paths), features), in order.
 
-    Each distinct `transform.entry_key` is computed once: an image that `transform` leaves the
-    same every epoch passes through VGG16 once, not once per epoch, and so does a file that
-    stands twice. With `cache` (a `cache.FeatureCache` for this transform), features found
-    there are not computed again, and those computed are stored. Every missing entry goes
-    through VGG16 in one pass, under one progress bar.
+    Each distinct entry (`transforms.entry_key`: the image and its parameters) is computed
+    once: an image that `transform` leaves the same every epoch passes through VGG16 once, not
+    once per epoch, and so does a file that stands twice. With `cache` (a `cache.FeatureCache`
+    for this transform), features found there are not computed again, and those computed are
+    stored. Every missing entry goes through VGG16 in one pass, under one progress bar.
     """
     digests = [images.digest(path) for path in paths]
+    # `wanted` and `parameters` run epoch by epoch, image by image within each
     wanted = [(k, epoch) for epoch in range(epochs) for k in range(len(paths))]
-    keys = [transform.entry_key(digests[k], epoch) for k, epoch in wanted]
+    parameters = np.concatenate([transform.parameters(digests, epoch)
+                                 for epoch in range(epochs)])
+    keys = [entry_key(digests[k], row) for (k, _), row in zip(wanted, parameters)]
     first = {}  # each distinct key: the first place it is wanted
     for n, key in enumerate(keys):
         first.setdefault(key, n)
@@ -162,10 +166,8 @@ def features_per_epoch(extract, images, paths, batch_size, transform, epochs, ca
     missing = [key for key in distinct if found[key] is None]
     if missing:
         places = [first[key] for key in missing]
-        parameters = np.concatenate([transform.parameters(digests, epoch)
-                                     for epoch in range(epochs)])[places]
         batches = model_batches(images, [paths[wanted[n][0]] for n in places], batch_size,
-                                transform, parameters)
+                                transform, parameters[places])
         parts = []
         with progress(len(missing), "VGG16 features") as bar:
             for batch in batches:
@@ -175,7 +177,6 @@ def features_per_epoch(extract, images, paths, batch_size, transform, epochs, ca
         found.update(zip(missing, computed))
         if cache is not None:
             cache.store(missing, computed)
-    # `wanted` runs epoch by epoch, image by image within each
     return np.stack([found[key] for key in keys]).reshape(epochs, len(paths), -1)
 
 
@@ -196,6 +197,7 @@ def decoder_versions():
     return versions
 
 
+@functools.cache  # the source does not change while a run reads it
 def preprocessing_digest():
     """SHA-256 of the source of every module that decides the pixels VGG16 sees: decoding,
     resizing and scaling (`images`), the store they are kept in (`data`), the transforms

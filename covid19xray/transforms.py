@@ -10,9 +10,10 @@ changes the scaled batch, or not:
 
 A transform applies itself (`parameters` per image, then `apply` on the batch inside the tf.data
 pipeline), and names itself, with every parameter it has, in the feature cache's key
-(`describe`): a changed box or seed can never reuse features computed for another. Its
-`entry_key` names one image's entry within that key: the image's SHA-256, or for the rotation
-the image and its exact angle.
+(`describe`): a changed box or seed can never reuse features computed for another.
+`entry_key` names one image's entry within that key from the image's SHA-256 and the row of
+parameters it was changed by: the SHA-256 itself for a transform without parameters (the image
+is the same every epoch), else a hash of both (for the rotation, its exact matrix).
 
 Why the rotation is drawn here rather than by Keras's `RandomRotation`: that layer draws its
 angles from a stream, so an image's angle depends on where its batch falls, and nothing
@@ -56,9 +57,15 @@ class Transform:
         """The batch of scaled images (n, height, width, 3), changed; `parameters` its rows."""
         return images
 
-    def entry_key(self, digest, epoch):
-        """The feature cache's name for the image with SHA-256 `digest` so changed in `epoch`."""
+
+def entry_key(digest, parameters):
+    """The feature cache's name for the image with SHA-256 `digest` changed by its row of
+    `parameters` (float32): `digest` when there are none, else a hash of both. Two images
+    changed by the same parameters are the same image, and share an entry."""
+    if parameters.size == 0:
         return digest
+    return hashlib.sha256(digest.encode() + np.asarray(parameters, np.float32).tobytes()
+                          ).hexdigest()
 
 
 class Unchanged(Transform):
@@ -117,11 +124,6 @@ class Rotation(Transform):
 
     def apply(self, images, parameters):
         return rotate(images, parameters, self.interpolation, self.fill_mode)
-
-    def entry_key(self, digest, epoch):
-        # the exact angle (its hexadecimal float): no two angles share an entry
-        angle = float(self.angles([digest], epoch)[0])
-        return hashlib.sha256(f"{digest} rotated {angle.hex()}".encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
