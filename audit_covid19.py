@@ -36,14 +36,17 @@ from covid19xray.cache import cache_line
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.config import FOLDS, RunConfig, add_run_flags
 from covid19xray.data import load_dataset, training_batches
-from covid19xray.external import check_classes, describe_by_source, load_external
+from covid19xray.external import check_classes, describe_by_source, load_external, sources_of
 from covid19xray.features import (
+    description_cache,
     extract_features,
     feature_cache,
+    make_description_extractor,
     make_feature_extractor,
     make_head,
 )
 from covid19xray.images import IMAGE_SIZE
+from covid19xray.input_check import REJECTED, fit_input_check
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model
 from covid19xray.outputs import commit_outputs
@@ -59,6 +62,7 @@ from covid19xray.properties import (
     separation,
 )
 from covid19xray.report import auc_with_interval, classification_metrics, save_figure, write_json
+from covid19xray.screening import describe_counts, screening
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
 from covid19xray.training import (
     check_inputs,
@@ -256,17 +260,26 @@ def print_probes(probes, shortcut_text, folds_info):
     print(f"[RESULT] {shortcut_text}")
 
 
-def print_external(probes, external_probes, folder, counts, class_names):
-    """Each variant's cross-validated AUC beside its AUC on the external folder."""
+def print_external(probes, external_probes, screened, folder, counts, class_names):
+    """Each variant's cross-validated AUC beside its AUC on the external folder, on every image
+    and on those the input check accepted, then the check's counts."""
     print(f"[INFO] external test: {shown(folder)} ({counts}); each variant's head trained on "
           "every image of --dataset")
-    print(f"{'variant':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
+    print(f"{'variant':<13} {'internal AUC (CV)':<20} {'external AUC':<20} {'drop':<7} "
+          f"external AUC, the {screened['accepted']} the input check accepted")
     for name in VARIANTS:
         inside, outside = probes[name]["auc"], external_probes[name]["auc"]
-        cells = [f"{a['value']:.2f} ({a['ci95'][0]:.2f}-{a['ci95'][1]:.2f})"
-                 for a in (inside, outside)]
+        accepted = (external_probes[name]["accepted_by_input_check"] or {}).get("auc")
+        cells = [f"{a['value']:.2f} ({a['ci95'][0]:.2f}-{a['ci95'][1]:.2f})" if a else "n/a"
+                 for a in (inside, outside, accepted)]
         print(f"{name:<13} {cells[0]:<20} {cells[1]:<20} "
-              f"{inside['value'] - outside['value']:+.2f}")
+              f"{inside['value'] - outside['value']:<+7.2f} {cells[2]}")
+    print(f"input check (fitted on every image of --dataset) on the external images: "
+          f"{describe_counts(screened['counts'])}")
+    for group, counts in [*screened["by_class"].items(),
+                          *[(f"source {source}", c)
+                            for source, c in (screened["by_source"] or {}).items()]]:
+        print(f"  {shown(group)} ({sum(counts.values())}): {describe_counts(counts)}")
     if external_probes[VARIANTS[0]]["by_source"]:
         print(f"by source ({shown(os.path.join(folder, MANIFEST))}), each variant's "
               "external head:")
@@ -383,7 +396,7 @@ def probe_variants(config, base_model, images, paths, classes, folds, class_name
     initial = head.get_weights()
     compile_head(head, 2, config.lr, config.epochs)
     onehot = np.eye(2, dtype="float32")[classes]
-    probes, external_probes, caches, features_by_variant = {}, {}, [], {}
+    probes, external_probes, caches, features_by_variant, screened = {}, {}, [], {}, None
     transforms = variant_transforms()
     for name in VARIANTS:
         print(f"[INFO] {name}: features of every image, then {config.folds} heads...")
@@ -396,7 +409,8 @@ def probe_variants(config, base_model, images, paths, classes, folds, class_name
         probes[name] = probe(classes, probabilities, class_names, config.seed)
     # after every internal probe, so that an external test changes none of their numbers
     if external is not None:
-        for name, cache in zip(VARIANTS, caches):
+        outcomes = check_external_inputs(config, model, images, paths, external, caches)
+        for name, cache in zip(VARIANTS, caches[:len(VARIANTS)]):
             print(f"[INFO] {name}: one head trained on every image, tested on the external "
                   "images...")
             external_features = extract_features(extract, external.store, external.paths,
@@ -404,32 +418,59 @@ def probe_variants(config, base_model, images, paths, classes, folds, class_name
             external_probes[name] = test_externally(config, head, initial,
                                                     features_by_variant[name], onehot,
                                                     external, external_features, name,
-                                                    class_names)
+                                                    class_names, outcomes)
+        screened = screening(outcomes, external.onehot.argmax(axis=1),
+                             external_probes[VARIANTS[0]]["probabilities"], class_names,
+                             sources_of(external.folder, external.paths))
     if config.cache_folder is not None:
-        print(cache_line(caches))
-    return probes, external_probes
+        print(cache_line([cache for cache in caches if cache is not None]))
+    for result in external_probes.values():
+        del result["probabilities"]  # kept for `screening` only
+    return probes, external_probes, screened
+
+
+def check_external_inputs(config, model, images, paths, external, caches):
+    """What the input check, fitted on every image of --dataset (the images the external heads
+    train on), says of each external image: its outcome. The descriptions' cache joins
+    `caches`."""
+    extract = make_description_extractor(model, config.precision)
+    cache = description_cache(config.cache_folder, model, config.precision)
+    caches.append(cache)
+    check = fit_input_check(extract_features(extract, images, paths, config.batch_size,
+                                             cache=cache), config.seed)
+    descriptions = extract_features(extract, external.store, external.paths, config.batch_size,
+                                    cache=cache)
+    return check.outcomes(check.distances(descriptions))
 
 
 def test_externally(config, head, initial, features, onehot, external, external_features, name,
-                    class_names):
+                    class_names, outcomes):
     """One variant's head trained on every image of --dataset (as one more fold), then tested
-    on the external images' features: the external probe of that variant."""
+    on the external images' features: the external probe of that variant, on every image and
+    on those the input check accepted (`outcomes`)."""
     everything = np.concatenate([features, external_features])
     n = len(features)
     fold = [(np.arange(n), np.arange(n, len(everything)))]
     probabilities = cross_validate(config, head, initial, everything,
                                    np.concatenate([onehot, external.onehot]), fold,
                                    f"{name} head on every image")[n:]
-    result = probe(external.onehot.argmax(axis=1), probabilities, class_names, config.seed)
+    classes = external.onehot.argmax(axis=1)
+    result = probe(classes, probabilities, class_names, config.seed)
     result["by_source"] = external.by_source(probabilities, class_names)
+    accepted = np.array([outcome != REJECTED for outcome in outcomes])
+    result["accepted_by_input_check"] = (
+        probe(classes[accepted], probabilities[accepted], class_names, config.seed)
+        if len(set(classes[accepted].tolist())) == 2 else None)
+    result["probabilities"] = probabilities
     return result
 
 
-def external_report(config, external, probes, external_probes, class_names):
+def external_report(config, external, probes, external_probes, screened, class_names):
     """The audit's external test (`audit.json`'s `external`): what every external report says
-    first (`ExternalSet.facts`), each variant's probe and its AUC's drop."""
+    first (`ExternalSet.facts`), each variant's probe and its AUC's drop, and the input
+    check's counts."""
     return {"folder": config.external, **external.facts(config.dataset, class_names),
-            "probe": external_probes,
+            "probe": external_probes, "input_check": screened,
             "auc_drop": {name: probes[name]["auc"]["value"]
                          - external_probes[name]["auc"]["value"] for name in VARIANTS}}
 
@@ -477,8 +518,8 @@ def main(argv=None) -> int:
                 check_classes(config.external, class_names)
                 external = stack.enter_context(contextlib.closing(load_external(
                     config.external, class_names, {images.digest(p): p for p in paths})))
-            probes, external_probes = probe_variants(config, base_model, images, paths,
-                                                     classes, folds, class_names, external)
+            probes, external_probes, screened = probe_variants(
+                config, base_model, images, paths, classes, folds, class_names, external)
             rows, hashes = measure(images, paths)
             per_class, confounds = describe_properties(rows, labels, class_names, config.seed)
             found = find_duplicates(images, paths, labels, hashes)
@@ -489,10 +530,10 @@ def main(argv=None) -> int:
         print_probes(probes, verdict_of[1], about)
         external_part = None
         if external:
-            print_external(probes, external_probes, config.external,
+            print_external(probes, external_probes, screened, config.external,
                            class_counts(external.onehot, class_names), class_names)
             external_part = external_report(config, external, probes, external_probes,
-                                            class_names)
+                                            screened, class_names)
         print_confounds_and_duplicates(config.dataset, confounds, found, class_names)
         report = audit_report(config, class_names, labels, grouped, probes, verdict_of,
                               confounds, per_class, found, external_part)

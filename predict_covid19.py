@@ -6,17 +6,21 @@ Usage:
     python predict_covid19.py --model covid19.h5 xray.jpg
     python predict_covid19.py --model covid19.h5 dataset/covid more.png --csv predictions.csv
     python predict_covid19.py --model covid19.h5 xray.jpg --gradcam gradcam/
+    python predict_covid19.py --model covid19.h5 photo.jpg --classify-rejected
     python predict_covid19.py --model covid19.h5 external --labelled --report external.json
     python predict_covid19.py --model covid19.keras --export savedmodel --tflite covid19.tflite
 
-Prints one line per image: the predicted class and every class's probability. The class names
-come from the model file (train_covid19.py stores them there), and each image is prepared by
-the same `load_xray` and `scale_pixels` that training uses. `--gradcam DIR` writes each X-ray
-with a Grad-CAM heatmap of the predicted class over it: the regions whose features raised that
-class's score (before the softmax) most (Selvaraju et al. 2017, as in keras-io's "Grad-CAM
-class activation visualization"). Images are read, predicted and written a batch at a time, so
-memory does not grow with their number; files that are not usable images are reported and
-skipped. Every output is renamed into place only when the run ends well.
+Prints one line per image: the predicted class and every class's probability, and what the
+input check says of it: `ok`, `unlike_training` (classified, but unlike every training image),
+or `rejected` (not classified: it looks like no frontal chest X-ray the model knows), with its
+distance to the nearest training image and the threshold (`covid19xray.input_check`). The class
+names and the check come from the model file (train_covid19.py stores them there), and each
+image is prepared by the same `load_xray` and `scale_pixels` that training uses. `--gradcam DIR`
+writes each classified X-ray with a Grad-CAM heatmap of the predicted class over it: the regions
+whose features raised that class's score (before the softmax) most (Selvaraju et al. 2017, as in
+keras-io's "Grad-CAM class activation visualization"). Images are read, predicted and written a
+batch at a time, so memory does not grow with their number; files that are not usable images are
+reported and skipped. Every output is renamed into place only when the run ends well.
 
 `--export DIR` and `--tflite FILE` write the model for plain TensorFlow: a SavedModel folder and
 a TensorFlow Lite file that take the same 224x224x3 input and give the same probabilities
@@ -50,7 +54,7 @@ from covid19xray.cli import (
 from covid19xray.config import BATCH_SIZE, PRECISIONS, Config
 from covid19xray.data import label_of
 from covid19xray.export import export_saved_model, export_tflite
-from covid19xray.external import print_by_source
+from covid19xray.external import print_by_source, sources_of
 from covid19xray.images import (
     damage_warning,
     decode,
@@ -62,6 +66,14 @@ from covid19xray.images import (
     try_load_xray,
     with_decoder_messages,
 )
+from covid19xray.input_check import (
+    OK,
+    REJECTED,
+    UNLIKE_TRAINING,
+    check_layers_missing,
+    checked_model,
+    read_input_check,
+)
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import check_precision, load_classifier, model_with_precision
 from covid19xray.outputs import (
@@ -72,6 +84,7 @@ from covid19xray.outputs import (
 )
 from covid19xray.progress import progress, say
 from covid19xray.report import print_evaluation, versions, write_json
+from covid19xray.screening import print_screening, screening
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -89,6 +102,7 @@ class PredictConfig(Config):
     csv: str | None = None
     gradcam: str | None = None
     labelled: bool = False
+    classify_rejected: bool = False
     report: str | None = None
     batch_size: int = BATCH_SIZE
     precision: str = "float32"
@@ -115,6 +129,10 @@ def parse_args(argv=None):
                     help="the images' folders name their true classes (folders laid out as "
                          "train_covid19.py's --dataset): after the predictions, print the "
                          "training script's test report on them")
+    ap.add_argument("--classify-rejected", action="store_true",
+                    help="classify the images the input check rejects too, as predictions were "
+                         "made before the check existed; their lines and CSV rows still say "
+                         "rejected")
     ap.add_argument("--report", metavar="JSON",
                     help="with --labelled, also write that report to this JSON file")
     ap.add_argument("--batch-size", type=positive(int), default=BATCH_SIZE,
@@ -178,9 +196,49 @@ def read_in_batches(image_paths, batch_size, bar):
         yield paths, np.stack(images)
 
 
-def predict(model, images):
-    """Class probabilities for uint8 images, preprocessed exactly as in training."""
-    return np.asarray(model(scale_pixels(images), training=False), dtype=np.float32)
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """The model as predict runs it: the network, and with an input check, the same network
+    with its second output (each image's description), so that one forward pass gives both."""
+
+    model: object
+    check: object = None  # an `input_check.InputCheck`, or None for a model without one
+    checked: object = None
+
+    def outcome(self, distance):
+        return None if self.check is None else self.check.outcomes([distance])[0]
+
+
+def predict(classifier, images):
+    """Class probabilities for uint8 images, preprocessed exactly as in training, and each
+    image's distance to the training images (None without an input check), from one forward
+    pass."""
+    if classifier.check is None:
+        probabilities = classifier.model(scale_pixels(images), training=False)
+        return np.asarray(probabilities, dtype=np.float32), [None] * len(images)
+    probabilities, descriptions = classifier.checked(scale_pixels(images), training=False)
+    return (np.asarray(probabilities, dtype=np.float32),
+            classifier.check.distances(np.asarray(descriptions)))
+
+
+def make_classifier(config, model, check):
+    """`model` in --precision, with its input check built into its graph; a check that does
+    not fit the model is one line, before any image is read."""
+    model = model_with_precision(model, config.precision)
+    if check is None:
+        return Classifier(model)
+    missing = check_layers_missing(model)
+    if missing:
+        raise UserError(f"--model {config.model!r} has an input check but no layer "
+                        f"{', '.join(missing)} for it to read; use a model train_covid19.py "
+                        "saved as it is")
+    checked = checked_model(model)
+    size = checked.outputs[1].shape[-1]
+    if size != check.reference.shape[1]:
+        raise UserError(f"--model {config.model!r}: its input check describes images with "
+                        f"{check.reference.shape[1]} numbers, its network with {size}; use a "
+                        "model train_covid19.py saved as it is")
+    return Classifier(model, check, checked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,29 +326,61 @@ def true_classes(image_paths, class_names):
     return dict(zip(image_paths, indices))
 
 
-def labelled_report(config, class_names, paths, truth, probabilities):
-    """The training script's test report on the labelled images that could be read."""
-    print(f"[INFO] {len(paths)} labelled images: the model's report on them")
+def labelled_report(config, class_names, done, truth, check):
+    """The training script's test report on every labelled image that could be read, those
+    the input check rejected included, then what the check said of them."""
+    paths, probabilities = done.paths, np.asarray(done.probabilities)
+    print(f"[INFO] {len(paths)} labelled images: the model's report on them (every one, "
+          "whatever the input check said)")
     trueIdxs = np.array([truth[path] for path in paths])
-    results = print_evaluation(trueIdxs, np.asarray(probabilities), class_names)
+    results = print_evaluation(trueIdxs, probabilities, class_names)
     # split by source when a folder given has a manifest (external/ does)
     folder = next((item for item in config.images if os.path.isdir(item)
                    and os.path.isfile(os.path.join(item, MANIFEST))), None)
     sources = None if folder is None else print_by_source(folder, paths, trueIdxs,
                                                           probabilities, class_names)
+    checked = None
+    if check is not None:
+        checked = screening(done.checked, trueIdxs, probabilities, class_names,
+                            None if folder is None else sources_of(folder, paths))
+        print_screening(checked, class_names)
     return {"model": config.model, "inputs": list(config.images), "files": paths,
             "counts": {name: int((trueIdxs == i).sum()) for i, name in enumerate(class_names)},
             "class_names": class_names, **results, "by_source": sources,
-            "versions": versions()}
+            "input_check": checked, "versions": versions()}
 
 
-def prediction_line(path, row, class_names):
+def is_classified(outcome, config):
+    """Whether an image gets a class: every one but those the check rejects, unless
+    --classify-rejected."""
+    return outcome != REJECTED or config.classify_rejected
+
+
+def check_note(outcome, distance, check):
+    """What a prediction line says of the input check: the outcome and why."""
+    if outcome == OK:
+        return f"[input ok: distance {distance:.2f} <= {check.unlike_factor:g}]"
+    if outcome == UNLIKE_TRAINING:
+        return (f"[input unlike_training: distance {distance:.2f} > {check.unlike_factor:g}: "
+                "unlike every training image, trust this answer less]")
+    return (f"[input rejected: distance {distance:.2f} > {check.reject_factor:g}: looks like "
+            "no frontal chest X-ray the model knows]")
+
+
+def prediction_line(path, row, class_names, outcome=None, distance=None, check=None,
+                    classified=True):
     scores = ", ".join(f"{name} {p:.4f}" for name, p in zip(class_names, row))
-    return f"{shown(path)}: {class_names[int(row.argmax())]} ({scores})"
+    answer = f"{class_names[int(row.argmax())]} ({scores})" if classified else "not classified"
+    line = f"{shown(path)}: {answer}"
+    return line if outcome is None else f"{line} {check_note(outcome, distance, check)}"
 
 
-def csv_row(path, row, class_names):
-    return [path, class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]]
+def csv_row(path, row, class_names, outcome=None, distance=None, classified=True):
+    cells = ([class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]] if classified
+             else [""] * (1 + len(class_names)))
+    # a model without a check leaves its cells empty: the columns are the same for every model
+    check = ["", ""] if outcome is None else [outcome, f"{distance:.4f}"]
+    return [path, *cells, *check]
 
 
 def check_outputs(config):
@@ -313,14 +403,20 @@ def check_outputs(config):
 
 
 def load_model(config):
-    """The saved model (float32, as saved) and its class names."""
+    """The saved model (float32, as saved), its class names and its input check (None, said in
+    one line, for a model trained before the check existed)."""
     import_tensorflow()
     model, class_names = load_classifier(config.model)
+    check = read_input_check(config.model)
+    if check is None:
+        print(f"[WARNING] --model {shown(config.model)} carries no input check (it was trained "
+              "before train_covid19.py fitted one): every image is classified unchecked; "
+              "retrain it to have its inputs checked", file=sys.stderr)
     check_precision(config.precision)
-    return model, class_names
+    return model, class_names, check
 
 
-def export_model(config, commit, model, class_names):
+def export_model(config, commit, model, class_names, check):
     """Write the float32 model as a SavedModel and a TensorFlow Lite file, each to its
     temporary name in `commit`; TensorFlow's converters print their C++ lines only if they
     fail."""
@@ -328,9 +424,9 @@ def export_model(config, commit, model, class_names):
     with capture_stderr_fd() as converter_lines:
         try:
             if config.export:
-                export_saved_model(model, commit.temporary(config.export), class_names)
+                export_saved_model(model, commit.temporary(config.export), class_names, check)
             if config.tflite:
-                export_tflite(model, commit.temporary(config.tflite))
+                export_tflite(model, commit.temporary(config.tflite), check)
         except OSError:  # a full disk: the one line `cli` prints
             raise
         except Exception as err:  # the converters raise many types
@@ -341,11 +437,13 @@ def export_model(config, commit, model, class_names):
                         f"{said})")
 
 
-def predict_every_image(config, commit, model, class_names, image_paths):
-    """Predict every image a batch at a time: print a line each, and write its CSV row and
-    Grad-CAM overlay to `commit`'s temporary files. Returns how many were predicted, and with
-    --labelled the paths read and their probabilities (kept only for the report: without it,
-    memory does not grow with the number of images)."""
+def predict_every_image(config, commit, classifier, class_names, image_paths):
+    """Predict and check every image a batch at a time: print a line each, and write its CSV
+    row and Grad-CAM overlay to `commit`'s temporary files (no overlay for an image the check
+    rejected, unless --classify-rejected). Returns the `Predictions`: counts, and with
+    --labelled the paths read, their probabilities and the check's outcomes (kept only for the
+    report: without it, memory does not grow with the number of images)."""
+    done = Predictions()
     with contextlib.ExitStack() as stack:
         writer = None
         if config.csv:
@@ -353,28 +451,63 @@ def predict_every_image(config, commit, model, class_names, image_paths):
             f = stack.enter_context(open(commit.temporary(config.csv), "w", newline="",
                                          encoding="utf-8", errors="surrogateescape"))
             writer = spreadsheet.Writer(f)  # a name a spreadsheet would run stays text
-            writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names]])
+            writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names],
+                             "input_check", "input_distance"])
         if config.gradcam:
             os.makedirs(config.gradcam, exist_ok=True)
-            grad_model, used = gradcam_model(model), set()
-        predicted, read_paths, probabilities = 0, [], []
+            grad_model, used = gradcam_model(classifier.model), set()
+        check = classifier.check
         with progress(len(image_paths), "predicting") as bar:
             for paths, images in read_in_batches(image_paths, config.batch_size, bar):
-                for path, image, row in zip(paths, images, predict(model, images)):
-                    say(prediction_line(path, row, class_names))
+                probabilities, distances = predict(classifier, images)
+                for path, image, row, distance in zip(paths, images, probabilities, distances):
+                    outcome = classifier.outcome(distance)
+                    classified = is_classified(outcome, config)
+                    say(prediction_line(path, row, class_names, outcome, distance, check,
+                                        classified))
+                    done.count(outcome)
                     if config.labelled:
-                        read_paths.append(path)
-                        probabilities.append(row)
+                        done.keep(path, row, outcome)
                     if writer:
-                        writer.writerow(csv_row(path, row, class_names))
-                    if config.gradcam:
+                        writer.writerow(csv_row(path, row, class_names, outcome, distance,
+                                                classified))
+                    if config.gradcam and classified:
                         heatmap = grad_cam(grad_model, image, int(row.argmax()))
                         final = os.path.join(config.gradcam, gradcam_name(path, used))
                         save_image(commit.temporary(final), overlay(path, heatmap))
-                predicted += len(paths)
-    if not predicted:
+                        done.overlays += 1
+    if not done.predicted:
         raise UserError("none of the given images could be read")
-    return predicted, read_paths, probabilities
+    return done
+
+
+@dataclasses.dataclass
+class Predictions:
+    """What `predict_every_image` did: images read and overlays written, the check's counts,
+    and with --labelled each image's path, probabilities and outcome."""
+
+    predicted: int = 0
+    overlays: int = 0
+    outcomes: dict = dataclasses.field(default_factory=lambda: {OK: 0, UNLIKE_TRAINING: 0,
+                                                                REJECTED: 0})
+    paths: list = dataclasses.field(default_factory=list)
+    probabilities: list = dataclasses.field(default_factory=list)
+    checked: list = dataclasses.field(default_factory=list)
+
+    def count(self, outcome):
+        self.predicted += 1
+        if outcome is not None:
+            self.outcomes[outcome] += 1
+
+    def keep(self, path, row, outcome):
+        self.paths.append(path)
+        self.probabilities.append(row)
+        self.checked.append(outcome)
+
+    def check_line(self):
+        """`[INFO] input check: 3 of 40 images rejected, 5 unlike the training images`."""
+        return (f"[INFO] input check: {self.outcomes[REJECTED]} of {self.predicted} images "
+                f"rejected, {self.outcomes[UNLIKE_TRAINING]} unlike the training images")
 
 
 @cli
@@ -385,21 +518,22 @@ def main(argv=None) -> int:
     warn_if_not_utf8(image_paths)
     if config.images and not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
-    model, class_names = load_model(config)
+    model, class_names, check = load_model(config)
     truth = true_classes(image_paths, class_names) if config.labelled else None
 
     # every output is written to its temporary file, and all are renamed into place together
     # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
     with commit_outputs(*files, folders=folders) as commit:
         if config.export or config.tflite:
-            export_model(config, commit, model, class_names)
-        predicted = 0  # none with --export or --tflite alone
+            export_model(config, commit, model, class_names, check)
+        done = Predictions()  # none with --export or --tflite alone
         if image_paths:
-            predicted, read_paths, probabilities = predict_every_image(
-                config, commit, model_with_precision(model, config.precision), class_names,
-                image_paths)
+            classifier = make_classifier(config, model, check)
+            done = predict_every_image(config, commit, classifier, class_names, image_paths)
+            if check is not None:
+                print(done.check_line())
         if config.labelled:
-            report = labelled_report(config, class_names, read_paths, truth, probabilities)
+            report = labelled_report(config, class_names, done, truth, check)
             if config.report:
                 write_json(commit.temporary(config.report), report)
     if config.report:
@@ -407,7 +541,7 @@ def main(argv=None) -> int:
     if config.csv:
         print(f"[INFO] wrote {shown(config.csv)}")
     if config.gradcam:
-        print(f"[INFO] wrote {predicted} Grad-CAM overlay(s) to {shown(config.gradcam)}")
+        print(f"[INFO] wrote {done.overlays} Grad-CAM overlay(s) to {shown(config.gradcam)}")
     if config.export:
         print(f"[INFO] wrote {shown(config.export)} (TensorFlow SavedModel: serve(images) -> "
               f"probabilities of {', '.join(class_names)})")

@@ -31,14 +31,17 @@ from covid19xray.cache import cache_line
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.config import RunConfig, add_run_flags
 from covid19xray.data import epoch_batches, load_dataset, training_batches
-from covid19xray.external import check_classes, load_external
+from covid19xray.external import check_classes, load_external, sources_of
 from covid19xray.features import (
+    description_cache,
     extract_features,
     feature_cache,
     features_per_epoch,
+    make_description_extractor,
     make_feature_extractor,
     make_head,
 )
+from covid19xray.input_check import fit_input_check
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import MODEL_SUFFIXES, build_model, save_model
 from covid19xray.outputs import commit_outputs
@@ -49,6 +52,7 @@ from covid19xray.report import (
     save_figure,
     write_json,
 )
+from covid19xray.screening import screen
 from covid19xray.splits import (
     class_counts,
     encode_labels,
@@ -159,7 +163,30 @@ def check_external(config, class_names):
         check_classes(folder, class_names)
 
 
-def features_for_the_head(config, model, images, trainP, trainY, testP):
+def image_describer(config, model):
+    """The function that describes images for the input check, `describe(store, paths)`, each
+    image once through the whole frozen VGG16 (kept in the feature cache), and that cache (or
+    None with --no-cache)."""
+    extract = make_description_extractor(model, config.precision)
+    cache = description_cache(config.cache_folder, model, config.precision)
+
+    def describe(store, paths):
+        return extract_features(extract, store, paths, config.batch_size, UNCHANGED, cache)
+
+    return describe, cache
+
+
+def fit_the_input_check(config, describe, images, trainP):
+    """Fit the input check on the training images (`covid19xray.input_check`): saved in the
+    model file, it tells predict_covid19.py which images look like none the model knows."""
+    check = fit_input_check(describe(images, trainP), config.seed)
+    print(f"[INFO] input check fitted on {check.fitted_on} training images: unlike_training "
+          f"beyond {check.unlike_factor:g}, rejected beyond {check.reject_factor:g} times the "
+          "median distance of a training image to its nearest other")
+    return check
+
+
+def features_for_the_head(config, model, images, trainP, trainY, testP, other_caches=()):
     """What the head trains on: (training batches, the test split's features, and the function
     that computes other images' features as the test split's: `unchanged_features(store,
     paths)`).
@@ -194,7 +221,7 @@ def features_for_the_head(config, model, images, trainP, trainY, testP):
                                     config.epochs, caches[-1])
         batches = epoch_batches(trainF, trainY, config.batch_size, config.seed)
     if plain_cache is not None:
-        print(cache_line(caches))
+        print(cache_line(caches + [cache for cache in other_caches if cache is not None]))
     return batches, testF, unchanged_features
 
 
@@ -220,20 +247,27 @@ def evaluate(head, testF, testY, class_names, batch_size):
     return results, probabilities, trueIdxs
 
 
-def test_externally(config, folder, head, unchanged_features, class_names, training_digests):
+def test_externally(config, folder, head, unchanged_features, class_names, training_digests,
+                    check, describe):
     """Test the trained model on an external folder, as on the test split: the same report,
-    under its own heading. Images identical to one of --dataset are refused."""
+    under its own heading, then what the input check says of its images. Images identical to
+    one of --dataset are refused."""
     with contextlib.closing(load_external(folder, class_names, training_digests)) as external:
         extF = unchanged_features(external.store, external.paths)
+        descriptions = describe(external.store, external.paths)
     print(f"[INFO] {len(external.paths)} external images "
           f"({class_counts(external.onehot, class_names)})")
     probabilities = head.predict(extF, batch_size=config.batch_size, verbose=0)
-    results = print_evaluation(external.onehot.argmax(axis=1), probabilities, class_names)
-    return {**external.facts(config.dataset, class_names), **results,
-            "by_source": external.by_source(probabilities, class_names, printed=True)}
+    trueIdxs = external.onehot.argmax(axis=1)
+    results = print_evaluation(trueIdxs, probabilities, class_names)
+    by_source = external.by_source(probabilities, class_names, printed=True)
+    checked = screen(check, descriptions, trueIdxs, probabilities, class_names,
+                     sources_of(folder, external.paths))
+    return {**external.facts(config.dataset, class_names), **results, "by_source": by_source,
+            "input_check": checked}
 
 
-def training_report(config, class_names, split_info, trainY, testY, testP, results):
+def training_report(config, class_names, split_info, trainY, testY, testP, results, check):
     """Everything needed to judge, and to repeat, this run (`report.json`)."""
     return {
         "class_names": class_names,
@@ -246,18 +280,19 @@ def training_report(config, class_names, split_info, trainY, testY, testP, resul
                          else Rotation(seed=config.seed).summary),
         "precision": config.precision,
         **results,
+        "input_check": check.summary(),
         **run_facts(config),
     }
 
 
-def save_outputs(config, commit, model, class_names, H, trueIdxs, probabilities, report):
+def save_outputs(config, commit, model, class_names, check, H, trueIdxs, probabilities, report):
     """Plot the training loss and accuracy and the ROC curve, serialize the model and report,
     each to its temporary file in `commit`: renamed into place together when main's block
     ends, so that a crash, Ctrl-C or SIGTERM anywhere before leaves the earlier files as they
     were."""
     print("[INFO] saving COVID-19 detector model...")
     with commit.writing():
-        save_model(model, commit.temporary(config.model), class_names)
+        save_model(model, commit.temporary(config.model), class_names, check)
         save_figure(plot_history(H.history), commit.temporary(config.plot))
         write_json(commit.temporary(config.report), report)
         save_figure(plot_roc(trueIdxs, probabilities, class_names),
@@ -292,8 +327,11 @@ def main(argv=None) -> int:
             # place the tutorial's head on the frozen base; `head` is that head on its own
             model = build_model(baseModel, len(class_names))
             head = make_head(model)
+            # what predict_covid19.py will check every image against: the training images
+            describe, descriptions_cache = image_describer(config, model)
+            check = fit_the_input_check(config, describe, images, trainP)
             batches, testF, unchanged_features = features_for_the_head(
-                config, model, images, trainP, trainY, testP)
+                config, model, images, trainP, trainY, testP, [descriptions_cache])
             H = train(config, head, batches, len(trainP) // config.batch_size, testF, testY)
 
         results, probabilities, trueIdxs = evaluate(head, testF, testY, class_names,
@@ -304,13 +342,14 @@ def main(argv=None) -> int:
             print(f"(frozen VGG16 computed in {config.precision}; head, loss and model in "
                   "float32)")
         external = {folder: test_externally(config, folder, head, unchanged_features,
-                                            class_names, training_digests)
+                                            class_names, training_digests, check, describe)
                     for folder in config.external}
         report = training_report(config, class_names, split_info, trainY, testY, testP,
-                                 results)
+                                 results, check)
         if external:
             report["external"] = external
-        save_outputs(config, commit, model, class_names, H, trueIdxs, probabilities, report)
+        save_outputs(config, commit, model, class_names, check, H, trueIdxs, probabilities,
+                     report)
     model_path, plot, report_path, roc = (shown(path) for path in outputs)
     print(f"[INFO] wrote {model_path} (model), {plot} and {roc} (plots), {report_path} (report)")
     print("[INFO] does it read the lungs or the image source? python audit_covid19.py "

@@ -10,22 +10,49 @@ TensorFlow runs them, with nothing of this project:
   outputs;
 - the TensorFlow Lite file: `tf.lite.Interpreter(model_path=file)`, one image at a time as
   converted (resize its input for a batch).
+
+A model with an input check (`input_check`) carries it into both: the SavedModel's
+`serve_checked(images)`, and the TensorFlow Lite file's outputs, give beside the probabilities
+each image's `input_distance` (to the nearest training image, in the check's unit) and its
+`input_check` (0 ok, 1 unlike_training, 2 rejected), with the thresholds built in; the
+SavedModel folder's `input_check.json` writes them out. So an app can refuse a photograph as
+predict_covid19.py does.
 """
 
 import json
 import os
 
 from .cli import lazy_import
+from .input_check import OUTCOMES, outcome_outputs
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
-# Beside the SavedModel's own files: the class of each output, in order.
+# Beside the SavedModel's own files: the class of each output, in order, and the input check.
 CLASS_NAMES_FILE = "class_names.json"
+INPUT_CHECK_FILE = "input_check.json"
 
 
-def export_saved_model(model, folder, class_names):
-    """Write `model` as a SavedModel into the new `folder`, with its class names.
+def checked_network(model, check):
+    """`model` with the input check's outputs (`input_check.outcome_outputs`), on an input
+    named `images`: what both exports run when the model has a check."""
+    images = keras.Input(shape=model.input_shape[1:], name="images")
+    return keras.Model(images, keras.Model(model.inputs, outcome_outputs(model, check))(images))
+
+
+def input_check_facts(check):
+    """What `input_check.json` says: the outputs and the thresholds they were computed with."""
+    return {"outputs": {"input_distance": "distance to the nearest training image, in units of "
+                                          "the median distance of a training image to its "
+                                          "nearest other",
+                        "input_check": dict(enumerate(OUTCOMES))},
+            "unlike_training_above": check.unlike_factor, "rejected_above": check.reject_factor,
+            "fitted_on": check.fitted_on}
+
+
+def export_saved_model(model, folder, class_names, check=None):
+    """Write `model` as a SavedModel into the new `folder`, with its class names, and its input
+    check as a second endpoint when it has one.
 
     This is what `model.export(folder)` writes, less one copy of the weights: there, the
     `track(model)` it does first stores every weight a second time (keras-team/keras#23553; seen
@@ -34,16 +61,26 @@ def export_saved_model(model, folder, class_names):
     needs no tracking.
     """
     archive = keras.export.ExportArchive()
+    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images")]
     archive.add_endpoint("serve", lambda images: model(images, training=False),
-                         input_signature=[tf.TensorSpec((None, *model.input_shape[1:]),
-                                                        tf.float32, name="images")])
+                         input_signature=signature)
+    if check is not None:
+        checked = checked_network(model, check)
+        archive.add_endpoint("serve_checked", lambda images: checked(images, training=False),
+                             input_signature=signature)
     archive.write_out(folder, verbose=False)
-    with open(os.path.join(folder, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
-        json.dump(class_names, f)
-        f.write("\n")
+    facts = [(CLASS_NAMES_FILE, class_names)]
+    if check is not None:
+        facts.append((INPUT_CHECK_FILE, input_check_facts(check)))
+    for name, value in facts:
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1)
+            f.write("\n")
 
 
-def export_tflite(model, path):
+def export_tflite(model, path, check=None):
     """Write `model` as a TensorFlow Lite file at `path` (named .tflite): Keras's converter,
-    float32, no quantisation, so that it gives the model's probabilities."""
-    model.export(path, format="litert", verbose=False)
+    float32, no quantisation, so that it gives the model's probabilities; with an input check,
+    its outputs too (`probabilities`, `input_distance`, `input_check`, by name)."""
+    network = model if check is None else checked_network(model, check)
+    network.export(path, format="litert", verbose=False)

@@ -27,7 +27,8 @@ from .cache import FeatureCache, weights_digest
 from .cli import lazy_import
 from .data import without_autotuning
 from .images import scale_pixels
-from .model import FEATURES_LAYER, with_precision
+from .input_check import description_model
+from .model import FEATURES_LAYER, model_with_precision, with_precision
 from .progress import progress
 from .transforms import UNCHANGED, entry_key
 
@@ -37,6 +38,7 @@ PREPROCESSING_MODULES = ("covid19xray.images", "covid19xray.data", "covid19xray.
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
+
 
 
 def frozen_layers(model):
@@ -114,6 +116,18 @@ def make_feature_extractor(model, precision="float32"):
         return tf.cast(x, tf.float32)
 
     return extract, crops
+
+
+def make_description_extractor(model, precision="float32"):
+    """`model`'s description of each image for the input check (`input_check`), as a function
+    of a batch of scaled images, computed in `precision`; the whole image, never cropped."""
+    describe = description_model(model_with_precision(model, precision))
+
+    @tf.function(reduce_retracing=True)
+    def extract(images):
+        return tf.cast(describe(images, training=False), tf.float32)
+
+    return extract
 
 
 def make_head(model):
@@ -197,6 +211,14 @@ def decoder_versions():
     return versions
 
 
+def _source_digest(modules):
+    digest = hashlib.sha256()
+    for module in modules:
+        with open(sys.modules[module].__file__, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
 @functools.cache  # the source does not change while a run reads it
 def preprocessing_digest():
     """SHA-256 of the source of every module that decides the pixels VGG16 sees: decoding,
@@ -204,19 +226,23 @@ def preprocessing_digest():
     (`transforms`) and the pipeline and extractor here. Derived, not kept by hand: any edit to
     them, even one that changes nothing, computes the features afresh rather than reusing old
     ones."""
-    digest = hashlib.sha256()
-    for module in PREPROCESSING_MODULES:
-        with open(sys.modules[module].__file__, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()
+    return _source_digest(PREPROCESSING_MODULES)
 
 
-def cache_configuration(model, crops, precision, transform=UNCHANGED):
+@functools.cache
+def description_digest():
+    """SHA-256 of `input_check`'s source, which decides the input check's descriptions: part
+    of their cache key only, so that an edit there leaves the head's features cached."""
+    return _source_digest(["covid19xray.input_check"])
+
+
+def cache_configuration(model, crops, precision, transform=UNCHANGED, output=None):
     """Everything besides the image that the features of `model`'s extractor depend on: the
     key of a `cache.FeatureCache`, built here and nowhere else. `transform` names itself and
-    its parameters (`Transform.describe`)."""
+    its parameters (`Transform.describe`); `output` names what is kept when it is not the
+    head's features (the input check's descriptions)."""
     frozen = frozen_layers(model)
-    return {
+    configuration = {
         "weights": weights_digest(frozen),
         "layers": [[type(layer).__name__, {k: v for k, v in layer.get_config().items()
                                            if k not in ("name", "trainable")}]
@@ -228,6 +254,9 @@ def cache_configuration(model, crops, precision, transform=UNCHANGED):
         "libraries": {"tensorflow": tf.__version__, "keras": keras.__version__,
                       "opencv": cv2.__version__, **decoder_versions()},
     }
+    if output is not None:
+        configuration["output"] = output
+    return configuration
 
 
 def feature_cache(cache_folder, model, crops, precision, transform=UNCHANGED):
@@ -236,3 +265,13 @@ def feature_cache(cache_folder, model, crops, precision, transform=UNCHANGED):
         return None
     return FeatureCache(cache_folder, cache_configuration(model, crops, precision, transform),
                         what=transform.entries)
+
+
+def description_cache(cache_folder, model, precision):
+    """The feature cache of the input check's descriptions (`make_description_extractor`) in
+    `cache_folder`, or None (--no-cache)."""
+    if cache_folder is None:
+        return None
+    configuration = cache_configuration(model, {}, precision,
+                                        output={"input_check": description_digest()})
+    return FeatureCache(cache_folder, configuration, what="input check description(s)")

@@ -5,7 +5,8 @@
 - `build_model(base_model, num_classes)`: the tutorial's head on the frozen base.
 - `make_optimizer(lr, epochs)`: Adam with the tutorial's per-step decay, which Keras 3 dropped.
 - `save_model` / `load_classifier`: the model file, HDF5 (the tutorial's, with the class names in
-  its attributes) or Keras's own `.keras` (with the class names in a member of its zip).
+  its attributes) or Keras's own `.keras` (with the class names in a member of its zip); both
+  carry the input check (`input_check`) beside the network.
 - `check_precision` / `with_precision`: bfloat16 or float16 copies of layers (Keras's mixed
   policies: variables stay float32, computations run in the lower precision), for the frozen
   base in training and for the whole network in prediction. The saved model is always float32.
@@ -23,6 +24,7 @@ import h5py
 from .cli import UserError, first_line, lazy_import, shown
 from .config import VGG16_NOTOP_FILE
 from .images import IMAGE_SIZE
+from .input_check import store_input_check
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -126,17 +128,20 @@ def loss_for(num_classes):
 # ---------------------------------------------------------------------------------------------
 
 
-def save_model(model, path, class_names):
-    """Save the whole model, with its class names in the file: HDF5 (`.h5`, the tutorial's
-    format) or Keras's own format (`.keras`, a zip), chosen by the name as Keras chooses.
+def save_model(model, path, class_names, input_check=None):
+    """Save the whole model, with its class names and its input check in the file: HDF5
+    (`.h5`, the tutorial's format) or Keras's own format (`.keras`, a zip), chosen by the name
+    as Keras chooses.
 
-    predict_covid19.py reads the class names back, so it never has to guess which output is
-    which class.
+    predict_covid19.py reads both back, so it never has to guess which output is which class,
+    and the model file is all it needs to check its inputs.
     """
     if path.lower().endswith(".keras"):
         model.save(path)
         with zipfile.ZipFile(path, "a") as archive:  # Keras reads only the members it knows
             archive.writestr(CLASS_NAMES_MEMBER, json.dumps(class_names))
+        if input_check is not None:
+            store_input_check(path, input_check)
         return
     # HDF5 is the tutorial's format; Keras 3 logs a warning calling it legacy on every save.
     absl_logger = logging.getLogger("absl")
@@ -148,6 +153,8 @@ def save_model(model, path, class_names):
         absl_logger.setLevel(level)
     with h5py.File(path, "a") as f:
         f.attrs[CLASS_NAMES_ATTR] = json.dumps(class_names)
+    if input_check is not None:
+        store_input_check(path, input_check)
 
 
 def _stored_class_names(path):

@@ -690,3 +690,14 @@ def expected_nih_sample(selected, n, seed=42):
     order = sorted(selected)
     random.Random(seed).shuffle(order)
     return sorted(order[:n])
+
+
+def readable_image(path):
+    """Whether the project's loader reads `path` as an image."""
+    from covid19xray.images import NotAnImage, load_xray
+
+    try:
+        load_xray(path)
+        return True
+    except NotAnImage:
+        return False

@@ -122,14 +122,31 @@ def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path, monkeyp
     assert found["refused_identical_to_dataset"] == []
     assert found["patients_shared_with_dataset"] is None  # neither folder has a manifest
     lines = out.splitlines()
-    header = lines.index(f"{'variant':<13} {'internal AUC (CV)':<20} {'external AUC':<20} drop")
+    checked = found["input_check"]
+    accepted = checked["accepted"]
+    assert sum(checked["counts"].values()) == 6 and checked["by_source"] is None
+    assert {name: sum(c.values()) for name, c in checked["by_class"].items()} == {
+        "covid": 3, "normal": 3}
+    header = lines.index(f"{'variant':<13} {'internal AUC (CV)':<20} {'external AUC':<20} "
+                         f"{'drop':<7} external AUC, the {accepted} the input check accepted")
     for line, variant in zip(lines[header + 1:header + 4], ["full", "lungs_hidden",
                                                              "lungs_only"]):
         inside = report["probe"][variant]["auc"]["value"]
         outside = found["probe"][variant]["auc"]["value"]
         assert found["probe"][variant]["accuracy"]["trials"] == 6
         assert found["auc_drop"][variant] == pytest.approx(inside - outside)
-        assert line.split()[0] == variant and line.split()[-1] == f"{inside - outside:+.2f}"
+        cells = line.split()
+        assert cells[0] == variant and cells[5] == f"{inside - outside:+.2f}"
+        on_accepted = found["probe"][variant]["accepted_by_input_check"]
+        if on_accepted is None:  # the check rejected every image of a class
+            assert cells[6] == "n/a"
+        else:
+            assert on_accepted["accuracy"]["trials"] == accepted
+            assert cells[6] == f"{on_accepted['auc']['value']:.2f}"
+    assert lines[header + 4] == ("input check (fitted on every image of --dataset) on the "
+                                 f"external images: {checked['counts']['ok']} ok, "
+                                 f"{checked['counts']['unlike_training']} unlike the training "
+                                 f"images, {checked['counts']['rejected']} rejected")
 
 
 @pytest.mark.slow

@@ -90,7 +90,8 @@ def test_damaged_dicom_files_are_skipped_and_the_prediction_run_goes_on(trained,
     code, out, err = run_main(predict_covid19.main, ["--model", trained["model"],
                                                      str(tmp_path / "in")])
     assert code == 0, err
-    assert [line.split(":")[0] for line in out.splitlines()] == [str(good)]
+    # the one good file's line, then the input check's count
+    assert [line.split(":")[0] for line in out.splitlines()] == [str(good), "[INFO] input check"]
     skipped = [line for line in err.splitlines() if line.startswith("[WARNING] skipping")]
     assert len(skipped) == len(DAMAGED_HEADERS) and "Traceback" not in err
     for (keyword, _, reason), line in zip(sorted(DAMAGED_HEADERS), sorted(skipped)):
@@ -170,11 +171,13 @@ def test_decoder_lines_name_their_file_once_when_training_loads(tmp_path, capfd)
 def test_decoder_lines_name_their_file_once_when_predicting(trained, tmp_path, capfd):
     said = write_noisy_files(str(tmp_path / "in"))
     code, out, err = run_main(predict_covid19.main, [
-        "--model", trained["model"], str(tmp_path / "in"), "--gradcam", str(tmp_path / "cams")])
+        "--model", trained["model"], str(tmp_path / "in"), "--gradcam", str(tmp_path / "cams"),
+        "--classify-rejected"])  # an overlay for each, whatever the input check says
     assert code == 0
     assert capfd.readouterr().err == ""  # nothing reached the terminal beside the lines below
     assert_named_once(err, str(tmp_path / "in"), said)
-    assert len(out.splitlines()) == 3  # two predictions and the Grad-CAM line
+    # two predictions, the input check's count and the Grad-CAM line
+    assert len(out.splitlines()) == 4
 
 
 # ---------------------------------------------------------------------------------------------

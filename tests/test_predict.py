@@ -17,13 +17,15 @@ import pytest
 
 import predict_covid19
 from covid19xray import progress
-from covid19xray.images import NotAnImage, list_images, load_xray, scale_pixels
+from covid19xray.images import list_images, load_xray, scale_pixels
+from covid19xray.input_check import read_input_check
 from covid19xray.model import CLASS_NAMES_ATTR, load_classifier, save_model
 from helpers import (
     ROOT,
     assert_no_tensorflow_log_lines,
     assert_one_line_error,
     progress_counts,
+    readable_image,
     run_main,
     small_dataset,
     snapshot,
@@ -35,15 +37,8 @@ from helpers import (
 )
 
 LINE = re.compile(r"^(?P<path>.+): (?P<label>\w+) \(covid (?P<covid>\d\.\d{4}), "
-                  r"normal (?P<normal>\d\.\d{4})\)$")
-
-
-def readable_image(path):
-    try:
-        load_xray(path)
-        return True
-    except NotAnImage:
-        return False
+                  r"normal (?P<normal>\d\.\d{4})\)"
+                  r"(?: \[input (?P<check>\w+): distance (?P<distance>\d+\.\d\d) .*\])?$")
 
 
 def expected_probabilities(model_path, paths):
@@ -58,7 +53,8 @@ def test_predictions_equal_model_predict_on_the_same_arrays(trained, tmp_path):
     normal_file = os.path.join(trained["dataset"], "normal", "odd-rgba.png")
     csv_path = tmp_path / "predictions.csv"
     code, out, err = run_main(predict_covid19.main, [
-        "--model", trained["model"], covid, normal_file, "--csv", str(csv_path)])
+        "--model", trained["model"], covid, normal_file, "--csv", str(csv_path),
+        "--classify-rejected"])  # whatever the input check says of random weights' features
     assert code == 0, err
 
     readable = [p for p in list_images(covid) if readable_image(p)] + [normal_file]
@@ -66,7 +62,8 @@ def test_predictions_equal_model_predict_on_the_same_arrays(trained, tmp_path):
     expected = expected_probabilities(trained["model"], readable)
     lines = out.strip().splitlines()
     assert lines[-1] == f"[INFO] wrote {csv_path}"
-    parsed = [LINE.match(line) for line in lines[:-1]]
+    assert lines[-2].startswith("[INFO] input check: ")
+    parsed = [LINE.match(line) for line in lines[:-2]]
     assert all(parsed), lines
     assert [m["path"] for m in parsed] == readable  # folder contents sorted, then the file
     for m, row in zip(parsed, expected):
@@ -76,10 +73,14 @@ def test_predictions_equal_model_predict_on_the_same_arrays(trained, tmp_path):
 
     with open(csv_path, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["file", "predicted", "p_covid", "p_normal"]
+    assert rows[0] == ["file", "predicted", "p_covid", "p_normal", "input_check",
+                       "input_distance"]
     assert [r[0] for r in rows[1:]] == readable
-    np.testing.assert_allclose(np.array([r[2:] for r in rows[1:]], dtype=float), expected,
+    np.testing.assert_allclose(np.array([r[2:4] for r in rows[1:]], dtype=float), expected,
                                atol=1e-6)
+    # the check's word and distance, as the lines say them
+    assert [r[4] for r in rows[1:]] == [m["check"] for m in parsed]
+    assert [f"{float(r[5]):.2f}" for r in rows[1:]] == [m["distance"] for m in parsed]
     # the three undecodable files in covid/ are reported and skipped; .txt etc. are ignored
     assert [line.split(": ")[0] for line in err.splitlines()] == [
         f"[WARNING] skipping {os.path.join(covid, name)}"
@@ -95,9 +96,8 @@ def model_that_uses_its_features(trained, path):
     dense, out = model.get_layer(index=-3), model.get_layer(index=-1)
     dense.set_weights([np.abs(dense.get_weights()[0]), np.zeros(64)])
     out.set_weights([np.stack([np.full(64, 0.01), np.full(64, -0.01)], axis=1), np.zeros(2)])
-    model.save(path)
-    with h5py.File(path, "a") as f:
-        f.attrs[CLASS_NAMES_ATTR] = '["covid", "normal"]'
+    # the trained model's input check: the head changed, the base and its descriptions did not
+    save_model(model, path, ["covid", "normal"], read_input_check(trained["model"]))
     return model
 
 
@@ -170,9 +170,9 @@ def test_bfloat16_prediction_is_close_to_float32(trained, tmp_path):
     lines = {}
     for precision in ["float32", "bfloat16"]:
         code, out, err = run_main(predict_covid19.main, [
-            "--model", trained["model"], image, "--precision", precision])
+            "--model", trained["model"], image, "--precision", precision, "--classify-rejected"])
         assert code == 0, err
-        lines[precision] = LINE.match(out.strip())
+        lines[precision] = LINE.match(out.strip().splitlines()[0])
     assert abs(float(lines["float32"]["covid"]) - float(lines["bfloat16"]["covid"])) < 0.02
 
 
@@ -250,9 +250,9 @@ def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_pat
     batches = []
     real_predict = predict_covid19.predict
 
-    def recorded(model, batch):
+    def recorded(classifier, batch):
         batches.append(len(batch))
-        return real_predict(model, batch)
+        return real_predict(classifier, batch)
 
     monkeypatch.setattr(predict_covid19, "predict", recorded)
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
@@ -261,7 +261,8 @@ def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_pat
                                                      "--csv", str(tmp_path / "p.csv")])
     assert code == 0, err
     assert batches == [4, 4, 3]
-    assert [line.split(":")[0] for line in out.splitlines()[:-1]] == images
+    # a line an image, then the input check's count and the CSV's line
+    assert [line.split(":")[0] for line in out.splitlines()[:-2]] == images
     # progress on stderr, a file at a time; stdout keeps only the predictions
     assert progress_counts(err, "predicting") == [(k, 11) for k in range(12)]
 
@@ -298,7 +299,7 @@ def test_every_file_an_xray_could_come_as_predicts_and_maps_alike(trained, tmp_p
     csv_path, cams = tmp_path / "p.csv", tmp_path / "cams"
     code, _, err = run_main(predict_covid19.main, [
         "--model", trained["model"], "--csv", str(csv_path), "--gradcam", str(cams),
-        *files.values()])
+        "--classify-rejected", *files.values()])
     assert code == 0, err
     assert err == ""  # no file skipped, no warning
     with open(csv_path, newline="") as f:
@@ -320,7 +321,7 @@ def test_radiology_files_that_cannot_be_read_are_named_with_their_reason(trained
     good = sorted(path for kind, path in write_encodings(str(tmp_path / "in" / "good")).items()
                   if kind != "8-bit JPEG")  # that one is the shipped file, elsewhere
     code, out, err = run_main(predict_covid19.main, ["--model", trained["model"],
-                                                    str(tmp_path / "in")])
+                                                    str(tmp_path / "in"), "--classify-rejected"])
     assert code == 0, err
     assert [m["path"] for m in map(LINE.match, out.splitlines()) if m] == good
     warnings = err.strip().splitlines()
@@ -374,7 +375,7 @@ def test_a_full_disk_while_writing_the_csv_or_the_overlays_leaves_nothing(traine
     monkeypatch.setattr(predict_covid19, "save_image", disk_full_on_the_second)
     code, out, err = run_main(predict_covid19.main, [
         "--model", trained["model"], "--csv", str(tmp_path / "p.csv"), "--gradcam",
-        str(tmp_path / "cams"), *images])
+        str(tmp_path / "cams"), "--classify-rejected", *images])
     assert_one_line_error(code, err, "predict_covid19.py", "error: No space left on device",
                           "no output was left half-written")
     # the first overlay was written, then the disk filled: neither it nor the CSV is there,
@@ -434,13 +435,13 @@ def test_a_disk_full_from_the_start_leaves_no_lock_file(trained, tmp_path, small
 # (the README's example). Each image is prepared as train_covid19.py prepares it.
 PLAIN_TENSORFLOW = r"""
 import json, sys
-import cv2, numpy as np, tensorflow as tf
+import cv2, keras, numpy as np, tensorflow as tf
 try:
     import covid19xray
     sys.exit("this project's package is importable here")
 except ImportError:
     pass
-saved_model, tflite, *paths = sys.argv[1:]
+saved_model, tflite, h5, keras_file, *paths = sys.argv[1:]
 
 
 def prepared(path):  # RGB, 224x224, floats in [0, 1]
@@ -451,18 +452,21 @@ def prepared(path):  # RGB, 224x224, floats in [0, 1]
 images = np.stack([prepared(path) for path in paths])
 loaded = tf.saved_model.load(saved_model)
 serving = loaded.signatures["serving_default"]
+checked = {name: value.numpy().tolist() for name, value in loaded.serve_checked(images).items()}
 interpreter = tf.lite.Interpreter(model_path=tflite)
-interpreter.allocate_tensors()
-given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-lite = []
-for image in images:
-    interpreter.set_tensor(given["index"], image[None])
-    interpreter.invoke()
-    lite.append(interpreter.get_tensor(taken["index"])[0].tolist())
+run = interpreter.get_signature_runner()
+lite = [run(images=image[None]) for image in images]
 [served] = serving(tf.constant(images)).values()
 print(json.dumps({"serve": loaded.serve(images).numpy().tolist(),
-                  "serving_default": served.numpy().tolist(),
-                  "tflite": lite, "tflite_input": given["shape"].tolist()}))
+                  "serving_default": served.numpy().tolist(), "serve_checked": checked,
+                  "tflite": [out["probabilities"][0].tolist() for out in lite],
+                  "tflite_distance": [float(out["input_distance"][0]) for out in lite],
+                  "tflite_check": [int(out["input_check"][0]) for out in lite],
+                  "tflite_input": interpreter.get_input_details()[0]["shape"].tolist(),
+                  # the model files, in plain Keras: nothing of this project is needed
+                  "h5": keras.models.load_model(h5).predict(images, verbose=0).tolist(),
+                  "keras": keras.models.load_model(keras_file).predict(images,
+                                                                       verbose=0).tolist()}))
 """
 
 
@@ -479,42 +483,53 @@ def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilit
                                                                                    tmp_path):
     """The script in a subprocess: its predictions, and a SavedModel and a TensorFlow Lite file
     that a fresh Python with TensorFlow alone loads and runs to the same probabilities."""
-    model_that_uses_its_features(trained, str(tmp_path / "m.h5"))  # probabilities that vary
+    model = model_that_uses_its_features(trained, str(tmp_path / "m.h5"))  # that vary
+    save_model(model, str(tmp_path / "m.keras"), ["covid", "normal"],
+               read_input_check(trained["model"]))
     images = shipped_jpegs()
     saved, lite, csv_path = tmp_path / "savedmodel", tmp_path / "m.tflite", tmp_path / "p.csv"
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "predict_covid19.py"), "--model", "m.h5",
-         "--export", "savedmodel", "--tflite", "m.tflite", "--csv", "p.csv", *images],
+         "--export", "savedmodel", "--tflite", "m.tflite", "--csv", "p.csv",
+         "--classify-rejected", *images],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert_no_tensorflow_log_lines(result.stderr)
     assert result.stderr == ""  # nothing of the converters' C++ lines either
     lines = result.stdout.strip().splitlines()
+    assert lines[-4].startswith("[INFO] input check: ")
     assert lines[-3:] == [
         "[INFO] wrote p.csv",
         "[INFO] wrote savedmodel (TensorFlow SavedModel: serve(images) -> probabilities of "
         "covid, normal)",
         "[INFO] wrote m.tflite (TensorFlow Lite, the same input and output)"]
     expected = expected_probabilities(str(tmp_path / "m.h5"), images)
-    for line, path, row in zip(lines[:-3], images, expected, strict=True):
+    for line, path, row in zip(lines[:-4], images, expected, strict=True):
         m = LINE.match(line)
         assert m and m["path"] == path
         assert float(m["covid"]) == pytest.approx(row[0], abs=5e-5)
     # no temporary file or folder, no lock file
-    assert sorted(os.listdir(tmp_path)) == ["m.h5", "m.tflite", "p.csv", "savedmodel"]
+    assert sorted(os.listdir(tmp_path)) == ["m.h5", "m.keras", "m.tflite", "p.csv",
+                                            "savedmodel"]
     assert json.loads((saved / "class_names.json").read_text()) == ["covid", "normal"]
+    check = read_input_check(trained["model"])
+    assert json.loads((saved / "input_check.json").read_text())["rejected_above"] == (
+        check.reject_factor)
     # every weight stored once (Keras's model.export stores each twice: keras-team/keras#23553)
     weights = 4 * keras.models.load_model(tmp_path / "m.h5").count_params()
     [stored] = [entry.stat().st_size for entry in (saved / "variables").iterdir()
                 if entry.name.startswith("variables.data")]
     assert weights <= stored < 1.05 * weights
     with open(csv_path, newline="") as f:
-        printed = np.array([row[2:] for row in list(csv.reader(f))[1:]], dtype=float)
+        rows = list(csv.reader(f))[1:]
+    printed = np.array([row[2:4] for row in rows], dtype=float)
     assert printed.shape == (6, 2) and np.ptp(printed[:, 0]) > 0.01  # a comparison that can fail
+    outcomes = [row[4] for row in rows]
+    distances = np.array([row[5] for row in rows], dtype=float)
 
     result = subprocess.run([sys.executable, "-c", PLAIN_TENSORFLOW, str(saved), str(lite),
-                             *images], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": ""})
+                             "m.h5", "m.keras", *images], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout.strip().splitlines()[-1])
     # predict's CSV holds 6 decimals: 5e-7 of the 1e-5 is rounding
@@ -522,15 +537,26 @@ def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilit
     np.testing.assert_allclose(got["serving_default"], printed, atol=1e-5)
     np.testing.assert_allclose(got["tflite"], printed, atol=1e-5)
     assert got["tflite_input"] == [1, 224, 224, 3]
+    # plain Keras loads both model files, and they give predict's probabilities
+    np.testing.assert_allclose(got["h5"], printed, atol=1e-5)
+    np.testing.assert_allclose(got["keras"], printed, atol=1e-5)
+    # the input check travels with the exports: the same distances and words as predict's
+    words = ["ok", "unlike_training", "rejected"]
+    for served in (got["serve_checked"], {"input_distance": got["tflite_distance"],
+                                          "input_check": got["tflite_check"],
+                                          "probabilities": got["tflite"]}):
+        np.testing.assert_allclose(served["probabilities"], printed, atol=1e-5)
+        np.testing.assert_allclose(served["input_distance"], distances, atol=2e-3)
+        assert [words[k] for k in served["input_check"]] == outcomes
 
 
 def test_a_keras_format_model_predicts_and_exports_as_its_h5(trained, tmp_path):
     model, class_names = load_classifier(trained["model"])
-    save_model(model, str(tmp_path / "m.keras"), class_names)
+    save_model(model, str(tmp_path / "m.keras"), class_names, read_input_check(trained["model"]))
     image = write_image(str(tmp_path / "x.png"), seed=5, size=(100, 120))
-    lines = [predict("--model", path, image)[1] for path in (trained["model"],
-                                                             str(tmp_path / "m.keras"))]
-    assert lines[0] == lines[1] and LINE.match(lines[0].strip())
+    lines = [predict("--model", path, image, "--classify-rejected")[1]
+             for path in (trained["model"], str(tmp_path / "m.keras"))]
+    assert lines[0] == lines[1] and LINE.match(lines[0].splitlines()[0])
 
 
 @pytest.mark.parametrize("argv, phrases", [
@@ -586,7 +612,7 @@ def test_a_model_that_is_not_this_projects_exports_nothing(models, trained, tmp_
 
 
 def test_a_failed_conversion_is_one_line_and_leaves_nothing(trained, tmp_path, monkeypatch):
-    def failing(model, path):
+    def failing(model, path, check):
         with open(path, "wb") as f:
             f.write(b"half a file")
         os.write(2, b"E0000 converter.cc:1] a C++ line\n")

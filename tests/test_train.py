@@ -134,10 +134,11 @@ def test_training_data_is_read_once_per_step_and_never_after_fit(trained):
     """The end-of-training stall came from tf.data's autotuning thread, which a finished
     iterator waited for, and prefetched batches no step used; neither may come back."""
     assert trained["autotuning"] is False
-    # Every image is read back from the store once for each feature it has: the 2 test images
-    # once, then the 8 training images once per epoch (each epoch's rotation), in batches of 4;
-    # none while the head trains or after (while main evaluates, plots and saves).
-    assert [n for n, after in trained["reads"]] == [2] + [4] * 4
+    # Every image is read back from the store once for each feature it has: the 8 training
+    # images once for the input check's descriptions, the 2 test images once, then the 8
+    # training images once per epoch (each epoch's rotation), in batches of 4; none while the
+    # head trains or after (while main evaluates, plots and saves).
+    assert [n for n, after in trained["reads"]] == [4, 4, 2] + [4] * 4
     assert not any(after for n, after in trained["reads"])
 
 
@@ -146,9 +147,10 @@ def test_decoding_and_feature_extraction_show_progress_in_a_log(trained):
     listed = len(list_images(trained["dataset"]))
     decoding = progress_counts(trained["stderr"], "decoding")
     assert decoding[0] == (0, listed) and decoding[-1] == (listed, listed)
-    # the 2 test images, then 2 epochs of the 8 training images, a batch of 4 at a time
+    # the 8 training images' descriptions for the input check, the 2 test images, then 2 epochs
+    # of the 8 training images, a batch of 4 at a time
     assert progress_counts(trained["stderr"], "VGG16 features") == [
-        (0, 2), (2, 2), (0, 16), (4, 16), (8, 16), (12, 16), (16, 16)]
+        (0, 8), (4, 8), (8, 8), (0, 2), (2, 2), (0, 16), (4, 16), (8, 16), (12, 16), (16, 16)]
 
 
 def test_rotation_angles_come_from_the_seed_epoch_and_image_alone():
@@ -718,6 +720,17 @@ def test_external_folders_get_the_same_report_as_predict_gives_on_their_files(wo
     for key in ["confusion_matrix", "accuracy", "sensitivity", "specificity"]:
         assert predicted[key] == external[key], key
     assert predicted["roc_auc"] == pytest.approx(external["roc_auc"], abs=1e-6)
+    # and the same input check: the model file carries the one train fitted, and both say
+    # what it made of every image, by class
+    checked = external["input_check"]
+    assert sum(checked["counts"].values()) == 6
+    assert {name: sum(c.values()) for name, c in checked["by_class"].items()} == {
+        "covid": 3, "normal": 3}
+    assert predicted["input_check"]["counts"] == checked["counts"]
+    assert predicted["input_check"]["by_class"] == checked["by_class"]
+    counts = checked["counts"]
+    assert (f"input check on these 6 images: {counts['ok']} ok, {counts['unlike_training']} "
+            f"unlike the training images, {counts['rejected']} rejected") in out
 
 
 def test_an_external_folder_with_other_classes_stops_before_training(workdir):
@@ -774,7 +787,7 @@ def test_ctrl_c_keeps_every_earlier_output(workdir, tiny_dataset, monkeypatch, w
             raise KeyboardInterrupt
         monkeypatch.setattr(train_covid19, "train", interrupted_train)
     else:
-        def interrupted_save(model, path, class_names):
+        def interrupted_save(model, path, *rest):
             with open(path, "wb") as f:
                 f.write(b"half a mod")  # plot, roc and report are written already
             raise KeyboardInterrupt
@@ -791,7 +804,7 @@ def test_a_full_disk_mid_save_is_one_line_and_keeps_every_earlier_output(workdir
                                                                          monkeypatch):
     before = outputs_after(workdir)
 
-    def full_disk(model, path, class_names):
+    def full_disk(model, path, *rest):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(train_covid19, "save_model", full_disk)

@@ -1,0 +1,283 @@
+"""The input check: does an image look like the frontal chest films the model was trained on?
+
+A classifier answers whatever it is shown: before this check, a flat grey square was "covid
+0.998". So train_covid19.py fits a check on its training images and saves it in the model file,
+and every prediction says one of three things:
+
+- `ok`: the image is as close to some training image as training images are to each other;
+- `unlike_training`: classified, with a warning: farther from every training image than
+  `UNLIKE_FACTOR` times that (an adult's film, for a model trained on children's films);
+- `rejected`: not classified: farther than `REJECT_FACTOR` times that. It looks like no frontal
+  chest X-ray the model knows: a photograph, a page, a blank or noise image, a CT or MR slice.
+
+How an image is described (`description_output`): the frozen VGG16 that the model runs anyway,
+read at its five pooling layers. Of each, the mean and the standard deviation of every channel
+over the image (what textures are there, and how much they vary), and the fourth pooling
+layer's channels averaged over the image's four quarters (where they are: a lateral film and a
+frontal one share textures, not their layout). Each part is square-rooted (activations are
+non-negative, and a few strong channels would otherwise drown the rest), scaled to unit length,
+and the parts are joined with equal weight. The distance of an image to the training images is
+the Euclidean distance of its description to the nearest training image's
+(`InputCheck.distances`). Its unit, `scale`, is the median distance of a training image to its
+nearest other training image: the thresholds are 1.4 and 1.7 of it.
+
+Why this, measured (BENCHMARKS.md, "The input check"): nearest-neighbour distances of these
+descriptions met every target on the probe sets; Mahalanobis distances with a shrunk covariance
+(FRODO's method) did not: with 40 training images the shrinkage leaves flat and noise images
+within the spread of real films. The description costs nothing beyond the forward pass that
+predicts: the pooled values are read off layers the model computes anyway.
+"""
+
+import dataclasses
+import io
+import json
+import zipfile
+
+import h5py
+import numpy as np
+
+from .cli import UserError, lazy_import
+
+keras = lazy_import("keras")
+
+OK, UNLIKE_TRAINING, REJECTED = "ok", "unlike_training", "rejected"
+OUTCOMES = (OK, UNLIKE_TRAINING, REJECTED)
+
+# What an image's description reads: every pooling layer's channel means and deviations, and
+# one layer's channels on a grid of quarters.
+POOLING_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
+LAYOUT_LAYER, LAYOUT_GRID = "block4_pool", 2
+# The thresholds, in units of `InputCheck.scale` (chosen by measurement: BENCHMARKS.md).
+UNLIKE_FACTOR, REJECT_FACTOR = 1.4, 1.7
+# Training images kept as the reference: a seeded sample beyond this (about 20 MB in the file).
+MAX_REFERENCE = 1000
+# Where the check is kept in a model file: an HDF5 group, or a member of a .keras zip.
+H5_GROUP = "covid19_input_check"
+KERAS_MEMBER = "covid19_input_check.npz"
+FORMAT_VERSION = 1
+# Far above any check this module writes (MAX_REFERENCE x 5,000 floats): not ours beyond it.
+MAX_STORED_BYTES = 64 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing an image, inside the model
+# ---------------------------------------------------------------------------------------------
+
+
+def _unit(part):
+    """`part` (n, k) of non-negative values, square-rooted and scaled to unit length."""
+    root = keras.ops.sqrt(keras.ops.maximum(part, 0.0))
+    norm = keras.ops.sqrt(keras.ops.sum(root * root, axis=-1, keepdims=True))
+    return root / keras.ops.maximum(norm, 1e-12)
+
+
+def description_output(model):
+    """The description of the image (module docstring) as a tensor of `model`'s graph, built
+    on the layers it already has: (n, description size), float32, unit length."""
+    parts = []
+    for name in POOLING_LAYERS:
+        x = keras.ops.cast(model.get_layer(name).output, "float32")
+        parts += [keras.ops.mean(x, axis=(1, 2)), keras.ops.std(x, axis=(1, 2))]
+    x = keras.ops.cast(model.get_layer(LAYOUT_LAYER).output, "float32")
+    cells = x.shape[1] // LAYOUT_GRID
+    grid = keras.ops.average_pool(x, pool_size=cells, strides=cells, padding="valid")
+    parts.append(keras.ops.reshape(grid, (-1, grid.shape[1] * grid.shape[2] * grid.shape[3])))
+    weight = float(1.0 / np.sqrt(len(parts)))  # a Python float keeps the parts float32
+    return keras.ops.concatenate([_unit(part) * weight for part in parts], axis=-1)
+
+
+def check_layers_missing(model):
+    """The layers the description reads that `model` lacks (none for the tutorial's VGG16)."""
+    names = {layer.name for layer in model.layers}
+    return [name for name in (*POOLING_LAYERS, LAYOUT_LAYER) if name not in names]
+
+
+def checked_model(model):
+    """`model` with a second output, each image's description: one forward pass gives both
+    the class probabilities and what the check needs."""
+    return keras.Model(model.inputs, [model.output, description_output(model)])
+
+
+def outcome_outputs(model, check):
+    """The check inside `model`'s graph, for exports that run without this project:
+    {"probabilities", "input_distance" (in units of `scale`), "input_check" (0 ok, 1
+    unlike_training, 2 rejected)}, computed as `InputCheck.distances` and `outcomes` do."""
+    described = description_output(model)
+    reference = check.reference.astype(np.float32)
+    squared = (keras.ops.sum(described * described, axis=1, keepdims=True)
+               + (reference * reference).sum(1)[None]
+               - 2 * keras.ops.matmul(described, reference.T))
+    distance = keras.ops.sqrt(keras.ops.maximum(keras.ops.min(squared, axis=1), 0.0))
+    distance = distance / float(check.scale)
+    outcome = (keras.ops.cast(distance > check.unlike_factor, "int32")
+               + keras.ops.cast(distance > check.reject_factor, "int32"))
+    return {"probabilities": model.output, "input_distance": distance, "input_check": outcome}
+
+
+def description_model(model):
+    """The part of `model` that describes an image, alone (for the training images)."""
+    return keras.Model(model.inputs, description_output(model))
+
+
+# ---------------------------------------------------------------------------------------------
+# The check
+# ---------------------------------------------------------------------------------------------
+
+
+def nearest_distances(descriptions, reference):
+    """The Euclidean distance of each row of `descriptions` to its nearest row of
+    `reference`: (n,) float64."""
+    q = np.asarray(descriptions, np.float64)
+    r = np.asarray(reference, np.float64)
+    squared = (q * q).sum(1)[:, None] + (r * r).sum(1)[None] - 2 * q @ r.T
+    return np.sqrt(np.maximum(squared, 0).min(axis=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputCheck:
+    """The training images' descriptions, and the thresholds of the three outcomes."""
+
+    reference: np.ndarray  # (n, description size) float32
+    scale: float  # median distance of a training image to its nearest other
+    unlike_factor: float = UNLIKE_FACTOR
+    reject_factor: float = REJECT_FACTOR
+    fitted_on: int = 0  # training images the check was fitted on (the reference may be fewer)
+
+    @property
+    def unlike_threshold(self):
+        return self.unlike_factor * self.scale
+
+    @property
+    def reject_threshold(self):
+        return self.reject_factor * self.scale
+
+    def distances(self, descriptions):
+        """How far each image is from the nearest training image, in units of `scale`."""
+        return nearest_distances(descriptions, self.reference) / self.scale
+
+    def outcomes(self, distances):
+        """`ok`, `unlike_training` or `rejected`, for distances in units of `scale`."""
+        return [REJECTED if d > self.reject_factor else UNLIKE_TRAINING
+                if d > self.unlike_factor else OK for d in distances]
+
+    def summary(self):
+        """What a report says of the check."""
+        return {"method": "distance to the nearest training image, pooled VGG16 activations",
+                "fitted_on": self.fitted_on, "reference_images": int(len(self.reference)),
+                "unit": self.scale, "unlike_training_above": self.unlike_factor,
+                "rejected_above": self.reject_factor}
+
+
+def fit_input_check(descriptions, seed=0):
+    """The check fitted on the training images' `descriptions` (at least two)."""
+    descriptions = np.asarray(descriptions, np.float32)
+    fitted_on = len(descriptions)
+    if fitted_on > MAX_REFERENCE:
+        keep = np.sort(np.random.default_rng(seed).choice(fitted_on, MAX_REFERENCE,
+                                                         replace=False))
+        descriptions = descriptions[keep]
+    d = np.asarray(descriptions, np.float64)
+    squared = (d * d).sum(1)[:, None] + (d * d).sum(1)[None] - 2 * d @ d.T
+    np.fill_diagonal(squared, np.inf)
+    nearest_other = np.sqrt(np.maximum(squared, 0).min(axis=1))
+    # identical training images would make the unit 0; a tiny floor keeps every ratio finite
+    scale = max(float(np.median(nearest_other)), 1e-6)
+    return InputCheck(reference=descriptions, scale=scale, fitted_on=fitted_on)
+
+
+# ---------------------------------------------------------------------------------------------
+# In the model file
+# ---------------------------------------------------------------------------------------------
+
+
+def _metadata(check):
+    return json.dumps({"version": FORMAT_VERSION, "layers": list(POOLING_LAYERS),
+                       "layout": [LAYOUT_LAYER, LAYOUT_GRID], "scale": check.scale,
+                       "unlike_factor": check.unlike_factor,
+                       "reject_factor": check.reject_factor, "fitted_on": check.fitted_on})
+
+
+def store_input_check(path, check):
+    """Add `check` to the model file at `path`: an HDF5 group beside Keras's own, or a member
+    of the .keras zip. Keras reads neither, so the file still loads in plain Keras."""
+    if path.lower().endswith(".keras"):
+        buffer = io.BytesIO()
+        np.savez(buffer, reference=check.reference,
+                 metadata=np.frombuffer(_metadata(check).encode(), np.uint8))
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(KERAS_MEMBER, buffer.getvalue())
+        return
+    with h5py.File(path, "a") as f:
+        group = f.create_group(H5_GROUP)
+        group.create_dataset("reference", data=check.reference)
+        group.attrs["metadata"] = _metadata(check)
+
+
+def _not_ours(path, why):
+    return UserError(f"--model {path!r}: its input check ({why}) is damaged or not this "
+                     "project's; retrain with train_covid19.py, or use a file it saved")
+
+
+def _from_stored(path, metadata_text, reference):
+    try:
+        metadata = json.loads(metadata_text)
+        version, scale = metadata["version"], float(metadata["scale"])
+        unlike, reject = float(metadata["unlike_factor"]), float(metadata["reject_factor"])
+        fitted_on = int(metadata["fitted_on"])
+        layers, layout = metadata["layers"], metadata["layout"]
+    except (ValueError, TypeError, KeyError):
+        raise _not_ours(path, "its metadata is not what this project writes") from None
+    if version != FORMAT_VERSION:
+        raise UserError(f"--model {path!r}: its input check is of format {version!r}, this "
+                        f"project reads format {FORMAT_VERSION}; retrain with this "
+                        "train_covid19.py")
+    if layers != list(POOLING_LAYERS) or layout != [LAYOUT_LAYER, LAYOUT_GRID]:
+        raise _not_ours(path, "it describes images on other layers")
+    if not (np.isfinite([scale, unlike, reject]).all() and scale > 0 and 0 < unlike <= reject):
+        raise _not_ours(path, "its thresholds are not positive numbers in order")
+    if (reference.ndim != 2 or not 1 <= len(reference) <= MAX_REFERENCE
+            or not np.isfinite(reference).all()):
+        raise _not_ours(path, f"its reference is an array of shape {reference.shape}")
+    return InputCheck(reference=reference.astype(np.float32), scale=scale,
+                      unlike_factor=unlike, reject_factor=reject, fitted_on=fitted_on)
+
+
+def read_input_check(path):
+    """The `InputCheck` saved in the model file at `path`, or None when it has none (a model
+    trained before the check existed). Read with a bound on every size; a damaged check is a
+    `UserError`."""
+    if path.lower().endswith(".keras"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                try:
+                    info = archive.getinfo(KERAS_MEMBER)
+                except KeyError:
+                    return None
+                if info.file_size > MAX_STORED_BYTES:
+                    raise _not_ours(path, f"{info.file_size} bytes")
+                with archive.open(info) as member:
+                    data = member.read(MAX_STORED_BYTES + 1)
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                reference, metadata = stored["reference"], stored["metadata"]
+            text = metadata.tobytes().decode("utf-8")
+        except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError):
+            raise _not_ours(path, f"member {KERAS_MEMBER}") from None
+        return _from_stored(path, text, reference)
+    try:
+        with h5py.File(path, "r") as f:
+            group = f.get(H5_GROUP)
+            if group is None:
+                return None
+            dataset = group.get("reference")
+            if (not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind != "f"
+                    or dataset.size * dataset.dtype.itemsize > MAX_STORED_BYTES):
+                raise _not_ours(path, f"group {H5_GROUP}")
+            reference = dataset[()]
+            text = group.attrs.get("metadata")
+    except (OSError, ValueError, TypeError):
+        raise _not_ours(path, f"group {H5_GROUP}") from None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        raise _not_ours(path, "no metadata")
+    return _from_stored(path, text, np.asarray(reference))

@@ -1,0 +1,78 @@
+"""The input check in a test report: how many images it flagged and rejected, and the metrics
+on the ones it accepted.
+
+A test report scores every image, rejected or not, as it did before the check existed: a
+rejected image never leaves a report silently. `screening` adds, beside it, the check's counts
+(in all, by class, and by source when the folder has a manifest) and the same metrics on the
+images the check accepted (`ok` and `unlike_training`). train --external, audit --external and
+predict --labelled all report through it.
+"""
+
+import numpy as np
+
+from .cli import shown
+from .input_check import OK, OUTCOMES, REJECTED, UNLIKE_TRAINING
+from .report import classification_metrics, describe
+
+
+def _counts(outcomes):
+    return {outcome: int(sum(o == outcome for o in outcomes)) for outcome in OUTCOMES}
+
+
+def screening(outcomes, trueIdxs, probabilities, class_names, sources=None):
+    """{"counts", "by_class", "by_source" (None without sources), "accepted", "on_accepted"}:
+    the check's outcomes of a labelled test, and the metrics of its accepted images (None when
+    they do not hold every class)."""
+    outcomes, trueIdxs = np.asarray(outcomes), np.asarray(trueIdxs)
+    result = {"counts": _counts(outcomes),
+              "by_class": {name: _counts(outcomes[trueIdxs == i])
+                           for i, name in enumerate(class_names)},
+              "by_source": None}
+    if sources is not None:
+        sources = np.asarray(sources)
+        result["by_source"] = {source: _counts(outcomes[sources == source])
+                               for source in sorted(set(sources),
+                                                    key=lambda s: (-int((sources == s).sum()), s))}
+    accepted = outcomes != REJECTED
+    result["accepted"] = int(accepted.sum())
+    every_class = set(trueIdxs[accepted].tolist()) == set(range(len(class_names)))
+    result["on_accepted"] = (classification_metrics(trueIdxs[accepted],
+                                                    np.asarray(probabilities)[accepted],
+                                                    class_names) if every_class else None)
+    return result
+
+
+def describe_counts(counts):
+    """`97 ok, 12 unlike the training images, 1 rejected`."""
+    return (f"{counts[OK]} ok, {counts[UNLIKE_TRAINING]} unlike the training images, "
+            f"{counts[REJECTED]} rejected")
+
+
+def print_screening(result, class_names):
+    """The lines a test report adds for the input check."""
+    total = sum(result["counts"].values())
+    print(f"input check on these {total} images: {describe_counts(result['counts'])}")
+    for name, counts in result["by_class"].items():
+        print(f"  {shown(name)} ({sum(counts.values())}): {describe_counts(counts)}")
+    for source, counts in (result["by_source"] or {}).items():
+        print(f"  source {shown(source)} ({sum(counts.values())}): {describe_counts(counts)}")
+    metrics = result["on_accepted"]
+    if metrics is None:
+        print(f"on the {result['accepted']} images it accepted: not every class is among them, "
+              "no metrics")
+        return
+    print(f"on the {result['accepted']} images it accepted (ok or unlike the training images):")
+    print(f"  {describe('acc', metrics['accuracy'])}")
+    if len(class_names) == 2:
+        print(f"  {describe('sensitivity', metrics['sensitivity'])}")
+        print(f"  {describe('specificity', metrics['specificity'])}")
+    print(f"  ROC AUC: {metrics['roc_auc']:.4f}")
+
+
+def screen(check, descriptions, trueIdxs, probabilities, class_names, sources=None):
+    """Check a labelled test's images by their `descriptions`, print the check's lines of its
+    report and return them (`screening`)."""
+    outcomes = check.outcomes(check.distances(descriptions))
+    result = screening(outcomes, trueIdxs, probabilities, class_names, sources)
+    print_screening(result, class_names)
+    return result
