@@ -501,9 +501,10 @@ def audit_report(config, class_names, labels, grouped, probes, verdict_of, confo
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
-    outputs = check_outputs(config.dataset, config.outputs())
-    check_inputs([config.dataset, *([config.external] if config.external else [])],
-                 config.cache_folder)
+    inputs = [("--dataset", config.dataset),
+              *([("--external", config.external)] if config.external else [])]
+    outputs = check_outputs(inputs, config.outputs())
+    check_inputs(inputs, config.cache_folder)
     # a second audit writing the same files stops here; the outputs replace the earlier ones
     # only when both are written
     with commit_outputs(*outputs) as commit:

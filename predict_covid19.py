@@ -78,6 +78,7 @@ from covid19xray.manifest import MANIFEST
 from covid19xray.model import check_precision, load_classifier, model_with_precision
 from covid19xray.outputs import (
     check_new_folder,
+    check_not_inside_inputs,
     check_output_folder,
     check_output_path,
     commit_outputs,
@@ -247,7 +248,9 @@ def make_classifier(config, model, check):
 
 
 def last_conv_layer(model):
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    """The model's last convolutional layer, or None (a model not shaped as the tutorial's)."""
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    return convolutions[-1] if convolutions else None
 
 
 def gradcam_model(model):
@@ -384,10 +387,17 @@ def csv_row(path, row, class_names, outcome=None, distance=None, classified=True
 
 
 def check_outputs(config):
-    """Every output checked before the slow work: (files and new folders, folders of files)
-    to write."""
+    """Every output checked before the slow work: none inside a folder predict reads images
+    from (a --gradcam overlay there would be read as an X-ray next time, or trained on as a
+    class of its own); (files and new folders, folders of files) to write."""
     if config.report and not config.labelled:
         raise UserError("--report needs --labelled: without true classes there is no report")
+    inputs = [("the image folder", item) for item in config.images if os.path.isdir(item)]
+    for flag, path in [("--csv", config.csv), ("--report", config.report),
+                       ("--gradcam", config.gradcam), ("--export", config.export),
+                       ("--tflite", config.tflite)]:
+        if path:
+            check_not_inside_inputs(path, flag, inputs)
     if config.csv:
         check_output_path(config.csv, "--csv", suffix=".csv")
     if config.report:
@@ -407,6 +417,10 @@ def load_model(config):
     one line, for a model trained before the check existed)."""
     import_tensorflow()
     model, class_names = load_classifier(config.model)
+    if config.gradcam and last_conv_layer(model) is None:
+        raise UserError(f"--gradcam: --model {config.model!r} has no convolutional layer, so "
+                        "there is no map to draw; use a model train_covid19.py saved, or leave "
+                        "out --gradcam")
     check = read_input_check(config.model)
     if check is None:
         print(f"[WARNING] --model {shown(config.model)} carries no input check (it was trained "
@@ -520,6 +534,8 @@ def main(argv=None) -> int:
         raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
     model, class_names, check = load_model(config)
     truth = true_classes(image_paths, class_names) if config.labelled else None
+    # the check's fit to the network is checked here, before any output is begun
+    classifier = make_classifier(config, model, check) if image_paths else None
 
     # every output is written to its temporary file, and all are renamed into place together
     # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
@@ -528,7 +544,6 @@ def main(argv=None) -> int:
             export_model(config, commit, model, class_names, check)
         done = Predictions()  # none with --export or --tflite alone
         if image_paths:
-            classifier = make_classifier(config, model, check)
             done = predict_every_image(config, commit, classifier, class_names, image_paths)
             if check is not None:
                 print(done.check_line())

@@ -44,7 +44,7 @@ from covid19xray.features import (
 from covid19xray.input_check import fit_input_check
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import MODEL_SUFFIXES, build_model, save_model
-from covid19xray.outputs import commit_outputs
+from covid19xray.outputs import commit_outputs, file_digest
 from covid19xray.report import (
     plot_history,
     plot_roc,
@@ -289,21 +289,29 @@ def save_outputs(config, commit, model, class_names, check, H, trueIdxs, probabi
     """Plot the training loss and accuracy and the ROC curve, serialize the model and report,
     each to its temporary file in `commit`: renamed into place together when main's block
     ends, so that a crash, Ctrl-C or SIGTERM anywhere before leaves the earlier files as they
-    were."""
+    were. The report, renamed last, holds the SHA-256 of the other three: a set of outputs
+    can always be checked for coming from one run (docs/troubleshooting.md)."""
     print("[INFO] saving COVID-19 detector model...")
     with commit.writing():
-        save_model(model, commit.temporary(config.model), class_names, check)
-        save_figure(plot_history(H.history), commit.temporary(config.plot))
+        written = {"model": (config.model, commit.temporary(config.model))}
+        save_model(model, written["model"][1], class_names, check)
+        written["plot"] = (config.plot, commit.temporary(config.plot))
+        save_figure(plot_history(H.history), written["plot"][1])
+        written["roc"] = (config.roc, commit.temporary(config.roc))
+        save_figure(plot_roc(trueIdxs, probabilities, class_names), written["roc"][1])
+        folder = os.path.dirname(os.path.abspath(config.report))
+        report["outputs"] = {role: {"file": os.path.relpath(os.path.abspath(final), folder),
+                                    "sha256": file_digest(temporary)}
+                             for role, (final, temporary) in written.items()}
         write_json(commit.temporary(config.report), report)
-        save_figure(plot_roc(trueIdxs, probabilities, class_names),
-                    commit.temporary(config.roc))
 
 
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
-    outputs = check_outputs(config.dataset, config.outputs())  # before minutes of training
-    check_inputs([config.dataset, *config.external], config.cache_folder)
+    inputs = [("--dataset", config.dataset), *[("--external", f) for f in config.external]]
+    outputs = check_outputs(inputs, config.outputs())  # before minutes of training
+    check_inputs(inputs, config.cache_folder)
     # a second run writing the same files stops here; the outputs replace the earlier ones
     # only when everything is written
     with commit_outputs(*outputs) as commit:

@@ -38,8 +38,8 @@ def flat_images(folder, rng):
     for i in range(GENERATED):
         size = (int(rng.integers(64, 1024)), int(rng.integers(64, 1024)))
         color = rng.integers(0, 256, 3) if i % 3 else np.repeat(rng.integers(0, 256), 3)
-        if i == 0:
-            color = np.array([128, 128, 128])  # the flat grey square
+        if i == 0:  # the flat grey square
+            size, color = (512, 512), np.array([128, 128, 128])
         image = np.broadcast_to(color.astype(np.uint8), (*size, 3)).copy()
         paths.append(_write(folder, f"flat_{i:02d}.png", image))
     return paths

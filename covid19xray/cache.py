@@ -19,18 +19,25 @@ image and epoch (each epoch's rotation of it). `cache_line` prints both sizes af
 that used the cache. Deleting the folder clears it; nothing else refers to it.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import stat
 import sys
+import tempfile
 
 import numpy as np
 
-from .cli import shown
+from .cli import UserError, shown
 from .outputs import atomic_output
 
 MAGIC = b"covid19-xray features v1\n"
 DIGEST_BYTES = 32
+# Far above any entry (the input check's 4,992 floats take 20 kB): a file larger than this is
+# not an entry, and is never read whole.
+MAX_ENTRY_BYTES = 1 << 20
 
 
 def weights_digest(layers):
@@ -41,6 +48,24 @@ def weights_digest(layers):
         for weight in layer.get_weights():
             digest.update(np.ascontiguousarray(weight, dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+def _writable(folder):
+    """Whether a file can be created in `folder`: tried, not inferred from permission bits
+    (root ignores those; a read-only mount or an immutable folder does not)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
+
+
+def _kind(mode):
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a file")
 
 
 def disk_usage(path):
@@ -64,10 +89,22 @@ class FeatureCache:
         # could read them, or plant entries (which the entry's own key would refuse)
         os.makedirs(folder, mode=0o700, exist_ok=True)
         os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        self._check_writable()
         description = os.path.join(self.folder, "configuration.json")
-        if not os.path.exists(description):
+        if not os.path.lexists(description):
             with atomic_output(description) as temporary, open(temporary, "w") as f:
                 f.write(json.dumps(configuration, sort_keys=True, indent=2) + "\n")
+
+    def _check_writable(self):
+        """Every folder this cache writes entries into can be written: said in one line now,
+        before any VGG16 work, not as a failure after it."""
+        folders = [self.folder] + [entry.path for entry in os.scandir(self.folder)
+                                   if entry.is_dir(follow_symlinks=False)]
+        for folder in folders:
+            if not _writable(folder):
+                raise UserError(f"--cache-dir {self.root!r}: its folder {folder!r} cannot be "
+                                "written; fix its permissions, give another --cache-dir, or "
+                                "run with --no-cache")
 
     def _path(self, image_digest):
         return os.path.join(self.folder, image_digest[:2], f"{image_digest}.features")
@@ -75,16 +112,48 @@ class FeatureCache:
     def _entry_key(self, image_digest):
         return hashlib.sha256(f"{self.key}:{image_digest}".encode()).digest()
 
-    def get(self, image_digest):
-        """The features cached for an image, or None (absent, damaged or foreign: recompute)."""
-        path = self._path(image_digest)
+    def _read(self, path):
+        """The bytes of the entry at `path`, b"" when it cannot be read, None when there is
+        none. An entry that is not a regular file (a FIFO, a link, a folder) or is larger than
+        any entry is removed with a warning, unread: it must neither hang nor flood the run,
+        and it is replaced with the recomputed entry."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
         except OSError:
-            data = b""
+            # a symbolic link (O_NOFOLLOW), or what cannot be opened
+            info = os.lstat(path)
+            what = "a link" if stat.S_ISLNK(info.st_mode) else _kind(info.st_mode)
+            return self._remove(path, f"is {what}, not an entry")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ENTRY_BYTES:
+            os.close(fd)
+            return self._remove(path, f"is {_kind(info.st_mode)}, not an entry"
+                                if not stat.S_ISREG(info.st_mode)
+                                else f"holds {info.st_size} bytes, more than any entry")
+        with os.fdopen(fd, "rb") as f:
+            try:
+                return f.read(MAX_ENTRY_BYTES + 1)
+            except OSError:
+                return b""
+
+    def _remove(self, path, why):
+        print(f"[WARNING] feature cache entry {shown(path)} {why}; removed, computing it again",
+              file=sys.stderr)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return None
+
+    def get(self, image_digest):
+        """The features cached for an image, or None (absent, damaged or foreign: recompute)."""
+        path = self._path(image_digest)
+        data = self._read(path)
+        if data is None:
+            return None
         head = len(MAGIC) + DIGEST_BYTES
         payload, checksum = data[head:-DIGEST_BYTES], data[-DIGEST_BYTES:]
         if (len(data) < head + DIGEST_BYTES or not data.startswith(MAGIC)

@@ -210,6 +210,9 @@ def import_tensorflow():
 
             gpus = tf.config.list_physical_devices("GPU")  # initialises the runtime (cuInit)
             failed = False
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while TensorFlow starts: its lines are noise
+        failed = False
+        raise
     finally:
         if failed or gpus:
             sys.stderr.write(captured.text)

@@ -236,6 +236,17 @@ def description_digest():
     return _source_digest(["covid19xray.input_check"])
 
 
+def device_class():
+    """What computes the features, as far as it changes them: the CPU, or each GPU TensorFlow
+    sees by name, and whether float32 runs as TF32 there (Ampere and later). Features computed
+    on one are never served to a run on another."""
+    gpus = tf.config.list_physical_devices("GPU")
+    names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+             for gpu in gpus]
+    return {"kind": "gpu" if gpus else "cpu", "gpus": names,
+            "tf32": bool(gpus) and tf.config.experimental.tensor_float_32_execution_enabled()}
+
+
 def cache_configuration(model, crops, precision, transform=UNCHANGED, output=None):
     """Everything besides the image that the features of `model`'s extractor depend on: the
     key of a `cache.FeatureCache`, built here and nowhere else. `transform` names itself and
@@ -253,6 +264,7 @@ def cache_configuration(model, crops, precision, transform=UNCHANGED, output=Non
         "transform": transform.describe(),
         "libraries": {"tensorflow": tf.__version__, "keras": keras.__version__,
                       "opencv": cv2.__version__, **decoder_versions()},
+        "device": device_class(),
     }
     if output is not None:
         configuration["output"] = output

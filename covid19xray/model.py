@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import stat
 import sys
 import zipfile
 
@@ -180,10 +181,28 @@ def _stored_class_names(path):
                         "train_covid19.py") from None
 
 
+def _not_a_file(path):
+    """What `path` is when it is not a regular file, or None when nothing is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a link to nothing" if os.path.islink(path) else None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket")
+    if os.path.islink(path):
+        kind = f"a link to {kind} ({os.path.realpath(path)})"
+    return kind
+
+
 def load_classifier(path):
     """The Keras model at `path` (HDF5 or .keras) and its class names, in the order of its
-    outputs."""
+    outputs; a model that does not take the tutorial's 224x224 RGB images is refused."""
     if not os.path.isfile(path):
+        kind = _not_a_file(path)
+        if kind is not None:
+            raise UserError(f"--model {path!r} is {kind}, not a model file; give the file "
+                            "train_covid19.py saved")
         raise UserError(f"--model {path!r}: no such file; train one with train_covid19.py")
     if not path.lower().endswith((".h5", ".hdf5", ".keras")):
         # Keras picks its loader from the name: a model must be named as its format, so that
@@ -212,6 +231,12 @@ def load_classifier(path):
         raise UserError(f"--model {path!r} has {model.output_shape[-1]} outputs but "
                         f"{len(class_names)} class names ({', '.join(class_names)}); it was not "
                         "saved by train_covid19.py as it is")
+    expected = (*IMAGE_SIZE, 3)
+    if (len(model.inputs) != 1 or not isinstance(model.input_shape, tuple)
+            or tuple(model.input_shape[1:]) != expected):
+        raise UserError(f"--model {path!r} takes inputs of shape {model.input_shape}, not the "
+                        f"{expected[0]}x{expected[1]} RGB images (None, {expected[0]}, "
+                        f"{expected[1]}, 3) that train_covid19.py's models take")
     return model, class_names
 
 

@@ -5,7 +5,8 @@
 - `commit_outputs`: the one way train, predict and the audit write: every output locked, written
   to a temporary file beside it, and all renamed into place only when the run succeeds: a
   crash, Ctrl-C or SIGTERM leaves the earlier files byte-for-byte as they were, and no
-  half-written file. `atomic_outputs` is the same without the lock.
+  half-written file. The temporary files a killed run could not remove are removed by the next
+  run that holds the same outputs. `atomic_outputs` is the same without the lock.
 - `claim_outputs`: an advisory lock beside each output, so that a second run writing the same
   outputs stops at its start, naming the first, and a set of outputs always comes from one run.
   The kernel releases the lock when its process dies, however it dies: a killed run never blocks
@@ -18,9 +19,12 @@
 import contextlib
 import errno
 import filecmp
+import hashlib
 import os
+import re
 import shutil
 import stat
+import sys
 import uuid
 
 from .cli import UserError, shown
@@ -38,6 +42,15 @@ def same_or_inside(path, folder):
     """True when `path` is `folder` or lies inside it, after resolving links."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder + os.sep)
+
+
+def check_not_inside_inputs(path, flag, inputs):
+    """A `UserError` if `path` is, or lies inside, one of `inputs` ([(flag, folder)]): source
+    data is never modified, and an output written there would be read as data next time."""
+    for input_flag, folder in inputs:
+        if os.path.isdir(folder) and same_or_inside(path, folder):
+            raise UserError(f"{flag} {path!r} is inside {input_flag} {folder!r}; write "
+                            "outputs elsewhere, source data is never modified")
 
 
 def check_output_path(path, flag, suffix=None):
@@ -87,6 +100,47 @@ def check_output_folder(folder, flag, source=None, source_flag=None):
     if not os.access(existing, os.W_OK):
         raise UserError(f"{flag} {folder!r} is not writable" if existing == os.path.abspath(folder)
                         else f"{flag} {folder!r} cannot be created: {existing!r} is not writable")
+
+
+def file_digest(path):
+    """The SHA-256 of the file at `path`, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_temporary(name, of=None):
+    """Whether `name` is a temporary `temporary_beside` made (for the output named `of`, or
+    for any output)."""
+    stem = re.escape(of) if of else r".+"
+    suffix = re.escape(os.path.splitext(of)[1]) if of else r"(\.[^.]*)?"
+    return re.fullmatch(rf"\.{stem}\.[0-9a-f]{{12}}\.tmp{suffix}", name) is not None
+
+
+def remove_leftover_temporaries(paths, folders=()):
+    """Remove the temporary files a killed run left beside `paths` and inside `folders` (the
+    run holds their locks: no other run is writing them); says how many, on stderr."""
+    leftovers = []
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(path))
+        if os.path.isdir(folder):
+            leftovers += [os.path.join(folder, entry) for entry in os.listdir(folder)
+                          if _is_temporary(entry, name)]
+    for folder in folders:
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            leftovers += [os.path.join(folder, entry) for entry in os.listdir(folder)
+                          if _is_temporary(entry)]
+    for leftover in leftovers:
+        if os.path.isdir(leftover) and not os.path.islink(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+    if leftovers:
+        print(f"[WARNING] removed {len(leftovers)} temporary file(s) an interrupted run left "
+              "beside the outputs", file=sys.stderr)
 
 
 def temporary_beside(path):
@@ -162,6 +216,7 @@ def commit_outputs(*paths, folders=()):
     place only if the block succeeds. A crash, Ctrl-C, SIGTERM or a full disk anywhere before
     leaves every earlier output byte for byte as it was, and no temporary file."""
     with claim_outputs(*paths, *folders), _committing(OutputCommit(paths, folders)) as commit:
+        remove_leftover_temporaries(paths, folders)
         yield commit
 
 

@@ -14,20 +14,19 @@ from .data import check_room_for_decoded
 from .images import list_images
 from .manifest import read_manifest
 from .model import check_precision, load_vgg16_base, loss_for, make_optimizer
-from .outputs import check_output_path, same_or_inside
+from .outputs import check_not_inside_inputs, check_output_path
 from .report import CONFIDENCE, versions
 
 keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
 
-def check_outputs(dataset, outputs):
-    """Fail now, not after training, if an output cannot be written, would land inside
-    `dataset` (source data is never modified), or two outputs are one file. `outputs` is
-    [(path, flag, suffix)]; returns their paths."""
+def check_outputs(inputs, outputs):
+    """Fail now, not after training, if an output cannot be written, would land inside one of
+    the input folders `inputs` ([(flag, folder)]: source data is never modified), or two
+    outputs are one file. `outputs` is [(path, flag, suffix)]; returns their paths."""
     for path, flag, suffix in outputs:
         check_output_path(path, flag, suffix=suffix)
-        if os.path.isdir(dataset) and same_or_inside(path, dataset):
-            raise UserError(f"{flag} {path!r} is inside --dataset {dataset!r}; write "
-                            "outputs elsewhere, source data is never modified")
+        check_not_inside_inputs(path, flag, inputs)
     paths = [path for path, _, _ in outputs]
     if len({os.path.abspath(path) for path in paths}) < len(paths):
         raise UserError(f"{', '.join(shown(path) for path in paths)} must be {len(paths)} "
@@ -48,13 +47,15 @@ def check_cache_folder(folder):
                         "another --cache-dir")
 
 
-def check_inputs(folders, cache_dir=None):
-    """Before VGG16 or any image loads: the cache folder is usable, the temporary folder has
-    room for the decoded images of `folders`, and their manifests can be read (each problem one
-    line, in seconds rather than after minutes of work)."""
+def check_inputs(inputs, cache_dir=None):
+    """Before VGG16 or any image loads: the cache folder is usable and lies outside the input
+    folders `inputs` ([(flag, folder)]), the temporary folder has room for their decoded
+    images, and their manifests can be read (each problem one line, in seconds rather than
+    after minutes of work)."""
     if cache_dir is not None:
+        check_not_inside_inputs(cache_dir, "--cache-dir", inputs)
         check_cache_folder(cache_dir)
-    existing = [folder for folder in folders if os.path.isdir(folder)]
+    existing = [folder for _, folder in inputs if os.path.isdir(folder)]
     check_room_for_decoded(sum(len(list_images(folder)) for folder in existing))
     for folder in existing:
         read_manifest(folder)
@@ -66,8 +67,22 @@ def start(config):
     --weights, or no network for ImageNet's, fails in seconds rather than after the images."""
     import_tensorflow()
     keras.utils.set_random_seed(config.seed)
+    make_deterministic()
     check_precision(config.precision)
     return load_vgg16_base(config.weights)
+
+
+def make_deterministic():
+    """The same command gives the same report wherever TensorFlow runs (docs/porting.md).
+
+    On a GPU, TensorFlow's ops are made deterministic: some of its kernels would otherwise add
+    in a varying order. On the CPU they already repeat, and switching it on there costs time
+    and writes a C++ warning from tf.data, so it stays off. Everywhere, float32 stays float32:
+    on NVIDIA Ampere and later, TensorFlow otherwise runs float32 convolutions and matrix
+    products as TF32, with a 10-bit mantissa."""
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
 def compile_head(head, num_classes, lr, epochs):

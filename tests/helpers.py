@@ -13,11 +13,14 @@ import os
 import pathlib
 import random
 import re
+import shutil
+import subprocess
 import time
 import urllib.parse
 
 import cv2
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # VGG16's filters per block; the tests' stand-in has an eighth of each.
@@ -148,6 +151,10 @@ def snapshot(*folders):
         for base, _, files in os.walk(folder):
             for name in files:
                 path = os.path.join(base, name)
+                if os.path.islink(path) or not os.path.isfile(path):  # never read unbounded
+                    result[path] = ("not a file", os.lstat(path).st_mode,
+                                    os.readlink(path) if os.path.islink(path) else None)
+                    continue
                 with open(path, "rb") as f:
                     result[path] = (hashlib.sha256(f.read()).hexdigest(),
                                     os.stat(path).st_mtime_ns)
@@ -701,3 +708,26 @@ def readable_image(path):
         return True
     except NotAnImage:
         return False
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` made unwritable for the block, also for root (who ignores permission bits):
+    chmod, and the immutable attribute where chattr can set it; skips the test where neither
+    holds."""
+    os.chmod(folder, 0o555)
+    immutable = subprocess.run(["chattr", "+i", folder], capture_output=True).returncode == 0 \
+        if shutil.which("chattr") else False
+    try:
+        probe = os.path.join(folder, ".probe")
+        try:
+            open(probe, "w").close()
+            os.remove(probe)
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+        except OSError:
+            pass
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", folder], check=True)
+        os.chmod(folder, 0o755)

@@ -6,7 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from covid19xray.cache import MAX_ENTRY_BYTES as CACHE_LIMIT
 from covid19xray.cache import FeatureCache, cache_line
+from covid19xray.cli import UserError
+from helpers import read_only
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip a byte", "foreign", "empty"])
@@ -68,3 +71,45 @@ def test_the_cache_folders_are_the_users_alone(tmp_path):
     for folder in [root, root / os.path.basename(cache.folder),
                    os.path.dirname(cache._path("ab" * 32))]:
         assert os.stat(folder).st_mode & 0o777 == 0o700, folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Entries that are not files, and folders that cannot be written
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plant, what", [
+    (os.mkfifo, "is a FIFO, not an entry"),
+    (lambda path: os.symlink("/dev/zero", path), "is a link, not an entry"),
+    (os.mkdir, "is a folder, not an entry"),
+    (lambda path: open(path, "wb").truncate(CACHE_LIMIT + 1), "more than any entry"),
+])
+def test_an_entry_that_is_not_a_file_is_removed_unread_and_recomputed(tmp_path, capsys, plant,
+                                                                      what):
+    """A FIFO would hang the run, /dev/zero would be read without end, a folder would fail
+    every later run: each is named in one warning, removed, and the entry written anew."""
+    cache = FeatureCache(str(tmp_path), {"what": "test"})
+    digest, features = "ab" * 32, np.arange(512, dtype=np.float32)
+    path = cache._path(digest)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    plant(path)
+    assert cache.lookup([digest]) == [None]  # at once: nothing waits on the FIFO
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"[WARNING] feature cache entry {path} ") and what in line
+    assert line.endswith("; removed, computing it again")
+    assert not os.path.lexists(path)
+    cache.store([digest], features[None])
+    np.testing.assert_array_equal(cache.get(digest), features)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+    cache = FeatureCache(str(tmp_path), {"what": "test"})
+    cache.put("ab" * 32, np.zeros(4, np.float32))
+    entries = os.path.dirname(cache._path("ab" * 32))
+    with read_only(entries):
+        with pytest.raises(UserError) as refused:
+            FeatureCache(str(tmp_path), {"what": "test"})
+    assert str(refused.value) == (
+        f"--cache-dir {str(tmp_path)!r}: its folder {entries!r} cannot be written; fix its "
+        "permissions, give another --cache-dir, or run with --no-cache")

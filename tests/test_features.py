@@ -1,6 +1,7 @@
 """covid19xray.features: the frozen part computed once, on what the head reads, and kept in the
 feature cache."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -217,3 +218,33 @@ def test_the_preprocessing_key_follows_the_code_that_decides_the_pixels(tmp_path
     same = digest_of(tmp_path / "same" / "covid19xray")
     assert same == preprocessing_digest()
     assert digest_of(tmp_path / "edited" / "covid19xray") != same
+
+
+def test_the_cache_key_holds_the_device_and_tf32(base, monkeypatch):
+    """Features computed on a GPU, with or without TF32, are never served to a CPU run, nor
+    the other way round. No GPU is needed: TensorFlow's answers about one are stood in for."""
+    import tensorflow as tf
+
+    model = build_model(base, 2)
+    crops = feature_crops(model)
+
+    def key():
+        return json.dumps(cache_configuration(model, crops, "float32"), sort_keys=True)
+
+    on_cpu = key()
+    assert cache_configuration(model, crops, "float32")["device"] == {
+        "kind": "cpu", "gpus": [], "tf32": False}
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [gpu] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda device: {"device_name": "NVIDIA A100-SXM4-40GB"})
+    tf32 = {"on": True}
+    monkeypatch.setattr(tf.config.experimental, "tensor_float_32_execution_enabled",
+                        lambda: tf32["on"])
+    with_tf32 = key()
+    tf32["on"] = False
+    without_tf32 = key()
+    assert len({on_cpu, with_tf32, without_tf32}) == 3
+    assert cache_configuration(model, crops, "float32")["device"] == {
+        "kind": "gpu", "gpus": ["NVIDIA A100-SXM4-40GB"], "tf32": False}

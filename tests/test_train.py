@@ -652,6 +652,15 @@ def outputs_after(workdir):
     ("--plot inside --dataset", ["--dataset", "ok", "--plot", "ok/covid/plot.png"],
      ["--plot 'ok/covid/plot.png' is inside --dataset 'ok'", "source data is never modified"],
      1),
+    ("--plot inside --external", ["--dataset", "ok", "--external", "small", "--plot",
+                                  "small/covid/plot.png"],
+     ["--plot 'small/covid/plot.png' is inside --external 'small'"], 1),
+    # the cache's files would be read as the dataset's next time, or modify it
+    ("--cache-dir inside --dataset", ["--dataset", "ok", "--cache-dir", "ok/cache"],
+     ["--cache-dir 'ok/cache' is inside --dataset 'ok'", "source data is never modified"], 1),
+    ("--cache-dir inside --external", ["--dataset", "ok", "--external", "small", "--cache-dir",
+                                       "small/normal/cache"],
+     ["--cache-dir 'small/normal/cache' is inside --external 'small'"], 1),
     ("--weights missing", ["--dataset", "ok", "--weights", "none.h5"],
      ["--weights 'none.h5': no such file"], 1),
     ("--weights not HDF5", ["--dataset", "ok", "--weights", "report.json"],
@@ -995,3 +1004,92 @@ def test_inputs_that_would_fail_later_are_found_before_vgg16_loads(workdir, monk
     assert_one_line_error(code, err, "train_covid19.py", phrase)
     assert out == ""  # not even "[INFO] loading VGG16 base"
     assert snapshot(str(workdir)) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# A set of outputs that can be checked, and a run's leftovers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_report_names_the_sha256_of_the_model_and_plots_it_came_with(trained):
+    report = json.loads(open(trained["report"]).read())
+    folder = os.path.dirname(trained["report"])
+    assert set(report["outputs"]) == {"model", "plot", "roc"}
+    for role, path in [("model", trained["model"]), ("plot", trained["plot"]),
+                       ("roc", os.path.join(folder, "roc.png"))]:
+        assert report["outputs"][role]["file"] == os.path.basename(path)
+        assert report["outputs"][role]["sha256"] == hashlib.sha256(
+            open(path, "rb").read()).hexdigest(), role
+
+
+def test_the_next_run_removes_the_temporary_files_a_killed_run_left(workdir, tiny_dataset):
+    """A kill between the renames leaves temporaries (.name.<12 hex>.tmp.ext) beside the
+    outputs; the next run holding those outputs removes them, and only them."""
+    left = [".covid19.h5.0123456789ab.tmp.h5", ".report.json.ba9876543210.tmp.json",
+            ".plot.png.00000000000f.tmp.png"]
+    kept = [".covid19.h5.not-ours.tmp.h5", "notes.txt"]
+    for name in left + kept:
+        (workdir / name).write_bytes(b"half")
+    code, out, err = train("--dataset", tiny_dataset, "--cache-features", "--batch-size", "4")
+    assert code == 0, err
+    assert ("[WARNING] removed 3 temporary file(s) an interrupted run left beside the outputs"
+            in err.splitlines())
+    assert sorted(os.listdir(workdir)) == sorted(["covid19.h5", "plot.png", "report.json",
+                                                  "roc.png", *kept])
+
+
+def test_training_runs_deterministic_ops_on_a_gpu_and_no_tf32(monkeypatch):
+    """The same command gives the same report on a GPU too: op determinism on there, and
+    float32 never run as TF32. No GPU is needed: TensorFlow's answer about one is stood in
+    for."""
+    import tensorflow as tf
+
+    from covid19xray.training import make_deterministic
+
+    switched = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
+                        lambda: switched.append("determinism"))
+    make_deterministic()  # on this CPU: no determinism switch, TF32 off
+    assert switched == [] and not tf.config.experimental.tensor_float_32_execution_enabled()
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [gpu] if kind == "GPU" else [])
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    make_deterministic()
+    assert switched == ["determinism"]
+    assert not tf.config.experimental.tensor_float_32_execution_enabled()
+
+
+EARLY_CTRL_C = r"""
+import builtins, sys
+real_import = builtins.__import__
+
+
+def interrupting_import(name, *args, **kwargs):
+    module = real_import(name, *args, **kwargs)
+    if name == "tensorflow" and not getattr(module, "patched", False):
+        # TensorFlow has loaded and written its C++ start-up lines: Ctrl-C as its runtime
+        # starts, as a user's would land in the first seconds
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+        module.config.list_physical_devices = interrupted
+        module.patched = True
+    return module
+
+
+builtins.__import__ = interrupting_import
+import train_covid19
+sys.exit(train_covid19.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_tensorflow_starts_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", EARLY_CTRL_C, "--dataset", os.path.join(ROOT, "dataset"),
+         "--weights", "none", "--model", str(tmp_path / "m.h5"), "--plot",
+         str(tmp_path / "p.png"), "--report", str(tmp_path / "r.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130
+    assert result.stderr == "train_covid19.py: interrupted; no output was replaced\n"
+    assert os.listdir(tmp_path) == []
