@@ -557,12 +557,14 @@ def main(argv=None) -> int:
         print(f"[INFO] wrote {shown(config.csv)}")
     if config.gradcam:
         print(f"[INFO] wrote {done.overlays} Grad-CAM overlay(s) to {shown(config.gradcam)}")
+    checked = "" if check is None else "; serve_checked(images) adds the input check"
     if config.export:
         print(f"[INFO] wrote {shown(config.export)} (TensorFlow SavedModel: serve(images) -> "
-              f"probabilities of {', '.join(class_names)})")
+              f"probabilities of {', '.join(class_names)}{checked})")
     if config.tflite:
         print(f"[INFO] wrote {shown(config.tflite)} (TensorFlow Lite, the same input and "
-              "output)")
+              + ("output)" if check is None else
+                 "outputs: probabilities, input_distance, input_check)"))
     return 0
 
 

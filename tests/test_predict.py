@@ -530,8 +530,9 @@ def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilit
     assert lines[-3:] == [
         "[INFO] wrote p.csv",
         "[INFO] wrote savedmodel (TensorFlow SavedModel: serve(images) -> probabilities of "
-        "covid, normal)",
-        "[INFO] wrote m.tflite (TensorFlow Lite, the same input and output)"]
+        "covid, normal; serve_checked(images) adds the input check)",
+        "[INFO] wrote m.tflite (TensorFlow Lite, the same input and outputs: probabilities, "
+        "input_distance, input_check)"]
     expected = expected_probabilities(str(tmp_path / "m.h5"), images)
     for line, path, row in zip(lines[:-4], images, expected, strict=True):
         m = LINE.match(line)
