@@ -4,7 +4,11 @@ Usage (from the repository's root, with a model trained on the shipped dataset w
 weights, as the README's training run):
     python train_covid19.py --dataset dataset \
         --weights vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5
-    python bench/input_check.py --model covid19.h5 --shared ../shared
+    python bench/input_check.py --model covid19.h5 --shared SHARED
+
+SHARED is the folder that holds the measurement data: `data/cohen-2020-06-other-views/` (Cohen's
+lateral films and CT slices, not redistributable), `data/cohen-2020-06-ccby/` and
+`data/kaggle-chest-xray-224/`; a kind whose folder is missing is left out, and said.
 
 Runs predict_covid19.py's own `main` once over every probe image (`probe_sets.py`: generated
 flat, noise, gradient and page images, photographs that pip packages ship, pydicom's CT and MR
@@ -157,8 +161,9 @@ def print_examples(model, sets, folder):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="a model train_covid19.py saved")
-    ap.add_argument("--shared", default=os.path.join("..", "shared"),
-                    help="the shared data folder (default: %(default)s)")
+    ap.add_argument("--shared", required=True,
+                    help="the folder holding data/cohen-2020-06-other-views and the other "
+                         "measurement data")
     ap.add_argument("--rounds", type=int, default=3, help="timed runs of each (default: 3)")
     args = ap.parse_args(argv)
     repo = os.path.dirname(HERE)

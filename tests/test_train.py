@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -1089,3 +1090,31 @@ def test_ctrl_c_while_tensorflow_starts_is_one_line(tmp_path):
     assert result.returncode == 130
     assert result.stderr == "train_covid19.py: interrupted; no output was replaced\n"
     assert os.listdir(outputs) == []
+
+
+def test_a_fifo_in_the_cache_is_named_replaced_and_changes_no_number(workdir, tiny_dataset):
+    """A FIFO where a cache entry should be hung training for good; now the run names it in one
+    warning, computes the entry again, and reports what the first run reported."""
+    cache = workdir / "cache"
+    argv = ["--dataset", tiny_dataset, "--cache-features", "--batch-size", "4", "--cache-dir",
+            str(cache)]
+    code, _, err = train(*argv, "--report", "first.json")
+    assert code == 0, err
+    entry = sorted(cache.rglob("*.features"))[0]
+    entry.unlink()
+    os.mkfifo(entry)
+    signal.alarm(120)  # a hang fails the test instead of the suite
+    try:
+        code, _, err = train(*argv, "--report", "second.json")
+    finally:
+        signal.alarm(0)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if str(entry) in line] == [
+        f"[WARNING] feature cache entry {entry} is a FIFO, not an entry; removed, computing it "
+        "again"]
+    assert entry.is_file()  # replaced by the entry computed again
+    first, second = (json.loads((workdir / name).read_text())
+                     for name in ("first.json", "second.json"))
+    for key in ["confusion_matrix", "accuracy", "sensitivity", "specificity", "roc_auc",
+                "test_files"]:
+        assert first[key] == second[key], key
