@@ -396,20 +396,25 @@ def probe_variants(config, base_model, images, paths, classes, folds, class_name
     initial = head.get_weights()
     compile_head(head, 2, config.lr, config.epochs)
     onehot = np.eye(2, dtype="float32")[classes]
-    probes, external_probes, caches, features_by_variant, screened = {}, {}, [], {}, None
+    probes, external_probes, features_by_variant, screened = {}, {}, {}, None
     transforms = variant_transforms()
-    for name in VARIANTS:
+    # every cache made (and its folders checked) before any VGG16 work
+    caches = [feature_cache(config.cache_folder, model, crops, config.precision,
+                            transforms[name]) for name in VARIANTS]
+    descriptions_cache = (description_cache(config.cache_folder, model, config.precision)
+                          if external is not None else None)
+    for name, cache in zip(VARIANTS, caches):
         print(f"[INFO] {name}: features of every image, then {config.folds} heads...")
-        caches.append(feature_cache(config.cache_folder, model, crops, config.precision,
-                                    transforms[name]))
         features_by_variant[name] = extract_features(extract, images, paths, config.batch_size,
-                                                     transforms[name], caches[-1])
+                                                     transforms[name], cache)
         probabilities = cross_validate(config, head, initial, features_by_variant[name], onehot,
                                        folds, f"{name} heads")
         probes[name] = probe(classes, probabilities, class_names, config.seed)
     # after every internal probe, so that an external test changes none of their numbers
     if external is not None:
-        outcomes = check_external_inputs(config, model, images, paths, external, caches)
+        outcomes = check_external_inputs(config, model, images, paths, external,
+                                         descriptions_cache)
+        caches.append(descriptions_cache)
         for name, cache in zip(VARIANTS, caches[:len(VARIANTS)]):
             print(f"[INFO] {name}: one head trained on every image, tested on the external "
                   "images...")
@@ -429,13 +434,10 @@ def probe_variants(config, base_model, images, paths, classes, folds, class_name
     return probes, external_probes, screened
 
 
-def check_external_inputs(config, model, images, paths, external, caches):
+def check_external_inputs(config, model, images, paths, external, cache):
     """What the input check, fitted on every image of --dataset (the images the external heads
-    train on), says of each external image: its outcome. The descriptions' cache joins
-    `caches`."""
+    train on), says of each external image: its outcome. Descriptions are kept in `cache`."""
     extract = make_description_extractor(model, config.precision)
-    cache = description_cache(config.cache_folder, model, config.precision)
-    caches.append(cache)
     check = fit_input_check(extract_features(extract, images, paths, config.batch_size,
                                              cache=cache), config.seed)
     descriptions = extract_features(extract, external.store, external.paths, config.batch_size,

@@ -186,10 +186,19 @@ def fit_the_input_check(config, describe, images, trainP):
     return check
 
 
-def features_for_the_head(config, model, images, trainP, trainY, testP, other_caches=()):
-    """What the head trains on: (training batches, the test split's features, and the function
-    that computes other images' features as the test split's: `unchanged_features(store,
-    paths)`).
+@dataclasses.dataclass(frozen=True)
+class HeadInputs:
+    """What the head trains and is tested on (`features_for_the_head`)."""
+
+    batches: object  # the training batches, every epoch's
+    testF: object  # the test split's features
+    unchanged_features: object  # `unchanged_features(store, paths)`: other images', as testF
+    caches: list  # the feature caches they were read from and kept in ([] with --no-cache)
+
+
+def features_for_the_head(config, model, images, trainP, trainY, testP):
+    """What the head trains on: the training batches, the test split's features, and the
+    function that computes other images' features as the test split's (`HeadInputs`).
 
     Only the head learns, so the frozen base is part of the input pipeline, and what it
     computes depends on the image alone: it is computed once and kept in the feature cache.
@@ -198,11 +207,14 @@ def features_for_the_head(config, model, images, trainP, trainY, testP, other_ca
     training image by a random angle anew every epoch; here `Rotation` draws that angle from
     the seed, the epoch and the image alone, so that a rerun finds every rotated image's
     features in the cache. Each training image passes through VGG16 once per epoch, on the
-    first run; with --cache-features, once, not rotated.
+    first run; with --cache-features, once, not rotated. Every cache is made (its folders
+    checked) before any image passes through VGG16.
     """
     extract, crops = make_feature_extractor(model, config.precision)
     plain_cache = feature_cache(config.cache_folder, model, crops, config.precision)
-    caches = [plain_cache]
+    rotation = Rotation(seed=config.seed)
+    rotation_cache = None if config.cache_features else feature_cache(
+        config.cache_folder, model, crops, config.precision, rotation)
 
     def unchanged_features(store, paths):
         return extract_features(extract, store, paths, config.batch_size, UNCHANGED,
@@ -214,15 +226,11 @@ def features_for_the_head(config, model, images, trainP, trainY, testP, other_ca
         batches = training_batches(unchanged_features(images, trainP), trainY,
                                    config.batch_size, config.seed)
     else:
-        rotation = Rotation(seed=config.seed)
-        caches.append(feature_cache(config.cache_folder, model, crops, config.precision,
-                                    rotation))
         trainF = features_per_epoch(extract, images, trainP, config.batch_size, rotation,
-                                    config.epochs, caches[-1])
+                                    config.epochs, rotation_cache)
         batches = epoch_batches(trainF, trainY, config.batch_size, config.seed)
-    if plain_cache is not None:
-        print(cache_line(caches + [cache for cache in other_caches if cache is not None]))
-    return batches, testF, unchanged_features
+    caches = [cache for cache in (plain_cache, rotation_cache) if cache is not None]
+    return HeadInputs(batches, testF, unchanged_features, caches)
 
 
 def train(config, head, batches, steps, testF, testY):
@@ -335,11 +343,14 @@ def main(argv=None) -> int:
             # place the tutorial's head on the frozen base; `head` is that head on its own
             model = build_model(baseModel, len(class_names))
             head = make_head(model)
-            # what predict_covid19.py will check every image against: the training images
             describe, descriptions_cache = image_describer(config, model)
+            head_inputs = features_for_the_head(config, model, images, trainP, trainY, testP)
+            batches, testF, unchanged_features = (head_inputs.batches, head_inputs.testF,
+                                                  head_inputs.unchanged_features)
+            # what predict_covid19.py will check every image against: the training images
             check = fit_the_input_check(config, describe, images, trainP)
-            batches, testF, unchanged_features = features_for_the_head(
-                config, model, images, trainP, trainY, testP, [descriptions_cache])
+            if head_inputs.caches:
+                print(cache_line(head_inputs.caches + [descriptions_cache]))
             H = train(config, head, batches, len(trainP) // config.batch_size, testF, testY)
 
         results, probabilities, trueIdxs = evaluate(head, testF, testY, class_names,

@@ -11,9 +11,14 @@ from helpers import make_dataset, narrow_vgg16, run_main, write_junk, write_odd_
 
 
 def pytest_collection_modifyitems(items):
-    """The tests marked `slow` (subprocesses, whole audits: 5-20 s each) first: with two
-    workers, a long test started last would leave the other worker idle until it ends."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The tests marked `slow` (subprocesses, whole audits: 5-25 s each) first, the longest
+    (`slow(seconds=...)`, about what it takes on a Zen 4) before the others: with two workers,
+    a long test started last would leave the other worker idle until it ends."""
+    def seconds(item):
+        marker = item.get_closest_marker("slow")
+        return 0 if marker is None else marker.kwargs.get("seconds", 5)
+
+    items.sort(key=lambda item: -seconds(item))
 
 
 @pytest.fixture(scope="session", autouse=True)

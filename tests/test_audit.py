@@ -255,7 +255,7 @@ def test_a_file_in_both_classes_is_a_cross_class_duplicate(tmp_path):
     assert "[RESULT] CROSS-CLASS exact duplicate: covid/copied.png, normal/normal-00.png" in out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_command_line_run_in_a_subprocess(tmp_path):
     dataset = write_signal_dataset(str(tmp_path / "d"), "corner", per_class=2, size=32)
     result = subprocess.run(

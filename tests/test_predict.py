@@ -509,7 +509,7 @@ def shipped_jpegs():
     return jpegs("normal") + jpegs("covid")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=17)
 def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilities(trained,
                                                                                    tmp_path):
     """The script in a subprocess: its predictions, and a SavedModel and a TensorFlow Lite file

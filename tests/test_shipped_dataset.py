@@ -72,7 +72,7 @@ def test_size_stays_small():
     assert total <= 15 * 1024 * 1024
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
     # The README's command, from the repository root, with random weights, one epoch and the
     # outputs sent to a temporary folder instead of the checkout.

@@ -26,6 +26,7 @@ import predict_covid19
 import train_covid19
 from bench.benchmark import comparable  # what two identical runs print alike
 from covid19xray import data
+from covid19xray import features as features_module
 from covid19xray.cache import FeatureCache
 from covid19xray.data import epoch_batches, load_dataset
 from covid19xray.features import features_per_epoch, make_head
@@ -40,6 +41,7 @@ from helpers import (
     assert_one_line_error,
     make_dataset,
     progress_counts,
+    read_only,
     run_main,
     small_dataset,
     snapshot,
@@ -135,11 +137,11 @@ def test_training_data_is_read_once_per_step_and_never_after_fit(trained):
     """The end-of-training stall came from tf.data's autotuning thread, which a finished
     iterator waited for, and prefetched batches no step used; neither may come back."""
     assert trained["autotuning"] is False
-    # Every image is read back from the store once for each feature it has: the 8 training
-    # images once for the input check's descriptions, the 2 test images once, then the 8
-    # training images once per epoch (each epoch's rotation), in batches of 4; none while the
-    # head trains or after (while main evaluates, plots and saves).
-    assert [n for n, after in trained["reads"]] == [4, 4, 2] + [4] * 4
+    # Every image is read back from the store once for each feature it has: the 2 test images
+    # once, the 8 training images once per epoch (each epoch's rotation), then once more for
+    # the input check's descriptions, in batches of 4; none while the head trains or after
+    # (while main evaluates, plots and saves).
+    assert [n for n, after in trained["reads"]] == [2] + [4] * 4 + [4, 4]
     assert not any(after for n, after in trained["reads"])
 
 
@@ -148,10 +150,10 @@ def test_decoding_and_feature_extraction_show_progress_in_a_log(trained):
     listed = len(list_images(trained["dataset"]))
     decoding = progress_counts(trained["stderr"], "decoding")
     assert decoding[0] == (0, listed) and decoding[-1] == (listed, listed)
-    # the 8 training images' descriptions for the input check, the 2 test images, then 2 epochs
-    # of the 8 training images, a batch of 4 at a time
+    # the 2 test images, 2 epochs of the 8 training images, then the 8 training images'
+    # descriptions for the input check, a batch of 4 at a time
     assert progress_counts(trained["stderr"], "VGG16 features") == [
-        (0, 8), (4, 8), (8, 8), (0, 2), (2, 2), (0, 16), (4, 16), (8, 16), (12, 16), (16, 16)]
+        (0, 2), (2, 2), (0, 16), (4, 16), (8, 16), (12, 16), (16, 16), (0, 8), (4, 8), (8, 8)]
 
 
 def test_rotation_angles_come_from_the_seed_epoch_and_image_alone():
@@ -1118,3 +1120,27 @@ def test_a_fifo_in_the_cache_is_named_replaced_and_changes_no_number(workdir, ti
     for key in ["confusion_matrix", "accuracy", "sensitivity", "specificity", "roc_auc",
                 "test_files"]:
         assert first[key] == second[key], key
+
+
+def test_a_cache_folder_that_cannot_be_written_stops_training_before_vgg16(workdir,
+                                                                           monkeypatch):
+    """Found after the VGG16 work, a read-only cache folder cost that work; now the run stops
+    before any image passes through VGG16, in one line."""
+    small_dataset(workdir / "d", {"covid": 5, "normal": 5})
+    cache = workdir / "cache"
+    argv = ["--dataset", "d", "--batch-size", "4", "--cache-dir", str(cache)]
+    code, _, err = train(*argv)
+    assert code == 0, err
+    [rotations] = [folder for folder in cache.iterdir() if folder.is_dir()
+                   and '"Rotation"' in (folder / "configuration.json").read_text()]
+    entries = sorted(folder for folder in rotations.iterdir() if folder.is_dir())[0]
+    batches = []  # every image reaches VGG16 through features.model_batches
+    real_batches = features_module.model_batches
+    monkeypatch.setattr(features_module, "model_batches",
+                        lambda *args, **kwargs: batches.append(1) or real_batches(*args,
+                                                                                  **kwargs))
+    with read_only(str(entries)):
+        code, out, err = train(*argv, "--epochs", "2")  # the second epoch would be computed
+    assert_one_line_error(code, err, "train_covid19.py",
+                          f"its folder '{entries}' cannot be written", "--no-cache")
+    assert batches == [] and "[INFO] training head..." not in out
