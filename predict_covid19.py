@@ -451,6 +451,35 @@ def export_model(config, commit, model, class_names, check):
                         f"{said})")
 
 
+@dataclasses.dataclass
+class Predictions:
+    """What `predict_every_image` did: images read and overlays written, the check's counts,
+    and with --labelled each image's path, probabilities and outcome."""
+
+    predicted: int = 0
+    overlays: int = 0
+    outcomes: dict = dataclasses.field(default_factory=lambda: {OK: 0, UNLIKE_TRAINING: 0,
+                                                                REJECTED: 0})
+    paths: list = dataclasses.field(default_factory=list)
+    probabilities: list = dataclasses.field(default_factory=list)
+    checked: list = dataclasses.field(default_factory=list)
+
+    def count(self, outcome):
+        self.predicted += 1
+        if outcome is not None:
+            self.outcomes[outcome] += 1
+
+    def keep(self, path, row, outcome):
+        self.paths.append(path)
+        self.probabilities.append(row)
+        self.checked.append(outcome)
+
+    def check_line(self):
+        """`[INFO] input check: 3 of 40 images rejected, 5 unlike the training images`."""
+        return (f"[INFO] input check: {self.outcomes[REJECTED]} of {self.predicted} images "
+                f"rejected, {self.outcomes[UNLIKE_TRAINING]} unlike the training images")
+
+
 def predict_every_image(config, commit, classifier, class_names, image_paths):
     """Predict and check every image a batch at a time: print a line each, and write its CSV
     row and Grad-CAM overlay to `commit`'s temporary files (no overlay for an image the check
@@ -493,35 +522,6 @@ def predict_every_image(config, commit, classifier, class_names, image_paths):
     if not done.predicted:
         raise UserError("none of the given images could be read")
     return done
-
-
-@dataclasses.dataclass
-class Predictions:
-    """What `predict_every_image` did: images read and overlays written, the check's counts,
-    and with --labelled each image's path, probabilities and outcome."""
-
-    predicted: int = 0
-    overlays: int = 0
-    outcomes: dict = dataclasses.field(default_factory=lambda: {OK: 0, UNLIKE_TRAINING: 0,
-                                                                REJECTED: 0})
-    paths: list = dataclasses.field(default_factory=list)
-    probabilities: list = dataclasses.field(default_factory=list)
-    checked: list = dataclasses.field(default_factory=list)
-
-    def count(self, outcome):
-        self.predicted += 1
-        if outcome is not None:
-            self.outcomes[outcome] += 1
-
-    def keep(self, path, row, outcome):
-        self.paths.append(path)
-        self.probabilities.append(row)
-        self.checked.append(outcome)
-
-    def check_line(self):
-        """`[INFO] input check: 3 of 40 images rejected, 5 unlike the training images`."""
-        return (f"[INFO] input check: {self.outcomes[REJECTED]} of {self.predicted} images "
-                f"rejected, {self.outcomes[UNLIKE_TRAINING]} unlike the training images")
 
 
 @cli
