@@ -62,7 +62,7 @@ from covid19xray.properties import (
     separation,
 )
 from covid19xray.report import auc_with_interval, classification_metrics, save_figure, write_json
-from covid19xray.screening import describe_counts, screening
+from covid19xray.screening import print_counts, screening
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
 from covid19xray.training import (
     check_inputs,
@@ -274,12 +274,8 @@ def print_external(probes, external_probes, screened, folder, counts, class_name
                  for a in (inside, outside, accepted)]
         print(f"{name:<13} {cells[0]:<20} {cells[1]:<20} "
               f"{inside['value'] - outside['value']:<+7.2f} {cells[2]}")
-    print(f"input check (fitted on every image of --dataset) on the external images: "
-          f"{describe_counts(screened['counts'])}")
-    for group, counts in [*screened["by_class"].items(),
-                          *[(f"source {source}", c)
-                            for source, c in (screened["by_source"] or {}).items()]]:
-        print(f"  {shown(group)} ({sum(counts.values())}): {describe_counts(counts)}")
+    print_counts(screened, "input check (fitted on every image of --dataset) on the external "
+                           "images")
     if external_probes[VARIANTS[0]]["by_source"]:
         print(f"by source ({shown(os.path.join(folder, MANIFEST))}), each variant's "
               "external head:")

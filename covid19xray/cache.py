@@ -19,11 +19,9 @@ image and epoch (each epoch's rotation of it). `cache_line` prints both sizes af
 that used the cache. Deleting the folder clears it; nothing else refers to it.
 """
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import stat
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import tempfile
 import numpy as np
 
 from .cli import UserError, shown
-from .outputs import atomic_output
+from .outputs import atomic_output, file_kind, remove_path
 
 MAGIC = b"covid19-xray features v1\n"
 DIGEST_BYTES = 32
@@ -60,12 +58,6 @@ def _writable(folder):
     os.close(fd)
     os.remove(probe)
     return True
-
-
-def _kind(mode):
-    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a file")
 
 
 def disk_usage(path):
@@ -123,13 +115,11 @@ class FeatureCache:
             return None
         except OSError:
             # a symbolic link (O_NOFOLLOW), or what cannot be opened
-            info = os.lstat(path)
-            what = "a link" if stat.S_ISLNK(info.st_mode) else _kind(info.st_mode)
-            return self._remove(path, f"is {what}, not an entry")
+            return self._remove(path, f"is {file_kind(os.lstat(path).st_mode)}, not an entry")
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_ENTRY_BYTES:
             os.close(fd)
-            return self._remove(path, f"is {_kind(info.st_mode)}, not an entry"
+            return self._remove(path, f"is {file_kind(info.st_mode)}, not an entry"
                                 if not stat.S_ISREG(info.st_mode)
                                 else f"holds {info.st_size} bytes, more than any entry")
         with os.fdopen(fd, "rb") as f:
@@ -141,11 +131,7 @@ class FeatureCache:
     def _remove(self, path, why):
         print(f"[WARNING] feature cache entry {shown(path)} {why}; removed, computing it again",
               file=sys.stderr)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        remove_path(path)
         return None
 
     def get(self, image_digest):

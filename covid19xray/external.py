@@ -134,6 +134,11 @@ def sources_of(folder, paths):
     return [(manifest.get(name) or {}).get("source") or "unknown" for name in relative]
 
 
+def by_size(sources):
+    """The distinct sources of an array of them, the largest first (then by name)."""
+    return sorted(set(sources), key=lambda s: (-int((sources == s).sum()), s))
+
+
 def by_source(folder, paths, trueIdxs, probabilities, class_names):
     """{source: {"counts", "recall" of each class, and with two classes "sensitivity" and
     "specificity"}} of an external test, from `folder`'s manifest; None without one."""
@@ -143,7 +148,7 @@ def by_source(folder, paths, trueIdxs, probabilities, class_names):
     sources, predIdxs = np.array(sources), np.asarray(probabilities).argmax(axis=1)
     trueIdxs = np.asarray(trueIdxs)
     results = {}
-    for source in sorted(set(sources), key=lambda s: (-int((sources == s).sum()), s)):
+    for source in by_size(sources):
         mine = sources == source
         recall = {name: metric(int((mine & (trueIdxs == i) & (predIdxs == i)).sum()),
                                int((mine & (trueIdxs == i)).sum()))

@@ -40,7 +40,6 @@ keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
 
-
 def frozen_layers(model):
     """The layers from the input to FEATURES_LAYER: VGG16, the head's pooling and flatten."""
     names = [layer.name for layer in model.layers]

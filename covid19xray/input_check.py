@@ -124,13 +124,18 @@ def description_model(model):
 # ---------------------------------------------------------------------------------------------
 
 
+def squared_distances(descriptions, reference):
+    """The squared Euclidean distance of each row of `descriptions` to each row of
+    `reference`, in float64: (n, m)."""
+    q = np.asarray(descriptions, np.float64)
+    r = np.asarray(reference, np.float64)
+    return np.maximum((q * q).sum(1)[:, None] + (r * r).sum(1)[None] - 2 * q @ r.T, 0)
+
+
 def nearest_distances(descriptions, reference):
     """The Euclidean distance of each row of `descriptions` to its nearest row of
     `reference`: (n,) float64."""
-    q = np.asarray(descriptions, np.float64)
-    r = np.asarray(reference, np.float64)
-    squared = (q * q).sum(1)[:, None] + (r * r).sum(1)[None] - 2 * q @ r.T
-    return np.sqrt(np.maximum(squared, 0).min(axis=1))
+    return np.sqrt(squared_distances(descriptions, reference).min(axis=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +147,6 @@ class InputCheck:
     unlike_factor: float = UNLIKE_FACTOR
     reject_factor: float = REJECT_FACTOR
     fitted_on: int = 0  # training images the check was fitted on (the reference may be fewer)
-
-    @property
-    def unlike_threshold(self):
-        return self.unlike_factor * self.scale
-
-    @property
-    def reject_threshold(self):
-        return self.reject_factor * self.scale
 
     def distances(self, descriptions):
         """How far each image is from the nearest training image, in units of `scale`."""
@@ -176,10 +173,9 @@ def fit_input_check(descriptions, seed=0):
         keep = np.sort(np.random.default_rng(seed).choice(fitted_on, MAX_REFERENCE,
                                                          replace=False))
         descriptions = descriptions[keep]
-    d = np.asarray(descriptions, np.float64)
-    squared = (d * d).sum(1)[:, None] + (d * d).sum(1)[None] - 2 * d @ d.T
+    squared = squared_distances(descriptions, descriptions)
     np.fill_diagonal(squared, np.inf)
-    nearest_other = np.sqrt(np.maximum(squared, 0).min(axis=1))
+    nearest_other = np.sqrt(squared.min(axis=1))
     # identical training images would make the unit 0; a tiny floor keeps every ratio finite
     scale = max(float(np.median(nearest_other)), 1e-6)
     return InputCheck(reference=descriptions, scale=scale, fitted_on=fitted_on)

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import platform
-import stat
 import sys
 import zipfile
 
@@ -26,6 +25,7 @@ from .cli import UserError, first_line, lazy_import, shown
 from .config import VGG16_NOTOP_FILE
 from .images import IMAGE_SIZE
 from .input_check import store_input_check
+from .outputs import file_kind
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -184,12 +184,9 @@ def _stored_class_names(path):
 def _not_a_file(path):
     """What `path` is when it is not a regular file, or None when nothing is there."""
     try:
-        mode = os.stat(path).st_mode
+        kind = file_kind(os.stat(path).st_mode)
     except OSError:
         return "a link to nothing" if os.path.islink(path) else None
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
-            else "a block device" if stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-            else "a socket")
     if os.path.islink(path):
         kind = f"a link to {kind} ({os.path.realpath(path)})"
     return kind

@@ -102,6 +102,25 @@ def check_output_folder(folder, flag, source=None, source_flag=None):
                         else f"{flag} {folder!r} cannot be created: {existing!r} is not writable")
 
 
+def remove_path(path):
+    """Remove the file, link or folder at `path` (a folder with what it holds; a link, never
+    what it points to); nothing there is no error."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def file_kind(mode):
+    """What a file of `mode` (`os.stat`'s `st_mode`) is, in words: for the one line that
+    refuses what is not a regular file."""
+    return ("a link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a file")
+
+
 def file_digest(path):
     """The SHA-256 of the file at `path`, read in blocks."""
     digest = hashlib.sha256()
@@ -133,11 +152,7 @@ def remove_leftover_temporaries(paths, folders=()):
             leftovers += [os.path.join(folder, entry) for entry in os.listdir(folder)
                           if _is_temporary(entry)]
     for leftover in leftovers:
-        if os.path.isdir(leftover) and not os.path.islink(leftover):
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(leftover)
+        remove_path(leftover)
     if leftovers:
         print(f"[WARNING] removed {len(leftovers)} temporary file(s) an interrupted run left "
               "beside the outputs", file=sys.stderr)
@@ -193,11 +208,7 @@ class OutputCommit:
 
     def _discard(self):
         for temporary, _ in self._pending:
-            if os.path.isdir(temporary) and not os.path.islink(temporary):
-                shutil.rmtree(temporary, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(temporary)
+            remove_path(temporary)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ predict --labelled all report through it.
 import numpy as np
 
 from .cli import shown
+from .external import by_size
 from .input_check import OK, OUTCOMES, REJECTED, UNLIKE_TRAINING
 from .report import classification_metrics, describe
 
@@ -31,8 +32,7 @@ def screening(outcomes, trueIdxs, probabilities, class_names, sources=None):
     if sources is not None:
         sources = np.asarray(sources)
         result["by_source"] = {source: _counts(outcomes[sources == source])
-                               for source in sorted(set(sources),
-                                                    key=lambda s: (-int((sources == s).sum()), s))}
+                               for source in by_size(sources)}
     accepted = outcomes != REJECTED
     result["accepted"] = int(accepted.sum())
     every_class = set(trueIdxs[accepted].tolist()) == set(range(len(class_names)))
@@ -48,14 +48,18 @@ def describe_counts(counts):
             f"{counts[REJECTED]} rejected")
 
 
-def print_screening(result, class_names):
-    """The lines a test report adds for the input check."""
-    total = sum(result["counts"].values())
-    print(f"input check on these {total} images: {describe_counts(result['counts'])}")
+def print_counts(result, heading):
+    """`heading: 97 ok, ...`, then a line per class and per source."""
+    print(f"{heading}: {describe_counts(result['counts'])}")
     for name, counts in result["by_class"].items():
         print(f"  {shown(name)} ({sum(counts.values())}): {describe_counts(counts)}")
     for source, counts in (result["by_source"] or {}).items():
         print(f"  source {shown(source)} ({sum(counts.values())}): {describe_counts(counts)}")
+
+
+def print_screening(result, class_names):
+    """The lines a test report adds for the input check."""
+    print_counts(result, f"input check on these {sum(result['counts'].values())} images")
     metrics = result["on_accepted"]
     if metrics is None:
         print(f"on the {result['accepted']} images it accepted: not every class is among them, "
