@@ -33,23 +33,23 @@ import sys
 import numpy as np
 
 from covid19xray.cache import cache_line
+from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
-from covid19xray.config import FOLDS, RunConfig, add_run_flags
-from covid19xray.data import load_dataset, training_batches
+from covid19xray.config import FOLDS, RunConfig, add_flags, flag
+from covid19xray.data import load_dataset
 from covid19xray.external import check_classes, describe_by_source, load_external, sources_of
-from covid19xray.features import (
-    description_cache,
-    extract_features,
-    feature_cache,
-    make_description_extractor,
-    make_feature_extractor,
-    make_head,
-)
-from covid19xray.images import IMAGE_SIZE
+from covid19xray.features import make_head
 from covid19xray.input_check import REJECTED, fit_input_check
 from covid19xray.manifest import MANIFEST
-from covid19xray.model import build_model
+from covid19xray.model import build_model, load_vgg16
 from covid19xray.outputs import commit_outputs
+from covid19xray.pipeline import (
+    compile_head,
+    description_extractor,
+    feature_extractors,
+    fit_head,
+    training_batches,
+)
 from covid19xray.progress import progress
 from covid19xray.properties import (
     CATEGORICAL,
@@ -61,17 +61,16 @@ from covid19xray.properties import (
     perceptual_hash,
     separation,
 )
-from covid19xray.report import auc_with_interval, classification_metrics, save_figure, write_json
+from covid19xray.report import (
+    auc_with_interval,
+    classification_metrics,
+    counts_per_class,
+    run_facts,
+    save_figure,
+    write_json,
+)
 from covid19xray.screening import print_counts, screening
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
-from covid19xray.training import (
-    check_inputs,
-    check_outputs,
-    compile_head,
-    fit_head,
-    run_facts,
-    start,
-)
 from covid19xray.transforms import UNCHANGED, BoxMask
 
 tf = lazy_import("tensorflow")
@@ -92,12 +91,22 @@ CONFOUND_AUC = 0.8
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AuditConfig(RunConfig):
-    """Everything the audit is told, built once from the flags (`parse_args`)."""
+    """Everything the audit is told, built once from the flags (`parse_args`): each field is its
+    flag, with its default and help (`config.flag`)."""
 
-    folds: int = FOLDS
-    external: str | None = None
-    report: str = "audit.json"
-    plot: str = "audit.png"
+    dataset: str = flag(short="-d", help=(
+        "dataset folder: one folder of images per class, two classes"))
+    folds: int = flag(FOLDS, type=positive(int), help="cross-validation folds")
+    external: str | None = flag(None, metavar="DIR", help=(
+        "also train each variant's head on all of --dataset and test it on this labelled "
+        "folder from another source: internal against external AUC"))
+    report: str = flag("audit.json", short="-r", help="output JSON report")
+    plot: str = flag("audit.png", short="-p", help="output figure, PNG")
+
+    def inputs(self):
+        """The folders the audit reads images from: (flag, folder)."""
+        return [("--dataset", self.dataset),
+                *([("--external", self.external)] if self.external else [])]
 
     def outputs(self):
         """The two outputs, in the order they are written: (path, flag, suffix)."""
@@ -108,17 +117,7 @@ def parse_args(argv=None):
     ap = ArgumentParser(description="Can the classes of a chest X-ray dataset be told apart "
                                     "without the lungs? Cross-validated probes, confounds and "
                                     "duplicates. For education only.")
-    add_run_flags(ap, "dataset folder: one folder of images per class, two classes")
-    ap.add_argument("--folds", type=positive(int), default=FOLDS,
-                    help="cross-validation folds (default: %(default)s)")
-    ap.add_argument("--external", metavar="DIR",
-                    help="also train each variant's head on all of --dataset and test it on "
-                         "this labelled folder from another source: internal against external "
-                         "AUC")
-    ap.add_argument("-r", "--report", default="audit.json",
-                    help="output JSON report (default: %(default)s)")
-    ap.add_argument("-p", "--plot", default="audit.png",
-                    help="output figure, PNG (default: %(default)s)")
+    add_flags(ap, AuditConfig)
     args = ap.parse_args(argv)
     if args.folds < 2:
         ap.error(f"--folds must be 2 or more, got {args.folds}")
@@ -130,13 +129,18 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 
 
+def lung_box(keep="inside"):
+    """LUNG_BOX as a mask (`transforms.BoxMask`), keeping the box or all but it; read when the
+    audit runs."""
+    return BoxMask(box=tuple(LUNG_BOX), keep=keep)
+
+
 def variant_transforms():
-    """What each variant does to an image before VGG16: {variant: transform}. LUNG_BOX is read
-    when the audit runs, and each mask names it in the feature cache's key, so that a changed
-    box never reuses features masked with another."""
-    box = tuple(LUNG_BOX)
-    return {"full": UNCHANGED, "lungs_hidden": BoxMask(box=box, keep="outside"),
-            "lungs_only": BoxMask(box=box, keep="inside")}
+    """What each variant does to an image before VGG16: {variant: transform}. Each mask names
+    its box in the feature cache's key, so that a changed box never reuses features masked
+    with another."""
+    return {"full": UNCHANGED, "lungs_hidden": lung_box(keep="outside"),
+            "lungs_only": lung_box(keep="inside")}
 
 
 def cross_validate(config, head, initial, features, onehot, folds, what):
@@ -174,22 +178,39 @@ def probe(classes, probabilities, class_names, seed):
             "confusion_matrix": metrics["confusion_matrix"]}
 
 
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether the audit found a shortcut, and what it says of it (`verdict`)."""
+
+    shortcut: bool
+    text: str
+
+
 def verdict(hidden_auc):
-    """`shortcut` and what to say, from the lungs_hidden variant's AUC."""
+    """The `Verdict`, from the lungs_hidden variant's AUC."""
     value, (low, high) = hidden_auc["value"], hidden_auc["ci95"]
     auc = f"AUC {value:.2f}, 95% CI {low:.2f}-{high:.2f}"
     if low > 0.5 and value >= SHORTCUT_AUC:
-        return True, (f"shortcut: the classes can be told apart without looking at the lungs "
-                      f"(lungs hidden: {auc}). A model trained on this dataset can score well "
-                      "by the image source alone.")
-    return False, (f"no shortcut found: with the lungs hidden the classes are not told apart "
-                   f"well ({auc}; the rule needs an interval above 0.5 and an AUC of at least "
-                   f"{SHORTCUT_AUC}). This does not show that a model reads the lungs.")
+        return Verdict(True, "shortcut: the classes can be told apart without looking at the "
+                             f"lungs (lungs hidden: {auc}). A model trained on this dataset can "
+                             "score well by the image source alone.")
+    return Verdict(False, "no shortcut found: with the lungs hidden the classes are not told "
+                          f"apart well ({auc}; the rule needs an interval above 0.5 and an AUC "
+                          f"of at least {SHORTCUT_AUC}). This does not show that a model reads "
+                          "the lungs.")
 
 
 # ---------------------------------------------------------------------------------------------
 # Confounds and duplicates
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurements:
+    """Every image's properties and perceptual hash, in the order of its path (`measure`)."""
+
+    rows: list  # `properties.image_properties` of each image
+    hashes: list  # `properties.perceptual_hash` of each image
 
 
 def measure(images, paths):
@@ -201,7 +222,16 @@ def measure(images, paths):
             rows.append(image_properties(images.header(path), images.file_size(path), image))
             hashes.append(perceptual_hash(image))
             bar.update(1)
-    return rows, hashes
+    return Measurements(rows, hashes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Confounds:
+    """The images' properties per class, and those that alone separate the classes
+    (`describe_properties`)."""
+
+    per_class: dict  # {class: {property: its spread or tally}}
+    confounds: list  # the separating ones, strongest first
 
 
 def describe_properties(rows, labels, class_names, seed):
@@ -224,7 +254,7 @@ def describe_properties(rows, labels, class_names, seed):
                               "higher_in": higher,
                               "per_class": {name: per_class[name][prop] for name in class_names}})
     confounds.sort(key=lambda c: -c["auc"]["value"])
-    return per_class, confounds
+    return Confounds(per_class, confounds)
 
 
 def spread(values):
@@ -285,7 +315,7 @@ def print_external(probes, external_probes, screened, folder, counts, class_name
                                                class_names)))
 
 
-def print_confounds_and_duplicates(dataset, confounds, found, class_names):
+def print_confounds_and_duplicates(dataset, confounds, copies, class_names):
     """One line per confound and per group of copies, or one line saying there are none."""
     for c in confounds:
         print(f"[RESULT] confound: {c['property'].replace('_', ' ')} alone separates "
@@ -294,12 +324,12 @@ def print_confounds_and_duplicates(dataset, confounds, found, class_names):
     if not confounds:
         print(f"[RESULT] no file or image property alone separates the classes (AUC >= "
               f"{CONFOUND_AUC})")
-    for d in found:
+    for d in copies:
         how = "" if d["kind"] == "exact" else f" (pixels correlate at {d['correlation']:.3f})"
         files = ", ".join(shown(os.path.relpath(f, dataset)) for f in d["files"])
         print(f"[RESULT] {'CROSS-CLASS ' if d['cross_class'] else ''}{d['kind']} duplicate{how}: "
               f"{files}")
-    if not found:
+    if not copies:
         print("[RESULT] no exact or near duplicates")
 
 
@@ -318,10 +348,10 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
         if external_probes:
             sets.append(("external", external_probes, "tab:orange"))
         width = 0.8 / len(sets)
-        for k, (label, found, color) in enumerate(sets):
-            values = [found[v]["auc"]["value"] for v in VARIANTS]
-            low = [v - found[n]["auc"]["ci95"][0] for v, n in zip(values, VARIANTS)]
-            high = [found[n]["auc"]["ci95"][1] - v for v, n in zip(values, VARIANTS)]
+        for k, (label, results, color) in enumerate(sets):
+            values = [results[v]["auc"]["value"] for v in VARIANTS]
+            low = [v - results[n]["auc"]["ci95"][0] for v, n in zip(values, VARIANTS)]
+            high = [results[n]["auc"]["ci95"][1] - v for v, n in zip(values, VARIANTS)]
             ax.bar(np.arange(len(VARIANTS)) + (k - (len(sets) - 1) / 2) * width, values, width,
                    yerr=[low, high], capsize=6, color=color, label=label)
         ax.set_xticks(range(len(VARIANTS)), VARIANTS)
@@ -347,14 +377,12 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
             ax.text(0.5, 0.5, "no property alone separates the classes", ha="center")
             ax.set_axis_off()
 
-        height, width = IMAGE_SIZE
-        left, top, right, bottom = LUNG_BOX
+        top, bottom, left, right = lung_box().pixels()
         for k, (name, image) in enumerate(examples):
             ax = fig.add_subplot(grid[1, k])
             ax.imshow(image)
-            ax.add_patch(Rectangle((left * width, top * height), (right - left) * width,
-                                   (bottom - top) * height, fill=False, edgecolor="red",
-                                   linewidth=2))
+            ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False,
+                                   edgecolor="red", linewidth=2))
             ax.set_title(f"{name}: lungs_hidden blacks out the box, lungs_only the rest",
                          fontsize=9)
             ax.set_axis_off()
@@ -362,10 +390,20 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
     return fig
 
 
+@dataclasses.dataclass(frozen=True)
+class Folds:
+    """The dataset's two classes and its cross-validation folds (`two_classes`)."""
+
+    class_names: list  # sorted: the first is the positive class
+    classes: np.ndarray  # each image's class index
+    folds: list  # (training indices, test indices) of each fold
+    grouped: bool  # whether the folds are grouped by patient
+    about: str  # the line that says all this
+
+
 def two_classes(config, labels, paths):
-    """The class names (sorted: the first is the positive class), each image's class index, the
-    folds, whether they are grouped by patient, and a line saying so; the audit compares
-    exactly two classes."""
+    """The class names, each image's class, and the folds, grouped by patient where the
+    dataset's manifest names them (`Folds`); the audit compares exactly two classes."""
     if len(set(labels)) != 2:
         raise UserError(f"the audit compares two classes; --dataset {config.dataset!r} has "
                         f"{len(set(labels))} ({', '.join(sorted(set(labels)))})")
@@ -377,72 +415,73 @@ def two_classes(config, labels, paths):
              "cross-validation "
              + (f"grouped by patient ({MANIFEST})" if patients is not None
                 else f"by image (no {MANIFEST}: images of one patient may sit in two folds)"))
-    return class_names, classes, folds, patients is not None, about
+    return Folds(class_names, classes, folds, patients is not None, about)
 
 
-def probe_variants(config, base_model, images, paths, classes, folds, class_names,
-                   external=None):
+@dataclasses.dataclass(frozen=True)
+class Probes:
+    """Each variant's probe (`probe_variants`): cross-validated, and with --external, tested
+    there, with the input check's counts on the external images."""
+
+    internal: dict  # {variant: its cross-validated probe}
+    external: dict  # {variant: its external probe} ({} without --external)
+    screened: dict | None  # the input check's counts on the external images
+
+
+def probe_variants(config, base_model, images, paths, folds, external=None):
     """The probe of every variant: the features of every image (each computed once, or read
     from the cache), then one fresh head per fold. With `external` (an `ExternalSet`), also
     one head trained on every image of --dataset, tested on the external images."""
     model = build_model(base_model, 2)
-    (extract, crops), head = make_feature_extractor(model, config.precision), make_head(model)
+    transforms = variant_transforms()
+    # every cache made (and its folders checked) before any VGG16 work
+    extractors = feature_extractors(config, model, [transforms[name] for name in VARIANTS])
+    head = make_head(model)
     # every head of every variant starts from these weights, so that no variant's result
     # depends on the variants (or the external test) before it
     initial = head.get_weights()
     compile_head(head, 2, config.lr, config.epochs)
-    onehot = np.eye(2, dtype="float32")[classes]
+    describer = description_extractor(config, model) if external is not None else None
+    onehot = np.eye(2, dtype="float32")[folds.classes]
     probes, external_probes, features_by_variant, screened = {}, {}, {}, None
-    transforms = variant_transforms()
-    # every cache made (and its folders checked) before any VGG16 work
-    caches = [feature_cache(config.cache_folder, model, crops, config.precision,
-                            transforms[name]) for name in VARIANTS]
-    descriptions_cache = (description_cache(config.cache_folder, model, config.precision)
-                          if external is not None else None)
-    for name, cache in zip(VARIANTS, caches):
+    for name, extractor in zip(VARIANTS, extractors):
         print(f"[INFO] {name}: features of every image, then {config.folds} heads...")
-        features_by_variant[name] = extract_features(extract, images, paths, config.batch_size,
-                                                     transforms[name], cache)
+        features_by_variant[name] = extractor.features(images, paths)
         probabilities = cross_validate(config, head, initial, features_by_variant[name], onehot,
-                                       folds, f"{name} heads")
-        probes[name] = probe(classes, probabilities, class_names, config.seed)
+                                       folds.folds, f"{name} heads")
+        probes[name] = probe(folds.classes, probabilities, folds.class_names, config.seed)
     # after every internal probe, so that an external test changes none of their numbers
     if external is not None:
-        outcomes = check_external_inputs(config, model, images, paths, external,
-                                         descriptions_cache)
-        caches.append(descriptions_cache)
-        for name, cache in zip(VARIANTS, caches[:len(VARIANTS)]):
+        outcomes = check_external_inputs(config, describer, images, paths, external)
+        for name, extractor in zip(VARIANTS, extractors):
             print(f"[INFO] {name}: one head trained on every image, tested on the external "
                   "images...")
-            external_features = extract_features(extract, external.store, external.paths,
-                                                 config.batch_size, transforms[name], cache)
-            external_probes[name] = test_externally(config, head, initial,
-                                                    features_by_variant[name], onehot,
-                                                    external, external_features, name,
-                                                    class_names, outcomes)
+            external_probes[name] = probe_externally(
+                config, head, initial, features_by_variant[name], onehot, external,
+                extractor.features(external.store, external.paths), name, folds.class_names,
+                outcomes)
         screened = screening(outcomes, external.onehot.argmax(axis=1),
-                             external_probes[VARIANTS[0]]["probabilities"], class_names,
+                             external_probes[VARIANTS[0]]["probabilities"], folds.class_names,
                              sources_of(external.folder, external.paths))
     if config.cache_folder is not None:
-        print(cache_line([cache for cache in caches if cache is not None]))
+        print(cache_line([e.cache for e in extractors]
+                         + ([describer.cache] if describer is not None else [])))
     for result in external_probes.values():
         del result["probabilities"]  # kept for `screening` only
-    return probes, external_probes, screened
+    return Probes(probes, external_probes, screened)
 
 
-def check_external_inputs(config, model, images, paths, external, cache):
+def check_external_inputs(config, describer, images, paths, external):
     """What the input check, fitted on every image of --dataset (the images the external heads
-    train on), says of each external image: its outcome. Descriptions are kept in `cache`."""
-    extract = make_description_extractor(model, config.precision)
-    check = fit_input_check(extract_features(extract, images, paths, config.batch_size,
-                                             cache=cache), config.seed)
-    descriptions = extract_features(extract, external.store, external.paths, config.batch_size,
-                                    cache=cache)
+    train on), says of each external image: its outcome. `describer` describes the images
+    (`pipeline.description_extractor`)."""
+    check = fit_input_check(describer.features(images, paths), config.seed)
+    descriptions = describer.features(external.store, external.paths)
     return check.outcomes(check.distances(descriptions))
 
 
-def test_externally(config, head, initial, features, onehot, external, external_features, name,
-                    class_names, outcomes):
+def probe_externally(config, head, initial, features, onehot, external, external_features,
+                     name, class_names, outcomes):
     """One variant's head trained on every image of --dataset (as one more fold), then tested
     on the external images' features: the external probe of that variant, on every image and
     on those the input check accepted (`outcomes`)."""
@@ -463,33 +502,34 @@ def test_externally(config, head, initial, features, onehot, external, external_
     return result
 
 
-def external_report(config, external, probes, external_probes, screened, class_names):
+def external_report(config, external, probes, class_names):
     """The audit's external test (`audit.json`'s `external`): what every external report says
     first (`ExternalSet.facts`), each variant's probe and its AUC's drop, and the input
     check's counts."""
     return {"folder": config.external, **external.facts(config.dataset, class_names),
-            "probe": external_probes, "input_check": screened,
-            "auc_drop": {name: probes[name]["auc"]["value"]
-                         - external_probes[name]["auc"]["value"] for name in VARIANTS}}
+            "probe": probes.external, "input_check": probes.screened,
+            "auc_drop": {name: probes.internal[name]["auc"]["value"]
+                         - probes.external[name]["auc"]["value"] for name in VARIANTS}}
 
 
-def audit_report(config, class_names, labels, grouped, probes, verdict_of, confounds,
-                 per_class, found, external=None):
+def audit_report(config, folds, labels, probes, judged, properties, copies, external=None):
     """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
-    shortcut, text = verdict_of
+    class_names = folds.class_names
+    top, bottom, left, right = lung_box().pixels()
     return {
         **({"external": external} if external else {}),
         "dataset": config.dataset, "class_names": class_names,
         "positive_class": class_names[0],
-        "counts": {name: int((labels == name).sum()) for name in class_names},
-        "folds": {"k": config.folds, "grouped_by_patient": grouped},
+        "counts": counts_per_class(np.eye(2)[folds.classes], class_names),
+        "folds": {"k": config.folds, "grouped_by_patient": folds.grouped},
         "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
-                     "pixels_of_224": [round(f * 224) for f in LUNG_BOX]},
-        "probe": probes, "shortcut": shortcut, "verdict": text,
+                     "pixels_of_224": [left, top, right, bottom]},
+        "probe": probes.internal, "shortcut": judged.shortcut, "verdict": judged.text,
         "shortcut_rule": f"lungs_hidden AUC 95% CI above 0.5 and AUC >= {SHORTCUT_AUC}",
-        "confounds": confounds, "confound_rule": f"a property's AUC alone >= {CONFOUND_AUC}",
-        "properties_per_class": per_class,
-        "duplicates": found, "near_duplicate_rule": (
+        "confounds": properties.confounds,
+        "confound_rule": f"a property's AUC alone >= {CONFOUND_AUC}",
+        "properties_per_class": properties.per_class,
+        "duplicates": copies, "near_duplicate_rule": (
             f"perceptual hashes at most {NEAR_DUPLICATE_BITS} bits of 64 apart and 64x64 grey "
             f"versions correlating at {NEAR_DUPLICATE_CORRELATION} or more"),
         **run_facts(config),
@@ -499,47 +539,48 @@ def audit_report(config, class_names, labels, grouped, probes, verdict_of, confo
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
-    inputs = [("--dataset", config.dataset),
-              *([("--external", config.external)] if config.external else [])]
-    outputs = check_outputs(inputs, config.outputs())
-    check_inputs(inputs, config.cache_folder)
-    # a second audit writing the same files stops here; the outputs replace the earlier ones
-    # only when both are written
-    with commit_outputs(*outputs) as commit:
-        base_model = start(config)
+    # every path checked before minutes of work; a second audit writing the same files stops
+    # here; the outputs replace the earlier ones only when both are written
+    with commit_outputs(*check_paths(config.inputs(), config.outputs(),
+                                     config.cache_folder)) as commit:
+        # seed everything, then load VGG16 first: a wrong --weights fails in seconds
+        base_model = load_vgg16(config.weights, config.seed, config.precision)
         print("[INFO] loading images...")
         images, paths, labels = load_dataset(config.dataset)
         with contextlib.ExitStack() as stack:
             stack.callback(images.close)
-            class_names, classes, folds, grouped, about = two_classes(config, labels, paths)
+            folds = two_classes(config, labels, paths)
             external = None
             if config.external:
-                check_classes(config.external, class_names)
+                check_classes(config.external, folds.class_names)
                 external = stack.enter_context(contextlib.closing(load_external(
-                    config.external, class_names, {images.digest(p): p for p in paths})))
-            probes, external_probes, screened = probe_variants(
-                config, base_model, images, paths, classes, folds, class_names, external)
-            rows, hashes = measure(images, paths)
-            per_class, confounds = describe_properties(rows, labels, class_names, config.seed)
-            found = find_duplicates(images, paths, labels, hashes)
+                    config.external, folds.class_names,
+                    {images.digest(p): p for p in paths})))
+            # 1. the probe: each variant's heads, cross-validated (and tested externally)
+            probes = probe_variants(config, base_model, images, paths, folds, external)
+            # 2. confounds and 3. duplicates
+            measured = measure(images, paths)
+            properties = describe_properties(measured.rows, labels, folds.class_names,
+                                             config.seed)
+            copies = find_duplicates(images, paths, labels, measured.hashes)
             examples = [(name, images.image(paths[list(labels).index(name)]))
-                        for name in class_names]
+                        for name in folds.class_names]
 
-        verdict_of = verdict(probes["lungs_hidden"]["auc"])
-        print_probes(probes, verdict_of[1], about)
+        judged = verdict(probes.internal["lungs_hidden"]["auc"])
+        print_probes(probes.internal, judged.text, folds.about)
         external_part = None
         if external:
-            print_external(probes, external_probes, screened, config.external,
-                           class_counts(external.onehot, class_names), class_names)
-            external_part = external_report(config, external, probes, external_probes,
-                                            screened, class_names)
-        print_confounds_and_duplicates(config.dataset, confounds, found, class_names)
-        report = audit_report(config, class_names, labels, grouped, probes, verdict_of,
-                              confounds, per_class, found, external_part)
+            print_external(probes.internal, probes.external, probes.screened, config.external,
+                           class_counts(external.onehot, folds.class_names), folds.class_names)
+            external_part = external_report(config, external, probes, folds.class_names)
+        print_confounds_and_duplicates(config.dataset, properties.confounds, copies,
+                                       folds.class_names)
+        report = audit_report(config, folds, labels, probes, judged, properties, copies,
+                              external_part)
         with commit.writing():
             write_json(commit.temporary(config.report), report)
-            save_figure(plot_audit(probes, confounds, rows, labels, class_names, examples,
-                                   external_probes),
+            save_figure(plot_audit(probes.internal, properties.confounds, measured.rows, labels,
+                                   folds.class_names, examples, probes.external),
                         commit.temporary(config.plot))
     print(f"[INFO] wrote {shown(config.report)} (report), {shown(config.plot)} (plot)")
     return 0

@@ -39,11 +39,12 @@ import re
 import sys
 
 from covid19xray.building import copy_into_output, refusal
+from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
-from covid19xray.config import default_cache_folder
+from covid19xray.config import add_seed_flag, default_cache_folder
 from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
 from covid19xray.manifest import patients_in_manifests
-from covid19xray.outputs import check_output_folder, claim_outputs
+from covid19xray.outputs import claim_outputs
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
 # the raw-file root of Cohen's repository: metadata.csv and images/ are under it
@@ -87,8 +88,7 @@ def parse_args(argv=None):
                     help="leave out every row whose patient has an image of this source in "
                          "that manifest.csv (for example dataset/manifest.csv), so that a test "
                          "set shares no patient with a training set; repeatable")
-    ap.add_argument("--seed", type=int, default=42,
-                    help="seed of the --per-patient and --limit picks (default: %(default)s)")
+    add_seed_flag(ap, "the --per-patient and --limit picks")
     args = ap.parse_args(argv)
     args.finding = args.finding or ["COVID-19"]
     args.view = args.view or ["PA"]

@@ -38,6 +38,12 @@ import cv2
 import numpy as np
 
 from covid19xray import spreadsheet
+from covid19xray.checks import (
+    check_new_folder,
+    check_not_inside_inputs,
+    check_output_folder,
+    check_output_path,
+)
 from covid19xray.cli import (
     ArgumentParser,
     UserError,
@@ -51,10 +57,11 @@ from covid19xray.cli import (
     shown,
     warn_if_not_utf8,
 )
-from covid19xray.config import BATCH_SIZE, PRECISIONS, Config
+from covid19xray.config import BATCH_SIZE, PRECISIONS, Config, add_flags, flag
 from covid19xray.data import label_of
 from covid19xray.export import export_saved_model, export_tflite
 from covid19xray.external import print_by_source, sources_of
+from covid19xray.features import model_with_precision
 from covid19xray.images import (
     damage_warning,
     decode,
@@ -75,14 +82,8 @@ from covid19xray.input_check import (
     read_input_check,
 )
 from covid19xray.manifest import MANIFEST
-from covid19xray.model import check_precision, load_classifier, model_with_precision
-from covid19xray.outputs import (
-    check_new_folder,
-    check_not_inside_inputs,
-    check_output_folder,
-    check_output_path,
-    commit_outputs,
-)
+from covid19xray.model import check_precision, load_classifier
+from covid19xray.outputs import commit_outputs
 from covid19xray.progress import progress, say
 from covid19xray.report import print_evaluation, versions, write_json
 from covid19xray.screening import print_screening, screening
@@ -96,19 +97,35 @@ HEATMAP_ALPHA = 0.4
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PredictConfig(Config):
-    """Everything this run is told, built once from the flags (`parse_args`)."""
+    """Everything this run is told, built once from the flags (`parse_args`): each field is its
+    flag, with its default and help (`config.flag`)."""
 
-    images: tuple = ()
-    model: str = "covid19.h5"
-    csv: str | None = None
-    gradcam: str | None = None
-    labelled: bool = False
-    classify_rejected: bool = False
-    report: str | None = None
-    batch_size: int = BATCH_SIZE
-    precision: str = "float32"
-    export: str | None = None
-    tflite: str | None = None
+    images: tuple = flag((), positional=True, nargs="*", metavar="IMAGE_OR_FOLDER", help=(
+        "X-ray image files, or folders searched for images recursively"))
+    model: str = flag("covid19.h5", short="-m", help=(
+        "model saved by train_covid19.py, .h5 or .keras"))
+    csv: str | None = flag(None, help="also write file,predicted,p_<class>... to this CSV file")
+    gradcam: str | None = flag(None, metavar="DIR", help=(
+        "write <name>_gradcam.png per image into this folder: the X-ray at its own size with the "
+        "Grad-CAM heatmap of the predicted class over it"))
+    labelled: bool = flag(False, help=(
+        "the images' folders name their true classes (folders laid out as train_covid19.py's "
+        "--dataset): after the predictions, print the training script's test report on them"))
+    classify_rejected: bool = flag(False, help=(
+        "classify the images the input check rejects too, as predictions were made before the "
+        "check existed; their lines and CSV rows still say rejected"))
+    report: str | None = flag(None, metavar="JSON", help=(
+        "with --labelled, also write that report to this JSON file"))
+    batch_size: int = flag(BATCH_SIZE, type=positive(int), help="images per forward pass")
+    precision: str = flag("float32", choices=PRECISIONS, help=(
+        "what the network computes in; the softmax stays float32"))
+    export: str | None = flag(None, metavar="DIR", help=(
+        "also write the model as a TensorFlow SavedModel into this new folder: serve(images) "
+        "takes (n, 224, 224, 3) RGB floats in [0, 1] and returns the class probabilities "
+        "(float32, whatever --precision says)"))
+    tflite: str | None = flag(None, metavar="FILE", help=(
+        "also write the model as a TensorFlow Lite file (.tflite), with the same input and "
+        "output"))
 
     def __post_init__(self):
         object.__setattr__(self, "images", tuple(self.images))  # frozen all the way
@@ -118,43 +135,14 @@ def parse_args(argv=None):
     """Returns a `PredictConfig`."""
     ap = ArgumentParser(description="Classify chest X-rays with a model train_covid19.py "
                                     "saved. For education only.")
-    ap.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER",
-                    help="X-ray image files, or folders searched for images recursively")
-    ap.add_argument("-m", "--model", default="covid19.h5",
-                    help="model saved by train_covid19.py, .h5 or .keras (default: %(default)s)")
-    ap.add_argument("--csv", help="also write file,predicted,p_<class>... to this CSV file")
-    ap.add_argument("--gradcam", metavar="DIR",
-                    help="write <name>_gradcam.png per image into this folder: the X-ray at its "
-                         "own size with the Grad-CAM heatmap of the predicted class over it")
-    ap.add_argument("--labelled", action="store_true",
-                    help="the images' folders name their true classes (folders laid out as "
-                         "train_covid19.py's --dataset): after the predictions, print the "
-                         "training script's test report on them")
-    ap.add_argument("--classify-rejected", action="store_true",
-                    help="classify the images the input check rejects too, as predictions were "
-                         "made before the check existed; their lines and CSV rows still say "
-                         "rejected")
-    ap.add_argument("--report", metavar="JSON",
-                    help="with --labelled, also write that report to this JSON file")
-    ap.add_argument("--batch-size", type=positive(int), default=BATCH_SIZE,
-                    help="images per forward pass (default: %(default)s)")
-    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
-                    help="what the network computes in; the softmax stays float32 "
-                         "(default: %(default)s)")
-    ap.add_argument("--export", metavar="DIR",
-                    help="also write the model as a TensorFlow SavedModel into this new folder: "
-                         "serve(images) takes (n, 224, 224, 3) RGB floats in [0, 1] and returns "
-                         "the class probabilities (float32, whatever --precision says)")
-    ap.add_argument("--tflite", metavar="FILE",
-                    help="also write the model as a TensorFlow Lite file (.tflite), with the "
-                         "same input and output")
+    add_flags(ap, PredictConfig)
     args = ap.parse_args(argv)
     if not (args.images or args.export or args.tflite):
         ap.error("give the images to predict, or --export or --tflite to export the model")
-    for flag, given in [("--csv", args.csv), ("--gradcam", args.gradcam),
+    for name, given in [("--csv", args.csv), ("--gradcam", args.gradcam),
                         ("--labelled", args.labelled)]:
         if given and not args.images:
-            ap.error(f"{flag} needs the images to predict")
+            ap.error(f"{name} needs the images to predict")
     return PredictConfig.from_flags(args)
 
 
@@ -165,15 +153,15 @@ def parse_args(argv=None):
 
 def find_inputs(inputs):
     """The image files named, and those under the folders named, in the order given."""
-    found = []
+    image_paths = []
     for item in inputs:
         if os.path.isdir(item):
-            found.extend(list_images(item))
+            image_paths.extend(list_images(item))
         elif os.path.isfile(item):
-            found.append(item)
+            image_paths.append(item)
         else:
             raise UserError(f"{shown(item)!r}: no such file or folder")
-    return found
+    return image_paths
 
 
 def read_in_batches(image_paths, batch_size, bar):
@@ -386,18 +374,26 @@ def csv_row(path, row, class_names, outcome=None, distance=None, classified=True
     return [path, *cells, *check]
 
 
-def check_outputs(config):
+@dataclasses.dataclass(frozen=True)
+class OutputPlan:
+    """What this run will write (`plan_outputs`), all renamed into place together at its end."""
+
+    files: list  # files and new folders: --csv, --report, --export, --tflite
+    folders: list  # folders of files: --gradcam
+
+
+def plan_outputs(config):
     """Every output checked before the slow work: none inside a folder predict reads images
     from (a --gradcam overlay there would be read as an X-ray next time, or trained on as a
-    class of its own); (files and new folders, folders of files) to write."""
+    class of its own). Returns the `OutputPlan`."""
     if config.report and not config.labelled:
         raise UserError("--report needs --labelled: without true classes there is no report")
     inputs = [("the image folder", item) for item in config.images if os.path.isdir(item)]
-    for flag, path in [("--csv", config.csv), ("--report", config.report),
+    for name, path in [("--csv", config.csv), ("--report", config.report),
                        ("--gradcam", config.gradcam), ("--export", config.export),
                        ("--tflite", config.tflite)]:
         if path:
-            check_not_inside_inputs(path, flag, inputs)
+            check_not_inside_inputs(path, name, inputs)
     if config.csv:
         check_output_path(config.csv, "--csv", suffix=".csv")
     if config.report:
@@ -408,13 +404,23 @@ def check_outputs(config):
         check_new_folder(config.export, "--export")
     if config.tflite:
         check_output_path(config.tflite, "--tflite", suffix=".tflite")
-    return ([path for path in (config.csv, config.report, config.export, config.tflite) if path],
-            [config.gradcam] if config.gradcam else [])
+    return OutputPlan([path for path in (config.csv, config.report, config.export, config.tflite)
+                       if path],
+                      [config.gradcam] if config.gradcam else [])
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedModel:
+    """What the model file holds (`load_model`)."""
+
+    model: object  # the network, float32 as saved
+    class_names: list
+    check: object  # its `input_check.InputCheck`, or None for a model trained before it
 
 
 def load_model(config):
-    """The saved model (float32, as saved), its class names and its input check (None, said in
-    one line, for a model trained before the check existed)."""
+    """The saved model, its class names and its input check (None, said in one line, for a
+    model trained before the check existed): a `SavedModel`."""
     import_tensorflow()
     model, class_names = load_classifier(config.model)
     if config.gradcam and last_conv_layer(model) is None:
@@ -427,7 +433,7 @@ def load_model(config):
               "before train_covid19.py fitted one): every image is classified unchecked; "
               "retrain it to have its inputs checked", file=sys.stderr)
     check_precision(config.precision)
-    return model, class_names, check
+    return SavedModel(model, class_names, check)
 
 
 def export_model(config, commit, model, class_names, check):
@@ -527,19 +533,22 @@ def predict_every_image(config, commit, classifier, class_names, image_paths):
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
-    files, folders = check_outputs(config)
+    plan = plan_outputs(config)
+    # the images named, and those in the folders named
     image_paths = find_inputs(config.images)
     warn_if_not_utf8(image_paths)
     if config.images and not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
-    model, class_names, check = load_model(config)
+    # load the model, its class names and its input check
+    saved = load_model(config)
+    model, class_names, check = saved.model, saved.class_names, saved.check
     truth = true_classes(image_paths, class_names) if config.labelled else None
     # the check's fit to the network is checked here, before any output is begun
     classifier = make_classifier(config, model, check) if image_paths else None
 
     # every output is written to its temporary file, and all are renamed into place together
     # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
-    with commit_outputs(*files, folders=folders) as commit:
+    with commit_outputs(*plan.files, folders=plan.folders) as commit:
         if config.export or config.tflite:
             export_model(config, commit, model, class_names, check)
         done = Predictions()  # none with --export or --tflite alone

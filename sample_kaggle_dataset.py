@@ -24,9 +24,11 @@ import re
 import sys
 
 from covid19xray.building import copy_into_output
+from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.config import add_seed_flag
 from covid19xray.images import list_images
-from covid19xray.outputs import check_output_folder, claim_outputs
+from covid19xray.outputs import claim_outputs
 
 
 def parse_args(argv=None):
@@ -46,8 +48,7 @@ def parse_args(argv=None):
                     help="Kaggle split to sample from (default: %(default)s)")
     ap.add_argument("--label", choices=["NORMAL", "PNEUMONIA"], default="NORMAL",
                     help="Kaggle class folder to sample from (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=42,
-                    help="seed of the sample (default: %(default)s)")
+    add_seed_flag(ap, "the sample")
     return ap.parse_args(argv)
 
 

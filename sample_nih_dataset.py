@@ -33,9 +33,11 @@ import random
 import sys
 
 from covid19xray.building import copy_into_output
+from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.config import add_seed_flag
 from covid19xray.manifest import patients_in_manifests
-from covid19xray.outputs import check_output_folder, claim_outputs
+from covid19xray.outputs import claim_outputs
 
 # NIH's label file, by its two published names
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
@@ -75,8 +77,7 @@ def parse_args(argv=None):
                     help="leave out every patient with an NIH film in that manifest.csv (for "
                          "example mydata/manifest.csv), so that a test set shares no patient "
                          "with a training set; repeatable")
-    ap.add_argument("--seed", type=int, default=42,
-                    help="seed of the --limit sample (default: %(default)s)")
+    add_seed_flag(ap, "the --limit sample")
     return ap.parse_args(argv)
 
 
@@ -135,12 +136,12 @@ def image_folders(nih):
 
 def locate_images(nih, names):
     """{name: path} of the films named that are in one of the image folders."""
-    wanted, found = set(names), {}
+    wanted, located = set(names), {}
     for folder in image_folders(nih):
         for name in os.listdir(folder):
-            if name in wanted and name not in found:
-                found[name] = os.path.join(folder, name)
-    return found
+            if name in wanted and name not in located:
+                located[name] = os.path.join(folder, name)
+    return located
 
 
 # ---------------------------------------------------------------------------------------------

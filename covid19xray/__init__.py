@@ -1,20 +1,26 @@
-"""The machinery the five scripts at the repository's root share, one concern a module.
+"""The machinery the six scripts at the repository's root share, one concern a module.
 
 Read the scripts first: they follow the tutorial step by step and call into these.
 
 - `cli`: one-line errors, Ctrl-C and SIGTERM, the lazy TensorFlow import that keeps --help fast.
 - `images`: which files are images (DICOM too), reading them safely, and the one
   preprocessing: every file as a viewer shows it, 8-bit, then the tutorial's steps.
-- `data`: the decoded-image store and the tf.data pipelines that feed the model from it.
-- `model`: VGG16 with the tutorial's head, its optimizer, the model file, precision.
-- `features`, `cache`: the frozen network computed once per image, and its on-disk cache.
+- `data`: the decoded-image store: every image decoded once.
+- `pipeline`: from decoded images to the head's training batches: VGG16's features, kept in
+  the feature cache (`cache`), the batches, and the head's compile and fit.
+- `model`: VGG16 (loaded seeded) with the tutorial's head, its optimizer, the model file,
+  precision;
+  `features`: the frozen part of it as a feature extractor, and the head on its own.
+- `input_check`, `screening`: the check of predict's inputs against the training images.
 - `splits`: the class encoding, the 80/20 holdout split, cross-validation folds, patients.
 - `external`: testing on a labelled folder from elsewhere: its classes, identical files,
   shared patients.
-- `training`: what train_covid19.py and audit_covid19.py share: flags, checks, the head's fit.
+- `config`: the tutorial's hyperparameters and every script's flags, one field each.
+- `checks`: every path a script reads or writes, checked before any slow work.
 - `report`: metrics with their 95% intervals, the plots, the JSON reports.
 - `outputs`: checked, atomic and locked outputs; `spreadsheet`: CSV cells that stay text.
 - `manifest`, `building`, `fetch`: the dataset's manifest, the builders' copy step, and
   downloading a collection's files over HTTP(S), checked and cached.
 - `properties`: the audit's confounds and near-duplicate detection.
+- `export`: the SavedModel and TensorFlow Lite files; `progress`: progress bars and log lines.
 """

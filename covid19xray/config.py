@@ -7,8 +7,10 @@ predict_covid19.py use the same numbers.
 
 `Config` is what a script is told, built once from its flags and never changed: the steps read
 it, none rewrites it, and a test builds one directly (`TrainConfig(dataset=...)`) instead of
-faking argparse's namespace. `RunConfig` holds the flags of a run that trains heads on the
-frozen VGG16 (train and the audit); each script extends it with its own.
+faking argparse's namespace. Each field is its flag (`flag`: default, help and argparse options
+in one place), and `add_flags` makes the parser from the fields, as transformers'
+`HfArgumentParser` does. `RunConfig` holds the flags of a run that trains heads on the frozen
+VGG16 (train and the audit); each script extends it with its own.
 """
 
 import dataclasses
@@ -42,6 +44,58 @@ def default_cache_folder():
     return os.path.join(base, "covid19-xray")
 
 
+def flag(default=dataclasses.MISSING, *, help, short=None, show_default=True,
+         default_factory=dataclasses.MISSING, **argparse_options):
+    """A configuration field that is also a command-line flag: `--name-with-dashes` (and
+    `short`), its `default`, and `help` and any other argparse options (`type`, `choices`,
+    `metavar`) in its metadata, where `add_flags` reads them. The default is written here and
+    nowhere else; `(default: ...)` is added to the help unless the default says nothing
+    (None, False, empty) or `show_default` is False."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help, "short": short,
+                                       "show_default": show_default,
+                                       "argparse": argparse_options})
+
+
+def add_flags(ap, config_class):
+    """One argparse flag per `flag` field of `config_class`, in the fields' order: what
+    `Config.from_flags` turns back into the configuration. A field without a default is a
+    required flag, a bool one is switched on by its flag, a tuple one is repeatable, and one
+    with `positional=True` in its options is a positional argument."""
+    for field in dataclasses.fields(config_class):
+        if "help" not in field.metadata:
+            continue
+        options = dict(field.metadata["argparse"])
+        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                   else field.default)
+        help_text = field.metadata["help"]
+        if options.pop("positional", False):
+            ap.add_argument(field.name, help=help_text, **options)
+            continue
+        if default is dataclasses.MISSING:
+            options["required"] = True
+        elif isinstance(default, bool):
+            options.update(action="store_true")
+        elif isinstance(default, tuple):
+            options.setdefault("action", "append")
+            options["default"] = list(default)
+        else:
+            options["default"] = default
+            if default is not None and field.metadata["show_default"]:
+                help_text += " (default: %(default)s)"
+        names = [f"--{field.name.replace('_', '-')}"]
+        if field.metadata["short"]:
+            names.insert(0, field.metadata["short"])
+        ap.add_argument(*names, help=help_text, **options)
+
+
+def add_seed_flag(ap, what):
+    """The shared --seed (RunConfig's), for a script without a `Config`: `what` it seeds."""
+    seed = RunConfig.__dataclass_fields__["seed"]
+    ap.add_argument("--seed", type=seed_value, default=seed.default,
+                    help=f"seed of {what} (default: %(default)s)")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """A script's flags, parsed once into a frozen dataclass that no step rewrites."""
@@ -58,53 +112,33 @@ class Config:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig(Config):
-    """The flags that train_covid19.py and audit_covid19.py share (`add_run_flags`)."""
+    """The flags that train_covid19.py and audit_covid19.py share; each script declares its
+    own `dataset` help and extends this with its own flags."""
 
-    dataset: str
-    weights: str = "imagenet"
-    precision: str = "float32"
-    seed: int = SEED
-    epochs: int = EPOCHS
-    batch_size: int = BATCH_SIZE
-    lr: float = LEARNING_RATE
-    cache_dir: str = dataclasses.field(default_factory=default_cache_folder)
-    no_cache: bool = False
+    dataset: str = flag(short="-d", help="the dataset folder: one folder of images per class")
+    weights: str = flag("imagenet", help=(
+        "VGG16 base weights: imagenet (downloaded by Keras on first use), none (random), or the "
+        f"path of a local {VGG16_NOTOP_FILE}"))
+    precision: str = flag("float32", choices=PRECISIONS, help=(
+        "what the frozen VGG16 computes in; bfloat16 is about twice as fast on CPUs with "
+        "AVX512_BF16 and about six times on CPUs with AMX, float16 on GPUs. The head, the loss "
+        "and the saved model stay float32"))
+    seed: int = flag(SEED, type=seed_value, help=(
+        "seeds the split or folds, Python, NumPy and TensorFlow: the same seed gives the same "
+        "run"))
+    epochs: int = flag(EPOCHS, type=positive(int), help="training epochs of the head")
+    batch_size: int = flag(BATCH_SIZE, type=positive(int), help="images per training step")
+    lr: float = flag(LEARNING_RATE, type=positive(float), help=(
+        "initial learning rate, decayed per step as Keras 2's decay=lr/epochs did"))
+    cache_dir: str = flag(default_factory=default_cache_folder, help=(
+        "the feature cache that every run of train_covid19.py and audit_covid19.py reads and "
+        "fills: VGG16's features of each image, and of each training image's rotation in each "
+        "epoch, so that a rerun with the same images, weights and seed recomputes none of them; "
+        "delete the folder to clear it"))
+    no_cache: bool = flag(False, help=(
+        "neither read nor fill the feature cache: compute every feature, keep none on disk"))
 
     @property
     def cache_folder(self):
         """The feature cache's folder, or None with --no-cache."""
         return None if self.no_cache else self.cache_dir
-
-
-def add_run_flags(ap, dataset_help):
-    """The flags of a run that trains heads on the frozen VGG16: --dataset, --weights,
-    --precision, --seed, --epochs, --batch-size, --lr, --cache-dir, --no-cache."""
-    ap.add_argument("-d", "--dataset", required=True, help=dataset_help)
-    ap.add_argument("--weights", default="imagenet",
-                    help="VGG16 base weights: imagenet (downloaded by Keras on first use), none "
-                         f"(random), or the path of a local {VGG16_NOTOP_FILE} "
-                         "(default: %(default)s)")
-    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
-                    help="what the frozen VGG16 computes in; bfloat16 is about twice as fast on "
-                         "CPUs with AVX512_BF16 and about six times on CPUs with AMX, float16 "
-                         "on GPUs. The head, the loss and the saved model stay float32 "
-                         "(default: %(default)s)")
-    ap.add_argument("--seed", type=seed_value, default=SEED,
-                    help="seeds the split or folds, Python, NumPy and TensorFlow: the same seed "
-                         "gives the same run (default: %(default)s)")
-    ap.add_argument("--epochs", type=positive(int), default=EPOCHS,
-                    help="training epochs of the head (default: %(default)s)")
-    ap.add_argument("--batch-size", type=positive(int), default=BATCH_SIZE,
-                    help="images per training step (default: %(default)s)")
-    ap.add_argument("--lr", type=positive(float), default=LEARNING_RATE,
-                    help="initial learning rate, decayed per step as Keras 2's decay=lr/epochs "
-                         "did (default: %(default)s)")
-    ap.add_argument("--cache-dir", default=default_cache_folder(),
-                    help="the feature cache that every run of train_covid19.py and "
-                         "audit_covid19.py reads and fills: VGG16's features of each image, and "
-                         "of each training image's rotation in each epoch, so that a rerun with "
-                         "the same images, weights and seed recomputes none of them; delete the "
-                         "folder to clear it (default: %(default)s)")
-    ap.add_argument("--no-cache", action="store_true",
-                    help="neither read nor fill the feature cache: compute every feature, keep "
-                         "none on disk")

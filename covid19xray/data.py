@@ -1,4 +1,4 @@
-"""The decoded-image store, and the tf.data pipelines that feed the model from it.
+"""The decoded-image store: every image of a dataset decoded once, read back by the pipelines.
 
 `load_dataset(folder)` lists a dataset's images (one folder per class), decodes each once into a
 `ImageStore` and takes each label from its folder's name.
@@ -10,11 +10,6 @@ the CPU from VGG16's. So `ImageStore` decodes every image once, with the shared
 same pass that finds which files are readable; batches read their pixels back as they need
 them, so memory does not grow with the dataset. The file has no name: it disappears when
 closed, or when the process ends however it ends.
-
-The pipelines never run autotuning: tf.data's autotuning thread sleeps for up to a minute
-between rounds, and destroying an iterator waits for it to wake, which stalled the end of every
-training run by up to that long. Each epoch is one finite pass, so no batch is prepared that no
-step will use.
 """
 
 import collections
@@ -70,7 +65,7 @@ class ImageStore:
     wrote or None) of every other file; `damaged` the (path, what its decoder wrote) of usable
     files a decoder complained of.
     `image(path)`, `digest(path)`, `header(path)` and `file_size(path)` answer for one image;
-    `read(slots)` reads a batch back for the tf.data pipelines below.
+    `read(slots)` reads a batch back for the tf.data pipelines (`pipeline`).
     """
 
     IMAGE_BYTES = IMAGE_SIZE[0] * IMAGE_SIZE[1] * 3
@@ -186,51 +181,3 @@ def class_folders(folder):
 def label_of(path):
     """An image's label: the name of the folder it is in, as in the tutorial."""
     return os.path.basename(os.path.dirname(path))
-
-
-def without_autotuning(dataset):
-    """`dataset`, prefetching one element, with tf.data's autotuning off (see above)."""
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.prefetch(1).with_options(options)
-
-
-def training_batches(inputs, labels, batch_size, seed):
-    """One epoch of (input batch, label batch) of features that are the same every epoch
-    (--cache-features, the audit's heads): shuffled anew each epoch, whole batches.
-
-    As in the tutorial, an epoch is `len(inputs) // batch_size` whole batches; an image left
-    over by that division waits for another epoch's shuffle. Keras iterates the dataset once
-    per epoch.
-    """
-    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels))
-    dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return without_autotuning(dataset.batch(batch_size, drop_remainder=True))
-
-
-def epoch_batches(features, labels, batch_size, seed):
-    """Every epoch's batches, one after the other: `features[epoch]` holds that epoch's
-    features of each training image (its own rotation); `labels` their one-hot rows.
-
-    Each epoch is a shuffle drawn from (seed, epoch) alone, cut into `len(labels) //
-    batch_size` whole batches, as in `training_batches`. Keras, given that many steps an
-    epoch, reads on through the next epoch's batches. Each batch is gathered from `features`
-    when a step needs it, so the features are held once, whatever the number of epochs.
-    """
-    epochs, count = features.shape[:2]
-    steps = count // batch_size
-    order = np.stack([np.random.default_rng([seed, epoch]).permutation(count)
-                      [:steps * batch_size].reshape(steps, batch_size)
-                      for epoch in range(epochs)])
-    # row k of features.reshape(epochs * count, -1) is image k % count in epoch k // count
-    rows = (order + count * np.arange(epochs)[:, None, None]).reshape(epochs * steps, batch_size)
-    flat = features.reshape(epochs * count, -1)
-    y = np.asarray(labels, np.float32)[order].reshape(epochs * steps, batch_size, -1)
-
-    def gather(batch_rows):
-        batch = tf.numpy_function(lambda r: flat[r], [batch_rows], tf.float32, stateful=False)
-        batch.set_shape((batch_size, flat.shape[1]))
-        return batch
-
-    dataset = tf.data.Dataset.from_tensor_slices((rows, y))
-    return without_autotuning(dataset.map(lambda r, label: (gather(r), label)))

@@ -25,22 +25,22 @@ import numpy as np
 
 from .cli import UserError, shown
 from .data import class_folders, load_dataset
-from .manifest import MANIFEST, read_manifest
-from .report import describe, metric
+from .manifest import MANIFEST, manifest_key, read_manifest
+from .report import counts_per_class, describe, metric
 
 
 def check_classes(folder, class_names, flag="--external"):
     """A `UserError` unless `folder`'s class folders are exactly `class_names`."""
     if not os.path.isdir(folder):
         raise UserError(f"{flag} {folder!r} is not a folder")
-    found = class_folders(folder)
-    if found != sorted(class_names):
-        missing = sorted(set(class_names) - set(found))
-        extra = sorted(set(found) - set(class_names))
+    folders = class_folders(folder)
+    if folders != sorted(class_names):
+        missing = sorted(set(class_names) - set(folders))
+        extra = sorted(set(folders) - set(class_names))
         differences = "; ".join(part for part in [
             f"missing {', '.join(missing)}" if missing else "",
             f"not in the model: {', '.join(extra)}" if extra else ""] if part)
-        raise UserError(f"{flag} {folder!r} has class folders {found or 'none'}, the model's "
+        raise UserError(f"{flag} {folder!r} has class folders {folders or 'none'}, the model's "
                         f"classes are {sorted(class_names)} ({differences}); give it one "
                         "folder of images per class, named as in --dataset")
 
@@ -65,7 +65,7 @@ class ExternalSet:
         patients it shares with `dataset`."""
         return {
             "files": [os.path.relpath(path, self.folder) for path in self.paths],
-            "counts": {name: int(n) for name, n in zip(class_names, self.onehot.sum(axis=0))},
+            "counts": counts_per_class(self.onehot, class_names),
             "refused_identical_to_dataset": [os.path.relpath(path, self.folder)
                                              for path in self.refused],
             "patients_shared_with_dataset": shared_patients(dataset, self.folder),
@@ -130,8 +130,8 @@ def sources_of(folder, paths):
     manifest = read_manifest(folder)
     if manifest is None:
         return None
-    relative = [os.path.relpath(path, folder).replace(os.sep, "/") for path in paths]
-    return [(manifest.get(name) or {}).get("source") or "unknown" for name in relative]
+    return [(manifest.get(manifest_key(path, folder)) or {}).get("source") or "unknown"
+            for path in paths]
 
 
 def by_size(sources):

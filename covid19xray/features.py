@@ -1,10 +1,11 @@
-"""The frozen part of the network as a feature extractor, and the trainable head on its output.
+"""The frozen part of the network as a feature extractor, the key that names what it computes in
+the feature cache, and the trainable head on its output.
 
 Only the head learns (Dense, Dropout, Dense: 32,962 weights). Everything before it, VGG16 plus
 the head's pooling and flatten, is a fixed function of the image: `make_feature_extractor`
-computes it once per image where the image does not change (the test split, `--cache-features`,
-the audit), and `make_head` is the part that trains on its output. Both share their layers with
-the whole model, which is what gets saved.
+computes it, once per image where the image does not change (`pipeline` keeps it), and
+`make_head` is the part that trains on its output. Both share their layers with the whole
+model, which is what gets saved.
 
 The extractor computes only the region of the image that the head reads. The tutorial's
 `AveragePooling2D(4x4)` on VGG16's 7x7 output uses "valid" pooling, so it reads only the
@@ -13,28 +14,35 @@ pooling layers, only on a top-left region of the map. `feature_crops` derives th
 the model's own layers, walking back from the flatten layer: the same numbers with 15% fewer
 operations, and when a learner changes the head (a 7x7 pool reads everything), the crop
 follows, or there is none.
+
+Extractors compute in float32, bfloat16 or float16: `with_precision` and
+`model_with_precision` copy layers, or a whole network (predict's), into Keras's mixed policy
+(variables stay float32, computations run in the lower precision).
+
+What an extractor computes depends on the image and on everything `cache_configuration` names:
+the weights, the layers, the crop, the precision, the code that decides the pixels, the
+transform, the libraries and the device. That is the key of its `cache.FeatureCache`
+(`feature_cache`; `description_cache` for the input check's descriptions).
 """
 
 import functools
 import hashlib
+import importlib
 import importlib.metadata
-import sys
 
 import cv2
 import numpy as np
 
-from .cache import FeatureCache, weights_digest
+from .cache import SAME_PIXELS_AS, FeatureCache
 from .cli import lazy_import
-from .data import without_autotuning
-from .images import scale_pixels
 from .input_check import description_model
-from .model import FEATURES_LAYER, model_with_precision, with_precision
-from .progress import progress
-from .transforms import UNCHANGED, entry_key
+from .model import FEATURES_LAYER
+from .transforms import UNCHANGED
 
-# The modules whose code decides what VGG16 sees (`preprocessing_digest`).
+# The modules whose code decides what VGG16 sees, and what it makes of it
+# (`preprocessing_digest`).
 PREPROCESSING_MODULES = ("covid19xray.images", "covid19xray.data", "covid19xray.transforms",
-                         __name__)
+                         __name__, "covid19xray.pipeline")
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -92,6 +100,34 @@ def feature_crops(model):
     return {name: rows for name, rows in crops.items() if rows < sizes[name]}
 
 
+def with_precision(layer, precision):
+    """A copy of `layer` computing in `precision` (Keras's mixed policy: float32 variables),
+    with the same weights; the layer itself when `precision` is float32."""
+    if precision == "float32":
+        return layer
+    config = {**layer.get_config(), "dtype": f"mixed_{precision}"}
+    copy = type(layer).from_config(config)
+    copy.build(layer.input.shape)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+def model_with_precision(model, precision):
+    """`model` computing in `precision`, its last layer (the softmax) kept in float32 as Keras's
+    mixed-precision guide prescribes; `model` itself when `precision` is float32."""
+    if precision == "float32":
+        return model
+    last = model.layers[-1]
+
+    def clone(layer):
+        dtype = "float32" if layer is last else f"mixed_{precision}"
+        return type(layer).from_config({**layer.get_config(), "dtype": dtype})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def make_feature_extractor(model, precision="float32"):
     """The frozen part of `model` as a function, a batch of scaled images -> its features, and
     the crops it takes (`feature_crops`: part of the feature cache's key).
@@ -142,61 +178,9 @@ def make_head(model):
     return keras.Model(features, x, name="head")
 
 
-def model_batches(images, paths, batch_size, transform=UNCHANGED, parameters=None):
-    """The images at `paths` (in the `ImageStore` `images`), in order and in batches, scaled to
-    [0, 1] and changed by `transform`, each by its row of `parameters`
-    (`transform.parameters`)."""
-    if parameters is None:
-        parameters = np.zeros((len(paths), 0), np.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((images.slots(paths), parameters))
-    dataset = dataset.batch(batch_size).map(
-        lambda slots, rows: transform.apply(scale_pixels(images.read_tensor(slots)), rows))
-    return without_autotuning(dataset)
-
-
-def features_per_epoch(extract, images, paths, batch_size, transform, epochs, cache=None):
-    """The features of the images at `paths` changed by `transform` as it changes them in each
-    of `epochs` epochs: (epochs, len(paths), features), in order.
-
-    Each distinct entry (`transforms.entry_key`: the image and its parameters) is computed
-    once: an image that `transform` leaves the same every epoch passes through VGG16 once, not
-    once per epoch, and so does a file that stands twice. With `cache` (a `cache.FeatureCache`
-    for this transform), features found there are not computed again, and those computed are
-    stored. Every missing entry goes through VGG16 in one pass, under one progress bar.
-    """
-    digests = [images.digest(path) for path in paths]
-    # `wanted` and `parameters` run epoch by epoch, image by image within each
-    wanted = [(k, epoch) for epoch in range(epochs) for k in range(len(paths))]
-    parameters = np.concatenate([transform.parameters(digests, epoch)
-                                 for epoch in range(epochs)])
-    keys = [entry_key(digests[k], row) for (k, _), row in zip(wanted, parameters)]
-    first = {}  # each distinct key: the first place it is wanted
-    for n, key in enumerate(keys):
-        first.setdefault(key, n)
-    distinct = list(first)
-    found = dict(zip(distinct, [None] * len(distinct) if cache is None
-                     else cache.lookup(distinct)))
-    missing = [key for key in distinct if found[key] is None]
-    if missing:
-        places = [first[key] for key in missing]
-        batches = model_batches(images, [paths[wanted[n][0]] for n in places], batch_size,
-                                transform, parameters[places])
-        parts = []
-        with progress(len(missing), "VGG16 features") as bar:
-            for batch in batches:
-                parts.append(extract(batch).numpy())
-                bar.update(len(parts[-1]))
-        computed = np.concatenate(parts)
-        found.update(zip(missing, computed))
-        if cache is not None:
-            cache.store(missing, computed)
-    return np.stack([found[key] for key in keys]).reshape(epochs, len(paths), -1)
-
-
-def extract_features(extract, images, paths, batch_size, transform=UNCHANGED, cache=None):
-    """The features of the images at `paths` changed by `transform` (by default, as they are):
-    (len(paths), features), in order. See `features_per_epoch`."""
-    return features_per_epoch(extract, images, paths, batch_size, transform, 1, cache)[0]
+# ---------------------------------------------------------------------------------------------
+# The feature cache's key
+# ---------------------------------------------------------------------------------------------
 
 
 def decoder_versions():
@@ -213,7 +197,7 @@ def decoder_versions():
 def _source_digest(modules):
     digest = hashlib.sha256()
     for module in modules:
-        with open(sys.modules[module].__file__, "rb") as f:
+        with open(importlib.import_module(module).__file__, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
 
@@ -222,10 +206,13 @@ def _source_digest(modules):
 def preprocessing_digest():
     """SHA-256 of the source of every module that decides the pixels VGG16 sees: decoding,
     resizing and scaling (`images`), the store they are kept in (`data`), the transforms
-    (`transforms`) and the pipeline and extractor here. Derived, not kept by hand: any edit to
-    them, even one that changes nothing, computes the features afresh rather than reusing old
-    ones."""
-    return _source_digest(PREPROCESSING_MODULES)
+    (`transforms`), the extractors here and the pipeline that feeds them (`pipeline`). Derived,
+    not kept by hand: any edit to them, even one that changes nothing, computes the features
+    afresh rather than reusing old ones. Except where `cache.SAME_PIXELS_AS` names the digest
+    of earlier code that this code was checked to compute the same features as, bit for bit: a
+    move of code between these modules keeps the cache warm."""
+    digest = _source_digest(PREPROCESSING_MODULES)
+    return SAME_PIXELS_AS.get(digest, digest)
 
 
 @functools.cache
@@ -244,6 +231,16 @@ def device_class():
              for gpu in gpus]
     return {"kind": "gpu" if gpus else "cpu", "gpus": names,
             "tf32": bool(gpus) and tf.config.experimental.tensor_float_32_execution_enabled()}
+
+
+def weights_digest(layers):
+    """SHA-256 of the values of every weight of `layers`: the same for the same weights,
+    however they were made (ImageNet download, a local file, `none` with a seed)."""
+    digest = hashlib.sha256()
+    for layer in layers:
+        for weight in layer.get_weights():
+            digest.update(np.ascontiguousarray(weight, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def cache_configuration(model, crops, precision, transform=UNCHANGED, output=None):
@@ -274,8 +271,8 @@ def feature_cache(cache_folder, model, crops, precision, transform=UNCHANGED):
     """The feature cache of `transform`'s features in `cache_folder`, or None (--no-cache)."""
     if cache_folder is None:
         return None
-    return FeatureCache(cache_folder, cache_configuration(model, crops, precision, transform),
-                        what=transform.entries)
+    configuration = cache_configuration(model, crops, precision, transform)
+    return FeatureCache(cache_folder, configuration, what=transform.entries)
 
 
 def description_cache(cache_folder, model, precision):

@@ -29,6 +29,11 @@ MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url",
 MANIFEST_REQUIRED = ("file", "class", "patient_id", "source")
 
 
+def manifest_key(path, folder):
+    """How `folder`'s manifest names the file at `path`: its path inside `folder`, with "/"."""
+    return os.path.relpath(path, folder).replace(os.sep, "/")
+
+
 def read_manifest(dataset):
     """{file: row dict} from `<dataset>/manifest.csv`, every column present; None without one.
 

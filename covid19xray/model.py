@@ -1,15 +1,16 @@
 """The tutorial's network, its optimizer, its file, and the precision it computes in.
 
-- `load_vgg16_base(weights)`: VGG16 without its classifier, with `imagenet`, `none` or a file's
-  weights; a failed download or a wrong file is a one-line `UserError`.
+- `load_vgg16(weights, seed, precision)`: the first step of a run that trains heads: everything
+  seeded and deterministic, then `load_vgg16_base(weights)`: VGG16 without its classifier, with
+  `imagenet`, `none` or a file's weights; a failed download or a wrong file is a one-line
+  `UserError`.
 - `build_model(base_model, num_classes)`: the tutorial's head on the frozen base.
-- `make_optimizer(lr, epochs)`: Adam with the tutorial's per-step decay, which Keras 3 dropped.
 - `save_model` / `load_classifier`: the model file, HDF5 (the tutorial's, with the class names in
   its attributes) or Keras's own `.keras` (with the class names in a member of its zip); both
   carry the input check (`input_check`) beside the network.
-- `check_precision` / `with_precision`: bfloat16 or float16 copies of layers (Keras's mixed
-  policies: variables stay float32, computations run in the lower precision), for the frozen
-  base in training and for the whole network in prediction. The saved model is always float32.
+- `check_precision`: whether this CPU computes the chosen precision natively (the copies in
+  that precision are `features.with_precision` and `model_with_precision`). The saved model is
+  always float32.
 """
 
 import json
@@ -21,7 +22,7 @@ import zipfile
 
 import h5py
 
-from .cli import UserError, first_line, lazy_import, shown
+from .cli import UserError, first_line, import_tensorflow, lazy_import, shown
 from .config import VGG16_NOTOP_FILE
 from .images import IMAGE_SIZE
 from .input_check import store_input_check
@@ -53,6 +54,30 @@ def keras_models_folder():
     from keras.src.backend.config import keras_home
 
     return os.path.join(keras_home(), "models")
+
+
+def load_vgg16(weights, seed, precision):
+    """Seed Python's random, NumPy and TensorFlow, warn about a slow precision, and load the
+    VGG16 base: the first step of a run, so that a wrong --weights, or no network for
+    ImageNet's, fails in seconds rather than after the images."""
+    import_tensorflow()
+    keras.utils.set_random_seed(seed)
+    make_deterministic()
+    check_precision(precision)
+    return load_vgg16_base(weights)
+
+
+def make_deterministic():
+    """The same command gives the same report wherever TensorFlow runs (docs/porting.md).
+
+    On a GPU, TensorFlow's ops are made deterministic: some of its kernels would otherwise add
+    in a varying order. On the CPU they already repeat, and switching it on there costs time
+    and writes a C++ warning from tf.data, so it stays off. Everywhere, float32 stays float32:
+    on NVIDIA Ampere and later, TensorFlow otherwise runs float32 convolutions and matrix
+    products as TF32, with a 10-bit mantissa."""
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
 def load_vgg16_base(weights):
@@ -104,24 +129,6 @@ def build_model(base_model, num_classes=2):
     for layer in base_model.layers:
         layer.trainable = False
     return model
-
-
-def make_optimizer(lr, epochs):
-    """Adam with the tutorial's `decay=INIT_LR / EPOCHS`, which Keras 3 no longer accepts.
-
-    Keras 2 applied that decay per batch as lr / (1 + decay * iterations). InverseTimeDecay
-    with decay_steps=1 computes exactly that from the optimizer's iteration count; dropping
-    `decay` instead would silently train at a constant learning rate.
-    """
-    schedule = keras.optimizers.schedules.InverseTimeDecay(
-        initial_learning_rate=lr, decay_steps=1, decay_rate=lr / epochs)
-    return keras.optimizers.Adam(learning_rate=schedule)
-
-
-def loss_for(num_classes):
-    """Two classes: binary cross-entropy on the 2-unit softmax, as in the tutorial. More:
-    categorical cross-entropy, the loss that matches a softmax over all of them."""
-    return "binary_crossentropy" if num_classes == 2 else "categorical_crossentropy"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,31 +272,3 @@ def check_precision(precision):
     elif precision == "bfloat16" and not has_gpu and not cpu_has_native_bfloat16():
         print("[WARNING] --precision bfloat16 on a CPU without native bfloat16 (AVX512_BF16 or "
               "AMX): this will be slower than float32", file=sys.stderr)
-
-
-def with_precision(layer, precision):
-    """A copy of `layer` computing in `precision` (Keras's mixed policy: float32 variables),
-    with the same weights; the layer itself when `precision` is float32."""
-    if precision == "float32":
-        return layer
-    config = {**layer.get_config(), "dtype": f"mixed_{precision}"}
-    copy = type(layer).from_config(config)
-    copy.build(layer.input.shape)
-    copy.set_weights(layer.get_weights())
-    return copy
-
-
-def model_with_precision(model, precision):
-    """`model` computing in `precision`, its last layer (the softmax) kept in float32 as Keras's
-    mixed-precision guide prescribes; `model` itself when `precision` is float32."""
-    if precision == "float32":
-        return model
-    last = model.layers[-1]
-
-    def clone(layer):
-        dtype = "float32" if layer is last else f"mixed_{precision}"
-        return type(layer).from_config({**layer.get_config(), "dtype": dtype})
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy

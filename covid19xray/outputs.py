@@ -1,7 +1,6 @@
-"""Writing files without losing any: checked outputs, atomic replacement, no overwriting, locks.
+"""Writing files without losing any: atomic replacement, no overwriting, locks (the checks made
+before any work are `checks`).
 
-- `check_output_path` / `check_output_folder` / `check_new_folder`: fail before any work when an
-  output cannot be written, or would land inside the source data (which is never modified).
 - `commit_outputs`: the one way train, predict and the audit write: every output locked, written
   to a temporary file beside it, and all renamed into place only when the run succeeds: a
   crash, Ctrl-C or SIGTERM leaves the earlier files byte-for-byte as they were, and no
@@ -36,70 +35,6 @@ except ImportError:  # Windows
 
 # The outcomes of `copy_new_file`, also the keys of the builders' summaries.
 COPIED, PRESENT, CONFLICT = "copied", "already present", "conflicts"
-
-
-def same_or_inside(path, folder):
-    """True when `path` is `folder` or lies inside it, after resolving links."""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder + os.sep)
-
-
-def check_not_inside_inputs(path, flag, inputs):
-    """A `UserError` if `path` is, or lies inside, one of `inputs` ([(flag, folder)]): source
-    data is never modified, and an output written there would be read as data next time."""
-    for input_flag, folder in inputs:
-        if os.path.isdir(folder) and same_or_inside(path, folder):
-            raise UserError(f"{flag} {path!r} is inside {input_flag} {folder!r}; write "
-                            "outputs elsewhere, source data is never modified")
-
-
-def check_output_path(path, flag, suffix=None):
-    """Fail now, not after training, if `path` cannot be written as an output file. `suffix`:
-    the ending it must have, or a tuple of the endings it may have."""
-    suffixes = (suffix,) if isinstance(suffix, str) else suffix
-    if suffixes and not path.lower().endswith(suffixes):
-        raise UserError(f"{flag} {path!r} must end in {' or '.join(suffixes)}")
-    _check_parent(path, flag)
-    if os.path.isdir(path):
-        raise UserError(f"{flag} {path!r} is a folder; give a file name")
-
-
-def check_new_folder(path, flag):
-    """Fail now if `path` cannot be written as a new folder: one that exists already is never
-    written over or into."""
-    if os.path.lexists(path):
-        raise UserError(f"{flag} {path!r} exists; give a new folder's name (nothing is written "
-                        "over an existing one)")
-    _check_parent(path, flag)
-
-
-def _check_parent(path, flag):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"{flag} {path!r}: folder {folder!r} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{flag} {path!r}: folder {folder!r} is not writable")
-
-
-def check_output_folder(folder, flag, source=None, source_flag=None):
-    """Fail before any work if `folder` cannot be an output folder; creates nothing.
-
-    Refuses a file, a folder inside `source` if given (source data is never modified), and a
-    folder that cannot be created or written.
-    """
-    if source is not None and same_or_inside(folder, source):
-        raise UserError(f"{flag} {folder!r} is inside {source_flag} {source!r}; write the "
-                        "dataset elsewhere, source data is never modified")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{flag} {folder!r} is a file, not a folder")
-    existing = os.path.abspath(folder)  # the folder, or the nearest parent that exists
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UserError(f"{flag} {folder!r} cannot be created: {existing!r} is a file")
-    if not os.access(existing, os.W_OK):
-        raise UserError(f"{flag} {folder!r} is not writable" if existing == os.path.abspath(folder)
-                        else f"{flag} {folder!r} cannot be created: {existing!r} is not writable")
 
 
 def remove_path(path):

@@ -84,7 +84,7 @@ def duplicates(paths, labels, digests, hashes, image_of):
     correlate at NEAR_DUPLICATE_CORRELATION or more), each with its files, their classes, and
     whether it crosses classes (a label error). `image_of(path)` gives an image's 224x224
     pixels, read only for the candidate pairs."""
-    found = []
+    copies = []
     groups = {}
     for path, digest in zip(paths, digests):
         groups.setdefault(digest, []).append(path)
@@ -92,8 +92,8 @@ def duplicates(paths, labels, digests, hashes, image_of):
     for files in groups.values():
         if len(files) > 1:
             classes = sorted({label[f] for f in files})
-            found.append({"kind": "exact", "files": files, "classes": classes,
-                          "cross_class": len(classes) > 1, "distance": 0})
+            copies.append({"kind": "exact", "files": files, "classes": classes,
+                           "cross_class": len(classes) > 1, "distance": 0})
     hashes = np.array(hashes, dtype=np.uint64)
     digests = np.array(digests)
     thumbnails = {}
@@ -111,8 +111,8 @@ def duplicates(paths, labels, digests, hashes, image_of):
             if correlation >= NEAR_DUPLICATE_CORRELATION:
                 files = [paths[i], paths[j]]
                 classes = sorted({label[f] for f in files})
-                found.append({"kind": "near", "files": files, "classes": classes,
-                              "cross_class": len(classes) > 1,
-                              "distance": int(distance[i - start, j]),
-                              "correlation": round(correlation, 4)})
-    return found
+                copies.append({"kind": "near", "files": files, "classes": classes,
+                               "cross_class": len(classes) > 1,
+                               "distance": int(distance[i - start, j]),
+                               "correlation": round(correlation, 4)})
+    return copies

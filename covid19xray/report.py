@@ -212,3 +212,14 @@ def write_json(path, report):
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
+
+
+def run_facts(config):
+    """The end of every report: what is needed to repeat the run."""
+    return {"confidence_level": CONFIDENCE, "seed": config.seed, "flags": config.flags(),
+            "versions": versions()}
+
+
+def counts_per_class(onehot, class_names):
+    """{class name: how many of the one-hot rows `onehot` are of it}: `{"covid": 25, ...}`."""
+    return {name: int(n) for name, n in zip(class_names, onehot.sum(axis=0))}

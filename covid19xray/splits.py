@@ -15,7 +15,8 @@ import numpy as np
 
 from .cli import UserError, lazy_import
 from .config import TEST_SIZE
-from .manifest import MANIFEST, read_manifest
+from .manifest import MANIFEST, manifest_key, read_manifest
+from .report import counts_per_class
 
 keras = lazy_import("keras")
 
@@ -40,7 +41,7 @@ def encode_labels(labels):
 
 def class_counts(onehot, class_names):
     """`covid: 25, normal: 25`."""
-    return ", ".join(f"{name}: {int(n)}" for name, n in zip(class_names, onehot.sum(axis=0)))
+    return ", ".join(f"{name}: {n}" for name, n in counts_per_class(onehot, class_names).items())
 
 
 def holdout_split(paths, onehot, class_names, kind, seed, patients):
@@ -103,9 +104,8 @@ def patients_of(dataset, paths):
     manifest = read_manifest(dataset)
     if manifest is None:
         return None
-    relative = [os.path.relpath(path, dataset).replace(os.sep, "/") for path in paths]
     return [manifest[file]["patient_id"] if file in manifest else f"file:{file}"
-            for file in relative]
+            for file in (manifest_key(path, dataset) for path in paths)]
 
 
 def warn_shared_patients(train_paths, test_paths, paths, patients):

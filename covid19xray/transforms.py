@@ -57,6 +57,14 @@ class Transform:
         """The batch of scaled images (n, height, width, 3), changed; `parameters` its rows."""
         return images
 
+    def parameters_and_keys(self, digests, epochs):
+        """Every image (named by its SHA-256) in each of `epochs` epochs, epoch by epoch and
+        image by image within each: the rows of `parameters` that change it, (epochs *
+        len(digests), k) float32, and the feature cache's name for each (`entry_key`)."""
+        parameters = np.concatenate([self.parameters(digests, epoch) for epoch in range(epochs)])
+        keys = [entry_key(digests[n % len(digests)], row) for n, row in enumerate(parameters)]
+        return parameters, keys
+
 
 def entry_key(digest, parameters):
     """The feature cache's name for the image with SHA-256 `digest` changed by its row of

@@ -96,9 +96,9 @@ def trained(tiny_dataset, tmp_path_factory):
         reads.append((len(slots), bool(fit_returned)))
         return real_read(self, slots)
 
-    def train_then_mark(args, head, batches, *rest):
-        autotuning.append(batches.options().autotune.enabled)
-        history = real_train(args, head, batches, *rest)
+    def train_then_mark(args, head, inputs, *rest):
+        autotuning.append(inputs.batches.options().autotune.enabled)
+        history = real_train(args, head, inputs, *rest)
         fit_returned.append(True)
         return history
 

@@ -189,8 +189,9 @@ def test_the_variants_hide_exactly_the_lung_box_or_all_but_it():
     (0.75, [0.55, 0.90], False),   # above chance, but below the rule's 0.8
 ])
 def test_the_verdict_needs_an_interval_above_chance_and_an_auc_of_0_8(auc, ci, shortcut):
-    found, text = audit_covid19.verdict({"value": auc, "ci95": ci})
-    assert found is shortcut
+    judged = audit_covid19.verdict({"value": auc, "ci95": ci})
+    text = judged.text
+    assert judged.shortcut is shortcut
     assert text.startswith("shortcut: the classes can be told apart" if shortcut
                            else "no shortcut found")
     assert f"AUC {auc:.2f}, 95% CI {ci[0]:.2f}-{ci[1]:.2f}" in text
@@ -203,14 +204,14 @@ def confounds_and_duplicates(dataset):
     VGG16 is needed for these."""
     images, paths, labels = load_dataset(dataset)
     with contextlib.closing(images):
-        rows, hashes = audit_covid19.measure(images, paths)
-        per_class, confounds = audit_covid19.describe_properties(rows, labels,
-                                                                 ["covid", "normal"], seed=0)
-        found = audit_covid19.find_duplicates(images, paths, labels, hashes)
+        measured = audit_covid19.measure(images, paths)
+        properties = audit_covid19.describe_properties(measured.rows, labels,
+                                                       ["covid", "normal"], seed=0)
+        copies = audit_covid19.find_duplicates(images, paths, labels, measured.hashes)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        audit_covid19.print_confounds_and_duplicates(dataset, confounds, found,
+        audit_covid19.print_confounds_and_duplicates(dataset, properties.confounds, copies,
                                                      ["covid", "normal"])
-    return per_class, confounds, found, out.getvalue()
+    return properties.per_class, properties.confounds, copies, out.getvalue()
 
 
 def test_classes_that_differ_only_in_size_are_a_size_confound(tmp_path):

@@ -2,12 +2,20 @@
 and ends a user's error in one line."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from covid19xray.cli import UserError, cli, one_line
+import audit_covid19
+import build_covid_dataset
+import predict_covid19
+import sample_kaggle_dataset
+import sample_nih_dataset
+import train_covid19
+from covid19xray.cli import UsageError, UserError, cli, one_line
+from covid19xray.config import SEED
 from helpers import ROOT, run_main
 
 # Runs a script as `python SCRIPT ARGS` would, then says whether TensorFlow was imported.
@@ -64,3 +72,41 @@ def test_when_tensorflow_fails_to_start_its_own_lines_show_in_full(tmp_path):
     assert "E0000 00:00:1 cuda_dnn.cc:1] could not load libcudnn.so.9" in result.stderr
     assert result.stderr.rstrip().endswith(
         "ImportError: libcudnn.so.9: cannot open shared object file")
+
+
+@pytest.mark.parametrize("parse_args, argv, config_class, fields", [
+    (train_covid19.parse_args, ["-d", "d"], train_covid19.TrainConfig, {"dataset": "d"}),
+    (audit_covid19.parse_args, ["-d", "d"], audit_covid19.AuditConfig, {"dataset": "d"}),
+    (predict_covid19.parse_args, ["x.png"], predict_covid19.PredictConfig, {"images": ["x.png"]}),
+])
+def test_every_flag_is_made_from_its_config_field(parse_args, argv, config_class, fields):
+    """One source for every default: the flags that were not given take the dataclass's
+    defaults, and a flag given sets exactly its field."""
+    config = config_class(**fields)  # here, where the test's cache folder is the default
+    assert parse_args(argv) == config
+    given = parse_args([*argv, "--batch-size", "3"])
+    assert given.batch_size == 3 and given == type(config)(**{**config.flags(), "batch_size": 3})
+
+
+def test_the_help_shows_each_default_from_its_field(capsys):
+    with pytest.raises(SystemExit):
+        train_covid19.parse_args(["--help"])
+    options = " ".join(capsys.readouterr().out.split()).split("options:")[1]
+    for field, default in [("epochs", 25), ("batch-size", 8), ("lr", 0.001), ("seed", SEED),
+                           ("model", "covid19.h5"), ("split", "random")]:
+        # the flag, then its help up to its own default, with no other default between
+        assert re.search(rf"--{field} (?:(?!\(default:).)*\(default: {re.escape(str(default))}\)",
+                         options), field
+    assert re.search(r"--external DIR (?:(?!\(default:).)*repeatable --cache-features", options)
+
+
+@pytest.mark.parametrize("parse_args, argv", [
+    (build_covid_dataset.parse_args, ["-c", "c", "-o", "o"]),
+    (sample_kaggle_dataset.parse_args, ["-k", "k", "-o", "o"]),
+    (sample_nih_dataset.parse_args, ["-n", "n", "-o", "o"]),
+])
+def test_the_builders_take_the_shared_seed_flag(parse_args, argv):
+    assert parse_args(argv).seed == SEED
+    assert parse_args([*argv, "--seed", "7"]).seed == 7
+    with pytest.raises(UsageError):  # the same range as train's and the audit's seed
+        parse_args([*argv, "--seed", "-1"])

@@ -11,20 +11,21 @@ import keras
 import numpy as np
 import pytest
 
+from covid19xray import features as features_module
 from covid19xray.cache import FeatureCache
 from covid19xray.data import ImageStore
 from covid19xray.features import (
+    PREPROCESSING_MODULES,
     cache_configuration,
-    extract_features,
     feature_cache,
     feature_crops,
-    features_per_epoch,
     make_feature_extractor,
     make_head,
     preprocessing_digest,
 )
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model import build_model, load_vgg16_base
+from covid19xray.pipeline import extract_features, features_per_epoch
 from covid19xray.transforms import UNCHANGED, BoxMask, Rotation
 from helpers import ROOT, make_dataset, write_image
 
@@ -218,6 +219,16 @@ def test_the_preprocessing_key_follows_the_code_that_decides_the_pixels(tmp_path
     same = digest_of(tmp_path / "same" / "covid19xray")
     assert same == preprocessing_digest()
     assert digest_of(tmp_path / "edited" / "covid19xray") != same
+
+
+def test_code_moved_without_changing_a_feature_keeps_the_earlier_key(monkeypatch):
+    """`cache.SAME_PIXELS_AS` maps the digest of code that only moved to the digest of the code
+    it was checked against; any other digest stands for itself."""
+    digest = features_module._source_digest(PREPROCESSING_MODULES)
+    monkeypatch.setattr(features_module, "SAME_PIXELS_AS", {digest: "earlier"})
+    assert preprocessing_digest.__wrapped__() == "earlier"
+    monkeypatch.setattr(features_module, "SAME_PIXELS_AS", {"another": "earlier"})
+    assert preprocessing_digest.__wrapped__() == digest
 
 
 def test_the_cache_key_holds_the_device_and_tf32(base, monkeypatch):

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
+from covid19xray.checks import check_output_path
 from covid19xray.cli import UserError
 from covid19xray.outputs import (
     CONFLICT,
     COPIED,
     PRESENT,
     atomic_output,
-    check_output_path,
     claim_outputs,
     copy_new_file,
 )

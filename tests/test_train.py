@@ -25,15 +25,14 @@ from sklearn.preprocessing import LabelBinarizer
 import predict_covid19
 import train_covid19
 from bench.benchmark import comparable  # what two identical runs print alike
-from covid19xray import data
-from covid19xray import features as features_module
+from covid19xray import data, pipeline
 from covid19xray.cache import FeatureCache
-from covid19xray.data import epoch_batches, load_dataset
-from covid19xray.features import features_per_epoch, make_head
+from covid19xray.data import load_dataset
+from covid19xray.features import make_head
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model import CLASS_NAMES_ATTR, CLASS_NAMES_MEMBER, build_model, load_classifier
+from covid19xray.pipeline import epoch_batches, features_per_epoch
 from covid19xray.report import wilson
-from covid19xray.splits import encode_labels
 from covid19xray.transforms import Rotation, rotate, rotation_angles, rotation_matrices
 from helpers import (
     NOT_UTF8,
@@ -54,13 +53,12 @@ from helpers import (
 )
 
 
-def split_as_main_does(dataset, seed, kind="random"):
-    """load_images, encode_labels and split, as main() calls them: (store, class names, parts)."""
-    images, paths, labels = load_dataset(dataset)
-    onehot, class_names = encode_labels(labels)
+def split_of(dataset, seed, kind="random"):
+    """train_covid19's `split` step on the dataset as `load_dataset` loads it: a `Split`."""
     config = train_covid19.TrainConfig(split=kind, dataset=dataset, seed=seed)
-    parts, info = train_covid19.split(config, paths, onehot, class_names)
-    return images, class_names, parts, info
+    images, paths, labels = load_dataset(dataset)
+    images.close()  # the split reads only the digests, taken before
+    return train_covid19.split(config, images, paths, labels)
 
 
 def predict_files(model_path, paths):
@@ -87,7 +85,9 @@ def parse_report(stdout):
 def test_split_and_class_order_are_the_tutorials(tmp_path):
     dataset = str(tmp_path / "d")
     make_dataset(dataset, per_class=10)
-    _, class_names, (trainP, testP, trainY, testY), _ = split_as_main_does(dataset, 42)
+    parts = split_of(dataset, 42)
+    class_names, trainP, testP = parts.class_names, parts.trainP, parts.testP
+    trainY, testY = parts.trainY, parts.testY
 
     # The tutorial's own code on the sorted listing: LabelBinarizer + to_categorical,
     # train_test_split(test_size=0.20, stratify=labels, random_state=42).
@@ -116,10 +116,12 @@ def test_every_training_label_is_its_images_folder(tmp_path):
             level[20 * i + 120 * c + 5] = path
             os.makedirs(os.path.dirname(path), exist_ok=True)
             cv2.imwrite(path, np.full((40, 30), 20 * i + 120 * c + 5, np.uint8))
-    images, _, (trainP, _, trainY, _), _ = split_as_main_does(str(tmp_path), 3)
-    rotated = features_per_epoch(lambda x: x, images, trainP, 3,  # features = the images
+    config = train_covid19.TrainConfig(dataset=str(tmp_path), seed=3)
+    images, paths, labels = load_dataset(str(tmp_path))
+    parts = train_covid19.split(config, images, paths, labels)
+    rotated = features_per_epoch(lambda x: x, images, parts.trainP, 3,  # features = the images
                                  Rotation(seed=3), epochs=2)
-    batches = epoch_batches(rotated, trainY, 3, 3)
+    batches = epoch_batches(rotated, parts.trainY, 3, 3)
     seen = []
     for x, y in batches:  # both epochs, one after the other
         for image, row in zip(np.asarray(x), np.asarray(y)):
@@ -129,7 +131,7 @@ def test_every_training_label_is_its_images_folder(tmp_path):
             assert row.tolist() == ([1.0, 0.0] if folder == "covid" else [0.0, 1.0])
             seen.append(source)
     # every training image once an epoch (9 // 3 whole batches), and only training images
-    assert sorted(seen[:9]) == sorted(seen[9:]) == sorted(trainP)
+    assert sorted(seen[:9]) == sorted(seen[9:]) == sorted(parts.trainP)
     assert seen[:9] != seen[9:]  # shuffled anew
 
 
@@ -251,7 +253,8 @@ def test_saved_model_loads_and_reproduces_the_report(trained):
     with h5py.File(trained["model"], "r") as f:
         assert "model_weights" in f  # a real HDF5 Keras model
         assert f.attrs[CLASS_NAMES_ATTR] == '["covid", "normal"]'
-    _, _, (_, testP, _, testY), _ = split_as_main_does(trained["dataset"], trained["seed"])
+    parts = split_of(trained["dataset"], trained["seed"])
+    testP, testY = parts.testP, parts.testY
     probabilities = predict_files(trained["model"], testP)
     assert probabilities.shape == (2, 2)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -268,7 +271,8 @@ def test_report_json_says_what_the_run_printed(trained):
     assert report["counts"] == {"train": {"covid": 4, "normal": 4},
                                 "test": {"covid": 1, "normal": 1}}
     assert report["split"] == {"kind": "random", "patients_on_both_sides": None}
-    _, _, (_, testP, _, testY), _ = split_as_main_does(trained["dataset"], trained["seed"])
+    parts = split_of(trained["dataset"], trained["seed"])
+    testP, testY = parts.testP, parts.testY
     assert report["test_files"] == [os.path.relpath(p, trained["dataset"]) for p in testP]
     assert report["augmentation"] == "random rotation up to 15 degrees either way"
     assert report["precision"] == "float32"
@@ -331,7 +335,8 @@ def test_cache_features_run_matches_the_saved_model(cached_run, tiny_dataset):
 
     # The saved file is the whole network: run on the test images, it predicts what the head
     # predicted on the cached features (same confusion matrix, same ROC AUC).
-    _, _, (_, testP, _, testY), _ = split_as_main_does(tiny_dataset, 3)
+    parts = split_of(tiny_dataset, 3)
+    testP, testY = parts.testP, parts.testY
     probabilities = predict_files(str(cached_run["out"] / "m.h5"), testP)
     actual, predicted = testY.argmax(axis=1), probabilities.argmax(axis=1)
     assert confusion_matrix(actual, predicted, labels=[0, 1]).tolist() == (
@@ -356,7 +361,7 @@ def test_a_keras_format_model_carries_its_class_names_and_predicts_as_the_h5(cac
         assert {"config.json", "metadata.json", "model.weights.h5"} <= set(archive.namelist())
         assert json.loads(archive.read(CLASS_NAMES_MEMBER)) == ["covid", "normal"]
     assert load_classifier(str(out / "m.keras"))[1] == ["covid", "normal"]
-    _, _, (_, testP, _, _), _ = split_as_main_does(tiny_dataset, 3)
+    testP = split_of(tiny_dataset, 3).testP
     np.testing.assert_allclose(predict_files(str(out / "m.keras"), testP),
                                predict_files(str(out / "m.h5"), testP), atol=1e-6)
 
@@ -451,7 +456,9 @@ def test_three_classes_are_reported_one_vs_rest(capsys):
     testY = np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2]]
     features = np.random.default_rng(3).normal(size=(6, head.input_shape[-1])).astype("float32")
     names = ["covid", "normal", "pneumonia"]
-    results, probabilities, trueIdxs = train_covid19.evaluate(head, features, testY, names, 4)
+    evaluation = train_covid19.evaluate(head, features, testY, names, 4)
+    results, probabilities, trueIdxs = (evaluation.results, evaluation.probabilities,
+                                        evaluation.trueIdxs)
     stdout = capsys.readouterr().out
     assert probabilities.shape == (6, 3) and trueIdxs.tolist() == [0, 1, 2, 0, 1, 2]
     assert "sensitivity" not in results  # the two-class summary only makes sense for two
@@ -516,21 +523,22 @@ def patient(path):
 @pytest.mark.parametrize("seed", [1, 42, 7])
 def test_patient_split_keeps_every_patient_on_one_side(tmp_path, seed, capsys):
     dataset = make_patient_dataset(str(tmp_path / "d"))
-    _, _, (trainP, testP, trainY, testY), info = split_as_main_does(dataset, seed, "patient")
+    parts = split_of(dataset, seed, "patient")
+    trainP, testP, trainY, testY = parts.trainP, parts.testP, parts.trainY, parts.testY
     assert not {patient(p) for p in trainP} & {patient(p) for p in testP}
     assert len(trainP) + len(testP) == 32
     # stratified: both classes on both sides, about a fifth of the patients held out
     assert testY.sum(axis=0).min() >= 2 and trainY.sum(axis=0).min() >= 2
     assert len({patient(p) for p in testP}) in (3, 4)  # a fifth of 16 patients
-    assert info == {"kind": "patient", "patients_on_both_sides": 0}
+    assert parts.patients_on_both_sides == 0
     assert "[WARNING]" not in capsys.readouterr().err
 
 
 def test_random_split_warns_how_many_patients_it_puts_on_both_sides(tmp_path, capsys):
     dataset = make_patient_dataset(str(tmp_path / "d"))
-    _, _, (trainP, testP, _, _), info = split_as_main_does(dataset, 42)
-    shared = {patient(p) for p in trainP} & {patient(p) for p in testP}
-    assert len(shared) > 0 and info["patients_on_both_sides"] == len(shared)
+    parts = split_of(dataset, 42)
+    shared = {patient(p) for p in parts.trainP} & {patient(p) for p in parts.testP}
+    assert len(shared) > 0 and parts.patients_on_both_sides == len(shared)
     assert (f"[WARNING] {len(shared)} patient(s) have images on both sides of the random split"
             in capsys.readouterr().err)
 
@@ -1047,7 +1055,7 @@ def test_training_runs_deterministic_ops_on_a_gpu_and_no_tf32(monkeypatch):
     for."""
     import tensorflow as tf
 
-    from covid19xray.training import make_deterministic
+    from covid19xray.model import make_deterministic
 
     switched = []
     monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
@@ -1134,9 +1142,9 @@ def test_a_cache_folder_that_cannot_be_written_stops_training_before_vgg16(workd
     [rotations] = [folder for folder in cache.iterdir() if folder.is_dir()
                    and '"Rotation"' in (folder / "configuration.json").read_text()]
     entries = sorted(folder for folder in rotations.iterdir() if folder.is_dir())[0]
-    batches = []  # every image reaches VGG16 through features.model_batches
-    real_batches = features_module.model_batches
-    monkeypatch.setattr(features_module, "model_batches",
+    batches = []  # every image reaches VGG16 through pipeline.model_batches
+    real_batches = pipeline.model_batches
+    monkeypatch.setattr(pipeline, "model_batches",
                         lambda *args, **kwargs: batches.append(1) or real_batches(*args,
                                                                                   **kwargs))
     with read_only(str(entries)):
