@@ -1,4 +1,4 @@
-"""The tutorial's network, its optimizer, its file, and the precision it computes in.
+"""The tutorial's network: VGG16, loaded seeded, the head on it, its file, and its precision.
 
 - `load_vgg16(weights, seed, precision)`: the first step of a run that trains heads: everything
   seeded and deterministic, then `load_vgg16_base(weights)`: VGG16 without its classifier, with
