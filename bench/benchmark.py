@@ -33,6 +33,7 @@ import time
 
 import cv2
 
+from covid19xray.config import EPOCHS
 from covid19xray.images import list_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +82,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=os.path.join(ROOT, "dataset"),
                     help="dataset folder, one folder per class (default: the shipped dataset/)")
-    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--pairs", type=int, default=2, help="runs of each program (default: 2)")
     ap.add_argument("--weights", default="none", help="passed to every program (default: none)")
     ap.add_argument("--programs", nargs="+", default=list(PROGRAMS), choices=list(PROGRAMS))
