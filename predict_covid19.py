@@ -410,7 +410,7 @@ def plan_outputs(config):
 
 
 @dataclasses.dataclass(frozen=True)
-class SavedModel:
+class ModelFile:
     """What the model file holds (`load_model`)."""
 
     model: object  # the network, float32 as saved
@@ -420,7 +420,7 @@ class SavedModel:
 
 def load_model(config):
     """The saved model, its class names and its input check (None, said in one line, for a
-    model trained before the check existed): a `SavedModel`."""
+    model trained before the check existed): a `ModelFile`."""
     import_tensorflow()
     model, class_names = load_classifier(config.model)
     if config.gradcam and last_conv_layer(model) is None:
@@ -433,7 +433,7 @@ def load_model(config):
               "before train_covid19.py fitted one): every image is classified unchecked; "
               "retrain it to have its inputs checked", file=sys.stderr)
     check_precision(config.precision)
-    return SavedModel(model, class_names, check)
+    return ModelFile(model, class_names, check)
 
 
 def export_model(config, commit, model, class_names, check):
@@ -540,8 +540,8 @@ def main(argv=None) -> int:
     if config.images and not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
     # load the model, its class names and its input check
-    saved = load_model(config)
-    model, class_names, check = saved.model, saved.class_names, saved.check
+    loaded = load_model(config)
+    model, class_names, check = loaded.model, loaded.class_names, loaded.check
     truth = true_classes(image_paths, class_names) if config.labelled else None
     # the check's fit to the network is checked here, before any output is begun
     classifier = make_classifier(config, model, check) if image_paths else None
