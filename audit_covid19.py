@@ -395,6 +395,7 @@ class Folds:
     """The dataset's two classes and its cross-validation folds (`two_classes`)."""
 
     class_names: list  # sorted: the first is the positive class
+    onehot: np.ndarray  # each image's one-hot row (float32)
     classes: np.ndarray  # each image's class index
     folds: list  # (training indices, test indices) of each fold
     grouped: bool  # whether the folds are grouped by patient
@@ -415,7 +416,7 @@ def two_classes(config, labels, paths):
              "cross-validation "
              + (f"grouped by patient ({MANIFEST})" if patients is not None
                 else f"by image (no {MANIFEST}: images of one patient may sit in two folds)"))
-    return Folds(class_names, classes, folds, patients is not None, about)
+    return Folds(class_names, onehot, classes, folds, patients is not None, about)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,13 +443,12 @@ def probe_variants(config, base_model, images, paths, folds, external=None):
     initial = head.get_weights()
     compile_head(head, 2, config.lr, config.epochs)
     describer = description_extractor(config, model) if external is not None else None
-    onehot = np.eye(2, dtype="float32")[folds.classes]
     probes, external_probes, features_by_variant, screened = {}, {}, {}, None
     for name, extractor in zip(VARIANTS, extractors):
         print(f"[INFO] {name}: features of every image, then {config.folds} heads...")
         features_by_variant[name] = extractor.features(images, paths)
-        probabilities = cross_validate(config, head, initial, features_by_variant[name], onehot,
-                                       folds.folds, f"{name} heads")
+        probabilities = cross_validate(config, head, initial, features_by_variant[name],
+                                       folds.onehot, folds.folds, f"{name} heads")
         probes[name] = probe(folds.classes, probabilities, folds.class_names, config.seed)
     # after every internal probe, so that an external test changes none of their numbers
     if external is not None:
@@ -457,7 +457,7 @@ def probe_variants(config, base_model, images, paths, folds, external=None):
             print(f"[INFO] {name}: one head trained on every image, tested on the external "
                   "images...")
             external_probes[name] = probe_externally(
-                config, head, initial, features_by_variant[name], onehot, external,
+                config, head, initial, features_by_variant[name], folds.onehot, external,
                 extractor.features(external.store, external.paths), name, folds.class_names,
                 outcomes)
         screened = screening(outcomes, external.onehot.argmax(axis=1),
@@ -520,7 +520,7 @@ def audit_report(config, folds, labels, probes, judged, properties, copies, exte
         **({"external": external} if external else {}),
         "dataset": config.dataset, "class_names": class_names,
         "positive_class": class_names[0],
-        "counts": counts_per_class(np.eye(2)[folds.classes], class_names),
+        "counts": counts_per_class(folds.onehot, class_names),
         "folds": {"k": config.folds, "grouped_by_patient": folds.grouped},
         "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
                      "pixels_of_224": [left, top, right, bottom]},

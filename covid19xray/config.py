@@ -44,16 +44,15 @@ def default_cache_folder():
     return os.path.join(base, "covid19-xray")
 
 
-def flag(default=dataclasses.MISSING, *, help, short=None, show_default=True,
-         default_factory=dataclasses.MISSING, **argparse_options):
+def flag(default=dataclasses.MISSING, *, help, short=None, default_factory=dataclasses.MISSING,
+         **argparse_options):
     """A configuration field that is also a command-line flag: `--name-with-dashes` (and
     `short`), its `default`, and `help` and any other argparse options (`type`, `choices`,
     `metavar`) in its metadata, where `add_flags` reads them. The default is written here and
     nowhere else; `(default: ...)` is added to the help unless the default says nothing
-    (None, False, empty) or `show_default` is False."""
+    (None, False, empty)."""
     return dataclasses.field(default=default, default_factory=default_factory,
                              metadata={"help": help, "short": short,
-                                       "show_default": show_default,
                                        "argparse": argparse_options})
 
 
@@ -81,7 +80,7 @@ def add_flags(ap, config_class):
             options["default"] = list(default)
         else:
             options["default"] = default
-            if default is not None and field.metadata["show_default"]:
+            if default is not None:
                 help_text += " (default: %(default)s)"
         names = [f"--{field.name.replace('_', '-')}"]
         if field.metadata["short"]:
