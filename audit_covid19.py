@@ -36,20 +36,13 @@ from covid19xray.cache import cache_line
 from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.config import FOLDS, RunConfig, add_flags, flag
-from covid19xray.data import load_dataset
 from covid19xray.external import check_classes, describe_by_source, load_external, sources_of
-from covid19xray.features import make_head
+from covid19xray.frozen import make_extractors
+from covid19xray.head import compile_head, fit_head, make_head, training_batches
 from covid19xray.input_check import REJECTED, fit_input_check
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, load_vgg16
 from covid19xray.outputs import commit_outputs
-from covid19xray.pipeline import (
-    compile_head,
-    description_extractor,
-    feature_extractors,
-    fit_head,
-    training_batches,
-)
 from covid19xray.progress import progress
 from covid19xray.properties import (
     CATEGORICAL,
@@ -71,6 +64,7 @@ from covid19xray.report import (
 )
 from covid19xray.screening import print_counts, screening
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
+from covid19xray.store import load_dataset
 from covid19xray.transforms import UNCHANGED, BoxMask
 
 tf = lazy_import("tensorflow")
@@ -94,10 +88,8 @@ class AuditConfig(RunConfig):
     """Everything the audit is told, built once from the flags (`parse_args`): each field is its
     flag, with its default and help (`config.flag`)."""
 
-    dataset: str = flag(short="-d", help=(
-        "dataset folder: one folder of images per class, two classes"))
     folds: int = flag(FOLDS, type=positive(int), help="cross-validation folds")
-    external: str | None = flag(None, metavar="DIR", help=(
+    external_folder: str | None = flag(None, option="--external", metavar="DIR", help=(
         "also train each variant's head on all of --dataset and test it on this labelled "
         "folder from another source: internal against external AUC"))
     report: str = flag("audit.json", short="-r", help="output JSON report")
@@ -106,7 +98,7 @@ class AuditConfig(RunConfig):
     def inputs(self):
         """The folders the audit reads images from: (flag, folder)."""
         return [("--dataset", self.dataset),
-                *([("--external", self.external)] if self.external else [])]
+                *([("--external", self.external_folder)] if self.external_folder else [])]
 
     def outputs(self):
         """The two outputs, in the order they are written: (path, flag, suffix)."""
@@ -168,11 +160,11 @@ def cross_validate(config, head, initial, features, onehot, folds, what):
     return probabilities
 
 
-def probe(classes, probabilities, class_names, seed):
+def probe(true_classes, probabilities, class_names, seed):
     """The cross-validated metrics of one variant, in report.json's shape, and its AUC's
     bootstrap interval."""
-    metrics = classification_metrics(classes, probabilities, class_names)
-    return {"auc": auc_with_interval(classes == 0, probabilities[:, 0], seed),
+    metrics = classification_metrics(true_classes, probabilities, class_names)
+    return {"auc": auc_with_interval(true_classes == 0, probabilities[:, 0], seed),
             "accuracy": metrics["accuracy"], "sensitivity": metrics["sensitivity"],
             "specificity": metrics["specificity"],
             "confusion_matrix": metrics["confusion_matrix"]}
@@ -396,7 +388,7 @@ class Folds:
 
     class_names: list  # sorted: the first is the positive class
     onehot: np.ndarray  # each image's one-hot row (float32)
-    classes: np.ndarray  # each image's class index
+    true_classes: np.ndarray  # each image's class index
     folds: list  # (training indices, test indices) of each fold
     grouped: bool  # whether the folds are grouped by patient
     about: str  # the line that says all this
@@ -409,14 +401,14 @@ def two_classes(config, labels, paths):
         raise UserError(f"the audit compares two classes; --dataset {config.dataset!r} has "
                         f"{len(set(labels))} ({', '.join(sorted(set(labels)))})")
     onehot, class_names = encode_labels(labels)
-    classes = onehot.argmax(axis=1)
+    true_classes = onehot.argmax(axis=1)
     patients = patients_of(config.dataset, paths)
-    folds = cv_folds(classes, config.folds, config.seed, class_names, patients)
+    folds = cv_folds(true_classes, config.folds, config.seed, class_names, patients)
     about = (f"{len(paths)} images ({class_counts(onehot, class_names)}), {config.folds}-fold "
              "cross-validation "
              + (f"grouped by patient ({MANIFEST})" if patients is not None
                 else f"by image (no {MANIFEST}: images of one patient may sit in two folds)"))
-    return Folds(class_names, onehot, classes, folds, patients is not None, about)
+    return Folds(class_names, onehot, true_classes, folds, patients is not None, about)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,44 +417,47 @@ class Probes:
     there, with the input check's counts on the external images."""
 
     internal: dict  # {variant: its cross-validated probe}
-    external: dict  # {variant: its external probe} ({} without --external)
+    on_external: dict  # {variant: its external probe} ({} without --external)
     screened: dict | None  # the input check's counts on the external images
 
 
-def probe_variants(config, base_model, images, paths, folds, external=None):
+def probe_variants(config, base_model, images, paths, folds, external_set=None):
     """The probe of every variant: the features of every image (each computed once, or read
     from the cache), then one fresh head per fold. With `external` (an `ExternalSet`), also
     one head trained on every image of --dataset, tested on the external images."""
     model = build_model(base_model, 2)
     transforms = variant_transforms()
-    # every cache made (and its folders checked) before any VGG16 work
-    extractors = feature_extractors(config, model, [transforms[name] for name in VARIANTS])
+    # every cache made (and its folders checked) before any VGG16 work; the descriptions only
+    # for the external test's input check
+    extractors = make_extractors(config, model, [transforms[name] for name in VARIANTS],
+                                 describe=external_set is not None)
+    describer = extractors.pop() if external_set is not None else None
     head = make_head(model)
     # every head of every variant starts from these weights, so that no variant's result
     # depends on the variants (or the external test) before it
     initial = head.get_weights()
     compile_head(head, 2, config.lr, config.epochs)
-    describer = description_extractor(config, model) if external is not None else None
     probes, external_probes, features_by_variant, screened = {}, {}, {}, None
     for name, extractor in zip(VARIANTS, extractors):
         print(f"[INFO] {name}: features of every image, then {config.folds} heads...")
         features_by_variant[name] = extractor.features(images, paths)
         probabilities = cross_validate(config, head, initial, features_by_variant[name],
                                        folds.onehot, folds.folds, f"{name} heads")
-        probes[name] = probe(folds.classes, probabilities, folds.class_names, config.seed)
+        probes[name] = probe(folds.true_classes, probabilities, folds.class_names, config.seed)
     # after every internal probe, so that an external test changes none of their numbers
-    if external is not None:
-        outcomes = check_external_inputs(config, describer, images, paths, external)
+    if external_set is not None:
+        outcomes = check_external_inputs(config, describer, images, paths, external_set)
         for name, extractor in zip(VARIANTS, extractors):
             print(f"[INFO] {name}: one head trained on every image, tested on the external "
                   "images...")
             external_probes[name] = probe_externally(
-                config, head, initial, features_by_variant[name], folds.onehot, external,
-                extractor.features(external.store, external.paths), name, folds.class_names,
+                config, head, initial, features_by_variant[name], folds.onehot, external_set,
+                extractor.features(external_set.store, external_set.paths), name,
+                folds.class_names,
                 outcomes)
-        screened = screening(outcomes, external.onehot.argmax(axis=1),
+        screened = screening(outcomes, external_set.onehot.argmax(axis=1),
                              external_probes[VARIANTS[0]]["probabilities"], folds.class_names,
-                             sources_of(external.folder, external.paths))
+                             sources_of(external_set.folder, external_set.paths))
     if config.cache_folder is not None:
         print(cache_line([e.cache for e in extractors]
                          + ([describer.cache] if describer is not None else [])))
@@ -471,16 +466,16 @@ def probe_variants(config, base_model, images, paths, folds, external=None):
     return Probes(probes, external_probes, screened)
 
 
-def check_external_inputs(config, describer, images, paths, external):
+def check_external_inputs(config, describer, images, paths, external_set):
     """What the input check, fitted on every image of --dataset (the images the external heads
     train on), says of each external image: its outcome. `describer` describes the images
-    (`pipeline.description_extractor`)."""
-    check = fit_input_check(describer.features(images, paths), config.seed)
-    descriptions = describer.features(external.store, external.paths)
-    return check.outcomes(check.distances(descriptions))
+    (`frozen.make_extractors`)."""
+    input_check = fit_input_check(describer.features(images, paths), config.seed)
+    descriptions = describer.features(external_set.store, external_set.paths)
+    return input_check.outcomes(input_check.distances(descriptions))
 
 
-def probe_externally(config, head, initial, features, onehot, external, external_features,
+def probe_externally(config, head, initial, features, onehot, external_set, external_features,
                      name, class_names, outcomes):
     """One variant's head trained on every image of --dataset (as one more fold), then tested
     on the external images' features: the external probe of that variant, on every image and
@@ -489,35 +484,36 @@ def probe_externally(config, head, initial, features, onehot, external, external
     n = len(features)
     fold = [(np.arange(n), np.arange(n, len(everything)))]
     probabilities = cross_validate(config, head, initial, everything,
-                                   np.concatenate([onehot, external.onehot]), fold,
+                                   np.concatenate([onehot, external_set.onehot]), fold,
                                    f"{name} head on every image")[n:]
-    classes = external.onehot.argmax(axis=1)
-    result = probe(classes, probabilities, class_names, config.seed)
-    result["by_source"] = external.by_source(probabilities, class_names)
+    true_classes = external_set.onehot.argmax(axis=1)
+    result = probe(true_classes, probabilities, class_names, config.seed)
+    result["by_source"] = external_set.by_source(probabilities, class_names)
     accepted = np.array([outcome != REJECTED for outcome in outcomes])
     result["accepted_by_input_check"] = (
-        probe(classes[accepted], probabilities[accepted], class_names, config.seed)
-        if len(set(classes[accepted].tolist())) == 2 else None)
+        probe(true_classes[accepted], probabilities[accepted], class_names, config.seed)
+        if len(set(true_classes[accepted].tolist())) == 2 else None)
     result["probabilities"] = probabilities
     return result
 
 
-def external_report(config, external, probes, class_names):
+def external_report(config, external_set, probes, class_names):
     """The audit's external test (`audit.json`'s `external`): what every external report says
     first (`ExternalSet.facts`), each variant's probe and its AUC's drop, and the input
     check's counts."""
-    return {"folder": config.external, **external.facts(config.dataset, class_names),
-            "probe": probes.external, "input_check": probes.screened,
+    return {"folder": config.external_folder,
+            **external_set.facts(config.dataset, class_names),
+            "probe": probes.on_external, "input_check": probes.screened,
             "auc_drop": {name: probes.internal[name]["auc"]["value"]
-                         - probes.external[name]["auc"]["value"] for name in VARIANTS}}
+                         - probes.on_external[name]["auc"]["value"] for name in VARIANTS}}
 
 
-def audit_report(config, folds, labels, probes, judged, properties, copies, external=None):
+def audit_report(config, folds, labels, probes, judged, properties, copies, external_part=None):
     """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
     class_names = folds.class_names
     top, bottom, left, right = lung_box().pixels()
     return {
-        **({"external": external} if external else {}),
+        **({"external": external_part} if external_part else {}),
         "dataset": config.dataset, "class_names": class_names,
         "positive_class": class_names[0],
         "counts": counts_per_class(folds.onehot, class_names),
@@ -550,14 +546,14 @@ def main(argv=None) -> int:
         with contextlib.ExitStack() as stack:
             stack.callback(images.close)
             folds = two_classes(config, labels, paths)
-            external = None
-            if config.external:
-                check_classes(config.external, folds.class_names)
-                external = stack.enter_context(contextlib.closing(load_external(
-                    config.external, folds.class_names,
+            external_set = None
+            if config.external_folder:
+                check_classes(config.external_folder, folds.class_names)
+                external_set = stack.enter_context(contextlib.closing(load_external(
+                    config.external_folder, folds.class_names,
                     {images.digest(p): p for p in paths})))
             # 1. the probe: each variant's heads, cross-validated (and tested externally)
-            probes = probe_variants(config, base_model, images, paths, folds, external)
+            probes = probe_variants(config, base_model, images, paths, folds, external_set)
             # 2. confounds and 3. duplicates
             measured = measure(images, paths)
             properties = describe_properties(measured.rows, labels, folds.class_names,
@@ -569,10 +565,12 @@ def main(argv=None) -> int:
         judged = verdict(probes.internal["lungs_hidden"]["auc"])
         print_probes(probes.internal, judged.text, folds.about)
         external_part = None
-        if external:
-            print_external(probes.internal, probes.external, probes.screened, config.external,
-                           class_counts(external.onehot, folds.class_names), folds.class_names)
-            external_part = external_report(config, external, probes, folds.class_names)
+        if external_set:
+            print_external(probes.internal, probes.on_external, probes.screened,
+                           config.external_folder,
+                           class_counts(external_set.onehot, folds.class_names),
+                           folds.class_names)
+            external_part = external_report(config, external_set, probes, folds.class_names)
         print_confounds_and_duplicates(config.dataset, properties.confounds, copies,
                                        folds.class_names)
         report = audit_report(config, folds, labels, probes, judged, properties, copies,
@@ -580,7 +578,7 @@ def main(argv=None) -> int:
         with commit.writing():
             write_json(commit.temporary(config.report), report)
             save_figure(plot_audit(probes.internal, properties.confounds, measured.rows, labels,
-                                   folds.class_names, examples, probes.external),
+                                   folds.class_names, examples, probes.on_external),
                         commit.temporary(config.plot))
     print(f"[INFO] wrote {shown(config.report)} (report), {shown(config.plot)} (plot)")
     return 0

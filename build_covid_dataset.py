@@ -33,6 +33,7 @@ URL go into `manifest.csv` beside the output folder (`mydata/manifest.csv`), whi
 
 import codecs
 import csv
+import dataclasses
 import os
 import random
 import re
@@ -41,7 +42,7 @@ import sys
 from covid19xray.building import copy_into_output, refusal
 from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
-from covid19xray.config import add_seed_flag, default_cache_folder
+from covid19xray.config import Config, add_flags, default_cache_folder, flag, seed_flag
 from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
 from covid19xray.manifest import patients_in_manifests
 from covid19xray.outputs import claim_outputs
@@ -55,44 +56,53 @@ METADATA_BYTES = 100 << 20
 SOURCE = "cohen"
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BuildConfig(Config):
+    """What the builder is told, built once from the flags (`parse_args`): each field is its
+    flag, with its default and help (`config.flag`)."""
+
+    covid: str = flag(short="-c", help=(
+        "path to a checkout of Cohen's covid-chestxray-dataset (with metadata.csv and images/), "
+        f"or the http(s):// URL of one, such as {COHEN_RAW_URL}: then only the selected images "
+        "are downloaded"))
+    cache_dir: str = flag(default_factory=default_cache_folder, help=(
+        "with a URL, where downloads are kept (in downloads/) so that a rerun downloads nothing "
+        "twice"))
+    # Required, as in the tutorial: a default of dataset/covid would add images to the shipped
+    # dataset instead of building a new one.
+    output: str = flag(short="-o", help=(
+        "folder to copy the selected images into, created if missing, for example mydata/covid"))
+    finding: tuple = flag((), help="finding label to select, repeatable (default: COVID-19)")
+    view: tuple = flag((), help="radiographic view to select, repeatable (default: PA)")
+    license: tuple = flag((), help=(
+        "keep only rows with this licence, repeatable; a bare name matches every version: "
+        "'CC BY' matches CC BY, CC BY 3.0 and CC BY 4.0, never CC BY-NC-SA (default: any "
+        "licence)"))
+    per_patient: int | None = flag(None, type=positive(int), metavar="N", help=(
+        "keep at most N images of each patient, picked with --seed, before --limit (default: "
+        "all)"))
+    limit: int | None = flag(None, type=positive(int), help=(
+        "copy a reproducible random sample of at most this many images"))
+    exclude_patients: tuple = flag((), metavar="MANIFEST", help=(
+        "leave out every row whose patient has an image of this source in that manifest.csv "
+        "(for example dataset/manifest.csv), so that a test set shares no patient with a "
+        "training set; repeatable"))
+    seed: int = seed_flag("the --per-patient and --limit picks")
+
+    def __post_init__(self):
+        # frozen all the way; the tutorial's selection where none is given
+        for name, default in (("finding", ("COVID-19",)), ("view", ("PA",)),
+                              ("license", ()), ("exclude_patients", ())):
+            object.__setattr__(self, name, tuple(getattr(self, name)) or default)
+
+
 def parse_args(argv=None):
+    """The builder's flags, as a `BuildConfig`."""
     ap = ArgumentParser(
         description="Copy COVID-19 positive PA X-rays from Cohen's collection into a folder.",
     )
-    ap.add_argument("-c", "--covid", required=True,
-                    help="path to a checkout of Cohen's covid-chestxray-dataset (with "
-                         "metadata.csv and images/), or the http(s):// URL of one, such as "
-                         f"{COHEN_RAW_URL}: then only the selected images are downloaded")
-    ap.add_argument("--cache-dir", default=default_cache_folder(),
-                    help="with a URL, where downloads are kept (in downloads/) so that a rerun "
-                         "downloads nothing twice (default: %(default)s)")
-    # Required, as in the tutorial: a default of dataset/covid would add images to the shipped
-    # dataset instead of building a new one.
-    ap.add_argument("-o", "--output", required=True,
-                    help="folder to copy the selected images into, created if "
-                         "missing, for example mydata/covid")
-    ap.add_argument("--finding", action="append",
-                    help="finding label to select, repeatable (default: COVID-19)")
-    ap.add_argument("--view", action="append",
-                    help="radiographic view to select, repeatable (default: PA)")
-    ap.add_argument("--license", action="append",
-                    help="keep only rows with this licence, repeatable; a bare name matches "
-                         "every version: 'CC BY' matches CC BY, CC BY 3.0 and CC BY 4.0, never "
-                         "CC BY-NC-SA (default: any licence)")
-    ap.add_argument("--per-patient", type=positive(int), metavar="N",
-                    help="keep at most N images of each patient, picked with --seed, before "
-                         "--limit (default: all)")
-    ap.add_argument("--limit", type=positive(int),
-                    help="copy a reproducible random sample of at most this many images")
-    ap.add_argument("--exclude-patients", action="append", default=[], metavar="MANIFEST",
-                    help="leave out every row whose patient has an image of this source in "
-                         "that manifest.csv (for example dataset/manifest.csv), so that a test "
-                         "set shares no patient with a training set; repeatable")
-    add_seed_flag(ap, "the --per-patient and --limit picks")
-    args = ap.parse_args(argv)
-    args.finding = args.finding or ["COVID-19"]
-    args.view = args.view or ["PA"]
-    return args
+    add_flags(ap, BuildConfig)
+    return BuildConfig.from_flags(ap.parse_args(argv))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,13 +183,13 @@ def license_matches(license, wanted):
 
 def select_rows(rows, findings, views, licenses=None):
     """Rows with a finding label among `findings`, a view among `views` (case-insensitive) and,
-    if `licenses` is given, a licence matching one of them."""
+    if any `licenses` are given, a licence matching one of them."""
     findings = {finding.strip().casefold() for finding in findings}
     views = {view.strip().casefold() for view in views}
     return [row for row in rows
             if finding_labels(row.get("finding", "")) & findings
             and row.get("view", "").casefold() in views
-            and (licenses is None
+            and (not licenses
                  or any(license_matches(row.get("license", ""), w) for w in licenses))]
 
 
@@ -291,31 +301,31 @@ def describe_seen(rows, licenses=None):
     """The distinct findings and views (and licences) in the file, to show why nothing matched."""
     seen = f"findings seen: {sorted({row.get('finding', '') for row in rows})}; " \
            f"views seen: {sorted({row.get('view', '') for row in rows})}"
-    if licenses is not None:
+    if licenses:
         seen += f"; licences seen: {sorted({row.get('license', '') for row in rows})}"
     return seen
 
 
-def describe_selection(args):
+def describe_selection(config):
     """`finding COVID-19 and view PA (and licence CC BY)`, as the messages say it."""
-    text = f"finding {' or '.join(args.finding)} and view {' or '.join(args.view)}"
-    if args.license:
-        text += f" and licence {' or '.join(args.license)}"
+    text = f"finding {' or '.join(config.finding)} and view {' or '.join(config.view)}"
+    if config.license:
+        text += f" and licence {' or '.join(config.license)}"
     return text
 
 
-def metadata_file(args, remote):
+def metadata_file(config, remote):
     """The path of metadata.csv: in the checkout, or downloaded (cached) from --covid's URL."""
     if remote is None:
-        path = os.path.join(args.covid, "metadata.csv")
+        path = os.path.join(config.covid, "metadata.csv")
         if not os.path.isfile(path):
-            raise UserError(f"--covid {args.covid!r} has no metadata.csv; point it at a checkout "
+            raise UserError(f"--covid {config.covid!r} has no metadata.csv; point it at a checkout "
                             "of Cohen's covid-chestxray-dataset")
         return path, path
     try:
         return remote.fetch("metadata.csv", limit=METADATA_BYTES), remote.url("metadata.csv")
     except Missing as err:
-        raise UserError(f"--covid {args.covid!r}: {remote.url('metadata.csv')}: {err}; give the "
+        raise UserError(f"--covid {config.covid!r}: {remote.url('metadata.csv')}: {err}; give the "
                         "URL of a checkout's root, where metadata.csv and images/ are") from None
 
 
@@ -339,48 +349,48 @@ def download_chosen(remote, order, wanted, counts):
     return got
 
 
-def build(args):
+def build(config):
     """Read and filter metadata.csv, pick the images and copy them into --output."""
-    remote = Remote(args.covid, args.cache_dir) if is_url(args.covid) else None
+    remote = Remote(config.covid, config.cache_dir) if is_url(config.covid) else None
     # read and filter metadata.csv before creating anything
-    path, shown_as = metadata_file(args, remote)
+    path, shown_as = metadata_file(config, remote)
     columns, rows = read_metadata(path, shown_as)
-    if args.license and "license" not in columns:
+    if config.license and "license" not in columns:
         raise UserError(f"{shown_as} has no license column, so --license cannot select rows; "
                         "drop --license or use a newer metadata.csv")
-    matched = select_rows(rows, args.finding, args.view, args.license)
+    matched = select_rows(rows, config.finding, config.view, config.license)
     print(f"[INFO] {len(rows)} rows in metadata.csv, {len(matched)} with "
-          f"{describe_selection(args)}")
-    if args.exclude_patients and matched:
-        matched = without_patients(matched, excluded_patients(args.exclude_patients),
-                                   args.exclude_patients)
+          f"{describe_selection(config)}")
+    if config.exclude_patients and matched:
+        matched = without_patients(matched, excluded_patients(config.exclude_patients),
+                                   config.exclude_patients)
         if not matched:
-            raise UserError(f"every row with {describe_selection(args)} is of a patient in "
-                            f"{', '.join(args.exclude_patients)}")
+            raise UserError(f"every row with {describe_selection(config)} is of a patient in "
+                            f"{', '.join(config.exclude_patients)}")
     if not matched:
-        raise UserError(f"no row has {describe_selection(args)}; "
-                        f"{describe_seen(rows, args.license)}")
+        raise UserError(f"no row has {describe_selection(config)}; "
+                        f"{describe_seen(rows, config.license)}")
 
-    sources, dropped, rows_of = resolve_sources(matched, None if remote else args.covid)
+    sources, dropped, rows_of = resolve_sources(matched, None if remote else config.covid)
     if not sources:
         # The tutorial's copies end here with an empty folder and no word: say why instead.
         raise UserError(f"none of the {len(matched)} matching rows has its image in --covid "
-                        f"{args.covid!r} ({', '.join(f'{k}: {v}' for k, v in dropped.items())}); "
+                        f"{config.covid!r} ({', '.join(f'{k}: {v}' for k, v in dropped.items())}); "
                         "is the checkout complete, with images/ (and volumes/)?")
-    if args.per_patient is not None:
-        capped = at_most_per_patient(sources, rows_of, args.per_patient, args.seed)
-        print(f"[INFO] at most {args.per_patient} image(s) per patient: {len(capped)} of "
-              f"{len(sources)} images (seed {args.seed})")
+    if config.per_patient is not None:
+        capped = at_most_per_patient(sources, rows_of, config.per_patient, config.seed)
+        print(f"[INFO] at most {config.per_patient} image(s) per patient: {len(capped)} of "
+              f"{len(sources)} images (seed {config.seed})")
         sources = capped
-    chosen = sample(sources, args.limit, args.seed)
-    if args.limit is not None:
-        print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {args.seed})")
+    chosen = sample(sources, config.limit, config.seed)
+    if config.limit is not None:
+        print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {config.seed})")
     downloaded_from = {}
     if remote is not None:
         # the same picks as from a checkout; a file that cannot be had is replaced by the next
         # in --limit's seeded order, so that the count stays --limit when enough rows exist
         before = remote.downloaded
-        got = download_chosen(remote, sample_order(sources, args.limit, args.seed),
+        got = download_chosen(remote, sample_order(sources, config.limit, config.seed),
                               len(chosen), dropped)
         fetched = remote.downloaded - before
         print(f"[INFO] {fetched} image(s) downloaded, {len(got) - fetched} already in the cache "
@@ -393,25 +403,25 @@ def build(args):
         row = rows_of[path]
         return {"patient_id": patient_of(path, row), "age": row.get("age", ""),
                 "view": row.get("view", ""), "license": row.get("license", ""),
-                "url": source_url(row), "excluded_patients_of": ";".join(args.exclude_patients),
+                "url": source_url(row), "excluded_patients_of": ";".join(config.exclude_patients),
                 "downloaded_from": downloaded_from.get(path, "")}
 
-    copy_into_output(chosen, args.output, {"rows read": len(rows), "rows matched": len(matched)},
+    copy_into_output(chosen, config.output, {"rows read": len(rows), "rows matched": len(matched)},
                      dropped, manifest_row=manifest_row, source_name=SOURCE)
     return 0
 
 
 @cli
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if is_url(args.covid):
-        check_output_folder(args.output, "--output")
+    config = parse_args(argv)
+    if is_url(config.covid):
+        check_output_folder(config.output, "--output")
     else:
-        if not os.path.isdir(args.covid):
-            raise UserError(f"--covid {args.covid!r} is not a folder (nor an http(s):// URL)")
-        check_output_folder(args.output, "--output", args.covid, "--covid")
-    with claim_outputs(args.output):  # a second build into the same folder stops here
-        return build(args)
+        if not os.path.isdir(config.covid):
+            raise UserError(f"--covid {config.covid!r} is not a folder (nor an http(s):// URL)")
+        check_output_folder(config.output, "--output", config.covid, "--covid")
+    with claim_outputs(config.output):  # a second build into the same folder stops here
+        return build(config)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import numpy as np
 from covid19xray import spreadsheet
 from covid19xray.checks import (
     check_new_folder,
-    check_not_inside_inputs,
+    check_not_inside_input_folders,
     check_output_folder,
     check_output_path,
 )
@@ -57,11 +57,14 @@ from covid19xray.cli import (
     shown,
     warn_if_not_utf8,
 )
-from covid19xray.config import BATCH_SIZE, PRECISIONS, Config, add_flags, flag
-from covid19xray.data import label_of
+from covid19xray.config import MODEL_FILE, PRECISION, PRECISIONS, Config, add_flags, flag
 from covid19xray.export import export_saved_model, export_tflite
-from covid19xray.external import print_by_source, sources_of
-from covid19xray.features import model_with_precision
+from covid19xray.external import by_source, print_by_source, sources_of
+from covid19xray.frozen import (
+    layers_missing_for_description,
+    model_with_description,
+    model_with_precision,
+)
 from covid19xray.images import (
     damage_warning,
     decode,
@@ -73,26 +76,23 @@ from covid19xray.images import (
     try_load_xray,
     with_decoder_messages,
 )
-from covid19xray.input_check import (
-    OK,
-    REJECTED,
-    UNLIKE_TRAINING,
-    check_layers_missing,
-    checked_model,
-    read_input_check,
-)
+from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING, read_input_check
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import check_precision, load_classifier
 from covid19xray.outputs import commit_outputs
 from covid19xray.progress import progress, say
-from covid19xray.report import print_evaluation, versions, write_json
+from covid19xray.report import classification_metrics, print_evaluation, versions, write_json
 from covid19xray.screening import print_screening, screening
+from covid19xray.store import label_of
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
 # How strongly the heatmap shows over the X-ray (keras-io's example uses 0.4).
 HEATMAP_ALPHA = 0.4
+# Images per forward pass: on a CPU, VGG16 computes no faster in larger batches, and only this
+# many decoded images (and their Grad-CAM maps) are held at once, whatever the number of files.
+PREDICT_BATCH_SIZE = 8
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -102,7 +102,7 @@ class PredictConfig(Config):
 
     images: tuple = flag((), positional=True, nargs="*", metavar="IMAGE_OR_FOLDER", help=(
         "X-ray image files, or folders searched for images recursively"))
-    model: str = flag("covid19.h5", short="-m", help=(
+    model: str = flag(MODEL_FILE, short="-m", help=(
         "model saved by train_covid19.py, .h5 or .keras"))
     csv: str | None = flag(None, help="also write file,predicted,p_<class>... to this CSV file")
     gradcam: str | None = flag(None, metavar="DIR", help=(
@@ -116,8 +116,9 @@ class PredictConfig(Config):
         "check existed; their lines and CSV rows still say rejected"))
     report: str | None = flag(None, metavar="JSON", help=(
         "with --labelled, also write that report to this JSON file"))
-    batch_size: int = flag(BATCH_SIZE, type=positive(int), help="images per forward pass")
-    precision: str = flag("float32", choices=PRECISIONS, help=(
+    batch_size: int = flag(PREDICT_BATCH_SIZE, type=positive(int), help=(
+        "images per forward pass"))
+    precision: str = flag(PRECISION, choices=PRECISIONS, help=(
         "what the network computes in; the softmax stays float32"))
     export: str | None = flag(None, metavar="DIR", help=(
         "also write the model as a TensorFlow SavedModel into this new folder: serve(images) "
@@ -151,10 +152,10 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def find_inputs(inputs):
+def find_images(items):
     """The image files named, and those under the folders named, in the order given."""
     image_paths = []
-    for item in inputs:
+    for item in items:
         if os.path.isdir(item):
             image_paths.extend(list_images(item))
         elif os.path.isfile(item):
@@ -191,43 +192,43 @@ class Classifier:
     with its second output (each image's description), so that one forward pass gives both."""
 
     model: object
-    check: object = None  # an `input_check.InputCheck`, or None for a model without one
-    checked: object = None
+    input_check: object = None  # an `input_check.InputCheck`, or None for a model without one
+    described: object = None  # the network with each image's description as a second output
 
     def outcome(self, distance):
-        return None if self.check is None else self.check.outcomes([distance])[0]
+        return None if self.input_check is None else self.input_check.outcomes([distance])[0]
 
 
 def predict(classifier, images):
     """Class probabilities for uint8 images, preprocessed exactly as in training, and each
     image's distance to the training images (None without an input check), from one forward
     pass."""
-    if classifier.check is None:
+    if classifier.input_check is None:
         probabilities = classifier.model(scale_pixels(images), training=False)
         return np.asarray(probabilities, dtype=np.float32), [None] * len(images)
-    probabilities, descriptions = classifier.checked(scale_pixels(images), training=False)
+    probabilities, descriptions = classifier.described(scale_pixels(images), training=False)
     return (np.asarray(probabilities, dtype=np.float32),
-            classifier.check.distances(np.asarray(descriptions)))
+            classifier.input_check.distances(np.asarray(descriptions)))
 
 
-def make_classifier(config, model, check):
+def make_classifier(config, model, input_check):
     """`model` in --precision, with its input check built into its graph; a check that does
     not fit the model is one line, before any image is read."""
     model = model_with_precision(model, config.precision)
-    if check is None:
+    if input_check is None:
         return Classifier(model)
-    missing = check_layers_missing(model)
+    missing = layers_missing_for_description(model)
     if missing:
         raise UserError(f"--model {config.model!r} has an input check but no layer "
                         f"{', '.join(missing)} for it to read; use a model train_covid19.py "
                         "saved as it is")
-    checked = checked_model(model)
-    size = checked.outputs[1].shape[-1]
-    if size != check.reference.shape[1]:
+    described = model_with_description(model)
+    size = described.outputs[1].shape[-1]
+    if size != input_check.reference.shape[1]:
         raise UserError(f"--model {config.model!r}: its input check describes images with "
-                        f"{check.reference.shape[1]} numbers, its network with {size}; use a "
-                        "model train_covid19.py saved as it is")
-    return Classifier(model, check, checked)
+                        f"{input_check.reference.shape[1]} numbers, its network with {size}; "
+                        "use a model train_covid19.py saved as it is")
+    return Classifier(model, input_check, described)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +304,7 @@ def gradcam_name(path, used):
 # ---------------------------------------------------------------------------------------------
 
 
-def true_classes(image_paths, class_names):
+def true_class_of(image_paths, class_names):
     """With --labelled: each image's class index, from the name of its folder; a `UserError`
     naming the first image whose folder is not one of the model's classes."""
     indices = []
@@ -317,28 +318,30 @@ def true_classes(image_paths, class_names):
     return dict(zip(image_paths, indices))
 
 
-def labelled_report(config, class_names, done, truth, check):
+def labelled_report(config, class_names, done, truth, input_check):
     """The training script's test report on every labelled image that could be read, those
     the input check rejected included, then what the check said of them."""
     paths, probabilities = done.paths, np.asarray(done.probabilities)
     print(f"[INFO] {len(paths)} labelled images: the model's report on them (every one, "
           "whatever the input check said)")
-    trueIdxs = np.array([truth[path] for path in paths])
-    results = print_evaluation(trueIdxs, probabilities, class_names)
+    true_classes = np.array([truth[path] for path in paths])
+    results = classification_metrics(true_classes, probabilities, class_names)
+    print_evaluation(true_classes, probabilities, class_names, results)
     # split by source when a folder given has a manifest (external/ does)
     folder = next((item for item in config.images if os.path.isdir(item)
                    and os.path.isfile(os.path.join(item, MANIFEST))), None)
-    sources = None if folder is None else print_by_source(folder, paths, trueIdxs,
-                                                          probabilities, class_names)
-    checked = None
-    if check is not None:
-        checked = screening(done.checked, trueIdxs, probabilities, class_names,
+    sources = None if folder is None else by_source(folder, paths, true_classes,
+                                                    probabilities, class_names)
+    print_by_source(sources, folder, class_names)
+    screened = None
+    if input_check is not None:
+        screened = screening(done.outcomes, true_classes, probabilities, class_names,
                             None if folder is None else sources_of(folder, paths))
-        print_screening(checked, class_names)
+        print_screening(screened, class_names)
     return {"model": config.model, "inputs": list(config.images), "files": paths,
-            "counts": {name: int((trueIdxs == i).sum()) for i, name in enumerate(class_names)},
+            "counts": {name: int((true_classes == i).sum()) for i, name in enumerate(class_names)},
             "class_names": class_names, **results, "by_source": sources,
-            "input_check": checked, "versions": versions()}
+            "input_check": screened, "versions": versions()}
 
 
 def is_classified(outcome, config):
@@ -347,31 +350,31 @@ def is_classified(outcome, config):
     return outcome != REJECTED or config.classify_rejected
 
 
-def check_note(outcome, distance, check):
+def check_note(outcome, distance, input_check):
     """What a prediction line says of the input check: the outcome and why."""
     if outcome == OK:
-        return f"[input ok: distance {distance:.2f} <= {check.unlike_factor:g}]"
+        return f"[input ok: distance {distance:.2f} <= {input_check.unlike_factor:g}]"
     if outcome == UNLIKE_TRAINING:
-        return (f"[input unlike_training: distance {distance:.2f} > {check.unlike_factor:g}: "
+        return (f"[input unlike_training: distance {distance:.2f} > {input_check.unlike_factor:g}: "
                 "unlike every training image, trust this answer less]")
-    return (f"[input rejected: distance {distance:.2f} > {check.reject_factor:g}: looks like "
+    return (f"[input rejected: distance {distance:.2f} > {input_check.reject_factor:g}: looks like "
             "no frontal chest X-ray the model knows]")
 
 
-def prediction_line(path, row, class_names, outcome=None, distance=None, check=None,
+def prediction_line(path, row, class_names, outcome=None, distance=None, input_check=None,
                     classified=True):
     scores = ", ".join(f"{name} {p:.4f}" for name, p in zip(class_names, row))
     answer = f"{class_names[int(row.argmax())]} ({scores})" if classified else "not classified"
     line = f"{shown(path)}: {answer}"
-    return line if outcome is None else f"{line} {check_note(outcome, distance, check)}"
+    return line if outcome is None else f"{line} {check_note(outcome, distance, input_check)}"
 
 
 def csv_row(path, row, class_names, outcome=None, distance=None, classified=True):
     cells = ([class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]] if classified
              else [""] * (1 + len(class_names)))
     # a model without a check leaves its cells empty: the columns are the same for every model
-    check = ["", ""] if outcome is None else [outcome, f"{distance:.4f}"]
-    return [path, *cells, *check]
+    check_cells = ["", ""] if outcome is None else [outcome, f"{distance:.4f}"]
+    return [path, *cells, *check_cells]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,12 +391,13 @@ def plan_outputs(config):
     class of its own). Returns the `OutputPlan`."""
     if config.report and not config.labelled:
         raise UserError("--report needs --labelled: without true classes there is no report")
-    inputs = [("the image folder", item) for item in config.images if os.path.isdir(item)]
+    input_folders = [("the image folder", item) for item in config.images
+                     if os.path.isdir(item)]
     for name, path in [("--csv", config.csv), ("--report", config.report),
                        ("--gradcam", config.gradcam), ("--export", config.export),
                        ("--tflite", config.tflite)]:
         if path:
-            check_not_inside_inputs(path, name, inputs)
+            check_not_inside_input_folders(path, name, input_folders)
     if config.csv:
         check_output_path(config.csv, "--csv", suffix=".csv")
     if config.report:
@@ -415,7 +419,7 @@ class ModelFile:
 
     model: object  # the network, float32 as saved
     class_names: list
-    check: object  # its `input_check.InputCheck`, or None for a model trained before it
+    input_check: object  # its `input_check.InputCheck`, or None for a model trained before it
 
 
 def load_model(config):
@@ -427,16 +431,16 @@ def load_model(config):
         raise UserError(f"--gradcam: --model {config.model!r} has no convolutional layer, so "
                         "there is no map to draw; use a model train_covid19.py saved, or leave "
                         "out --gradcam")
-    check = read_input_check(config.model)
-    if check is None:
+    input_check = read_input_check(config.model)
+    if input_check is None:
         print(f"[WARNING] --model {shown(config.model)} carries no input check (it was trained "
               "before train_covid19.py fitted one): every image is classified unchecked; "
               "retrain it to have its inputs checked", file=sys.stderr)
     check_precision(config.precision)
-    return ModelFile(model, class_names, check)
+    return ModelFile(model, class_names, input_check)
 
 
-def export_model(config, commit, model, class_names, check):
+def export_model(config, commit, model, class_names, input_check):
     """Write the float32 model as a SavedModel and a TensorFlow Lite file, each to its
     temporary name in `commit`; TensorFlow's converters print their C++ lines only if they
     fail."""
@@ -444,9 +448,9 @@ def export_model(config, commit, model, class_names, check):
     with capture_stderr_fd() as converter_lines:
         try:
             if config.export:
-                export_saved_model(model, commit.temporary(config.export), class_names, check)
+                export_saved_model(model, commit.temporary(config.export), class_names, input_check)
             if config.tflite:
-                export_tflite(model, commit.temporary(config.tflite), check)
+                export_tflite(model, commit.temporary(config.tflite), input_check)
         except OSError:  # a full disk: the one line `cli` prints
             raise
         except Exception as err:  # the converters raise many types
@@ -464,26 +468,27 @@ class Predictions:
 
     predicted: int = 0
     overlays: int = 0
-    outcomes: dict = dataclasses.field(default_factory=lambda: {OK: 0, UNLIKE_TRAINING: 0,
-                                                                REJECTED: 0})
+    outcome_counts: dict = dataclasses.field(default_factory=lambda: {
+        OK: 0, UNLIKE_TRAINING: 0, REJECTED: 0})
     paths: list = dataclasses.field(default_factory=list)
     probabilities: list = dataclasses.field(default_factory=list)
-    checked: list = dataclasses.field(default_factory=list)
+    outcomes: list = dataclasses.field(default_factory=list)  # each kept image's, in order
 
     def count(self, outcome):
         self.predicted += 1
         if outcome is not None:
-            self.outcomes[outcome] += 1
+            self.outcome_counts[outcome] += 1
 
     def keep(self, path, row, outcome):
         self.paths.append(path)
         self.probabilities.append(row)
-        self.checked.append(outcome)
+        self.outcomes.append(outcome)
 
     def check_line(self):
         """`[INFO] input check: 3 of 40 images rejected, 5 unlike the training images`."""
-        return (f"[INFO] input check: {self.outcomes[REJECTED]} of {self.predicted} images "
-                f"rejected, {self.outcomes[UNLIKE_TRAINING]} unlike the training images")
+        return (f"[INFO] input check: {self.outcome_counts[REJECTED]} of {self.predicted} "
+                f"images rejected, {self.outcome_counts[UNLIKE_TRAINING]} unlike the training "
+                "images")
 
 
 def predict_every_image(config, commit, classifier, class_names, image_paths):
@@ -505,14 +510,14 @@ def predict_every_image(config, commit, classifier, class_names, image_paths):
         if config.gradcam:
             os.makedirs(config.gradcam, exist_ok=True)
             grad_model, used = gradcam_model(classifier.model), set()
-        check = classifier.check
+        input_check = classifier.input_check
         with progress(len(image_paths), "predicting") as bar:
             for paths, images in read_in_batches(image_paths, config.batch_size, bar):
                 probabilities, distances = predict(classifier, images)
                 for path, image, row, distance in zip(paths, images, probabilities, distances):
                     outcome = classifier.outcome(distance)
                     classified = is_classified(outcome, config)
-                    say(prediction_line(path, row, class_names, outcome, distance, check,
+                    say(prediction_line(path, row, class_names, outcome, distance, input_check,
                                         classified))
                     done.count(outcome)
                     if config.labelled:
@@ -535,29 +540,29 @@ def main(argv=None) -> int:
     config = parse_args(argv)
     plan = plan_outputs(config)
     # the images named, and those in the folders named
-    image_paths = find_inputs(config.images)
+    image_paths = find_images(config.images)
     warn_if_not_utf8(image_paths)
     if config.images and not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
     # load the model, its class names and its input check
     loaded = load_model(config)
-    model, class_names, check = loaded.model, loaded.class_names, loaded.check
-    truth = true_classes(image_paths, class_names) if config.labelled else None
+    model, class_names, input_check = loaded.model, loaded.class_names, loaded.input_check
+    truth = true_class_of(image_paths, class_names) if config.labelled else None
     # the check's fit to the network is checked here, before any output is begun
-    classifier = make_classifier(config, model, check) if image_paths else None
+    classifier = make_classifier(config, model, input_check) if image_paths else None
 
     # every output is written to its temporary file, and all are renamed into place together
     # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
     with commit_outputs(*plan.files, folders=plan.folders) as commit:
         if config.export or config.tflite:
-            export_model(config, commit, model, class_names, check)
+            export_model(config, commit, model, class_names, input_check)
         done = Predictions()  # none with --export or --tflite alone
         if image_paths:
             done = predict_every_image(config, commit, classifier, class_names, image_paths)
-            if check is not None:
+            if input_check is not None:
                 print(done.check_line())
         if config.labelled:
-            report = labelled_report(config, class_names, done, truth, check)
+            report = labelled_report(config, class_names, done, truth, input_check)
             if config.report:
                 write_json(commit.temporary(config.report), report)
     if config.report:
@@ -566,13 +571,13 @@ def main(argv=None) -> int:
         print(f"[INFO] wrote {shown(config.csv)}")
     if config.gradcam:
         print(f"[INFO] wrote {done.overlays} Grad-CAM overlay(s) to {shown(config.gradcam)}")
-    checked = "" if check is None else "; serve_checked(images) adds the input check"
+    endpoints = "" if input_check is None else "; serve_checked(images) adds the input check"
     if config.export:
         print(f"[INFO] wrote {shown(config.export)} (TensorFlow SavedModel: serve(images) -> "
-              f"probabilities of {', '.join(class_names)}{checked})")
+              f"probabilities of {', '.join(class_names)}{endpoints})")
     if config.tflite:
         print(f"[INFO] wrote {shown(config.tflite)} (TensorFlow Lite, the same input and "
-              + ("output)" if check is None else
+              + ("output)" if input_check is None else
                  "outputs: probabilities, input_distance, input_check)"))
     return 0
 

@@ -18,6 +18,7 @@ are safe and never overwrite a different file. Each image's patient
 beside the output folder (`mydata/manifest.csv`).
 """
 
+import dataclasses
 import os
 import random
 import re
@@ -26,30 +27,35 @@ import sys
 from covid19xray.building import copy_into_output
 from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
-from covid19xray.config import add_seed_flag
+from covid19xray.config import Config, add_flags, flag, seed_flag
 from covid19xray.images import list_images
 from covid19xray.outputs import claim_outputs
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KaggleConfig(Config):
+    """What the sampler is told, built once from the flags (`parse_args`)."""
+
+    kaggle: str = flag(short="-k", help="path to the unpacked Kaggle dataset (chest_xray/)")
+    # Required, as in the tutorial: a default of dataset/normal would add images to the shipped
+    # dataset instead of building a new one.
+    output: str = flag(short="-o", help=(
+        "folder to copy the sampled images into, created if missing, for example mydata/normal"))
+    sample: int = flag(25, short="-s", type=positive(int), help="number of images to sample")
+    kaggle_split: str = flag("train", option="--split", choices=["train", "val", "test"],
+                             help="Kaggle split to sample from")
+    label: str = flag("NORMAL", choices=["NORMAL", "PNEUMONIA"], help=(
+        "Kaggle class folder to sample from"))
+    seed: int = seed_flag("the sample")
+
+
 def parse_args(argv=None):
+    """The sampler's flags, as a `KaggleConfig`."""
     ap = ArgumentParser(
         description="Sample healthy X-rays from Kaggle's Chest X-Ray Images (Pneumonia).",
     )
-    ap.add_argument("-k", "--kaggle", required=True,
-                    help="path to the unpacked Kaggle dataset (chest_xray/)")
-    # Required, as in the tutorial: a default of dataset/normal would add images to the shipped
-    # dataset instead of building a new one.
-    ap.add_argument("-o", "--output", required=True,
-                    help="folder to copy the sampled images into, created if "
-                         "missing, for example mydata/normal")
-    ap.add_argument("-s", "--sample", type=positive(int), default=25,
-                    help="number of images to sample (default: %(default)s)")
-    ap.add_argument("--split", choices=["train", "val", "test"], default="train",
-                    help="Kaggle split to sample from (default: %(default)s)")
-    ap.add_argument("--label", choices=["NORMAL", "PNEUMONIA"], default="NORMAL",
-                    help="Kaggle class folder to sample from (default: %(default)s)")
-    add_seed_flag(ap, "the sample")
-    return ap.parse_args(argv)
+    add_flags(ap, KaggleConfig)
+    return KaggleConfig.from_flags(ap.parse_args(argv))
 
 
 def find_class_folder(kaggle, split, label):
@@ -97,22 +103,22 @@ def sample_images(images, size, seed):
 
 @cli
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    folder = find_class_folder(args.kaggle, args.split, args.label)
-    check_output_folder(args.output, "--output", args.kaggle, "--kaggle")
+    config = parse_args(argv)
+    folder = find_class_folder(config.kaggle, config.kaggle_split, config.label)
+    check_output_folder(config.output, "--output", config.kaggle, "--kaggle")
     images = list_images(folder)
     if not images:
         raise UserError(f"{folder!r} has no images")
-    chosen = sample_images(images, args.sample, args.seed)
-    if len(images) < args.sample:
+    chosen = sample_images(images, config.sample, config.seed)
+    if len(images) < config.sample:
         print(f"[INFO] {shown(folder)} has only {len(images)} images, fewer than --sample "
-              f"{args.sample}: copying all of them")
+              f"{config.sample}: copying all of them")
     else:
         print(f"[INFO] sampled {len(chosen)} of {len(images)} images in {shown(folder)} "
-              f"(seed {args.seed})")
+              f"(seed {config.seed})")
 
-    with claim_outputs(args.output):  # a second sample into the same folder stops here
-        copy_into_output(chosen, args.output,
+    with claim_outputs(config.output):  # a second sample into the same folder stops here
+        copy_into_output(chosen, config.output,
                          {"images found": len(images), "sampled": len(chosen)},
                          manifest_row=manifest_row, source_name="kaggle")
     return 0

@@ -27,6 +27,7 @@ not the same as normal.
 """
 
 import csv
+import dataclasses
 import glob
 import os
 import random
@@ -35,7 +36,7 @@ import sys
 from covid19xray.building import copy_into_output
 from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
-from covid19xray.config import add_seed_flag
+from covid19xray.config import Config, add_flags, flag, seed_flag
 from covid19xray.manifest import patients_in_manifests
 from covid19xray.outputs import claim_outputs
 
@@ -56,29 +57,36 @@ NIH_ATTRIBUTION = (f"the NIH Clinical Center's ChestX-ray14 ({NIH_URL}); cite Wa
                    "Localization of Common Thorax Diseases. IEEE CVPR 2017, 3462-3471")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NihConfig(Config):
+    """What the sampler is told, built once from the flags (`parse_args`)."""
+
+    nih: str = flag(short="-n", help=(
+        "the NIH download: a folder with Data_Entry_2017.csv (or its v2020 name) and images/ "
+        "(or images_001/images/ ...)"))
+    output: str = flag(short="-o", help=(
+        "folder to copy the selected films into, created if missing, for example mydata/normal"))
+    finding: str = flag("No Finding", help="the label a row's Finding Labels must hold")
+    min_age: int = flag(18, type=int, help="the youngest patient age, in years, to select")
+    view: str = flag("both", choices=["PA", "AP", "both"], help="the view to select")
+    limit: int | None = flag(None, type=positive(int), help=(
+        "copy a reproducible random sample of at most this many films"))
+    exclude_patients: tuple = flag((), metavar="MANIFEST", help=(
+        "leave out every patient with an NIH film in that manifest.csv (for example "
+        "mydata/manifest.csv), so that a test set shares no patient with a training set; "
+        "repeatable"))
+    seed: int = seed_flag("the --limit sample")
+
+    def __post_init__(self):
+        object.__setattr__(self, "exclude_patients", tuple(self.exclude_patients))
+
+
 def parse_args(argv=None):
+    """The sampler's flags, as a `NihConfig`."""
     ap = ArgumentParser(description="Sample adult X-rays from NIH ChestX-ray14 (default: "
                                     "\"No Finding\", aged 18 or more, one per patient).")
-    ap.add_argument("-n", "--nih", required=True,
-                    help="the NIH download: a folder with Data_Entry_2017.csv (or its v2020 "
-                         "name) and images/ (or images_001/images/ ...)")
-    ap.add_argument("-o", "--output", required=True,
-                    help="folder to copy the selected films into, created if missing, for "
-                         "example mydata/normal")
-    ap.add_argument("--finding", default="No Finding",
-                    help="the label a row's Finding Labels must hold (default: %(default)s)")
-    ap.add_argument("--min-age", type=int, default=18,
-                    help="the youngest patient age, in years, to select (default: %(default)s)")
-    ap.add_argument("--view", choices=["PA", "AP", "both"], default="both",
-                    help="the view to select (default: %(default)s)")
-    ap.add_argument("--limit", type=positive(int),
-                    help="copy a reproducible random sample of at most this many films")
-    ap.add_argument("--exclude-patients", action="append", default=[], metavar="MANIFEST",
-                    help="leave out every patient with an NIH film in that manifest.csv (for "
-                         "example mydata/manifest.csv), so that a test set shares no patient "
-                         "with a training set; repeatable")
-    add_seed_flag(ap, "the --limit sample")
-    return ap.parse_args(argv)
+    add_flags(ap, NihConfig)
+    return NihConfig.from_flags(ap.parse_args(argv))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,16 +157,16 @@ def locate_images(nih, names):
 # ---------------------------------------------------------------------------------------------
 
 
-def select(rows, args):
+def select(rows, config):
     """The rows that pass every filter, in order; a `UserError` naming the filter that left
     none. Prints how many each filter kept."""
-    views = {"PA", "AP"} if args.view == "both" else {args.view}
+    views = {"PA", "AP"} if config.view == "both" else {config.view}
     steps = [
-        (f'finding "{args.finding}"',
-         lambda row: args.finding.casefold() in
+        (f'finding "{config.finding}"',
+         lambda row: config.finding.casefold() in
          {label.strip().casefold() for label in row[FINDINGS].split("|")}),
-        (f"age {args.min_age} or more", lambda row: int(row[AGE]) >= args.min_age),
-        (f"view {args.view}", lambda row: row[VIEW].upper() in views),
+        (f"age {config.min_age} or more", lambda row: int(row[AGE]) >= config.min_age),
+        (f"view {config.view}", lambda row: row[VIEW].upper() in views),
     ]
     kept = rows
     for name, keep in steps:
@@ -205,41 +213,41 @@ def manifest_row_of(rows_of, exclude_patients):
 
 @cli
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    label_file = find_label_file(args.nih)
-    check_output_folder(args.output, "--output", args.nih, "--nih")
+    config = parse_args(argv)
+    label_file = find_label_file(config.nih)
+    check_output_folder(config.output, "--output", config.nih, "--nih")
     rows = read_labels(label_file)
     print(f"[INFO] {len(rows)} rows in {shown(os.path.basename(label_file))}")
-    selected = first_per_patient(select(rows, args))
+    selected = first_per_patient(select(rows, config))
     print(f"[INFO] one film per patient (the first): {len(selected)} film(s)")
-    if args.exclude_patients:
-        patients = excluded_patients(args.exclude_patients)
+    if config.exclude_patients:
+        patients = excluded_patients(config.exclude_patients)
         selected = [row for row in selected if row[PATIENT] not in patients]
         print(f"[INFO] --exclude-patients: {len(selected)} film(s) of patients not in "
-              f"{', '.join(shown(path) for path in args.exclude_patients)}")
+              f"{', '.join(shown(path) for path in config.exclude_patients)}")
         if not selected:
             raise UserError("every selected film is of a patient in "
-                            f"{', '.join(args.exclude_patients)}")
-    located = locate_images(args.nih, [row[IMAGE] for row in selected])
+                            f"{', '.join(config.exclude_patients)}")
+    located = locate_images(config.nih, [row[IMAGE] for row in selected])
     missing = [row[IMAGE] for row in selected if row[IMAGE] not in located]
     if len(missing) == len(selected):
         raise UserError(f"none of the {len(selected)} selected films is in --nih "
-                        f"{args.nih!r}'s images/ or images_NNN/images/ folders (the first: "
+                        f"{config.nih!r}'s images/ or images_NNN/images/ folders (the first: "
                         f"{missing[0]}); are the image archives unpacked there?")
     if missing:
         print(f"[WARNING] {len(missing)} selected film(s) named in the label file are not in "
               f"the image folders ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
               f"); sampling from the {len(located)} found", file=sys.stderr)
-    chosen = sample([row for row in selected if row[IMAGE] in located], args.limit, args.seed)
-    if args.limit is not None:
-        print(f"[INFO] sampled {len(chosen)} of {len(located)} film(s) (seed {args.seed})")
+    chosen = sample([row for row in selected if row[IMAGE] in located], config.limit, config.seed)
+    if config.limit is not None:
+        print(f"[INFO] sampled {len(chosen)} of {len(located)} film(s) (seed {config.seed})")
     rows_of = {located[row[IMAGE]]: row for row in chosen}
 
-    with claim_outputs(args.output):  # a second sample into the same folder stops here
-        copy_into_output(sorted(rows_of), args.output,
+    with claim_outputs(config.output):  # a second sample into the same folder stops here
+        copy_into_output(sorted(rows_of), config.output,
                          {"rows read": len(rows), "films selected": len(selected),
                           "missing files": len(missing)},
-                         manifest_row=manifest_row_of(rows_of, args.exclude_patients),
+                         manifest_row=manifest_row_of(rows_of, config.exclude_patients),
                          source_name=SOURCE)
     print(f"[INFO] NIH asks you to acknowledge {NIH_ATTRIBUTION}")
     return 0

@@ -16,10 +16,10 @@ Usage:
 `--dataset` holds one folder of images per class; the folder name is the label. Writes the model
 (HDF5 as the tutorial, or `.keras`; with its class names), the loss/accuracy plot, `roc.png`
 beside it and `report.json`, and prints the tutorial's report with a 95% interval after each
-number. Only the head learns, so the frozen VGG16 never computes the same thing twice (see
-`pipeline.head_inputs`): every feature it computes is kept in the feature cache
-(`--cache-dir`; `--no-cache` keeps none), and a rerun with the same images, weights and seed
-reads them back instead of computing them.
+number. Only the head learns, so the frozen VGG16 is part of the input pipeline and never
+computes the same thing twice (`covid19xray.frozen`): every feature it computes is kept in the
+feature cache (`--cache-dir`; `--no-cache` keeps none), and a rerun with the same images,
+weights and seed reads them back instead of computing them.
 """
 
 import contextlib
@@ -32,16 +32,23 @@ import numpy as np
 from covid19xray.cache import cache_line
 from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
-from covid19xray.config import RunConfig, add_flags, flag
-from covid19xray.data import load_dataset
-from covid19xray.external import check_classes, load_external, sources_of
-from covid19xray.features import make_head
+from covid19xray.config import MODEL_FILE, RunConfig, add_flags, flag
+from covid19xray.external import check_classes, load_external, print_by_source, sources_of
+from covid19xray.frozen import Extractor, make_extractors
+from covid19xray.head import (
+    compile_head,
+    epoch_batches,
+    fit_head,
+    keras_verbosity,
+    make_head,
+    training_batches,
+)
 from covid19xray.input_check import fit_input_check
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import MODEL_SUFFIXES, build_model, load_vgg16, save_model
 from covid19xray.outputs import commit_outputs, file_digest
-from covid19xray.pipeline import compile_head, fit_head, head_inputs, keras_verbosity
 from covid19xray.report import (
+    classification_metrics,
     counts_per_class,
     plot_history,
     plot_roc,
@@ -50,7 +57,7 @@ from covid19xray.report import (
     save_figure,
     write_json,
 )
-from covid19xray.screening import screen
+from covid19xray.screening import print_screening, screening
 from covid19xray.splits import (
     class_counts,
     encode_labels,
@@ -59,7 +66,8 @@ from covid19xray.splits import (
     require_patients,
     warn_shared_patients,
 )
-from covid19xray.transforms import Rotation
+from covid19xray.store import load_dataset
+from covid19xray.transforms import UNCHANGED, Rotation
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -67,18 +75,17 @@ class TrainConfig(RunConfig):
     """Everything this run is told, built once from the flags (`parse_args`): each field is its
     flag, with its default and help (`config.flag`)."""
 
-    dataset: str = flag(short="-d", help="path to input dataset: one folder of images per class")
     plot: str = flag("plot.png", short="-p", help=(
         "path to output loss/accuracy plot, PNG; roc.png is written beside it"))
-    model: str = flag("covid19.h5", short="-m", help=(
+    model: str = flag(MODEL_FILE, short="-m", help=(
         "path to output model: HDF5 as the tutorial (.h5), or Keras's own format (.keras)"))
     report: str = flag("report.json", short="-r", help=(
         "path to output JSON report: counts, test files, confusion matrix, metrics with 95%% "
         "intervals, ROC AUC, flags, versions"))
-    split: str = flag("random", choices=["random", "patient"], help=(
+    split_by: str = flag("random", option="--split", choices=["random", "patient"], help=(
         "random: the tutorial's stratified 80/20 split of images; patient: every patient's "
         f"images on one side, from --dataset's {MANIFEST}"))
-    external: tuple = flag((), metavar="DIR", help=(
+    external_folders: tuple = flag((), option="--external", metavar="DIR", help=(
         "after training, test the model on this labelled folder from another source (one "
         "folder per class, as --dataset), with the same report; repeatable"))
     cache_features: bool = flag(False, help=(
@@ -87,16 +94,18 @@ class TrainConfig(RunConfig):
         "model is the same whole network)"))
 
     def __post_init__(self):
-        object.__setattr__(self, "external", tuple(self.external))  # frozen all the way
+        # frozen all the way
+        object.__setattr__(self, "external_folders", tuple(self.external_folders))
 
     @property
     def roc(self):
         """roc.png, in the plot's folder."""
         return os.path.join(os.path.dirname(self.plot), "roc.png")
 
-    def inputs(self):
+    def input_folders(self):
         """The folders this run reads images from: (flag, folder)."""
-        return [("--dataset", self.dataset), *[("--external", f) for f in self.external]]
+        return [("--dataset", self.dataset),
+                *[("--external", folder) for folder in self.external_folders]]
 
     def outputs(self):
         """The four outputs, in the order they are written: (path, flag, suffix)."""
@@ -121,7 +130,7 @@ def parse_args(argv=None):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """The images split 80/20 (`split`), in the tutorial's names."""
+    """The images split 80/20 (`split_dataset`), in the tutorial's names."""
 
     trainP: list  # the training images' paths
     testP: list  # the test images' paths
@@ -132,15 +141,15 @@ class Split:
     digests: dict  # {SHA-256: path} of every image of --dataset: copies elsewhere are refused
 
 
-def split(config, images, paths, labels):
+def split_dataset(config, images, paths, labels):
     """One-hot encode the labels, then partition the data into training and testing splits
     using 80% of the data for training and the remaining 20% for testing (random: the
     tutorial's split; patient: every patient on one side). Takes what `load_dataset` returns."""
     onehot, class_names = encode_labels(labels)
     patients = patients_of(config.dataset, paths)
-    if config.split == "patient":
+    if config.split_by == "patient":
         require_patients(config.dataset, patients)
-    trainP, testP, trainY, testY = holdout_split(paths, onehot, class_names, config.split,
+    trainP, testP, trainY, testY = holdout_split(paths, onehot, class_names, config.split_by,
                                                  config.seed, patients)
     shared = warn_shared_patients(trainP, testP, paths, patients)
     print(f"[INFO] {len(paths)} images, classes {class_names}: "
@@ -158,33 +167,117 @@ def check_batch_size(batch_size, trainP):
 def check_external(config, class_names):
     """Each --external folder must hold the model's classes, and not be --dataset: found
     before minutes of training."""
-    for folder in config.external:
+    for folder in config.external_folders:
         if os.path.realpath(folder) == os.path.realpath(config.dataset):
             raise UserError(f"--external {folder!r} is --dataset; an external test needs images "
                             "from somewhere else")
         check_classes(folder, class_names)
 
 
-def fit_the_input_check(config, describer, images, trainP):
-    """Fit the input check on the training images (`covid19xray.input_check`), each described
-    by `describer` (`pipeline.description_extractor`): saved in the model file, it tells
-    predict_covid19.py which images look like none the model knows."""
-    check = fit_input_check(describer.features(images, trainP), config.seed)
-    print(f"[INFO] input check fitted on {check.fitted_on} training images: unlike_training "
-          f"beyond {check.unlike_factor:g}, rejected beyond {check.reject_factor:g} times the "
-          "median distance of a training image to its nearest other")
-    return check
+@dataclasses.dataclass(frozen=True)
+class Extractors:
+    """The frozen base, as this run uses it (`frozen_base`)."""
+
+    unchanged: Extractor  # the features of images as they are: test, external, --cache-features
+    rotated: Extractor | None  # of training images rotated anew each epoch (None: no augmenting)
+    describer: Extractor  # every image's description for the input check
+    caches: list  # the feature caches they read and fill ([] with --no-cache)
 
 
-def train(config, head, inputs, testY):
+def frozen_base(config, model):
+    """Only the head learns, so the frozen base is part of the input pipeline, and what it
+    computes depends on the image alone: it is computed once and kept in the feature cache
+    (`covid19xray.frozen`). Every cache is made, and its folders checked, here, before any
+    image passes through VGG16."""
+    transforms = [UNCHANGED] + ([] if config.cache_features else [Rotation(seed=config.seed)])
+    *features, describer = make_extractors(config, model, transforms)
+    caches = [e.cache for e in (*features, describer) if e.cache is not None]
+    return Extractors(features[0], features[1] if len(features) > 1 else None, describer,
+                      caches)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSplit:
+    """The test split: its images, their one-hot labels and their features (`test_split`)."""
+
+    testP: list
+    testY: np.ndarray
+    testF: np.ndarray  # the frozen base's features of each test image, as it is
+
+
+def compute_test_features(extractors, images, split):
+    """The test images' features. Test images are never augmented: their features are the
+    same every epoch, computed once."""
+    return TestSplit(split.testP, split.testY,
+                     extractors.unchanged.features(images, split.testP))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingFeatures:
+    """The training images' features (`augment`), every epoch's."""
+
+    trainF: np.ndarray  # (epochs, images, features): one epoch when not augmented
+    augmented: bool  # whether each epoch holds its own rotation of every image
+
+
+def augment(config, extractors, images, trainP):
+    """Construct the training data augmentation: the tutorial's
+    `ImageDataGenerator(rotation_range=15, fill_mode="nearest")` rotated each training image
+    by a random angle anew every epoch. Here `Rotation` draws that angle from the seed, the
+    epoch and the image alone, so that a rerun finds every rotated image's features in the
+    cache: each training image passes through VGG16 once per epoch, on the first run. With
+    --cache-features, once, not rotated."""
+    if extractors.rotated is None:
+        print("[INFO] --cache-features: augmentation off, each image passes through VGG16 once")
+        return TrainingFeatures(extractors.unchanged.features(images, trainP)[None], False)
+    return TrainingFeatures(
+        extractors.rotated.features_per_epoch(images, trainP, config.epochs), True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batches:
+    """What the head trains on (`batch`)."""
+
+    batches: object  # a tf.data.Dataset of (features, one-hot labels), every epoch's
+    steps: int  # whole batches an epoch, as the tutorial: len(trainP) // batch size
+
+
+def batch(config, training, trainY):
+    """The training features in shuffled batches of --batch-size (`covid19xray.head`): each
+    epoch its own rotations, or the same features reshuffled (--cache-features)."""
+    if training.augmented:
+        batches = epoch_batches(training.trainF, trainY, config.batch_size, config.seed)
+    else:
+        batches = training_batches(training.trainF[0], trainY, config.batch_size, config.seed)
+    return Batches(batches, len(trainY) // config.batch_size)
+
+
+def describe_training_images(extractors, images, trainP):
+    """Each training image's description for the input check (`covid19xray.description`):
+    the whole image, as it is, through the whole frozen VGG16."""
+    return extractors.describer.features(images, trainP)
+
+
+def fit_the_input_check(config, descriptions):
+    """Fit the input check on the training images' `descriptions`
+    (`covid19xray.input_check`): saved in the model file, it tells predict_covid19.py which
+    images look like none the model knows."""
+    input_check = fit_input_check(descriptions, config.seed)
+    print(f"[INFO] input check fitted on {input_check.fitted_on} training images: "
+          f"unlike_training beyond {input_check.unlike_factor:g}, rejected beyond "
+          f"{input_check.reject_factor:g} times the median distance of a training image to its "
+          "nearest other")
+    return input_check
+
+
+def train(config, head, batches, test):
     """Compile the head as the tutorial compiled its model and train it on the training
-    batches (`inputs`, a `pipeline.HeadInputs`), validating on the test split's features after
-    every epoch."""
+    `batches`, validating on the `test` split's features after every epoch."""
     print("[INFO] compiling model...")
-    compile_head(head, testY.shape[1], config.lr, config.epochs)
+    compile_head(head, test.testY.shape[1], config.lr, config.epochs)
     print("[INFO] training head...")
-    return fit_head(head, inputs.batches, inputs.steps, config.epochs,
-                    validation=(inputs.testF, testY), batch_size=config.batch_size,
+    return fit_head(head, batches.batches, batches.steps, config.epochs,
+                    validation=(test.testF, test.testY), batch_size=config.batch_size,
                     verbose=keras_verbosity())
 
 
@@ -194,86 +287,93 @@ class Evaluation:
 
     results: dict  # the report's metrics, each with its 95% interval, and the ROC AUC
     probabilities: np.ndarray  # the model's, one row per test image
-    trueIdxs: np.ndarray  # each test image's true class
+    true_classes: np.ndarray  # each test image's true class
 
 
-def evaluate(head, testF, testY, class_names, batch_size):
+def evaluate(head, test, class_names, batch_size):
     """Make predictions on the testing set and show the tutorial's report: classification
     report, confusion matrix, accuracy, sensitivity and specificity, each with its 95%
     interval (5 of 5 covid images support a sensitivity anywhere from 0.57 to 1), and the ROC
     AUC. The head on the test features predicts what the whole model predicts on the images."""
     print("[INFO] evaluating network...")
-    probabilities = head.predict(testF, batch_size=batch_size, verbose=0)
-    trueIdxs = testY.argmax(axis=1)
-    return Evaluation(print_evaluation(trueIdxs, probabilities, class_names), probabilities,
-                      trueIdxs)
+    probabilities = head.predict(test.testF, batch_size=batch_size, verbose=0)
+    true_classes = test.testY.argmax(axis=1)
+    results = classification_metrics(true_classes, probabilities, class_names)
+    print_evaluation(true_classes, probabilities, class_names, results)
+    return Evaluation(results, probabilities, true_classes)
 
 
-def test_on_external(config, folder, head, inputs, data, check):
-    """Test the trained model on an external folder, as on the test split (its features by
-    `inputs.extractor`): the same report, under its own heading, then what the input check
-    says of its images. Images identical to one of --dataset are refused."""
-    with contextlib.closing(load_external(folder, data.class_names, data.digests)) as external:
-        extF = inputs.extractor.features(external.store, external.paths)
-        descriptions = inputs.describer.features(external.store, external.paths)
-    print(f"[INFO] {len(external.paths)} external images "
-          f"({class_counts(external.onehot, data.class_names)})")
+def test_on_external(config, folder, head, extractors, split, input_check):
+    """Test the trained model on an external folder, as on the test split: the same report,
+    under its own heading, then what the input check says of its images. Images identical to
+    one of --dataset are refused."""
+    with contextlib.closing(load_external(folder, split.class_names,
+                                          split.digests)) as external_set:
+        extF = extractors.unchanged.features(external_set.store, external_set.paths)
+        descriptions = extractors.describer.features(external_set.store, external_set.paths)
+    print(f"[INFO] {len(external_set.paths)} external images "
+          f"({class_counts(external_set.onehot, split.class_names)})")
     probabilities = head.predict(extF, batch_size=config.batch_size, verbose=0)
-    trueIdxs = external.onehot.argmax(axis=1)
-    results = print_evaluation(trueIdxs, probabilities, data.class_names)
-    by_source = external.by_source(probabilities, data.class_names, printed=True)
-    checked = screen(check, descriptions, trueIdxs, probabilities, data.class_names,
-                     sources_of(folder, external.paths))
-    return {**external.facts(config.dataset, data.class_names), **results,
-            "by_source": by_source, "input_check": checked}
+    true_classes = external_set.onehot.argmax(axis=1)
+    results = classification_metrics(true_classes, probabilities, split.class_names)
+    print_evaluation(true_classes, probabilities, split.class_names, results)
+    by_source = external_set.by_source(probabilities, split.class_names)
+    print_by_source(by_source, folder, split.class_names)
+    screened = screening(input_check.outcomes(input_check.distances(descriptions)),
+                         true_classes, probabilities, split.class_names,
+                         sources_of(folder, external_set.paths))
+    print_screening(screened, split.class_names)
+    return {**external_set.facts(config.dataset, split.class_names), **results,
+            "by_source": by_source, "input_check": screened}
 
 
-def training_report(config, data, evaluation, check, external):
+def training_report(config, split, evaluation, input_check, external_reports):
     """Everything needed to judge, and to repeat, this run (`report.json`)."""
     return {
-        "class_names": data.class_names,
-        "counts": {"train": counts_per_class(data.trainY, data.class_names),
-                   "test": counts_per_class(data.testY, data.class_names)},
-        "split": {"kind": config.split, "patients_on_both_sides": data.patients_on_both_sides},
+        "class_names": split.class_names,
+        "counts": {"train": counts_per_class(split.trainY, split.class_names),
+                   "test": counts_per_class(split.testY, split.class_names)},
+        "split": {"kind": config.split_by,
+                  "patients_on_both_sides": split.patients_on_both_sides},
         # relative to --dataset: predict_covid19.py on these is prediction on unseen images
-        "test_files": [os.path.relpath(path, config.dataset) for path in data.testP],
+        "test_files": [os.path.relpath(path, config.dataset) for path in split.testP],
         "augmentation": ("off (--cache-features)" if config.cache_features
                          else Rotation(seed=config.seed).summary),
         "precision": config.precision,
         **evaluation.results,
-        "input_check": check.summary(),
+        "input_check": input_check.summary(),
         **run_facts(config),
-        **({"external": external} if external else {}),
+        **({"external": external_reports} if external_reports else {}),
     }
 
 
-def save_outputs(config, commit, model, class_names, check, H, evaluation, report):
-    """Plot the training loss and accuracy and the ROC curve, serialize the model and report,
-    each to its temporary file in `commit`: renamed into place together when main's block
-    ends, so that a crash, Ctrl-C or SIGTERM anywhere before leaves the earlier files as they
-    were. The report, renamed last, holds the SHA-256 of the other three: a set of outputs
+def save_outputs(config, commit, model, class_names, input_check, H, evaluation, report):
+    """Plot the training loss and accuracy and the ROC curve, serialize the model and the
+    `report`, each to its temporary file in `commit`: renamed into place together when main's
+    block ends, so that a crash, Ctrl-C or SIGTERM anywhere before leaves the earlier files as
+    they were. The report, renamed last, adds the SHA-256 of the other three: a set of outputs
     can always be checked for coming from one run (docs/troubleshooting.md)."""
     print("[INFO] saving COVID-19 detector model...")
     with commit.writing():
         final = {"model": config.model, "plot": config.plot, "roc": config.roc,
                  "report": config.report}
         temporary = {role: commit.temporary(path) for role, path in final.items()}
-        save_model(model, temporary["model"], class_names, check)
+        save_model(model, temporary["model"], class_names, input_check)
         save_figure(plot_history(H.history), temporary["plot"])
-        save_figure(plot_roc(evaluation.trueIdxs, evaluation.probabilities, class_names),
+        save_figure(plot_roc(evaluation.true_classes, evaluation.probabilities, class_names),
                     temporary["roc"])
         folder = os.path.dirname(os.path.abspath(config.report))
-        report["outputs"] = {role: {"file": os.path.relpath(os.path.abspath(final[role]), folder),
-                                    "sha256": file_digest(temporary[role])}
-                             for role in ("model", "plot", "roc")}
-        write_json(temporary["report"], report)
+        written = {role: {"file": os.path.relpath(os.path.abspath(final[role]), folder),
+                          "sha256": file_digest(temporary[role])}
+                   for role in ("model", "plot", "roc")}
+        write_json(temporary["report"], {**report, "outputs": written})
 
 
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
     # every path checked before minutes of training
-    outputs = check_paths(config.inputs(), config.outputs(), config.cache_folder)
+    outputs = check_paths(config.input_folders(), config.outputs(), config.cache_folder)
     # a second run writing the same files stops here; the outputs replace the earlier ones
     # only when everything is written
     with commit_outputs(*outputs) as commit:
@@ -286,40 +386,45 @@ def main(argv=None) -> int:
         images, paths, labels = load_dataset(config.dataset)
         with contextlib.closing(images):
             # one-hot encode the labels and split the images 80/20
-            data = split(config, images, paths, labels)
-            check_batch_size(config.batch_size, data.trainP)
-            check_external(config, data.class_names)
+            split = split_dataset(config, images, paths, labels)
+            check_batch_size(config.batch_size, split.trainP)
+            check_external(config, split.class_names)
 
             # place the tutorial's head on the frozen base; `head` is that head on its own
-            model = build_model(baseModel, len(data.class_names))
+            model = build_model(baseModel, len(split.class_names))
             head = make_head(model)
 
-            # augment, then batch: the frozen base's features of every image, kept in the
-            # feature cache, and of each training image's rotation in each epoch
-            inputs = head_inputs(config, model, images, data.trainP, data.trainY, data.testP,
-                                 augment=not config.cache_features)
+            # the frozen base, part of the input pipeline: its features kept in the cache
+            extractors = frozen_base(config, model)
+            # the test images' features, never augmented
+            test = compute_test_features(extractors, images, split)
+            # augment the training images, then batch them for the head
+            training = augment(config, extractors, images, split.trainP)
+            batches = batch(config, training, split.trainY)
             # what predict_covid19.py will check every image against: the training images
-            check = fit_the_input_check(config, inputs.describer, images, data.trainP)
-            if inputs.caches:
-                print(cache_line(inputs.caches))
+            descriptions = describe_training_images(extractors, images, split.trainP)
+            input_check = fit_the_input_check(config, descriptions)
+            if extractors.caches:
+                print(cache_line(extractors.caches))
 
             # compile and train the head
-            H = train(config, head, inputs, data.testY)
+            H = train(config, head, batches, test)
 
         # make predictions on the testing set and show the report
-        evaluation = evaluate(head, inputs.testF, data.testY, data.class_names,
-                              config.batch_size)
+        evaluation = evaluate(head, test, split.class_names, config.batch_size)
         if config.cache_features:
             print("(trained with --cache-features: no augmentation)")
         if config.precision != "float32":
             print(f"(frozen VGG16 computed in {config.precision}; head, loss and model in "
                   "float32)")
-        external = {folder: test_on_external(config, folder, head, inputs, data, check)
-                    for folder in config.external}
+        external_reports = {folder: test_on_external(config, folder, head, extractors, split,
+                                                     input_check)
+                            for folder in config.external_folders}
 
         # plot the training loss and accuracy, and serialize the model and the report
-        report = training_report(config, data, evaluation, check, external)
-        save_outputs(config, commit, model, data.class_names, check, H, evaluation, report)
+        report = training_report(config, split, evaluation, input_check, external_reports)
+        save_outputs(config, commit, model, split.class_names, input_check, H, evaluation,
+                     report)
     model_path, plot, report_path, roc = (shown(path) for path in outputs)
     print(f"[INFO] wrote {model_path} (model), {plot} and {roc} (plots), {report_path} (report)")
     print("[INFO] does it read the lungs or the image source? python audit_covid19.py "

@@ -57,7 +57,7 @@ FLOOR_PROBE = r"""
 import sys, time, statistics
 import numpy as np, keras
 from covid19xray.images import list_images, load_xray, scale_pixels
-from covid19xray.features import make_feature_extractor
+from covid19xray.frozen import make_feature_extractor
 from covid19xray.model import build_model, load_vgg16_base
 images = np.asarray(scale_pixels(np.stack([load_xray(p) for p in list_images(sys.argv[2])[:16]])))
 model = build_model(load_vgg16_base("none"))

@@ -5,12 +5,13 @@ Read the scripts first: they follow the tutorial step by step and call into thes
 - `cli`: one-line errors, Ctrl-C and SIGTERM, the lazy TensorFlow import that keeps --help fast.
 - `images`: which files are images (DICOM too), reading them safely, and the one
   preprocessing: every file as a viewer shows it, 8-bit, then the tutorial's steps.
-- `data`: the decoded-image store: every image decoded once.
-- `pipeline`: from decoded images to the head's training batches: VGG16's features, kept in
-  the feature cache (`cache`), the batches, and the head's compile and fit.
-- `model`: VGG16 (loaded seeded) with the tutorial's head, its optimizer, the model file,
-  precision;
-  `features`: the frozen part of it as a feature extractor, and the head on its own.
+- `store`: the decoded-image store: every image decoded once.
+- The frozen base, whose code keys the feature cache (`cache`): `frozen` (batches of images to
+  VGG16's features, in a precision, cropped to what the head reads; the input check's
+  description of an image; the `Extractor`s; the cache's key), with `transforms` (rotation,
+  masks).
+- `head`: the head that learns, on the frozen base's features: its batches, compile and fit.
+- `model`: VGG16 (loaded seeded) with the tutorial's head, the model file, precision.
 - `input_check`, `screening`: the check of predict's inputs against the training images.
 - `splits`: the class encoding, the 80/20 holdout split, cross-validation folds, patients.
 - `external`: testing on a labelled folder from elsewhere: its classes, identical files,

@@ -1,9 +1,10 @@
 """An on-disk cache of image features, so that a rerun does not pass an image through VGG16 again.
 
-Features of an image that is not augmented depend only on: the image's bytes, the VGG16 weights,
-the precision, the preprocessing, the crop and layers of the extractor, the library versions
-that compute them, and the audit's mask. `FeatureCache` keys every entry on all of these: a
-changed image, weights file or precision is recomputed, and only that.
+Features of an image depend only on: the image's bytes, and what `frozen.cache_configuration`
+names (the VGG16 weights, the precision, the code of the frozen base, the crop and layers of
+the extractor, the transform with its parameters, the library versions and the device).
+`FeatureCache` keys every entry on all of these: a changed image, weights file or precision is
+recomputed, and only that.
 
 Layout: `<folder>/<configuration key>/<first two hex digits>/<image sha256>.features`, each a
 small file of our own format: a magic line, the entry's own key, the float32 features and their
@@ -36,17 +37,6 @@ DIGEST_BYTES = 32
 # Far above any entry (the input check's 4,992 floats take 20 kB): a file larger than this is
 # not an entry, and is never read whole.
 MAX_ENTRY_BYTES = 1 << 20
-# {`pipeline.preprocessing_digest`'s source digest: the earlier one it stands for}. A pair is
-# added only where code moved between the preprocessing modules and every feature stayed the
-# same, bit for bit (checked on the shipped dataset, cold against warm): the cache stays warm
-# across the move. The next edit of those modules changes the digest, and the pair no longer
-# applies.
-SAME_PIXELS_AS = {
-    # issue 37 moved the pipeline out of `features` and `data` into `pipeline`; the shipped
-    # dataset's 1,050 entries came out byte for byte the same as cd7559b's
-    "0ec890a7a57b81bacd03bc845524d73127b50a2d6d16bee38d74e1fac0be5bf7":
-        "ad076230782383e5876826873dd74865f10bfecbef50928e1b62e08d286322eb",
-}
 
 
 def _writable(folder):

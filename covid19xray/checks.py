@@ -2,9 +2,9 @@
 every problem one line in seconds, not a traceback after minutes of work.
 
 - Outputs: `check_output_path`, `check_output_folder`, `check_new_folder`: each can be
-  written, and none lands inside the source data (`check_not_inside_inputs`: source data is
+  written, and none lands inside the source data (`check_not_inside_input_folders`: source data is
   never modified, and an output there would be read as data next time).
-- Inputs, beside them: the feature cache's folder is usable and outside the inputs, the
+- Inputs, beside them: the feature cache's folder is usable and outside the input folders, the
   temporary folder has room for the decoded images, and the manifests can be read.
 - `check_paths`: all of a run's, for train_covid19.py and audit_covid19.py (`outputs` then
   writes them).
@@ -13,27 +13,27 @@ every problem one line in seconds, not a traceback after minutes of work.
 import os
 
 from .cli import UserError, shown
-from .data import check_room_for_decoded
 from .images import list_images
 from .manifest import read_manifest
+from .store import check_room_for_decoded
 
 
-def check_paths(inputs, outputs, cache_dir=None):
+def check_paths(input_folders, outputs, cache_dir=None):
     """Every path of a run that trains heads (train_covid19.py, audit_covid19.py), checked:
     `inputs` [(flag, folder)], `outputs` [(path, flag, suffix)] and the cache folder (None with
     --no-cache). Returns the outputs' paths."""
-    paths = check_outputs(inputs, outputs)
-    check_inputs(inputs, cache_dir)
+    paths = check_outputs(input_folders, outputs)
+    check_input_folders(input_folders, cache_dir)
     return paths
 
 
-def check_outputs(inputs, outputs):
+def check_outputs(input_folders, outputs):
     """Fail now, not after training, if an output cannot be written, would land inside one of
     the input folders `inputs` ([(flag, folder)]: source data is never modified), or two
     outputs are one file. `outputs` is [(path, flag, suffix)]; returns their paths."""
     for path, flag, suffix in outputs:
         check_output_path(path, flag, suffix=suffix)
-        check_not_inside_inputs(path, flag, inputs)
+        check_not_inside_input_folders(path, flag, input_folders)
     paths = [path for path, _, _ in outputs]
     if len({os.path.abspath(path) for path in paths}) < len(paths):
         raise UserError(f"{', '.join(shown(path) for path in paths)} must be {len(paths)} "
@@ -41,15 +41,15 @@ def check_outputs(inputs, outputs):
     return paths
 
 
-def check_inputs(inputs, cache_dir=None):
+def check_input_folders(input_folders, cache_dir=None):
     """Before VGG16 or any image loads: the cache folder is usable and lies outside the input
     folders `inputs` ([(flag, folder)]), the temporary folder has room for their decoded
     images, and their manifests can be read (each problem one line, in seconds rather than
     after minutes of work)."""
     if cache_dir is not None:
-        check_not_inside_inputs(cache_dir, "--cache-dir", inputs)
+        check_not_inside_input_folders(cache_dir, "--cache-dir", input_folders)
         check_cache_folder(cache_dir)
-    existing = [folder for _, folder in inputs if os.path.isdir(folder)]
+    existing = [folder for _, folder in input_folders if os.path.isdir(folder)]
     check_room_for_decoded(sum(len(list_images(folder)) for folder in existing))
     for folder in existing:
         read_manifest(folder)
@@ -74,10 +74,10 @@ def same_or_inside(path, folder):
     return path == folder or path.startswith(folder + os.sep)
 
 
-def check_not_inside_inputs(path, flag, inputs):
+def check_not_inside_input_folders(path, flag, input_folders):
     """A `UserError` if `path` is, or lies inside, one of `inputs` ([(flag, folder)]): source
     data is never modified, and an output written there would be read as data next time."""
-    for input_flag, folder in inputs:
+    for input_flag, folder in input_folders:
         if os.path.isdir(folder) and same_or_inside(path, folder):
             raise UserError(f"{flag} {path!r} is inside {input_flag} {folder!r}; write "
                             "outputs elsewhere, source data is never modified")

@@ -4,7 +4,7 @@
   on stderr and exits with 1; a bad flag (`UsageError`, raised by `ArgumentParser`) exits with 2,
   as argparse does. Bugs still raise with their traceback: hiding those would help nobody.
 - `cli` also turns Ctrl-C (exit 130) and SIGTERM (exit 143, what `kill`, `timeout` and CI
-  runners send) into one line. Outputs are written through `outputs.atomic_outputs`, so an
+  runners send) into one line. Outputs are written through `outputs.commit_outputs`, so an
   interrupted run leaves every earlier output as it was.
 - `lazy_import`: TensorFlow takes seconds to import and prints start-up lines. The modules that
   need it import it with this function, so it loads on first use and `--help` or a mistyped flag

@@ -34,6 +34,10 @@ INTERPOLATION = "bilinear"
 FOLDS = 5
 
 PRECISIONS = ("float32", "bfloat16", "float16")
+# What the frozen VGG16 computes in unless told otherwise, and the model's file (the tutorial's
+# covid19.model, as HDF5 under the name Keras 3 loads HDF5 from).
+PRECISION = "float32"
+MODEL_FILE = "covid19.h5"
 # The file Keras downloads for `VGG16(weights="imagenet", include_top=False)`.
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -44,16 +48,22 @@ def default_cache_folder():
     return os.path.join(base, "covid19-xray")
 
 
-def flag(default=dataclasses.MISSING, *, help, short=None, default_factory=dataclasses.MISSING,
-         **argparse_options):
-    """A configuration field that is also a command-line flag: `--name-with-dashes` (and
-    `short`), its `default`, and `help` and any other argparse options (`type`, `choices`,
-    `metavar`) in its metadata, where `add_flags` reads them. The default is written here and
-    nowhere else; `(default: ...)` is added to the help unless the default says nothing
-    (None, False, empty)."""
+def flag(default=dataclasses.MISSING, *, help, short=None, option=None,
+         default_factory=dataclasses.MISSING, **argparse_options):
+    """A configuration field that is also a command-line flag: `--name-with-dashes` (or
+    `option`, where the field's name says more than the flag's: `external_folders` is
+    `--external`), `short`, its `default`, and `help` and any other argparse options (`type`,
+    `choices`, `metavar`) in its metadata, where `add_flags` reads them. The default is written
+    here and nowhere else; `(default: ...)` is added to the help unless the default says
+    nothing (None, False, empty)."""
     return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={"help": help, "short": short,
+                             metadata={"help": help, "short": short, "option": option,
                                        "argparse": argparse_options})
+
+
+def option_of(field):
+    """The command-line flag of a `flag` field: `--batch-size` for `batch_size`."""
+    return field.metadata.get("option") or f"--{field.name.replace('_', '-')}"
 
 
 def add_flags(ap, config_class):
@@ -82,17 +92,16 @@ def add_flags(ap, config_class):
             options["default"] = default
             if default is not None:
                 help_text += " (default: %(default)s)"
-        names = [f"--{field.name.replace('_', '-')}"]
+        names = [option_of(field)]
         if field.metadata["short"]:
             names.insert(0, field.metadata["short"])
-        ap.add_argument(*names, help=help_text, **options)
+        ap.add_argument(*names, dest=field.name, help=help_text, **options)
 
 
-def add_seed_flag(ap, what):
-    """The shared --seed (RunConfig's), for a script without a `Config`: `what` it seeds."""
-    seed = RunConfig.__dataclass_fields__["seed"]
-    ap.add_argument("--seed", type=seed_value, default=seed.default,
-                    help=f"seed of {what} (default: %(default)s)")
+def seed_flag(what):
+    """A builder's --seed: the same default and range as every script's, its help naming
+    `what` it seeds."""
+    return flag(SEED, type=seed_value, help=f"seed of {what}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,20 +114,22 @@ class Config:
         return cls(**vars(namespace))
 
     def flags(self):
-        """Every flag and its value: the `flags` of a report, to repeat the run."""
-        return dataclasses.asdict(self)
+        """Every flag and its value, by the flag's name (`external` for --external): the
+        `flags` of a report, to repeat the run."""
+        return {option_of(field).lstrip("-").replace("-", "_"): getattr(self, field.name)
+                for field in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig(Config):
-    """The flags that train_covid19.py and audit_covid19.py share; each script declares its
-    own `dataset` help and extends this with its own flags."""
+    """The flags that train_covid19.py and audit_covid19.py share; each script extends this
+    with its own flags."""
 
-    dataset: str = flag(short="-d", help="the dataset folder: one folder of images per class")
+    dataset: str = flag(short="-d", help="path to input dataset: one folder of images per class")
     weights: str = flag("imagenet", help=(
         "VGG16 base weights: imagenet (downloaded by Keras on first use), none (random), or the "
         f"path of a local {VGG16_NOTOP_FILE}"))
-    precision: str = flag("float32", choices=PRECISIONS, help=(
+    precision: str = flag(PRECISION, choices=PRECISIONS, help=(
         "what the frozen VGG16 computes in; bfloat16 is about twice as fast on CPUs with "
         "AVX512_BF16 and about six times on CPUs with AMX, float16 on GPUs. The head, the loss "
         "and the saved model stay float32"))

@@ -33,24 +33,26 @@ CLASS_NAMES_FILE = "class_names.json"
 INPUT_CHECK_FILE = "input_check.json"
 
 
-def checked_network(model, check):
+def network_with_check(model, input_check):
     """`model` with the input check's outputs (`input_check.outcome_outputs`), on an input
     named `images`: what both exports run when the model has a check."""
     images = keras.Input(shape=model.input_shape[1:], name="images")
-    return keras.Model(images, keras.Model(model.inputs, outcome_outputs(model, check))(images))
+    outputs = keras.Model(model.inputs, outcome_outputs(model, input_check))
+    return keras.Model(images, outputs(images))
 
 
-def input_check_facts(check):
+def input_check_facts(input_check):
     """What `input_check.json` says: the outputs and the thresholds they were computed with."""
     return {"outputs": {"input_distance": "distance to the nearest training image, in units of "
                                           "the median distance of a training image to its "
                                           "nearest other",
                         "input_check": dict(enumerate(OUTCOMES))},
-            "unlike_training_above": check.unlike_factor, "rejected_above": check.reject_factor,
-            "fitted_on": check.fitted_on}
+            "unlike_training_above": input_check.unlike_factor,
+            "rejected_above": input_check.reject_factor,
+            "fitted_on": input_check.fitted_on}
 
 
-def export_saved_model(model, folder, class_names, check=None):
+def export_saved_model(model, folder, class_names, input_check=None):
     """Write `model` as a SavedModel into the new `folder`, with its class names, and its input
     check as a second endpoint when it has one.
 
@@ -64,23 +66,23 @@ def export_saved_model(model, folder, class_names, check=None):
     signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images")]
     archive.add_endpoint("serve", lambda images: model(images, training=False),
                          input_signature=signature)
-    if check is not None:
-        checked = checked_network(model, check)
-        archive.add_endpoint("serve_checked", lambda images: checked(images, training=False),
+    if input_check is not None:
+        with_check = network_with_check(model, input_check)
+        archive.add_endpoint("serve_checked", lambda images: with_check(images, training=False),
                              input_signature=signature)
     archive.write_out(folder, verbose=False)
     facts = [(CLASS_NAMES_FILE, class_names)]
-    if check is not None:
-        facts.append((INPUT_CHECK_FILE, input_check_facts(check)))
+    if input_check is not None:
+        facts.append((INPUT_CHECK_FILE, input_check_facts(input_check)))
     for name, value in facts:
         with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             json.dump(value, f, indent=1)
             f.write("\n")
 
 
-def export_tflite(model, path, check=None):
+def export_tflite(model, path, input_check=None):
     """Write `model` as a TensorFlow Lite file at `path` (named .tflite): Keras's converter,
     float32, no quantisation, so that it gives the model's probabilities; with an input check,
     its outputs too (`probabilities`, `input_distance`, `input_check`, by name)."""
-    network = model if check is None else checked_network(model, check)
+    network = model if input_check is None else network_with_check(model, input_check)
     network.export(path, format="litert", verbose=False)

@@ -24,9 +24,9 @@ import sys
 import numpy as np
 
 from .cli import UserError, shown
-from .data import class_folders, load_dataset
 from .manifest import MANIFEST, manifest_key, read_manifest
 from .report import counts_per_class, describe, metric
+from .store import class_folders, load_dataset
 
 
 def check_classes(folder, class_names, flag="--external"):
@@ -71,11 +71,10 @@ class ExternalSet:
             "patients_shared_with_dataset": shared_patients(dataset, self.folder),
         }
 
-    def by_source(self, probabilities, class_names, printed=False):
-        """`by_source` of this test's `probabilities`; printed under a heading if `printed`."""
-        of_sources = print_by_source if printed else by_source
-        return of_sources(self.folder, self.paths, self.onehot.argmax(axis=1), probabilities,
-                          class_names)
+    def by_source(self, probabilities, class_names):
+        """`by_source` of this test's `probabilities`."""
+        return by_source(self.folder, self.paths, self.onehot.argmax(axis=1), probabilities,
+                         class_names)
 
 
 def load_external(folder, class_names, training_digests, flag="--external"):
@@ -139,19 +138,19 @@ def by_size(sources):
     return sorted(set(sources), key=lambda s: (-int((sources == s).sum()), s))
 
 
-def by_source(folder, paths, trueIdxs, probabilities, class_names):
+def by_source(folder, paths, true_classes, probabilities, class_names):
     """{source: {"counts", "recall" of each class, and with two classes "sensitivity" and
     "specificity"}} of an external test, from `folder`'s manifest; None without one."""
     sources = sources_of(folder, paths)
     if sources is None:
         return None
-    sources, predIdxs = np.array(sources), np.asarray(probabilities).argmax(axis=1)
-    trueIdxs = np.asarray(trueIdxs)
+    sources, predicted = np.array(sources), np.asarray(probabilities).argmax(axis=1)
+    true_classes = np.asarray(true_classes)
     results = {}
     for source in by_size(sources):
         mine = sources == source
-        recall = {name: metric(int((mine & (trueIdxs == i) & (predIdxs == i)).sum()),
-                               int((mine & (trueIdxs == i)).sum()))
+        recall = {name: metric(int((mine & (true_classes == i) & (predicted == i)).sum()),
+                               int((mine & (true_classes == i)).sum()))
                   for i, name in enumerate(class_names)}
         results[source] = {"counts": {name: m["trials"] for name, m in recall.items()},
                            "recall": recall}
@@ -175,10 +174,9 @@ def describe_by_source(results, class_names):
     return lines
 
 
-def print_by_source(folder, paths, trueIdxs, probabilities, class_names):
-    """`by_source`, printed under a heading; returns it (None without a manifest)."""
-    results = by_source(folder, paths, trueIdxs, probabilities, class_names)
+def print_by_source(results, folder, class_names):
+    """`by_source`'s `results` of a test on `folder`, under a heading (nothing without a
+    manifest)."""
     if results:
         print(f"by source ({shown(os.path.join(folder, MANIFEST))}):")
         print("\n".join(describe_by_source(results, class_names)))
-    return results

@@ -10,22 +10,16 @@ and every prediction says one of three things:
 - `rejected`: not classified: farther than `REJECT_FACTOR` times that. It looks like no frontal
   chest X-ray the model knows: a photograph, a page, a blank or noise image, a CT or MR slice.
 
-How an image is described (`description_output`): the frozen VGG16 that the model runs anyway,
-read at its five pooling layers. Of each, the mean and the standard deviation of every channel
-over the image (what textures are there, and how much they vary), and the fourth pooling
-layer's channels averaged over the image's four quarters (where they are: a lateral film and a
-frontal one share textures, not their layout). Each part is square-rooted (activations are
-non-negative, and a few strong channels would otherwise drown the rest), scaled to unit length,
-and the parts are joined with equal weight. The distance of an image to the training images is
-the Euclidean distance of its description to the nearest training image's
+Each image is described by `frozen.description_output` (the frozen VGG16's pooling layers,
+read in the forward pass the model runs anyway). The distance of an image to the training
+images is the Euclidean distance of its description to the nearest training image's
 (`InputCheck.distances`). Its unit, `scale`, is the median distance of a training image to its
 nearest other training image: the thresholds are 1.4 and 1.7 of it.
 
 Why this, measured (BENCHMARKS.md, "The input check"): nearest-neighbour distances of these
 descriptions met every target on the probe sets; Mahalanobis distances with a shrunk covariance
 (FRODO's method) did not: with 40 training images the shrinkage leaves flat and noise images
-within the spread of real films. The description costs nothing beyond the forward pass that
-predicts: the pooled values are read off layers the model computes anyway.
+within the spread of real films.
 """
 
 import dataclasses
@@ -37,16 +31,13 @@ import h5py
 import numpy as np
 
 from .cli import UserError, lazy_import
+from .frozen import LAYOUT_GRID, LAYOUT_LAYER, POOLING_LAYERS, description_output
 
 keras = lazy_import("keras")
 
 OK, UNLIKE_TRAINING, REJECTED = "ok", "unlike_training", "rejected"
 OUTCOMES = (OK, UNLIKE_TRAINING, REJECTED)
 
-# What an image's description reads: every pooling layer's channel means and deviations, and
-# one layer's channels on a grid of quarters.
-POOLING_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
-LAYOUT_LAYER, LAYOUT_GRID = "block4_pool", 2
 # The thresholds, in units of `InputCheck.scale` (chosen by measurement: BENCHMARKS.md).
 UNLIKE_FACTOR, REJECT_FACTOR = 1.4, 1.7
 # Training images kept as the reference: a seeded sample beyond this (about 20 MB in the file).
@@ -60,63 +51,24 @@ MAX_STORED_BYTES = 64 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
-# Describing an image, inside the model
+# The check inside the model, for the exports
 # ---------------------------------------------------------------------------------------------
 
 
-def _unit(part):
-    """`part` (n, k) of non-negative values, square-rooted and scaled to unit length."""
-    root = keras.ops.sqrt(keras.ops.maximum(part, 0.0))
-    norm = keras.ops.sqrt(keras.ops.sum(root * root, axis=-1, keepdims=True))
-    return root / keras.ops.maximum(norm, 1e-12)
-
-
-def description_output(model):
-    """The description of the image (module docstring) as a tensor of `model`'s graph, built
-    on the layers it already has: (n, description size), float32, unit length."""
-    parts = []
-    for name in POOLING_LAYERS:
-        x = keras.ops.cast(model.get_layer(name).output, "float32")
-        parts += [keras.ops.mean(x, axis=(1, 2)), keras.ops.std(x, axis=(1, 2))]
-    x = keras.ops.cast(model.get_layer(LAYOUT_LAYER).output, "float32")
-    cells = x.shape[1] // LAYOUT_GRID
-    grid = keras.ops.average_pool(x, pool_size=cells, strides=cells, padding="valid")
-    parts.append(keras.ops.reshape(grid, (-1, grid.shape[1] * grid.shape[2] * grid.shape[3])))
-    weight = float(1.0 / np.sqrt(len(parts)))  # a Python float keeps the parts float32
-    return keras.ops.concatenate([_unit(part) * weight for part in parts], axis=-1)
-
-
-def check_layers_missing(model):
-    """The layers the description reads that `model` lacks (none for the tutorial's VGG16)."""
-    names = {layer.name for layer in model.layers}
-    return [name for name in (*POOLING_LAYERS, LAYOUT_LAYER) if name not in names]
-
-
-def checked_model(model):
-    """`model` with a second output, each image's description: one forward pass gives both
-    the class probabilities and what the check needs."""
-    return keras.Model(model.inputs, [model.output, description_output(model)])
-
-
-def outcome_outputs(model, check):
+def outcome_outputs(model, input_check):
     """The check inside `model`'s graph, for exports that run without this project:
     {"probabilities", "input_distance" (in units of `scale`), "input_check" (0 ok, 1
     unlike_training, 2 rejected)}, computed as `InputCheck.distances` and `outcomes` do."""
     described = description_output(model)
-    reference = check.reference.astype(np.float32)
+    reference = input_check.reference.astype(np.float32)
     squared = (keras.ops.sum(described * described, axis=1, keepdims=True)
                + (reference * reference).sum(1)[None]
                - 2 * keras.ops.matmul(described, reference.T))
     distance = keras.ops.sqrt(keras.ops.maximum(keras.ops.min(squared, axis=1), 0.0))
-    distance = distance / float(check.scale)
-    outcome = (keras.ops.cast(distance > check.unlike_factor, "int32")
-               + keras.ops.cast(distance > check.reject_factor, "int32"))
+    distance = distance / float(input_check.scale)
+    outcome = (keras.ops.cast(distance > input_check.unlike_factor, "int32")
+               + keras.ops.cast(distance > input_check.reject_factor, "int32"))
     return {"probabilities": model.output, "input_distance": distance, "input_check": outcome}
-
-
-def description_model(model):
-    """The part of `model` that describes an image, alone (for the training images)."""
-    return keras.Model(model.inputs, description_output(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,27 +138,28 @@ def fit_input_check(descriptions, seed=0):
 # ---------------------------------------------------------------------------------------------
 
 
-def _metadata(check):
+def _metadata(input_check):
     return json.dumps({"version": FORMAT_VERSION, "layers": list(POOLING_LAYERS),
-                       "layout": [LAYOUT_LAYER, LAYOUT_GRID], "scale": check.scale,
-                       "unlike_factor": check.unlike_factor,
-                       "reject_factor": check.reject_factor, "fitted_on": check.fitted_on})
+                       "layout": [LAYOUT_LAYER, LAYOUT_GRID], "scale": input_check.scale,
+                       "unlike_factor": input_check.unlike_factor,
+                       "reject_factor": input_check.reject_factor,
+                       "fitted_on": input_check.fitted_on})
 
 
-def store_input_check(path, check):
+def store_input_check(path, input_check):
     """Add `check` to the model file at `path`: an HDF5 group beside Keras's own, or a member
     of the .keras zip. Keras reads neither, so the file still loads in plain Keras."""
     if path.lower().endswith(".keras"):
         buffer = io.BytesIO()
-        np.savez(buffer, reference=check.reference,
-                 metadata=np.frombuffer(_metadata(check).encode(), np.uint8))
+        np.savez(buffer, reference=input_check.reference,
+                 metadata=np.frombuffer(_metadata(input_check).encode(), np.uint8))
         with zipfile.ZipFile(path, "a") as archive:
             archive.writestr(KERAS_MEMBER, buffer.getvalue())
         return
     with h5py.File(path, "a") as f:
         group = f.create_group(H5_GROUP)
-        group.create_dataset("reference", data=check.reference)
-        group.attrs["metadata"] = _metadata(check)
+        group.create_dataset("reference", data=input_check.reference)
+        group.attrs["metadata"] = _metadata(input_check)
 
 
 def _not_ours(path, why):

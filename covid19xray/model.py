@@ -9,7 +9,7 @@
   its attributes) or Keras's own `.keras` (with the class names in a member of its zip); both
   carry the input check (`input_check`) beside the network.
 - `check_precision`: whether this CPU computes the chosen precision natively (the copies in
-  that precision are `features.with_precision` and `model_with_precision`). The saved model is
+  that precision are `frozen.with_precision` and `model_with_precision`). The saved model is
   always float32.
 """
 
@@ -24,6 +24,7 @@ import h5py
 
 from .cli import UserError, first_line, import_tensorflow, lazy_import, shown
 from .config import VGG16_NOTOP_FILE
+from .frozen import FEATURES_LAYER
 from .images import IMAGE_SIZE
 from .input_check import store_input_check
 from .outputs import file_kind
@@ -39,8 +40,6 @@ CLASS_NAMES_MEMBER = "covid19_class_names.json"
 MODEL_SUFFIXES = (".h5", ".keras")
 # Far above any list of class names: a member larger than this is not ours.
 MAX_CLASS_NAMES_BYTES = 64 * 1024
-# The head's Flatten: its output is the features the head trains on (features.py).
-FEATURES_LAYER = "flatten"
 
 
 # ---------------------------------------------------------------------------------------------

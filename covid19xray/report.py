@@ -55,7 +55,7 @@ def describe(name, m):
     return f"{name}: {m['value']:.4f} (95% CI {m['ci95'][0]:.2f}-{m['ci95'][1]:.2f})"
 
 
-def classification_metrics(trueIdxs, probabilities, class_names):
+def classification_metrics(true_classes, probabilities, class_names):
     """Accuracy, each class's sensitivity and specificity against the rest, and the ROC AUC.
 
     With two classes the first (covid) is the positive class: `sensitivity` is its recall and
@@ -63,10 +63,10 @@ def classification_metrics(trueIdxs, probabilities, class_names):
     positive class's probability. With more, the AUC is one-vs-rest, macro-averaged.
     """
     labels = list(range(len(class_names)))
-    predIdxs = probabilities.argmax(axis=1)
-    cm = confusion_matrix(trueIdxs, predIdxs, labels=labels)
+    predicted = probabilities.argmax(axis=1)
+    cm = confusion_matrix(true_classes, predicted, labels=labels)
     # per class: [[true negatives, false positives], [false negatives, true positives]]
-    per_class_counts = multilabel_confusion_matrix(trueIdxs, predIdxs, labels=labels)
+    per_class_counts = multilabel_confusion_matrix(true_classes, predicted, labels=labels)
     results = {"confusion_matrix": cm.tolist(), "accuracy": metric(np.trace(cm), cm.sum()),
                "per_class": {
                    name: {"sensitivity": metric(tp, tp + fn), "specificity": metric(tn, tn + fp)}
@@ -75,25 +75,24 @@ def classification_metrics(trueIdxs, probabilities, class_names):
         results["positive_class"] = class_names[0]
         results["sensitivity"] = results["per_class"][class_names[0]]["sensitivity"]
         results["specificity"] = results["per_class"][class_names[0]]["specificity"]
-        results["roc_auc"] = float(roc_auc_score(trueIdxs == 0, probabilities[:, 0]))
+        results["roc_auc"] = float(roc_auc_score(true_classes == 0, probabilities[:, 0]))
     else:
-        results["roc_auc"] = float(roc_auc_score(trueIdxs, probabilities, labels=labels,
+        results["roc_auc"] = float(roc_auc_score(true_classes, probabilities, labels=labels,
                                                  multi_class="ovr"))
     return results
 
 
-def print_evaluation(trueIdxs, probabilities, class_names):
+def print_evaluation(true_classes, probabilities, class_names, results):
     """The tutorial's report on a test set, each number with its 95% interval: classification
     report, confusion matrix, accuracy, sensitivity and specificity (per class beyond two), ROC
-    AUC. Returns `classification_metrics`."""
+    AUC. `results` are the test's `classification_metrics`."""
     from sklearn.metrics import classification_report
 
-    predIdxs = probabilities.argmax(axis=1)
+    predicted = probabilities.argmax(axis=1)
     # zero_division=0: a model that never predicts a class gets precision 0, not a warning
-    print(classification_report(trueIdxs, predIdxs, labels=list(range(len(class_names))),
+    print(classification_report(true_classes, predicted, labels=list(range(len(class_names))),
                                 target_names=[shown(name) for name in class_names],
                                 zero_division=0))
-    results = classification_metrics(trueIdxs, probabilities, class_names)
     print(np.array(results["confusion_matrix"]))
     print(describe("acc", results["accuracy"]))
     if len(class_names) == 2:
@@ -104,7 +103,6 @@ def print_evaluation(trueIdxs, probabilities, class_names):
             print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
                   f"{describe('specificity', m['specificity'])}")
     print(f"ROC AUC: {results['roc_auc']:.4f}")
-    return results
 
 
 def _auc_statistic(positives, negatives, axis=-1):
@@ -173,7 +171,7 @@ def plot_history(history):
     return fig
 
 
-def plot_roc(trueIdxs, probabilities, class_names):
+def plot_roc(true_classes, probabilities, class_names):
     """The ROC curve on the test split (one curve per class against the rest if more than
     two), with scikit-learn's RocCurveDisplay, which puts each curve's AUC in the legend."""
     import matplotlib.pyplot as plt
@@ -184,7 +182,7 @@ def plot_roc(trueIdxs, probabilities, class_names):
         fig, ax = plt.subplots()
         for c, name in enumerate(shown_classes):
             RocCurveDisplay.from_predictions(
-                trueIdxs == c, probabilities[:, c], ax=ax,
+                true_classes == c, probabilities[:, c], ax=ax,
                 name=f"{name} vs rest" if len(shown_classes) > 1 else name,
                 plot_chance_level=(c == len(shown_classes) - 1))
         ax.set_title("ROC curve on the test split")

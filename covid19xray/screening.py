@@ -20,13 +20,13 @@ def _counts(outcomes):
     return {outcome: int(sum(o == outcome for o in outcomes)) for outcome in OUTCOMES}
 
 
-def screening(outcomes, trueIdxs, probabilities, class_names, sources=None):
+def screening(outcomes, true_classes, probabilities, class_names, sources=None):
     """{"counts", "by_class", "by_source" (None without sources), "accepted", "on_accepted"}:
     the check's outcomes of a labelled test, and the metrics of its accepted images (None when
     they do not hold every class)."""
-    outcomes, trueIdxs = np.asarray(outcomes), np.asarray(trueIdxs)
+    outcomes, true_classes = np.asarray(outcomes), np.asarray(true_classes)
     result = {"counts": _counts(outcomes),
-              "by_class": {name: _counts(outcomes[trueIdxs == i])
+              "by_class": {name: _counts(outcomes[true_classes == i])
                            for i, name in enumerate(class_names)},
               "by_source": None}
     if sources is not None:
@@ -35,8 +35,8 @@ def screening(outcomes, trueIdxs, probabilities, class_names, sources=None):
                                for source in by_size(sources)}
     accepted = outcomes != REJECTED
     result["accepted"] = int(accepted.sum())
-    every_class = set(trueIdxs[accepted].tolist()) == set(range(len(class_names)))
-    result["on_accepted"] = (classification_metrics(trueIdxs[accepted],
+    every_class = set(true_classes[accepted].tolist()) == set(range(len(class_names)))
+    result["on_accepted"] = (classification_metrics(true_classes[accepted],
                                                     np.asarray(probabilities)[accepted],
                                                     class_names) if every_class else None)
     return result
@@ -71,12 +71,3 @@ def print_screening(result, class_names):
         print(f"  {describe('sensitivity', metrics['sensitivity'])}")
         print(f"  {describe('specificity', metrics['specificity'])}")
     print(f"  ROC AUC: {metrics['roc_auc']:.4f}")
-
-
-def screen(check, descriptions, trueIdxs, probabilities, class_names, sources=None):
-    """Check a labelled test's images by their `descriptions`, print the check's lines of its
-    report and return them (`screening`)."""
-    outcomes = check.outcomes(check.distances(descriptions))
-    result = screening(outcomes, trueIdxs, probabilities, class_names, sources)
-    print_screening(result, class_names)
-    return result

@@ -5,6 +5,8 @@ Helpers (image writers, run_main, snapshot...) live in `helpers.py`, on pytest's
 
 import os
 
+import cv2
+import numpy as np
 import pytest
 
 from helpers import make_dataset, narrow_vgg16, run_main, write_junk, write_odd_formats
@@ -85,7 +87,7 @@ def trained(tiny_dataset, tmp_path_factory):
     came from there."""
     import train_covid19
     from covid19xray import progress
-    from covid19xray.data import ImageStore
+    from covid19xray.store import ImageStore
 
     out = tmp_path_factory.mktemp("trained")
     model, plot, report = str(out / "covid19.h5"), str(out / "plot.png"), str(out / "report.json")
@@ -96,9 +98,9 @@ def trained(tiny_dataset, tmp_path_factory):
         reads.append((len(slots), bool(fit_returned)))
         return real_read(self, slots)
 
-    def train_then_mark(args, head, inputs, *rest):
-        autotuning.append(inputs.batches.options().autotune.enabled)
-        history = real_train(args, head, inputs, *rest)
+    def train_then_mark(args, head, batches, *rest):
+        autotuning.append(batches.batches.options().autotune.enabled)
+        history = real_train(args, head, batches, *rest)
         fit_returned.append(True)
         return history
 
@@ -114,3 +116,14 @@ def trained(tiny_dataset, tmp_path_factory):
             "cache": str(out / "cache"),
             "report": report, "dataset": tiny_dataset, "seed": 7, "batch_size": 4,
             "reads": reads, "autotuning": autotuning[0] if autotuning else None}
+
+
+@pytest.fixture
+def odd_inputs(tmp_path):
+    """A flat grey square and uniform noise: what no X-ray looks like."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "flat.png"), np.full((512, 512, 3), 128, np.uint8))
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3)).astype(np.uint8)
+    cv2.imwrite(str(folder / "noise.png"), noise)
+    return [str(folder / "flat.png"), str(folder / "noise.png")]

@@ -731,3 +731,12 @@ def read_only(folder):
         if immutable:
             subprocess.run(["chattr", "-i", folder], check=True)
         os.chmod(folder, 0o755)
+
+
+def parse_report(stdout):
+    """The confusion matrix and the three metric lines the tutorial prints."""
+    rows = re.findall(r"^\s*\[+\s*(\d+)\s+(\d+)\s*\]+\s*$", stdout, re.M)
+    # the tutorial's "acc: 0.9000", now followed by " (95% CI 0.60-0.98)"
+    metrics = dict(re.findall(r"^(acc|sensitivity|specificity): (\d\.\d{4}) \(95% CI ", stdout,
+                              re.M))
+    return np.array(rows, dtype=int), {k: float(v) for k, v in metrics.items()}

@@ -1,6 +1,7 @@
 """covid19xray.cli: every script answers --help and a bad flag at once, before TensorFlow loads,
 and ends a user's error in one line."""
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -85,7 +86,20 @@ def test_every_flag_is_made_from_its_config_field(parse_args, argv, config_class
     config = config_class(**fields)  # here, where the test's cache folder is the default
     assert parse_args(argv) == config
     given = parse_args([*argv, "--batch-size", "3"])
-    assert given.batch_size == 3 and given == type(config)(**{**config.flags(), "batch_size": 3})
+    assert given.batch_size == 3 and given == dataclasses.replace(config, batch_size=3)
+
+
+def test_a_field_named_apart_from_its_flag_is_reported_by_the_flag():
+    """`external_folders` is --external and `split_by` is --split: the flag sets the field, and
+    report.json's `flags` names the flag, as it always has."""
+    config = train_covid19.parse_args(["-d", "d", "--split", "patient", "--external", "e1",
+                                       "--external", "e2"])
+    assert config.split_by == "patient" and config.external_folders == ("e1", "e2")
+    flags = config.flags()
+    assert flags["split"] == "patient" and flags["external"] == ("e1", "e2")
+    assert "split_by" not in flags and "external_folders" not in flags
+    audit = audit_covid19.parse_args(["-d", "d", "--external", "e"])
+    assert audit.external_folder == "e" and audit.flags()["external"] == "e"
 
 
 def test_the_help_shows_each_default_from_its_field(capsys):

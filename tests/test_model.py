@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from covid19xray.cli import UserError
-from covid19xray.features import model_with_precision
+from covid19xray.frozen import model_with_precision
+from covid19xray.head import make_optimizer
 from covid19xray.model import build_model, load_vgg16_base
-from covid19xray.pipeline import make_optimizer
 
 
 def test_model_layers_and_parameter_counts(real_vgg16, monkeypatch):

@@ -65,7 +65,7 @@ class ImageStore:
     wrote or None) of every other file; `damaged` the (path, what its decoder wrote) of usable
     files a decoder complained of.
     `image(path)`, `digest(path)`, `header(path)` and `file_size(path)` answer for one image;
-    `read(slots)` reads a batch back for the tf.data pipelines (`pipeline`).
+    `read(slots)` reads a batch back for the tf.data pipelines (`frozen`).
     """
 
     IMAGE_BYTES = IMAGE_SIZE[0] * IMAGE_SIZE[1] * 3

@@ -1,31 +1,28 @@
-"""covid19xray.features: the frozen part computed once, on what the head reads, and kept in the
-feature cache."""
+"""covid19xray.frozen: the frozen part computed once, on what the head reads, and kept in the
+feature cache under a key that changes with what VGG16 is given, and only then."""
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-from covid19xray import features as features_module
 from covid19xray.cache import FeatureCache
-from covid19xray.data import ImageStore
-from covid19xray.features import (
-    PREPROCESSING_MODULES,
+from covid19xray.frozen import (
+    FROZEN_SOURCES,
     cache_configuration,
-    feature_cache,
+    extract_features,
     feature_crops,
+    features_per_epoch,
+    frozen_code_digest,
     make_feature_extractor,
-    make_head,
-    preprocessing_digest,
 )
+from covid19xray.head import make_head
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model import build_model, load_vgg16_base
-from covid19xray.pipeline import extract_features, features_per_epoch
+from covid19xray.store import ImageStore
 from covid19xray.transforms import UNCHANGED, BoxMask, Rotation
 from helpers import ROOT, make_dataset, write_image
 
@@ -162,11 +159,11 @@ def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
 
     # other weights or another precision: a configuration of its own, computed afresh
     assert run({**configuration, "precision": "bfloat16"})[0] == 6
-    # and so does any other decoding: the preprocessing code's digest and the DICOM decoders'
+    # and so does any other decoding: the frozen code's digest and the DICOM decoders'
     # versions are in the key, so features cached by other code are never reused
-    assert configuration["preprocessing"] == preprocessing_digest()
+    assert configuration["code"] == frozen_code_digest()
     assert set(configuration["libraries"]) >= {"pydicom", "python-gdcm", "opencv"}
-    assert run({**configuration, "preprocessing": "0" * 64})[0] == 6
+    assert run({**configuration, "code": "0" * 64})[0] == 6
     assert capsys.readouterr().err == ""
 
 
@@ -181,7 +178,8 @@ def test_a_transforms_parameters_are_in_the_key_so_editing_one_recomputes(base, 
     extract, crops = make_feature_extractor(model)
 
     def run(transform):
-        cache = feature_cache(str(tmp_path / "cache"), model, crops, "float32", transform)
+        cache = FeatureCache(str(tmp_path / "cache"),
+                             cache_configuration(model, crops, "float32", transform))
         counted = counting(extract)
         features = features_per_epoch(counted, store, paths, 4, transform, 2, cache)
         return counted.images, features
@@ -201,34 +199,50 @@ def test_a_transforms_parameters_are_in_the_key_so_editing_one_recomputes(base, 
     assert run(UNCHANGED)[0] == 4 and run(UNCHANGED)[0] == 0  # one pass: the same each epoch
 
 
-def test_the_preprocessing_key_follows_the_code_that_decides_the_pixels(tmp_path):
+def package_copy(tmp_path, name):
+    """A copy of the package's source, to edit: its folder."""
+    folder = tmp_path / name / "covid19xray"
+    shutil.copytree(os.path.join(ROOT, "covid19xray"), folder)
+    return folder
+
+
+def edit(path, old, new):
+    source = path.read_text()
+    assert source.count(old) == 1, old
+    path.write_text(source.replace(old, new))
+
+
+def test_changing_what_vgg16_is_given_changes_the_key(tmp_path):
     """Derived, not kept by hand: a copy of the package whose scaling divides by 256 instead of
-    255 gets another key; the unchanged copy gets this one."""
-    def digest_of(package):
-        return subprocess.run(
-            [sys.executable, "-c", "from covid19xray.features import preprocessing_digest\n"
-             "print(preprocessing_digest())"], cwd=package.parent, capture_output=True,
-            text=True, check=True, env={**os.environ, "PYTHONPATH": ""}).stdout.strip()
-
-    for name in ("same", "edited"):
-        shutil.copytree(os.path.join(ROOT, "covid19xray"), tmp_path / name / "covid19xray")
-    images = tmp_path / "edited" / "covid19xray" / "images.py"
-    source = images.read_text()
-    assert source.count("/ 255.0") == 1
-    images.write_text(source.replace("/ 255.0", "/ 256.0"))
-    same = digest_of(tmp_path / "same" / "covid19xray")
-    assert same == preprocessing_digest()
-    assert digest_of(tmp_path / "edited" / "covid19xray") != same
+    255, or whose rotation fills with zeros, gets another key; the unchanged copy gets this
+    one."""
+    same = package_copy(tmp_path, "same")
+    assert frozen_code_digest.__wrapped__(str(same)) == frozen_code_digest()
+    scaled = package_copy(tmp_path, "scaled")
+    edit(scaled / "images.py", "/ 255.0", "/ 256.0")
+    filled = package_copy(tmp_path, "filled")
+    edit(filled / "transforms.py", 'fill_mode=FILL_MODE', 'fill_mode="constant"')
+    keys = {frozen_code_digest.__wrapped__(str(folder)) for folder in (same, scaled, filled)}
+    assert len(keys) == 3
 
 
-def test_code_moved_without_changing_a_feature_keeps_the_earlier_key(monkeypatch):
-    """`cache.SAME_PIXELS_AS` maps the digest of code that only moved to the digest of the code
-    it was checked against; any other digest stands for itself."""
-    digest = features_module._source_digest(PREPROCESSING_MODULES)
-    monkeypatch.setattr(features_module, "SAME_PIXELS_AS", {digest: "earlier"})
-    assert preprocessing_digest.__wrapped__() == "earlier"
-    monkeypatch.setattr(features_module, "SAME_PIXELS_AS", {"another": "earlier"})
-    assert preprocessing_digest.__wrapped__() == digest
+def test_editing_the_head_a_docstring_a_comment_or_a_message_keeps_the_key(tmp_path):
+    """The optimizer's schedule, the loss, a docstring, a comment and an error's words decide no
+    feature: editing them keeps every cached feature. Wherever `make_optimizer` lives, it is
+    not hashed."""
+    edited = package_copy(tmp_path, "edited")
+    [optimizer_file] = [path for path in edited.glob("*.py")
+                        if "def make_optimizer(" in path.read_text()]
+    edit(optimizer_file, "decay_steps=1,", "decay_steps=2,")
+    edit(optimizer_file, 'return "binary_crossentropy"', 'return "categorical_crossentropy"')
+    edit(edited / "frozen.py", '"""The layers from the input to FEATURES_LAYER',
+         '"""Every layer from the input to FEATURES_LAYER')
+    edit(edited / "frozen.py", "    return tf.cast(x, tf.float32)\n",
+         "    return tf.cast(x, tf.float32)  # the features, as the head reads them\n")
+    edit(edited / "images.py", '"not a readable image") from None',
+         '"not an image OpenCV or Pillow can read") from None')
+    assert frozen_code_digest.__wrapped__(str(edited)) == frozen_code_digest()
+    assert optimizer_file.name not in FROZEN_SOURCES
 
 
 def test_the_cache_key_holds_the_device_and_tf32(base, monkeypatch):
