@@ -40,6 +40,7 @@ from covid19xray.external import check_classes, describe_by_source, load_externa
 from covid19xray.frozen import make_extractors
 from covid19xray.head import compile_head, fit_head, make_head, training_batches
 from covid19xray.input_check import REJECTED, fit_input_check
+from covid19xray.layout import load_dataset
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, load_vgg16
 from covid19xray.outputs import commit_outputs
@@ -64,7 +65,6 @@ from covid19xray.report import (
 )
 from covid19xray.screening import print_counts, screening
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
-from covid19xray.store import load_dataset
 from covid19xray.transforms import UNCHANGED, BoxMask
 
 tf = lazy_import("tensorflow")

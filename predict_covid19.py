@@ -77,13 +77,13 @@ from covid19xray.images import (
     with_decoder_messages,
 )
 from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING, read_input_check
+from covid19xray.layout import is_mask, label_of
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import check_precision, load_classifier
 from covid19xray.outputs import commit_outputs
 from covid19xray.progress import progress, say
 from covid19xray.report import classification_metrics, print_evaluation, versions, write_json
 from covid19xray.screening import print_screening, screening
-from covid19xray.store import label_of
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -153,11 +153,12 @@ def parse_args(argv=None):
 
 
 def find_images(items):
-    """The image files named, and those under the folders named, in the order given."""
+    """The image files named, and those under the folders named, in the order given; never
+    the lung masks of the Radiography Database's layout."""
     image_paths = []
     for item in items:
         if os.path.isdir(item):
-            image_paths.extend(list_images(item))
+            image_paths.extend(path for path in list_images(item) if not is_mask(path))
         elif os.path.isfile(item):
             image_paths.append(item)
         else:

@@ -44,9 +44,11 @@ from covid19xray.head import (
     training_batches,
 )
 from covid19xray.input_check import fit_input_check
+from covid19xray.layout import load_dataset
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import MODEL_SUFFIXES, build_model, load_vgg16, save_model
 from covid19xray.outputs import commit_outputs, file_digest
+from covid19xray.progress import duration
 from covid19xray.report import (
     classification_metrics,
     counts_per_class,
@@ -59,6 +61,7 @@ from covid19xray.report import (
 )
 from covid19xray.screening import print_screening, screening
 from covid19xray.splits import (
+    balanced_class_weights,
     class_counts,
     encode_labels,
     holdout_split,
@@ -66,7 +69,6 @@ from covid19xray.splits import (
     require_patients,
     warn_shared_patients,
 )
-from covid19xray.store import load_dataset
 from covid19xray.transforms import UNCHANGED, Rotation
 
 
@@ -92,6 +94,13 @@ class TrainConfig(RunConfig):
         "no augmentation: every image passes through VGG16 once, not once per epoch, and the "
         "head trains on the same features every epoch (much faster on a first run; the saved "
         "model is the same whole network)"))
+    positive: str | None = flag(None, metavar="CLASS", help=(
+        "with two classes, the class whose recall is the sensitivity, and whose probability the "
+        "ROC curve ranks by (default: the first in sorted order, covid of covid/normal)"))
+    class_weight: str | None = flag(None, choices=["balanced"], help=(
+        "balanced: weigh each training image's loss by how rare its class is (images / "
+        "(classes x images of its class), scikit-learn's 'balanced'), so that the smallest "
+        "class counts as much as the largest; recorded in report.json"))
 
     def __post_init__(self):
         # frozen all the way
@@ -137,6 +146,7 @@ class Split:
     trainY: np.ndarray  # their one-hot labels
     testY: np.ndarray
     class_names: list  # sorted: covid is 0, normal 1
+    positive: int  # with two classes, the positive class's index (--positive; else 0)
     patients_on_both_sides: int | None  # None when --dataset has no manifest
     digests: dict  # {SHA-256: path} of every image of --dataset: copies elsewhere are refused
 
@@ -154,8 +164,24 @@ def split_dataset(config, images, paths, labels):
     shared = warn_shared_patients(trainP, testP, paths, patients)
     print(f"[INFO] {len(paths)} images, classes {class_names}: "
           f"{len(trainP)} for training, {len(testP)} for testing")
-    return Split(trainP, testP, trainY, testY, class_names, shared,
+    return Split(trainP, testP, trainY, testY, class_names,
+                 positive_class(config.positive, class_names), shared,
                  {images.digest(path): path for path in paths})
+
+
+def positive_class(positive, class_names):
+    """The index of --positive among the classes (0, the first, without it): a `UserError`
+    for a class the dataset lacks, or with other than two classes."""
+    if positive is None:
+        return 0
+    if len(class_names) != 2:
+        raise UserError(f"--positive {positive!r}: a positive class needs two classes, the "
+                        f"dataset has {len(class_names)} ({', '.join(class_names)}); with more, "
+                        "every class is reported against the rest")
+    if positive not in class_names:
+        raise UserError(f"--positive {positive!r} is not a class of the dataset "
+                        f"({', '.join(class_names)})")
+    return class_names.index(positive)
 
 
 def check_batch_size(batch_size, trainP):
@@ -194,6 +220,46 @@ def frozen_base(config, model):
     caches = [e.cache for e in (*features, describer) if e.cache is not None]
     return Extractors(features[0], features[1] if len(features) > 1 else None, describer,
                       caches)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What the run's VGG16 work will cost (`estimate_cost`), said before it starts."""
+
+    passes: int  # VGG16 passes this run makes: the entries not found in the feature cache
+    seconds: float  # their estimate here, from a batch timed on this machine
+    cache_features_passes: int | None  # what --cache-features would make (None: it is on)
+
+
+def estimate_cost(config, extractors, images, split):
+    """Before the VGG16 work, say what it will cost: the passes this run makes (what is in the
+    feature cache is free), their time on this machine from a first batch, and what
+    --cache-features would make instead. On thousands of images the default, augmented run
+    makes one pass per training image and epoch: hours where --cache-features takes minutes."""
+    test = extractors.unchanged.passes(images, split.testP)
+    unrotated = extractors.unchanged.passes(images, split.trainP)
+    train = (unrotated if extractors.rotated is None
+             else extractors.rotated.passes(images, split.trainP, config.epochs))
+    described = extractors.describer.passes(images, split.trainP)
+    passes = test + train + described
+    alternative = None if config.cache_features else test + unrotated + described
+    if not passes:
+        print("[INFO] VGG16 work: none, every feature this run needs is in the feature cache")
+        return Cost(0, 0.0, alternative)
+    per_feature = extractors.unchanged.seconds_per_image(images, split.trainP)
+    per_description = extractors.describer.seconds_per_image(images, split.trainP)
+    seconds = (test + train) * per_feature + described * per_description
+    what = (f"{len(split.trainP):,} training images x {config.epochs} epochs"
+            if extractors.rotated is not None else f"{len(split.trainP):,} training images")
+    line = (f"[INFO] VGG16 work: {what}, {len(split.testP):,} test images and "
+            f"{len(split.trainP):,} descriptions = {passes:,} passes to compute, about "
+            f"{duration(seconds)} here ({per_feature * 1e3:.0f} ms an image, timed on a first "
+            "batch)")
+    if alternative is not None:
+        other = (test + unrotated) * per_feature + described * per_description
+        line += f"; --cache-features: {alternative:,}, about {duration(other)}"
+    print(line)
+    return Cost(passes, seconds, alternative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,16 +306,19 @@ class Batches:
 
     batches: object  # a tf.data.Dataset of (features, one-hot labels), every epoch's
     steps: int  # whole batches an epoch, as the tutorial: len(trainP) // batch size
+    class_weight: dict | None  # {class index: weight of its images' loss} (--class-weight)
 
 
 def batch(config, training, trainY):
     """The training features in shuffled batches of --batch-size (`covid19xray.head`): each
-    epoch its own rotations, or the same features reshuffled (--cache-features)."""
+    epoch its own rotations, or the same features reshuffled (--cache-features); with
+    --class-weight balanced, each class's weight."""
     if training.augmented:
         batches = epoch_batches(training.trainF, trainY, config.batch_size, config.seed)
     else:
         batches = training_batches(training.trainF[0], trainY, config.batch_size, config.seed)
-    return Batches(batches, len(trainY) // config.batch_size)
+    weights = None if config.class_weight is None else balanced_class_weights(trainY)
+    return Batches(batches, len(trainY) // config.batch_size, weights)
 
 
 def describe_training_images(extractors, images, trainP):
@@ -278,7 +347,7 @@ def train(config, head, batches, test):
     print("[INFO] training head...")
     return fit_head(head, batches.batches, batches.steps, config.epochs,
                     validation=(test.testF, test.testY), batch_size=config.batch_size,
-                    verbose=keras_verbosity())
+                    verbose=keras_verbosity(), class_weight=batches.class_weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +359,7 @@ class Evaluation:
     true_classes: np.ndarray  # each test image's true class
 
 
-def evaluate(head, test, class_names, batch_size):
+def evaluate(head, test, class_names, batch_size, positive=0):
     """Make predictions on the testing set and show the tutorial's report: classification
     report, confusion matrix, accuracy, sensitivity and specificity, each with its 95%
     interval (5 of 5 covid images support a sensitivity anywhere from 0.57 to 1), and the ROC
@@ -298,7 +367,7 @@ def evaluate(head, test, class_names, batch_size):
     print("[INFO] evaluating network...")
     probabilities = head.predict(test.testF, batch_size=batch_size, verbose=0)
     true_classes = test.testY.argmax(axis=1)
-    results = classification_metrics(true_classes, probabilities, class_names)
+    results = classification_metrics(true_classes, probabilities, class_names, positive)
     print_evaluation(true_classes, probabilities, class_names, results)
     return Evaluation(results, probabilities, true_classes)
 
@@ -315,19 +384,20 @@ def test_on_external(config, folder, head, extractors, split, input_check):
           f"({class_counts(external_set.onehot, split.class_names)})")
     probabilities = head.predict(extF, batch_size=config.batch_size, verbose=0)
     true_classes = external_set.onehot.argmax(axis=1)
-    results = classification_metrics(true_classes, probabilities, split.class_names)
+    results = classification_metrics(true_classes, probabilities, split.class_names,
+                                     split.positive)
     print_evaluation(true_classes, probabilities, split.class_names, results)
     by_source = external_set.by_source(probabilities, split.class_names)
     print_by_source(by_source, folder, split.class_names)
     screened = screening(input_check.outcomes(input_check.distances(descriptions)),
                          true_classes, probabilities, split.class_names,
-                         sources_of(folder, external_set.paths))
+                         sources_of(folder, external_set.paths), split.positive)
     print_screening(screened, split.class_names)
     return {**external_set.facts(config.dataset, split.class_names), **results,
             "by_source": by_source, "input_check": screened}
 
 
-def training_report(config, split, evaluation, input_check, external_reports):
+def training_report(config, split, evaluation, input_check, external_reports, batches):
     """Everything needed to judge, and to repeat, this run (`report.json`)."""
     return {
         "class_names": split.class_names,
@@ -340,6 +410,8 @@ def training_report(config, split, evaluation, input_check, external_reports):
         "augmentation": ("off (--cache-features)" if config.cache_features
                          else Rotation(seed=config.seed).summary),
         "precision": config.precision,
+        "class_weight": (None if batches.class_weight is None else
+                         {split.class_names[c]: w for c, w in batches.class_weight.items()}),
         **evaluation.results,
         "input_check": input_check.summary(),
         **run_facts(config),
@@ -347,7 +419,7 @@ def training_report(config, split, evaluation, input_check, external_reports):
     }
 
 
-def save_outputs(config, commit, model, class_names, input_check, H, evaluation, report):
+def save_outputs(config, commit, model, split, input_check, H, evaluation, report):
     """Plot the training loss and accuracy and the ROC curve, serialize the model and the
     `report`, each to its temporary file in `commit`: renamed into place together when main's
     block ends, so that a crash, Ctrl-C or SIGTERM anywhere before leaves the earlier files as
@@ -358,10 +430,10 @@ def save_outputs(config, commit, model, class_names, input_check, H, evaluation,
         final = {"model": config.model, "plot": config.plot, "roc": config.roc,
                  "report": config.report}
         temporary = {role: commit.temporary(path) for role, path in final.items()}
-        save_model(model, temporary["model"], class_names, input_check)
+        save_model(model, temporary["model"], split.class_names, input_check)
         save_figure(plot_history(H.history), temporary["plot"])
-        save_figure(plot_roc(evaluation.true_classes, evaluation.probabilities, class_names),
-                    temporary["roc"])
+        save_figure(plot_roc(evaluation.true_classes, evaluation.probabilities,
+                             split.class_names, split.positive), temporary["roc"])
         folder = os.path.dirname(os.path.abspath(config.report))
         written = {role: {"file": os.path.relpath(os.path.abspath(final[role]), folder),
                           "sha256": file_digest(temporary[role])}
@@ -396,6 +468,8 @@ def main(argv=None) -> int:
 
             # the frozen base, part of the input pipeline: its features kept in the cache
             extractors = frozen_base(config, model)
+            # what that will cost, before it starts
+            estimate_cost(config, extractors, images, split)
             # the test images' features, never augmented
             test = compute_test_features(extractors, images, split)
             # augment the training images, then batch them for the head
@@ -411,7 +485,7 @@ def main(argv=None) -> int:
             H = train(config, head, batches, test)
 
         # make predictions on the testing set and show the report
-        evaluation = evaluate(head, test, split.class_names, config.batch_size)
+        evaluation = evaluate(head, test, split.class_names, config.batch_size, split.positive)
         if config.cache_features:
             print("(trained with --cache-features: no augmentation)")
         if config.precision != "float32":
@@ -422,9 +496,9 @@ def main(argv=None) -> int:
                             for folder in config.external_folders}
 
         # plot the training loss and accuracy, and serialize the model and the report
-        report = training_report(config, split, evaluation, input_check, external_reports)
-        save_outputs(config, commit, model, split.class_names, input_check, H, evaluation,
-                     report)
+        report = training_report(config, split, evaluation, input_check, external_reports,
+                                 batches)
+        save_outputs(config, commit, model, split, input_check, H, evaluation, report)
     model_path, plot, report_path, roc = (shown(path) for path in outputs)
     print(f"[INFO] wrote {model_path} (model), {plot} and {roc} (plots), {report_path} (report)")
     print("[INFO] does it read the lungs or the image source? python audit_covid19.py "

@@ -126,9 +126,10 @@ def run(command, workdir):
 
 def comparable(lines):
     """A run's stdout without what differs between identical runs: Keras's step times, the
-    feature cache's counts and the output paths."""
+    feature cache's counts, the VGG16 work still to do and the output paths."""
     return [re.sub(r" - \d+m?s(/step)?", "", line) for line in lines
-            if not line.startswith(("[INFO] feature cache", "[INFO] wrote"))]
+            if not line.startswith(("[INFO] feature cache", "[INFO] VGG16 work",
+                                    "[INFO] wrote"))]
 
 
 def accuracy_line(lines):

@@ -153,6 +153,11 @@ class FeatureCache:
         if self.entry_size is None:
             self.entry_size = disk_usage(path)
 
+    def has(self, image_digest):
+        """Whether an entry for the image stands in the cache (not whether it can be trusted:
+        `get` says that)."""
+        return os.path.lexists(self._path(image_digest))
+
     def lookup(self, digests):
         """The features cached for each of `digests` (SHA-256 of image files), None where there
         are none to trust."""

@@ -24,9 +24,9 @@ import sys
 import numpy as np
 
 from .cli import UserError, shown
+from .layout import class_folders, load_dataset
 from .manifest import MANIFEST, manifest_key, read_manifest
 from .report import counts_per_class, describe, metric
-from .store import class_folders, load_dataset
 
 
 def check_classes(folder, class_names, flag="--external"):

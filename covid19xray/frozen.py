@@ -49,6 +49,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import time
 
 import cv2
 import numpy as np
@@ -377,7 +378,8 @@ def cache_configuration(model, crops, precision, transform=UNCHANGED, output="fe
 # ---------------------------------------------------------------------------------------------
 
 
-def features_per_epoch(extract, images, paths, batch_size, transform, epochs, cache=None):
+def features_per_epoch(extract, images, paths, batch_size, transform, epochs, cache=None,
+                       what="VGG16 features"):
     """The features of the images at `paths` changed by `transform` as it changes them in each
     of `epochs` epochs: (epochs, len(paths), features), in order.
 
@@ -385,7 +387,9 @@ def features_per_epoch(extract, images, paths, batch_size, transform, epochs, ca
     once: an image that `transform` leaves the same every epoch passes through VGG16 once, not
     once per epoch, and so does a file that stands twice. With `cache` (a `cache.FeatureCache`
     for this transform), features found there are not computed again, and those computed are
-    stored. Every missing entry goes through VGG16 in one pass, under one progress bar.
+    stored as each batch finishes: a run stopped halfway keeps what it computed, and the rerun
+    computes only the rest. Every missing entry goes through VGG16 in one pass, under one
+    progress bar that says `what` it computes.
     """
     # `wanted`, `parameters` and `keys` run epoch by epoch, image by image within each
     wanted = [(k, epoch) for epoch in range(epochs) for k in range(len(paths))]
@@ -402,22 +406,33 @@ def features_per_epoch(extract, images, paths, batch_size, transform, epochs, ca
         places = [first[key] for key in missing]
         batches = model_batches(images, [paths[wanted[n][0]] for n in places], batch_size,
                                 transform, parameters[places])
-        parts = []
-        with progress(len(missing), "VGG16 features") as bar:
+        done = 0
+        with progress(len(missing), what) as bar:
             for batch in batches:
-                parts.append(extract(batch).numpy())
-                bar.update(len(parts[-1]))
-        computed = np.concatenate(parts)
-        features_of.update(zip(missing, computed))
-        if cache is not None:
-            cache.store(missing, computed)
+                computed = extract(batch).numpy()
+                batch_keys = missing[done:done + len(computed)]
+                features_of.update(zip(batch_keys, computed))
+                if cache is not None:
+                    cache.store(batch_keys, computed)
+                done += len(computed)
+                bar.update(len(computed))
     return np.stack([features_of[key] for key in keys]).reshape(epochs, len(paths), -1)
 
 
-def extract_features(extract, images, paths, batch_size, transform=UNCHANGED, cache=None):
+def extract_features(extract, images, paths, batch_size, transform=UNCHANGED, cache=None,
+                     what="VGG16 features"):
     """The features of the images at `paths` changed by `transform` (by default, as they are):
     (len(paths), features), in order. See `features_per_epoch`."""
-    return features_per_epoch(extract, images, paths, batch_size, transform, 1, cache)[0]
+    return features_per_epoch(extract, images, paths, batch_size, transform, 1, cache, what)[0]
+
+
+def entries_to_compute(images, paths, transform, epochs, cache=None):
+    """How many distinct entries of the images at `paths` over `epochs` epochs are not in
+    `cache` (all of them without one): the VGG16 passes `features_per_epoch` would make. Asks
+    whether each entry's file exists; reads none."""
+    _, keys = transform.parameters_and_keys([images.digest(path) for path in paths], epochs)
+    distinct = list(dict.fromkeys(keys))
+    return len(distinct) if cache is None else sum(not cache.has(key) for key in distinct)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,16 +444,34 @@ class Extractor:
     batch_size: int
     transform: object = UNCHANGED
     cache: object = None
+    what: str = "VGG16 features"  # what its progress bar says it computes
 
     def features(self, images, paths):
         """(len(paths), features), in order (`extract_features`)."""
         return extract_features(self.extract, images, paths, self.batch_size, self.transform,
-                                self.cache)
+                                self.cache, self.what)
 
     def features_per_epoch(self, images, paths, epochs):
         """(epochs, len(paths), features): as `transform` changes them each epoch."""
         return features_per_epoch(self.extract, images, paths, self.batch_size, self.transform,
-                                  epochs, self.cache)
+                                  epochs, self.cache, self.what)
+
+    def passes(self, images, paths, epochs=1):
+        """The VGG16 passes computing them would take now (`entries_to_compute`)."""
+        return entries_to_compute(images, paths, self.transform, epochs, self.cache)
+
+    def seconds_per_image(self, images, paths):
+        """What one image costs this extractor here, timed on a batch of `paths` after a first
+        one (which traces the network): for the cost line before a long run."""
+        batch = next(iter(model_batches(images, paths[:self.batch_size], self.batch_size,
+                                        self.transform,
+                                        self.transform.parameters_and_keys(
+                                            [images.digest(p) for p in paths[:self.batch_size]],
+                                            1)[0])))
+        self.extract(batch).numpy()
+        start = time.perf_counter()
+        self.extract(batch).numpy()
+        return (time.perf_counter() - start) / len(batch)
 
 
 def make_extractors(config, model, transforms, describe=True):
@@ -448,12 +481,14 @@ def make_extractors(config, model, transforms, describe=True):
     a `config.RunConfig`."""
     extract, crops = make_feature_extractor(model, config.precision)
     parts = [(extract, transform, cache_configuration(model, crops, config.precision, transform),
-              transform.entries) for transform in transforms]
+              transform.entries,
+              "VGG16 features" + (f" ({transform.label})" if transform.label else ""))
+             for transform in transforms]
     if describe:
         parts.append((make_description_extractor(model, config.precision), UNCHANGED,
                       cache_configuration(model, {}, config.precision, output="description"),
-                      "input check description(s)"))
+                      "input check description(s)", "VGG16 descriptions (input check)"))
     return [Extractor(extract, config.batch_size, transform,
                       None if config.cache_folder is None
-                      else FeatureCache(config.cache_folder, configuration, what=what))
-            for extract, transform, configuration, what in parts]
+                      else FeatureCache(config.cache_folder, configuration, what=entries), what)
+            for extract, transform, configuration, entries, what in parts]

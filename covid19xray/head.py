@@ -105,9 +105,11 @@ def compile_head(head, num_classes, lr, epochs):
                  metrics=["accuracy"])
 
 
-def fit_head(head, batches, steps, epochs, validation=None, batch_size=None, verbose=0):
+def fit_head(head, batches, steps, epochs, validation=None, batch_size=None, verbose=0,
+             class_weight=None):
     """Train the compiled head on `batches` (one finite pass an epoch), validating on
-    `validation` (features, one-hot rows) after every epoch if given."""
+    `validation` (features, one-hot rows) after every epoch if given; `class_weight` ({class
+    index: weight}) weighs each image's loss by its class."""
     return head.fit(
         batches,
         # as the tutorial: len(train) // batch size whole batches an epoch. Given, it also
@@ -118,6 +120,7 @@ def fit_head(head, batches, steps, epochs, validation=None, batch_size=None, ver
         epochs=epochs,
         shuffle=False,  # the dataset shuffles itself; Keras warns if asked to as well
         verbose=verbose,
+        class_weight=class_weight,
     )
 
 

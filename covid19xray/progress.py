@@ -47,3 +47,12 @@ def say(line, file=None):
     """Print `line` on stdout (or `file`) without breaking a live bar on the terminal (tqdm
     lifts the bar, prints, and draws it again)."""
     tqdm.write(line, file=file or sys.stdout)
+
+
+def duration(seconds):
+    """`12 s`, `2.3 min` or `5.0 h`: how long, as a person reads it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

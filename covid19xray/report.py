@@ -55,12 +55,24 @@ def describe(name, m):
     return f"{name}: {m['value']:.4f} (95% CI {m['ci95'][0]:.2f}-{m['ci95'][1]:.2f})"
 
 
-def classification_metrics(true_classes, probabilities, class_names):
-    """Accuracy, each class's sensitivity and specificity against the rest, and the ROC AUC.
+def one_vs_rest_auc(is_class, scores):
+    """The ROC AUC of `scores` for telling one class from the rest, or None when the test
+    holds no image of it, or only images of it (no curve to draw)."""
+    is_class = np.asarray(is_class, bool)
+    if is_class.all() or not is_class.any():
+        return None
+    return float(roc_auc_score(is_class, scores))
 
-    With two classes the first (covid) is the positive class: `sensitivity` is its recall and
-    `specificity` the other class's, the tutorial's two numbers; the AUC ranks images by the
-    positive class's probability. With more, the AUC is one-vs-rest, macro-averaged.
+
+def classification_metrics(true_classes, probabilities, class_names, positive=0):
+    """Accuracy, and each class against the rest: its sensitivity (recall), specificity and
+    positive predictive value with their 95% intervals, and its one-vs-rest ROC AUC; the macro
+    AUC, their mean.
+
+    With two classes, `positive` (the first, covid, unless --positive says otherwise) is the
+    positive class: `sensitivity` is its recall and `specificity` the other class's, the
+    tutorial's two numbers; `roc_auc` ranks images by its probability. With more, `roc_auc` is
+    the one-vs-rest AUC, macro-averaged.
     """
     labels = list(range(len(class_names)))
     predicted = probabilities.argmax(axis=1)
@@ -69,22 +81,47 @@ def classification_metrics(true_classes, probabilities, class_names):
     per_class_counts = multilabel_confusion_matrix(true_classes, predicted, labels=labels)
     results = {"confusion_matrix": cm.tolist(), "accuracy": metric(np.trace(cm), cm.sum()),
                "per_class": {
-                   name: {"sensitivity": metric(tp, tp + fn), "specificity": metric(tn, tn + fp)}
-                   for name, ((tn, fp), (fn, tp)) in zip(class_names, per_class_counts)}}
+                   name: {"sensitivity": metric(tp, tp + fn), "specificity": metric(tn, tn + fp),
+                          "ppv": metric(tp, tp + fp),
+                          "auc": one_vs_rest_auc(np.asarray(true_classes) == c,
+                                                 probabilities[:, c])}
+                   for c, (name, ((tn, fp), (fn, tp))) in enumerate(zip(class_names,
+                                                                        per_class_counts))}}
+    aucs = [m["auc"] for m in results["per_class"].values() if m["auc"] is not None]
+    results["macro_auc"] = float(np.mean(aucs)) if len(aucs) == len(class_names) else None
     if len(class_names) == 2:
-        results["positive_class"] = class_names[0]
-        results["sensitivity"] = results["per_class"][class_names[0]]["sensitivity"]
-        results["specificity"] = results["per_class"][class_names[0]]["specificity"]
-        results["roc_auc"] = float(roc_auc_score(true_classes == 0, probabilities[:, 0]))
+        name = class_names[positive]
+        results["positive_class"] = name
+        results["sensitivity"] = results["per_class"][name]["sensitivity"]
+        results["specificity"] = results["per_class"][name]["specificity"]
+        results["roc_auc"] = float(roc_auc_score(true_classes == positive,
+                                                 probabilities[:, positive]))
     else:
         results["roc_auc"] = float(roc_auc_score(true_classes, probabilities, labels=labels,
                                                  multi_class="ovr"))
     return results
 
 
+def confusion_table(cm, class_names):
+    """The confusion matrix with its class names: rows the true class, columns the predicted."""
+    names = [shown(name) for name in class_names]
+    width = max(len(name) for name in names + [str(cm.max())]) + 2
+    rows = ["true \\ predicted".ljust(width) + "".join(name.rjust(width) for name in names)]
+    rows += [name.ljust(width) + "".join(str(n).rjust(width) for n in row)
+             for name, row in zip(names, cm)]
+    return "\n".join(rows)
+
+
+def is_the_tutorials(class_names, results):
+    """Whether a report is the tutorial's: two classes, covid the positive one."""
+    return list(class_names) == ["covid", "normal"] and results["positive_class"] == "covid"
+
+
 def print_evaluation(true_classes, probabilities, class_names, results):
     """The tutorial's report on a test set, each number with its 95% interval: classification
-    report, confusion matrix, accuracy, sensitivity and specificity (per class beyond two), ROC
+    report, confusion matrix, accuracy, sensitivity and specificity, ROC AUC. Two classes other
+    than covid/normal say which is positive; more than two print the matrix with its class
+    names, each class's sensitivity, specificity, PPV and AUC against the rest, and the macro
     AUC. `results` are the test's `classification_metrics`."""
     from sklearn.metrics import classification_report
 
@@ -93,16 +130,24 @@ def print_evaluation(true_classes, probabilities, class_names, results):
     print(classification_report(true_classes, predicted, labels=list(range(len(class_names))),
                                 target_names=[shown(name) for name in class_names],
                                 zero_division=0))
-    print(np.array(results["confusion_matrix"]))
+    cm = np.array(results["confusion_matrix"])
+    print(cm if len(class_names) == 2 else confusion_table(cm, class_names))
     print(describe("acc", results["accuracy"]))
     if len(class_names) == 2:
+        if not is_the_tutorials(class_names, results):
+            other = next(name for name in class_names if name != results["positive_class"])
+            print(f"positive class: {shown(results['positive_class'])} (sensitivity is its "
+                  f"recall, specificity {shown(other)}'s; --positive chooses)")
         print(describe("sensitivity", results["sensitivity"]))
         print(describe("specificity", results["specificity"]))
-    else:
-        for name, m in results["per_class"].items():
-            print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
-                  f"{describe('specificity', m['specificity'])}")
-    print(f"ROC AUC: {results['roc_auc']:.4f}")
+        print(f"ROC AUC: {results['roc_auc']:.4f}")
+        return
+    for name, m in results["per_class"].items():
+        auc = "undefined" if m["auc"] is None else f"{m['auc']:.4f}"
+        print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
+              f"{describe('specificity', m['specificity'])}, {describe('PPV', m['ppv'])}, "
+              f"AUC against the rest {auc}")
+    print(f"ROC AUC: {results['roc_auc']:.4f} (one-vs-rest, the mean of the classes' AUCs)")
 
 
 def _auc_statistic(positives, negatives, axis=-1):
@@ -171,20 +216,22 @@ def plot_history(history):
     return fig
 
 
-def plot_roc(true_classes, probabilities, class_names):
-    """The ROC curve on the test split (one curve per class against the rest if more than
-    two), with scikit-learn's RocCurveDisplay, which puts each curve's AUC in the legend."""
+def plot_roc(true_classes, probabilities, class_names, positive=0):
+    """The ROC curve on the test split (the positive class's with two classes, one curve per
+    class against the rest with more), with scikit-learn's RocCurveDisplay, which puts each
+    curve's AUC in the legend."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import RocCurveDisplay
 
-    shown_classes = class_names[:1] if len(class_names) == 2 else class_names
+    shown_classes = ({positive: class_names[positive]} if len(class_names) == 2
+                     else dict(enumerate(class_names)))
     with plt.style.context("ggplot"):
         fig, ax = plt.subplots()
-        for c, name in enumerate(shown_classes):
+        for n, (c, name) in enumerate(shown_classes.items()):
             RocCurveDisplay.from_predictions(
                 true_classes == c, probabilities[:, c], ax=ax,
                 name=f"{name} vs rest" if len(shown_classes) > 1 else name,
-                plot_chance_level=(c == len(shown_classes) - 1))
+                plot_chance_level=(n == len(shown_classes) - 1))
         ax.set_title("ROC curve on the test split")
         ax.set_xlabel("False positive rate (1 - specificity)")
         ax.set_ylabel("True positive rate (sensitivity)")

@@ -20,7 +20,7 @@ def _counts(outcomes):
     return {outcome: int(sum(o == outcome for o in outcomes)) for outcome in OUTCOMES}
 
 
-def screening(outcomes, true_classes, probabilities, class_names, sources=None):
+def screening(outcomes, true_classes, probabilities, class_names, sources=None, positive=0):
     """{"counts", "by_class", "by_source" (None without sources), "accepted", "on_accepted"}:
     the check's outcomes of a labelled test, and the metrics of its accepted images (None when
     they do not hold every class)."""
@@ -38,7 +38,8 @@ def screening(outcomes, true_classes, probabilities, class_names, sources=None):
     every_class = set(true_classes[accepted].tolist()) == set(range(len(class_names)))
     result["on_accepted"] = (classification_metrics(true_classes[accepted],
                                                     np.asarray(probabilities)[accepted],
-                                                    class_names) if every_class else None)
+                                                    class_names, positive)
+                             if every_class else None)
     return result
 
 
@@ -70,4 +71,9 @@ def print_screening(result, class_names):
     if len(class_names) == 2:
         print(f"  {describe('sensitivity', metrics['sensitivity'])}")
         print(f"  {describe('specificity', metrics['specificity'])}")
-    print(f"  ROC AUC: {metrics['roc_auc']:.4f}")
+        print(f"  ROC AUC: {metrics['roc_auc']:.4f}")
+        return
+    for name, m in metrics["per_class"].items():
+        print(f"  {shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
+              f"{describe('PPV', m['ppv'])}")
+    print(f"  ROC AUC: {metrics['roc_auc']:.4f} (one-vs-rest, the mean of the classes' AUCs)")

@@ -12,6 +12,7 @@ import os
 import sys
 
 import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
 
 from .cli import UserError, lazy_import
 from .config import TEST_SIZE
@@ -128,3 +129,12 @@ def require_patients(dataset, patients):
         raise UserError(f"--split patient needs {os.path.join(dataset, MANIFEST)}, which the "
                         "dataset builders write; rebuild the dataset with them or use --split "
                         "random")
+
+
+def balanced_class_weights(onehot):
+    """{class index: weight} that make every class weigh as much in the loss as the largest:
+    images / (classes x images of the class), scikit-learn's `class_weight="balanced"`."""
+    classes = np.asarray(onehot).argmax(axis=1)
+    present = np.unique(classes)
+    weights = compute_class_weight("balanced", classes=present, y=classes)
+    return {int(c): float(w) for c, w in zip(present, weights)}

@@ -1,7 +1,7 @@
 """The decoded-image store: every image of a dataset decoded once, read back by the pipelines.
 
-`load_dataset(folder)` lists a dataset's images (one folder per class), decodes each once into a
-`ImageStore` and takes each label from its folder's name.
+`layout.load_dataset(folder)` lists a dataset's images and their classes, and decodes each
+once into an `ImageStore`.
 
 Decoding a JPEG X-ray costs far more than reading its 150 KB of uint8 pixels back (18 ms against
 well under 1 ms for the tutorial's images), and decoding threads running every epoch would take
@@ -22,13 +22,12 @@ import tempfile
 
 import numpy as np
 
-from .cli import UserError, lazy_import, warn_if_not_utf8
+from .cli import UserError, lazy_import
 from .images import (
     IMAGE_SIZE,
     NotAnImage,
     damage_warning,
     decode_with_header,
-    list_images,
     model_input,
     read_bytes,
     skip_warning,
@@ -150,34 +149,3 @@ def check_room_for_decoded(count):
         raise UserError(f"the temporary folder {folder!r} has {free / 2**20:.1f} MB free; the "
                         f"{count} decoded images need {need / 2**20:.1f} MB; set TMPDIR to a "
                         "folder with room")
-
-
-def load_dataset(dataset, flag="--dataset"):
-    """Every usable image under the folder `dataset`, decoded once, and its label: the name of
-    its folder. Returns the store, the paths it holds (sorted) and their labels; files that are
-    not usable images are skipped with a warning. `flag` names the folder in messages."""
-    if not os.path.isdir(dataset):
-        raise UserError(f"{flag} {dataset!r} is not a folder")
-    image_paths = list_images(dataset)
-    if not image_paths:
-        raise UserError(f"{flag} {dataset!r} has no images (.jpg, .jpeg, .png, .bmp, .tif, "
-                        ".tiff, .dcm, or DICOM files without an extension); put one folder of "
-                        "images per class in it")
-    warn_if_not_utf8(image_paths)
-    images = ImageStore(image_paths)
-    images.warn_skipped()
-    if not len(images):
-        images.close()
-        raise UserError(f"{flag} {dataset!r}: none of its images could be read")
-    return images, images.paths, np.array([label_of(path) for path in images.paths])
-
-
-def class_folders(folder):
-    """The classes of a folder of class folders (those holding images), read without decoding
-    an image: for checks that must come before minutes of work."""
-    return sorted({label_of(path) for path in list_images(folder)})
-
-
-def label_of(path):
-    """An image's label: the name of the folder it is in, as in the tutorial."""
-    return os.path.basename(os.path.dirname(path))

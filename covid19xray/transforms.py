@@ -42,8 +42,9 @@ tf = lazy_import("tensorflow")
 class Transform:
     """The base of every transform; on its own, it leaves the image as it is."""
 
-    # how `cache.cache_line` names this transform's entries
+    # how `cache.cache_line` names this transform's entries, and a progress bar its images
     entries = "image(s)"
+    label = ""
 
     def describe(self):
         """The transform's kind and every parameter: its part of the feature cache's key."""
@@ -118,6 +119,7 @@ class Rotation(Transform):
     interpolation: str = INTERPOLATION
 
     entries = "rotated image(s) (one per training image and epoch)"
+    label = "rotated"
 
     @property
     def summary(self):
@@ -142,6 +144,8 @@ class BoxMask(Transform):
 
     box: tuple
     keep: str
+
+    label = "masked"
 
     def __post_init__(self):
         if self.keep not in ("inside", "outside"):

@@ -23,8 +23,8 @@ import pytest
 
 import audit_covid19
 from covid19xray import progress
+from covid19xray.layout import load_dataset
 from covid19xray.report import BOOTSTRAP_RESAMPLES
-from covid19xray.store import load_dataset
 from helpers import (
     ROOT,
     assert_no_tensorflow_log_lines,

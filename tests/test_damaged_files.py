@@ -18,9 +18,9 @@ import sample_nih_dataset
 import train_covid19
 from covid19xray.cli import UserError
 from covid19xray.images import NotAnImage, decode
+from covid19xray.layout import load_dataset
 from covid19xray.manifest import read_manifest
 from covid19xray.splits import patients_of
-from covid19xray.store import load_dataset
 from helpers import (
     ROOT,
     fuzz_seed_files,
@@ -115,7 +115,7 @@ def test_a_folder_of_dicom_files_loads_whole_from_threads_in_a_fresh_process(tmp
         write_png16(tmp_path / "normal" / f"{i}.png", np.roll(twelve, i, axis=0))
     probe = textwrap.dedent("""
         import sys
-        from covid19xray.store import load_dataset
+        from covid19xray.layout import load_dataset
         assert "pydicom" not in sys.modules
         images, paths, labels = load_dataset(sys.argv[1])
         print(len(paths), list(labels).count("covid"), len(images.skipped))

@@ -22,7 +22,8 @@ def test_training_run_prints_the_tutorials_report(trained):
                  "[INFO] training head...", "Epoch 1/2", "Epoch 2/2",
                  "[INFO] evaluating network...", "[INFO] saving COVID-19 detector model..."]:
         assert line in out
-    assert "--cache-features" not in out  # the default run augments and does not say otherwise
+    # the default run augments and does not say otherwise
+    assert "trained with --cache-features" not in out and "augmentation off" not in out
     assert "computed in" not in out  # float32 by default, as the tutorial
     assert re.search(r"^\s+precision\s+recall\s+f1-score\s+support$", out, re.M)
     # scikit-learn prints a support of 1 as "1.0" when every score of the row is 0

@@ -39,11 +39,19 @@ def test_classification_metrics_count_each_class_against_the_rest():
     results = classification_metrics(true, probabilities, ["a", "b", "c"])
     assert results["confusion_matrix"] == [[2, 1, 1], [1, 2, 0], [0, 0, 3]]
     assert (results["accuracy"]["successes"], results["accuracy"]["trials"]) == (7, 10)
-    counts = {name: {key: (m["successes"], m["trials"]) for key, m in value.items()}
+    counts = {name: {key: (m["successes"], m["trials"]) for key, m in value.items()
+                     if key != "auc"}
               for name, value in results["per_class"].items()}
-    assert counts == {"a": {"sensitivity": (2, 4), "specificity": (5, 6)},
-                      "b": {"sensitivity": (2, 3), "specificity": (6, 7)},
-                      "c": {"sensitivity": (3, 3), "specificity": (6, 7)}}
+    assert counts == {"a": {"sensitivity": (2, 4), "specificity": (5, 6), "ppv": (2, 3)},
+                      "b": {"sensitivity": (2, 3), "specificity": (6, 7), "ppv": (2, 3)},
+                      "c": {"sensitivity": (3, 3), "specificity": (6, 7), "ppv": (3, 4)}}
+    # each class against the rest, ranked by its own probability; the macro AUC their mean
+    for c, name in enumerate("abc"):
+        assert results["per_class"][name]["auc"] == pytest.approx(
+            roc_auc_score(true == c, probabilities[:, c]))
+    assert results["macro_auc"] == pytest.approx(
+        np.mean([results["per_class"][name]["auc"] for name in "abc"]))
+    assert results["roc_auc"] == pytest.approx(results["macro_auc"])
     assert "sensitivity" not in results
 
 

@@ -30,9 +30,9 @@ from covid19xray.cache import FeatureCache
 from covid19xray.frozen import features_per_epoch
 from covid19xray.head import epoch_batches, make_head
 from covid19xray.images import list_images, load_xray, scale_pixels
+from covid19xray.layout import load_dataset
 from covid19xray.model import CLASS_NAMES_ATTR, CLASS_NAMES_MEMBER, build_model, load_classifier
 from covid19xray.report import wilson
-from covid19xray.store import load_dataset
 from covid19xray.transforms import Rotation, rotate, rotation_angles, rotation_matrices
 from helpers import (
     NOT_UTF8,
@@ -134,11 +134,12 @@ def test_training_data_is_read_once_per_step_and_never_after_fit(trained):
     """The end-of-training stall came from tf.data's autotuning thread, which a finished
     iterator waited for, and prefetched batches no step used; neither may come back."""
     assert trained["autotuning"] is False
-    # Every image is read back from the store once for each feature it has: the 2 test images
-    # once, the 8 training images once per epoch (each epoch's rotation), then once more for
-    # the input check's descriptions, in batches of 4; none while the head trains or after
-    # (while main evaluates, plots and saves).
-    assert [n for n, after in trained["reads"]] == [2] + [4] * 4 + [4, 4]
+    # Every image is read back from the store once for each feature it has, after one batch
+    # for each network that the cost line times: the 2 test images once, the 8 training
+    # images once per epoch (each epoch's rotation), then once more for the input check's
+    # descriptions, in batches of 4; none while the head trains or after (while main
+    # evaluates, plots and saves).
+    assert [n for n, after in trained["reads"]] == [4, 4] + [2] + [4] * 4 + [4, 4]
     assert not any(after for n, after in trained["reads"])
 
 
@@ -148,9 +149,12 @@ def test_decoding_and_feature_extraction_show_progress_in_a_log(trained):
     decoding = progress_counts(trained["stderr"], "decoding")
     assert decoding[0] == (0, listed) and decoding[-1] == (listed, listed)
     # the 2 test images, 2 epochs of the 8 training images, then the 8 training images'
-    # descriptions for the input check, a batch of 4 at a time
-    assert progress_counts(trained["stderr"], "VGG16 features") == [
-        (0, 2), (2, 2), (0, 16), (4, 16), (8, 16), (12, 16), (16, 16), (0, 8), (4, 8), (8, 8)]
+    # descriptions for the input check, a batch of 4 at a time, each bar saying which
+    assert progress_counts(trained["stderr"], "VGG16 features") == [(0, 2), (2, 2)]
+    assert progress_counts(trained["stderr"], "VGG16 features (rotated)") == [
+        (0, 16), (4, 16), (8, 16), (12, 16), (16, 16)]
+    assert progress_counts(trained["stderr"], "VGG16 descriptions (input check)") == [
+        (0, 8), (4, 8), (8, 8)]
 
 
 def test_rotation_angles_come_from_the_seed_epoch_and_image_alone():
