@@ -22,7 +22,8 @@ Usage:
 Writes `audit.json` and `audit.png`, and prints a table and a verdict. Folds are stratified by
 class and, when the dataset has the builders' `manifest.csv`, grouped by patient. The `full`
 features come from the same on-disk cache as `train_covid19.py`'s (`--no-cache` keeps none). Two
-classes; the first in sorted order (covid) is the positive one.
+classes or more: with two, the first in sorted order (covid) is the positive one; with more,
+each class is probed against the rest (does any class separate without the lungs?).
 """
 
 import contextlib
@@ -59,6 +60,7 @@ from covid19xray.report import (
     auc_with_interval,
     classification_metrics,
     counts_per_class,
+    macro_auc_with_interval,
     run_facts,
     save_figure,
     write_json,
@@ -161,13 +163,20 @@ def cross_validate(config, head, initial, features, onehot, folds, what):
 
 
 def probe(true_classes, probabilities, class_names, seed):
-    """The cross-validated metrics of one variant, in report.json's shape, and its AUC's
-    bootstrap interval."""
+    """The cross-validated metrics of one variant, in report.json's shape, with bootstrap
+    intervals. Two classes: the positive (first) class's AUC, sensitivity and specificity, as
+    the tutorial reports them. More: the macro AUC (each class against the rest, averaged) and
+    each class's own AUC against the rest (`per_class_auc`): the audit asks whether any class
+    separates from the others without the lungs."""
     metrics = classification_metrics(true_classes, probabilities, class_names)
-    return {"auc": auc_with_interval(true_classes == 0, probabilities[:, 0], seed),
-            "accuracy": metrics["accuracy"], "sensitivity": metrics["sensitivity"],
-            "specificity": metrics["specificity"],
-            "confusion_matrix": metrics["confusion_matrix"]}
+    result = {"accuracy": metrics["accuracy"], "confusion_matrix": metrics["confusion_matrix"]}
+    if len(class_names) == 2:
+        return {"auc": auc_with_interval(true_classes == 0, probabilities[:, 0], seed), **result,
+                "sensitivity": metrics["sensitivity"], "specificity": metrics["specificity"]}
+    return {"auc": macro_auc_with_interval(true_classes, probabilities, seed), **result,
+            "per_class_auc": {name: auc_with_interval(true_classes == c, probabilities[:, c],
+                                                      seed)
+                              for c, name in enumerate(class_names)}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,11 +187,26 @@ class Verdict:
     text: str
 
 
-def verdict(hidden_auc):
-    """The `Verdict`, from the lungs_hidden variant's AUC."""
+def separates(auc):
+    """Whether an AUC is a shortcut's: its interval above chance, and itself at least
+    SHORTCUT_AUC."""
+    return auc["ci95"][0] > 0.5 and auc["value"] >= SHORTCUT_AUC
+
+
+def verdict(hidden):
+    """The `Verdict`, from the lungs_hidden variant's probe: with more than two classes, a
+    shortcut when any class is told from the rest without the lungs."""
+    hidden_auc = hidden["auc"]
     value, (low, high) = hidden_auc["value"], hidden_auc["ci95"]
     auc = f"AUC {value:.2f}, 95% CI {low:.2f}-{high:.2f}"
-    if low > 0.5 and value >= SHORTCUT_AUC:
+    apart = [f"{shown(name)} (AUC {a['value']:.2f}, 95% CI {a['ci95'][0]:.2f}-"
+             f"{a['ci95'][1]:.2f})"
+             for name, a in hidden.get("per_class_auc", {}).items() if separates(a)]
+    if apart:
+        return Verdict(True, "shortcut: without looking at the lungs, these classes are told "
+                             f"from the rest: {', '.join(apart)}. A model trained on this "
+                             "dataset can score well on them by the image source alone.")
+    if separates(hidden_auc):
         return Verdict(True, "shortcut: the classes can be told apart without looking at the "
                              f"lungs (lungs hidden: {auc}). A model trained on this dataset can "
                              "score well by the image source alone.")
@@ -228,22 +252,26 @@ class Confounds:
 
 def describe_properties(rows, labels, class_names, seed):
     """Per class, the distributions of the images' properties (`rows`); the confounds: every
-    numeric property that alone separates the classes with an AUC of at least CONFOUND_AUC."""
-    is_positive = labels == class_names[0]
+    numeric property that alone separates the classes (with more than two, a class from the
+    rest) with an AUC of at least CONFOUND_AUC."""
     per_class, confounds = {}, []
     for name in class_names:
         mine = [row for row, label in zip(rows, labels) if label == name]
         per_class[name] = {prop: spread([row[prop] for row in mine]) for prop in NUMERIC}
         per_class[name].update({prop: tally([row[prop] for row in mine])
                                 for prop in CATEGORICAL})
+    # two classes: the first against the other, as before; more: each against the rest
+    tested = class_names[:1] if len(class_names) == 2 else class_names
     for prop in NUMERIC:
         values = np.array([row[prop] for row in rows], float)
-        auc = separation(is_positive, values, seed)
+        found = [(name, separation(labels == name, values, seed)) for name in tested]
+        name, auc = max(found, key=lambda pair: pair[1]["value"])
         if auc["value"] >= CONFOUND_AUC:
-            higher = class_names[0] if auc["higher_in_positive"] else class_names[1]
+            rest = class_names[1] if len(class_names) == 2 else "the rest"
             confounds.append({"property": prop, "auc": {"value": auc["value"],
                                                         "ci95": auc["ci95"]},
-                              "higher_in": higher,
+                              "separates": [name, rest],
+                              "higher_in": name if auc["higher_in_positive"] else rest,
                               "per_class": {name: per_class[name][prop] for name in class_names}})
     confounds.sort(key=lambda c: -c["auc"]["value"])
     return Confounds(per_class, confounds)
@@ -270,15 +298,30 @@ def find_duplicates(images, paths, labels, hashes):
 # ---------------------------------------------------------------------------------------------
 
 
-def print_probes(probes, shortcut_text, folds_info):
-    """The probe table, one row per variant, and the verdict."""
+def cell(m):
+    """`0.90 (0.60-0.98)`: a value and its interval, in a table."""
+    return f"{m['value']:.2f} ({m['ci95'][0]:.2f}-{m['ci95'][1]:.2f})"
+
+
+def print_probes(probes, shortcut_text, folds_info, class_names):
+    """The probe table, one row per variant, and the verdict. With more than two classes, the
+    macro AUC, then each class's AUC against the rest."""
     print(f"[INFO] {folds_info}")
-    print(f"{'variant':<13} {'accuracy':<18} {'sensitivity':<18} {'specificity':<18} ROC AUC")
-    for name in VARIANTS:
-        p = probes[name]
-        cells = [f"{p[k]['value']:.2f} ({p[k]['ci95'][0]:.2f}-{p[k]['ci95'][1]:.2f})"
-                 for k in ("accuracy", "sensitivity", "specificity", "auc")]
-        print(f"{name:<13} {cells[0]:<18} {cells[1]:<18} {cells[2]:<18} {cells[3]}")
+    if len(class_names) == 2:
+        print(f"{'variant':<13} {'accuracy':<18} {'sensitivity':<18} {'specificity':<18} "
+              "ROC AUC")
+        for name in VARIANTS:
+            cells = [cell(probes[name][k])
+                     for k in ("accuracy", "sensitivity", "specificity", "auc")]
+            print(f"{name:<13} {cells[0]:<18} {cells[1]:<18} {cells[2]:<18} {cells[3]}")
+    else:
+        print(f"{'variant':<13} {'accuracy':<18} {'macro AUC':<18} "
+              + " ".join(f"{shown(c) + ' vs rest':<18}" for c in class_names).rstrip())
+        for name in VARIANTS:
+            p = probes[name]
+            cells = [cell(p["accuracy"]), cell(p["auc"]),
+                     *[cell(p["per_class_auc"][c]) for c in class_names]]
+            print(f"{name:<13} " + " ".join(f"{c:<18}" for c in cells).rstrip())
     print(f"[RESULT] {shortcut_text}")
 
 
@@ -311,8 +354,8 @@ def print_confounds_and_duplicates(dataset, confounds, copies, class_names):
     """One line per confound and per group of copies, or one line saying there are none."""
     for c in confounds:
         print(f"[RESULT] confound: {c['property'].replace('_', ' ')} alone separates "
-              f"{class_names[0]} from {class_names[1]}: AUC {c['auc']['value']:.2f} (higher in "
-              f"{c['higher_in']})")
+              f"{shown(c['separates'][0])} from {shown(c['separates'][1])}: AUC "
+              f"{c['auc']['value']:.2f} (higher in {shown(c['higher_in'])})")
     if not confounds:
         print(f"[RESULT] no file or image property alone separates the classes (AUC >= "
               f"{CONFOUND_AUC})")
@@ -334,8 +377,10 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
 
     with plt.style.context("ggplot"):
         fig = plt.figure(figsize=(12, 9))
-        grid = fig.add_gridspec(2, 2)
-        ax = fig.add_subplot(grid[0, 0])
+        # the examples' row holds one image per class; the two plots share the top row
+        columns = max(2, len(examples))
+        grid = fig.add_gridspec(2, columns)
+        ax = fig.add_subplot(grid[0, :columns // 2])
         sets = [("cross-validated", probes, "tab:blue")]
         if external_probes:
             sets.append(("external", external_probes, "tab:orange"))
@@ -353,7 +398,7 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
         ax.set_title("Can the classes be told apart?")
         ax.legend(loc="lower right")
 
-        ax = fig.add_subplot(grid[0, 1])
+        ax = fig.add_subplot(grid[0, columns // 2:])
         if confounds:  # every image a dot, one column per class
             prop = confounds[0]["property"]
             jitter = np.random.default_rng(0)
@@ -384,7 +429,7 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
 
 @dataclasses.dataclass(frozen=True)
 class Folds:
-    """The dataset's two classes and its cross-validation folds (`two_classes`)."""
+    """The dataset's classes and its cross-validation folds (`classes_and_folds`)."""
 
     class_names: list  # sorted: the first is the positive class
     onehot: np.ndarray  # each image's one-hot row (float32)
@@ -394,12 +439,13 @@ class Folds:
     about: str  # the line that says all this
 
 
-def two_classes(config, labels, paths):
+def classes_and_folds(config, labels, paths):
     """The class names, each image's class, and the folds, grouped by patient where the
-    dataset's manifest names them (`Folds`); the audit compares exactly two classes."""
-    if len(set(labels)) != 2:
-        raise UserError(f"the audit compares two classes; --dataset {config.dataset!r} has "
-                        f"{len(set(labels))} ({', '.join(sorted(set(labels)))})")
+    dataset's manifest names them (`Folds`); the audit compares two classes or more."""
+    if len(set(labels)) < 2:
+        raise UserError(f"the audit compares two classes or more; --dataset "
+                        f"{config.dataset!r} has {len(set(labels))} "
+                        f"({', '.join(sorted(set(labels)))})")
     onehot, class_names = encode_labels(labels)
     true_classes = onehot.argmax(axis=1)
     patients = patients_of(config.dataset, paths)
@@ -425,7 +471,7 @@ def probe_variants(config, base_model, images, paths, folds, external_set=None):
     """The probe of every variant: the features of every image (each computed once, or read
     from the cache), then one fresh head per fold. With `external` (an `ExternalSet`), also
     one head trained on every image of --dataset, tested on the external images."""
-    model = build_model(base_model, 2)
+    model = build_model(base_model, len(folds.class_names))
     transforms = variant_transforms()
     # every cache made (and its folders checked) before any VGG16 work; the descriptions only
     # for the external test's input check
@@ -436,7 +482,7 @@ def probe_variants(config, base_model, images, paths, folds, external_set=None):
     # every head of every variant starts from these weights, so that no variant's result
     # depends on the variants (or the external test) before it
     initial = head.get_weights()
-    compile_head(head, 2, config.lr, config.epochs)
+    compile_head(head, len(folds.class_names), config.lr, config.epochs)
     probes, external_probes, features_by_variant, screened = {}, {}, {}, None
     for name, extractor in zip(VARIANTS, extractors):
         print(f"[INFO] {name}: features of every image, then {config.folds} heads...")
@@ -492,7 +538,7 @@ def probe_externally(config, head, initial, features, onehot, external_set, exte
     accepted = np.array([outcome != REJECTED for outcome in outcomes])
     result["accepted_by_input_check"] = (
         probe(true_classes[accepted], probabilities[accepted], class_names, config.seed)
-        if len(set(true_classes[accepted].tolist())) == 2 else None)
+        if len(set(true_classes[accepted].tolist())) == len(class_names) else None)
     result["probabilities"] = probabilities
     return result
 
@@ -515,7 +561,7 @@ def audit_report(config, folds, labels, probes, judged, properties, copies, exte
     return {
         **({"external": external_part} if external_part else {}),
         "dataset": config.dataset, "class_names": class_names,
-        "positive_class": class_names[0],
+        **({"positive_class": class_names[0]} if len(class_names) == 2 else {}),
         "counts": counts_per_class(folds.onehot, class_names),
         "folds": {"k": config.folds, "grouped_by_patient": folds.grouped},
         "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
@@ -545,7 +591,7 @@ def main(argv=None) -> int:
         images, paths, labels = load_dataset(config.dataset)
         with contextlib.ExitStack() as stack:
             stack.callback(images.close)
-            folds = two_classes(config, labels, paths)
+            folds = classes_and_folds(config, labels, paths)
             external_set = None
             if config.external_folder:
                 check_classes(config.external_folder, folds.class_names)
@@ -562,8 +608,8 @@ def main(argv=None) -> int:
             examples = [(name, images.image(paths[list(labels).index(name)]))
                         for name in folds.class_names]
 
-        judged = verdict(probes.internal["lungs_hidden"]["auc"])
-        print_probes(probes.internal, judged.text, folds.about)
+        judged = verdict(probes.internal["lungs_hidden"])
+        print_probes(probes.internal, judged.text, folds.about, folds.class_names)
         external_part = None
         if external_set:
             print_external(probes.internal, probes.on_external, probes.screened,

@@ -18,6 +18,7 @@ Usage:
     python build_covid_dataset.py \
         -c https://raw.githubusercontent.com/ieee8023/covid-chestxray-dataset/master \
         -o mydata/covid --license "CC BY" --per-patient 1 --limit 25   # downloads 25 images
+    python build_covid_dataset.py --covidx COVIDx --output covidx   # train/ and test/ apart
 
 `--license "CC BY"` keeps rows whose `license` is CC BY of any version (never CC BY-NC-SA or
 CC BY-NC-ND); `--per-patient 1` keeps one image of each patient, so no patient can end up on
@@ -43,6 +44,7 @@ from covid19xray.building import copy_into_output, refusal
 from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
 from covid19xray.config import Config, add_flags, default_cache_folder, flag, seed_flag
+from covid19xray.covidx import SPLITS, read_split, shared_patients
 from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
 from covid19xray.manifest import patients_in_manifests
 from covid19xray.outputs import claim_outputs
@@ -61,10 +63,14 @@ class BuildConfig(Config):
     """What the builder is told, built once from the flags (`parse_args`): each field is its
     flag, with its default and help (`config.flag`)."""
 
-    covid: str = flag(short="-c", help=(
+    covid: str | None = flag(None, short="-c", help=(
         "path to a checkout of Cohen's covid-chestxray-dataset (with metadata.csv and images/), "
         f"or the http(s):// URL of one, such as {COHEN_RAW_URL}: then only the selected images "
         "are downloaded"))
+    covidx: str | None = flag(None, metavar="DIR", help=(
+        "instead of --covid: an unpacked COVIDx (its train/ and test/ image folders and label "
+        "files), copied into --output's train/<class>/ and test/<class>/ with a manifest.csv "
+        "each (patients, sources); the official test split stays apart, for --external"))
     cache_dir: str = flag(default_factory=default_cache_folder, help=(
         "with a URL, where downloads are kept (in downloads/) so that a rerun downloads nothing "
         "twice"))
@@ -102,7 +108,20 @@ def parse_args(argv=None):
         description="Copy COVID-19 positive PA X-rays from Cohen's collection into a folder.",
     )
     add_flags(ap, BuildConfig)
-    return BuildConfig.from_flags(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    if (args.covid is None) == (args.covidx is None):
+        ap.error("give one of --covid (Cohen's collection) and --covidx (COVIDx)")
+    if args.covidx is not None:
+        given = [option for option, value in (("--finding", args.finding), ("--view", args.view),
+                                              ("--license", args.license),
+                                              ("--per-patient", args.per_patient),
+                                              ("--limit", args.limit),
+                                              ("--exclude-patients", args.exclude_patients))
+                 if value]
+        if given:
+            ap.error(f"{', '.join(given)} select rows of Cohen's metadata.csv; --covidx copies "
+                     "COVIDx's splits whole")
+    return BuildConfig.from_flags(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,9 +430,60 @@ def build(config):
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# COVIDx
+# ---------------------------------------------------------------------------------------------
+
+
+def build_covidx(config):
+    """COVIDx's two splits into `--output`/train/<class>/ and `--output`/test/<class>/, each
+    image's patient and source in the manifest.csv of its split (covid19xray.covidx)."""
+    splits = {split: read_split(config.covidx, split) for split in SPLITS}
+    shared = shared_patients(splits["train"][0], splits["test"][0])
+    if shared:
+        print(f"[WARNING] {len(shared)} patient(s) have images in both of COVIDx's splits "
+              f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''})", file=sys.stderr)
+    conflicts = 0
+    for split, (rows, left_out) in splits.items():
+        print(f"[INFO] COVIDx {split}: {len(rows)} labelled image(s), {left_out} line(s) left "
+              "out")
+        present = [row for row in rows if os.path.isfile(row.path)]
+        missing = len(rows) - len(present)
+        row_of = {row.path: row for row in present}
+        for label in sorted({row.label for row in present}):
+            sources = sorted(row.path for row in present if row.label == label)
+            output = os.path.join(config.output, split, label)
+            try:
+                copy_into_output(
+                    sources, output, {"labelled": len(sources)},
+                    {"missing files": sum(1 for row in rows if row.label == label
+                                          and not os.path.isfile(row.path))},
+                    manifest_row=lambda path, row_of=row_of: {
+                        "patient_id": row_of[path].patient, "source": row_of[path].source},
+                    source_name="covidx")
+            except UserError as err:  # conflicts: the rest is still copied, then it fails
+                conflicts += 1
+                print(f"[WARNING] {err}", file=sys.stderr)
+        if missing:
+            print(f"[WARNING] COVIDx {split}: {missing} labelled image(s) missing from "
+                  f"{shown(os.path.join(config.covidx, split))}", file=sys.stderr)
+    print(f"[INFO] train on {shown(os.path.join(config.output, 'train'))}; test on the official "
+          f"split with --external {shown(os.path.join(config.output, 'test'))}")
+    if conflicts:
+        raise UserError(f"{conflicts} class folder(s) of {config.output!r} hold files with the "
+                        "names of COVIDx images but other contents; they were not overwritten")
+    return 0
+
+
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
+    if config.covidx is not None:
+        if not os.path.isdir(config.covidx):
+            raise UserError(f"--covidx {config.covidx!r} is not a folder")
+        check_output_folder(config.output, "--output", config.covidx, "--covidx")
+        with claim_outputs(config.output):
+            return build_covidx(config)
     if is_url(config.covid):
         check_output_folder(config.output, "--output")
     else:

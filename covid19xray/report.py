@@ -104,10 +104,11 @@ def classification_metrics(true_classes, probabilities, class_names, positive=0)
 
 def confusion_table(cm, class_names):
     """The confusion matrix with its class names: rows the true class, columns the predicted."""
-    names = [shown(name) for name in class_names]
+    names, corner = [shown(name) for name in class_names], "true \\ predicted"
+    first = max(len(name) for name in names + [corner]) + 2
     width = max(len(name) for name in names + [str(cm.max())]) + 2
-    rows = ["true \\ predicted".ljust(width) + "".join(name.rjust(width) for name in names)]
-    rows += [name.ljust(width) + "".join(str(n).rjust(width) for n in row)
+    rows = [corner.ljust(first) + "".join(name.rjust(width) for name in names)]
+    rows += [name.ljust(first) + "".join(str(n).rjust(width) for n in row)
              for name, row in zip(names, cm)]
     return "\n".join(rows)
 
@@ -183,6 +184,29 @@ def auc_with_interval(is_positive, scores, seed=0):
                                            random_state=np.random.default_rng(seed))
     interval = result.confidence_interval
     return {"value": value, "ci95": [float(interval.low), float(interval.high)]}
+
+
+def macro_auc_with_interval(true_classes, probabilities, seed=0):
+    """{"value", "ci95"}: the mean over the classes of each one's ROC AUC against the rest,
+    with a 95% percentile bootstrap interval (each class resampled on its own, as
+    `auc_with_interval` does, BOOTSTRAP_RESAMPLES times)."""
+    true_classes = np.asarray(true_classes)
+    members = [np.flatnonzero(true_classes == c) for c in range(probabilities.shape[1])]
+
+    def macro(picks):  # picks[c]: (resamples, images of c) indices
+        aucs = [_auc_statistic(probabilities[picks[c], c],
+                               np.concatenate([probabilities[picks[d], c]
+                                               for d in range(len(picks)) if d != c], axis=-1))
+                for c in range(len(picks))]
+        return np.mean(aucs, axis=0)
+
+    value = float(macro([m[None] for m in members])[0])
+    rng, resampled = np.random.default_rng(seed), []
+    for start in range(0, BOOTSTRAP_RESAMPLES, BOOTSTRAP_BATCH):
+        size = min(BOOTSTRAP_BATCH, BOOTSTRAP_RESAMPLES - start)
+        resampled.append(macro([rng.choice(m, size=(size, len(m))) for m in members]))
+    low, high = np.percentile(np.concatenate(resampled), [2.5, 97.5])
+    return {"value": value, "ci95": [float(low), float(high)]}
 
 
 # ---------------------------------------------------------------------------------------------

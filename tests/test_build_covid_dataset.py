@@ -708,3 +708,83 @@ def test_a_stalled_or_cut_download_is_a_warning_and_leaves_nothing_half_written(
     cached = [name for _, _, names in os.walk(tmp_path / "cache") for name in names]
     assert "p00-0.jpg" not in cached and "p01-0.jpg" not in cached
     assert not [name for name in cached if ".tmp" in name]
+
+
+# ---------------------------------------------------------------------------------------------
+# COVIDx
+# ---------------------------------------------------------------------------------------------
+
+
+def write_covidx(root, version="cxr2"):
+    """A COVIDx-shaped folder: train/ and test/ images, and their label files (patient id, file
+    name, class, source), in CXR-2's classes or the older three."""
+    classes = ["positive", "negative"] if version == "cxr2" else ["COVID-19", "normal",
+                                                                    "pneumonia"]
+    lines = {"train": [], "test": []}
+    for split, per_class in (("train", 3), ("test", 2)):
+        for c, label in enumerate(classes):
+            for i in range(per_class):
+                name = f"{split}-{label}-{i}.png"
+                write_image(str(root / split / name), seed=100 * c + 10 * i + len(split),
+                            size=(40, 40))
+                lines[split].append(f"{split}{c}{i} {name} {label} {'rsna' if c else 'cohen'}")
+    # a line of another shape, one that climbs out of its folder, one whose file is missing
+    lines["train"] += ["not enough fields", "p1 ../test/escape.png positive cohen",
+                       f"p2 gone.png {classes[0]} cohen"]
+    names = {"cxr2": ("train.txt", "test.txt"), "old": ("train_COVIDx5.txt", "test_COVIDx5.txt")}
+    for split, name in zip(("train", "test"), names[version]):
+        (root / name).write_text("\n".join(lines[split]) + "\n")
+    return classes
+
+
+@pytest.mark.parametrize("version", ["cxr2", "old"])
+def test_covidx_builds_train_and_test_apart_with_patients_and_sources(tmp_path, version):
+    covidx = tmp_path / "COVIDx"
+    classes = write_covidx(covidx, version)
+    out = tmp_path / "out"
+    code, stdout, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx),
+                                                            "--output", str(out)])
+    assert code == 0, err
+    for split, per_class in (("train", 3), ("test", 2)):
+        assert sorted(os.listdir(out / split)) == sorted([*classes, "manifest.csv"])
+        for label in classes:
+            assert sorted(os.listdir(out / split / label)) == [
+                f"{split}-{label}-{i}.png" for i in range(per_class)]
+        with open(out / split / "manifest.csv", newline="") as f:
+            rows = {row["file"]: row for row in csv.DictReader(f)}
+        assert len(rows) == per_class * len(classes)
+        for c, label in enumerate(classes):
+            row = rows[f"{label}/{split}-{label}-0.png"]
+            assert row["class"] == label and row["patient_id"] == f"{split}{c}0"
+            assert row["source"] == ("rsna" if c else "cohen")
+    # the test split never joins the training folder, and the refused lines copy nothing
+    assert not any("test-" in name for _, _, names in os.walk(out / "train") for name in names)
+    assert "escape.png" not in str(sorted(os.walk(out)))
+    assert err.count("[WARNING]") == 3  # two lines left out, one missing file
+
+
+def test_covidx_output_trains_by_patient_and_keeps_the_test_split_external(tmp_path):
+    """What the builder writes is what train_covid19.py takes: --split patient reads the
+    manifest, and the official test split is the external test."""
+    covidx = tmp_path / "COVIDx"
+    write_covidx(covidx)
+    out = tmp_path / "out"
+    assert run_main(build_covid_dataset.main, ["--covidx", str(covidx), "--output",
+                                               str(out)])[0] == 0
+    from covid19xray.layout import load_dataset
+    from covid19xray.splits import patients_of
+
+    images, paths, _ = load_dataset(str(out / "train"))
+    images.close()
+    assert patients_of(str(out / "train"), paths) is not None
+    assert all(os.path.basename(p).startswith("train-") for p in paths)
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--output", "o"], "give one of --covid (Cohen's collection) and --covidx (COVIDx)"),
+    (["--covid", "c", "--covidx", "x", "--output", "o"], "give one of --covid"),
+    (["--covidx", "x", "--output", "o", "--limit", "3"], "--limit select rows of Cohen's"),
+])
+def test_covidx_flags_that_cannot_go_together_are_a_usage_error(tmp_path, argv, phrase):
+    code, _, err = run_main(build_covid_dataset.main, argv)
+    assert_one_line_error(code, err, "build_covid_dataset.py", phrase, exit_code=2)
