@@ -20,8 +20,9 @@ Usage:
     python audit_covid19.py --dataset dataset --external external
 
 Writes `audit.json` and `audit.png`, and prints a table and a verdict. Folds are stratified by
-class and, when the dataset has the builders' `manifest.csv`, grouped by patient. The `full`
-features come from the same on-disk cache as `train_covid19.py`'s (`--no-cache` keeps none). Two
+class and, when the dataset has the builders' `manifest.csv`, grouped by patient. Every
+variant's features are kept in the feature cache that `train_covid19.py` fills (the `full` ones
+are its default run's test features; `--no-cache` keeps none). Two
 classes or more: with two, the first in sorted order (covid) is the positive one; with more,
 each class is probed against the rest (does any class separate without the lungs?).
 """
@@ -38,7 +39,7 @@ from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.config import FOLDS, RunConfig, add_flags, flag
 from covid19xray.external import check_classes, describe_by_source, load_external, sources_of
-from covid19xray.frozen import make_extractors
+from covid19xray.frozen import make_extractors, make_joint
 from covid19xray.head import compile_head, fit_head, make_head, training_batches
 from covid19xray.input_check import REJECTED, fit_input_check
 from covid19xray.layout import load_dataset
@@ -475,9 +476,8 @@ def probe_variants(config, base_model, images, paths, folds, external_set=None):
     transforms = variant_transforms()
     # every cache made (and its folders checked) before any VGG16 work; the descriptions only
     # for the external test's input check
-    extractors = make_extractors(config, model, [transforms[name] for name in VARIANTS],
-                                 describe=external_set is not None)
-    describer = extractors.pop() if external_set is not None else None
+    extractors = make_extractors(config, model, [transforms[name] for name in VARIANTS])
+    describer = make_joint(config, model)[1] if external_set is not None else None
     head = make_head(model)
     # every head of every variant starts from these weights, so that no variant's result
     # depends on the variants (or the external test) before it

@@ -34,7 +34,7 @@ from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.config import MODEL_FILE, RunConfig, add_flags, flag
 from covid19xray.external import check_classes, load_external, print_by_source, sources_of
-from covid19xray.frozen import Extractor, make_extractors
+from covid19xray.frozen import Extractor, JointView, make_extractors, make_joint
 from covid19xray.head import (
     compile_head,
     epoch_batches,
@@ -204,22 +204,32 @@ def check_external(config, class_names):
 class Extractors:
     """The frozen base, as this run uses it (`frozen_base`)."""
 
-    unchanged: Extractor  # the features of images as they are: test, external, --cache-features
+    unchanged: Extractor  # the features of images as they are: the test split, --cache-features
     rotated: Extractor | None  # of training images rotated anew each epoch (None: no augmenting)
-    describer: Extractor  # every image's description for the input check
+    whole: JointView  # features, from the pass that describes: --cache-features, external tests
+    describer: JointView  # every image's description for the input check
     caches: list  # the feature caches they read and fill ([] with --no-cache)
 
 
 def frozen_base(config, model):
     """Only the head learns, so the frozen base is part of the input pipeline, and what it
     computes depends on the image alone: it is computed once and kept in the feature cache
-    (`covid19xray.frozen`). Every cache is made, and its folders checked, here, before any
-    image passes through VGG16."""
-    transforms = [UNCHANGED] + ([] if config.cache_features else [Rotation(seed=config.seed)])
-    *features, describer = make_extractors(config, model, transforms)
-    caches = [e.cache for e in (*features, describer) if e.cache is not None]
-    return Extractors(features[0], features[1] if len(features) > 1 else None, describer,
-                      caches)
+    (`covid19xray.frozen`). An image that needs both its features and its description for the
+    input check (every one with --cache-features, the external ones) passes through VGG16
+    once for both. Every cache is made, and its folders checked, here, before any image passes
+    through VGG16."""
+    whole, describer = make_joint(config, model)
+    if config.cache_features:
+        unchanged, rotated = whole, None
+    else:
+        unchanged, rotated = make_extractors(config, model,
+                                             [UNCHANGED, Rotation(seed=config.seed)])
+    used = []  # with --cache-features, `unchanged` is `whole`: its cache counted once
+    for extractor in (unchanged, rotated, whole, describer):
+        if extractor is not None and not any(extractor is other for other in used):
+            used.append(extractor)
+    caches = [extractor.cache for extractor in used if extractor.cache is not None]
+    return Extractors(unchanged, rotated, whole, describer, caches)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,28 +246,33 @@ def estimate_cost(config, extractors, images, split):
     feature cache is free), their time on this machine from a first batch, and what
     --cache-features would make instead. On thousands of images the default, augmented run
     makes one pass per training image and epoch: hours where --cache-features takes minutes."""
-    test = extractors.unchanged.passes(images, split.testP)
-    unrotated = extractors.unchanged.passes(images, split.trainP)
-    train = (unrotated if extractors.rotated is None
-             else extractors.rotated.passes(images, split.trainP, config.epochs))
-    described = extractors.describer.passes(images, split.trainP)
-    passes = test + train + described
-    alternative = None if config.cache_features else test + unrotated + described
+    # --cache-features: one pass of each image for its features and description
+    both = extractors.whole.passes(images, split.trainP + split.testP)
+    if extractors.rotated is None:
+        parts, alternative = {"whole": both}, None
+        what = (f"{len(split.trainP) + len(split.testP):,} images, their features and "
+                "descriptions in one pass each")
+    else:
+        parts = {"cropped": extractors.unchanged.passes(images, split.testP)
+                 + extractors.rotated.passes(images, split.trainP, config.epochs),
+                 "whole": extractors.describer.passes(images, split.trainP)}
+        alternative = both
+        what = (f"{len(split.trainP):,} training images x {config.epochs} epochs, "
+                f"{len(split.testP):,} test images and {len(split.trainP):,} descriptions")
+    passes = sum(parts.values())
     if not passes:
         print("[INFO] VGG16 work: none, every feature this run needs is in the feature cache")
         return Cost(0, 0.0, alternative)
-    per_feature = extractors.unchanged.seconds_per_image(images, split.trainP)
-    per_description = extractors.describer.seconds_per_image(images, split.trainP)
-    seconds = (test + train) * per_feature + described * per_description
-    what = (f"{len(split.trainP):,} training images x {config.epochs} epochs"
-            if extractors.rotated is not None else f"{len(split.trainP):,} training images")
-    line = (f"[INFO] VGG16 work: {what}, {len(split.testP):,} test images and "
-            f"{len(split.trainP):,} descriptions = {passes:,} passes to compute, about "
-            f"{duration(seconds)} here ({per_feature * 1e3:.0f} ms an image, timed on a first "
-            "batch)")
+    per_image = {"whole": extractors.whole.seconds_per_image(images, split.trainP)}
+    if "cropped" in parts:
+        per_image["cropped"] = extractors.unchanged.seconds_per_image(images, split.trainP)
+    seconds = sum(n * per_image[kind] for kind, n in parts.items())
+    line = (f"[INFO] VGG16 work: {what} = {passes:,} passes to compute, about "
+            f"{duration(seconds)} here ({max(per_image.values()) * 1e3:.0f} ms an image at "
+            "most, timed on a first batch)")
     if alternative is not None:
-        other = (test + unrotated) * per_feature + described * per_description
-        line += f"; --cache-features: {alternative:,}, about {duration(other)}"
+        line += (f"; --cache-features: {alternative:,}, about "
+                 f"{duration(alternative * per_image['whole'])}")
     print(line)
     return Cost(passes, seconds, alternative)
 
@@ -378,7 +393,8 @@ def test_on_external(config, folder, head, extractors, split, input_check):
     one of --dataset are refused."""
     with contextlib.closing(load_external(folder, split.class_names,
                                           split.digests)) as external_set:
-        extF = extractors.unchanged.features(external_set.store, external_set.paths)
+        # one VGG16 pass of each external image gives both
+        extF = extractors.whole.features(external_set.store, external_set.paths)
         descriptions = extractors.describer.features(external_set.store, external_set.paths)
     print(f"[INFO] {len(external_set.paths)} external images "
           f"({class_counts(external_set.onehot, split.class_names)})")

@@ -14,11 +14,12 @@ The steps, in the order an image takes them:
 1. `model_batches`: the images of an `ImageStore`, in batches, scaled to [0, 1] and changed by
    a transform (as they are, rotated, masked);
 2. the frozen network on those batches (`make_feature_extractor`: cropped to what the head
-   reads; `make_description_extractor`: the whole image, described for the input check by
-   `description_output`), in a precision (`with_precision`, `model_with_precision`);
-3. an `Extractor`: that network with its batch size, transform and cache, all made at once by
-   `make_extractors`; `features_per_epoch` computes each distinct image (and rotation) once
-   and keeps it.
+   reads; `make_joint_extractor`: the whole image, its features and its description for the
+   input check, `description_output`, from one pass), in a precision (`with_precision`,
+   `model_with_precision`);
+3. an `Extractor` (the cropped network with its batch size, transform and cache, all made at
+   once by `make_extractors`; `features_per_epoch` computes each distinct image, and rotation,
+   once and keeps it), or a `Joint` (`make_joint`: both outputs, each in its cache).
 
 How the input check describes an image (`description_output`): the frozen VGG16 is read at its
 five pooling layers. Of each, the mean and the standard deviation of every channel over the
@@ -249,14 +250,20 @@ def make_feature_extractor(model, precision="float32"):
     return extract, crops
 
 
-def make_description_extractor(model, precision="float32"):
-    """`model`'s description of each image for the input check (`description_output`), as a function
-    of a batch of scaled images, computed in `precision`; the whole image, never cropped."""
-    describe = description_model(model_with_precision(model, precision))
+def make_joint_extractor(model, precision="float32"):
+    """Both of what the frozen base gives an image as it is, from one pass of the whole image
+    through it: a function of a batch of scaled images -> (its features, as the head reads
+    them, its description for the input check), both float32. Where an image needs both, this
+    halves its VGG16 work; its features are the whole image's (no crop), kept apart from the
+    cropped extractor's in the cache (their key says `crops: {}`)."""
+    precise = model_with_precision(model, precision)
+    both = keras.Model(precise.inputs, [precise.get_layer(FEATURES_LAYER).output,
+                                        description_output(precise)])
 
     @tf.function(reduce_retracing=True)
     def extract(images):
-        return tf.cast(describe(images, training=False), tf.float32)
+        features, description = both(images, training=False)
+        return tf.cast(features, tf.float32), tf.cast(description, tf.float32)
 
     return extract
 
@@ -474,21 +481,107 @@ class Extractor:
         return (time.perf_counter() - start) / len(batch)
 
 
-def make_extractors(config, model, transforms, describe=True):
-    """One `Extractor` of `model`'s features per transform, then, if `describe`, one of the
-    input check's descriptions (the whole image through the whole frozen VGG16), each with its
-    cache: all made, their folders checked, before any image passes through VGG16. `config` is
-    a `config.RunConfig`."""
+@dataclasses.dataclass
+class Joint:
+    """The features and descriptions of images as they are, from one pass of each
+    (`make_joint_extractor`), each kept in its own cache (None: --no-cache) and, for this run,
+    in memory: asked for one, then the other, an image passes through VGG16 once."""
+
+    extract: object
+    batch_size: int
+    caches: tuple  # (the features' cache, the descriptions' cache), or (None, None)
+    computed: dict = dataclasses.field(default_factory=dict)  # digest -> (features, description)
+
+    def both(self, images, paths):
+        """(features, descriptions) of the images at `paths`, in order."""
+        digests = [images.digest(path) for path in paths]
+        first = dict(zip(reversed(digests), reversed(paths)))  # each digest's first path
+        wanted = [d for d in dict.fromkeys(digests) if d not in self.computed]
+        if self.caches[0] is not None and wanted:
+            found = zip(wanted, *(cache.lookup(wanted) for cache in self.caches))
+            self.computed.update({d: (f, e) for d, f, e in found
+                                  if f is not None and e is not None})
+        missing = [d for d in wanted if d not in self.computed]
+        if missing:
+            done = 0
+            batches = model_batches(images, [first[d] for d in missing], self.batch_size)
+            with progress(len(missing), "VGG16 features and descriptions") as bar:
+                for batch in batches:
+                    features, descriptions = (part.numpy() for part in self.extract(batch))
+                    keys = missing[done:done + len(features)]
+                    self.computed.update(zip(keys, zip(features, descriptions)))
+                    if self.caches[0] is not None:  # as each batch finishes
+                        for cache, rows in zip(self.caches, (features, descriptions)):
+                            cache.store(keys, rows)
+                    done += len(features)
+                    bar.update(len(features))
+        return (np.stack([self.computed[d][0] for d in digests]),
+                np.stack([self.computed[d][1] for d in digests]))
+
+    def missing(self, images, paths):
+        """How many distinct images of `paths` this run would pass through VGG16."""
+        digests = [d for d in dict.fromkeys(images.digest(path) for path in paths)
+                   if d not in self.computed]
+        if self.caches[0] is None:
+            return len(digests)
+        return sum(not all(cache.has(d) for cache in self.caches) for d in digests)
+
+
+@dataclasses.dataclass(frozen=True)
+class JointView:
+    """One of a `Joint`'s two outputs (0 the features, 1 the descriptions), used as an
+    `Extractor` is: both are computed the first time either is asked for."""
+
+    joint: Joint
+    output: int
+    what: str
+
+    @property
+    def cache(self):
+        return self.joint.caches[self.output]
+
+    def features(self, images, paths):
+        return self.joint.both(images, paths)[self.output]
+
+    def passes(self, images, paths, epochs=1):
+        return self.joint.missing(images, paths)
+
+    def seconds_per_image(self, images, paths):
+        batch = next(iter(model_batches(images, paths[:self.joint.batch_size],
+                                        self.joint.batch_size)))
+        self.joint.extract(batch)
+        start = time.perf_counter()
+        [part.numpy() for part in self.joint.extract(batch)]
+        return (time.perf_counter() - start) / len(batch)
+
+
+def make_joint(config, model):
+    """The features and descriptions of images as they are, one VGG16 pass for both
+    (`Joint`): a (features, descriptions) pair of `JointView`s."""
+    caches = (None, None)
+    if config.cache_folder is not None:
+        caches = (FeatureCache(config.cache_folder,
+                               cache_configuration(model, {}, config.precision),
+                               what="whole image(s)"),
+                  FeatureCache(config.cache_folder,
+                               cache_configuration(model, {}, config.precision,
+                                                   output="description"),
+                               what="input check description(s)"))
+    joint = Joint(make_joint_extractor(model, config.precision), config.batch_size, caches)
+    return (JointView(joint, 0, "VGG16 features and descriptions"),
+            JointView(joint, 1, "VGG16 features and descriptions"))
+
+
+def make_extractors(config, model, transforms):
+    """One `Extractor` of `model`'s features per transform, each with its cache: all made,
+    their folders checked, before any image passes through VGG16. `config` is a
+    `config.RunConfig`. (The input check's descriptions: `make_joint`.)"""
     extract, crops = make_feature_extractor(model, config.precision)
-    parts = [(extract, transform, cache_configuration(model, crops, config.precision, transform),
-              transform.entries,
-              "VGG16 features" + (f" ({transform.label})" if transform.label else ""))
-             for transform in transforms]
-    if describe:
-        parts.append((make_description_extractor(model, config.precision), UNCHANGED,
-                      cache_configuration(model, {}, config.precision, output="description"),
-                      "input check description(s)", "VGG16 descriptions (input check)"))
     return [Extractor(extract, config.batch_size, transform,
                       None if config.cache_folder is None
-                      else FeatureCache(config.cache_folder, configuration, what=entries), what)
-            for extract, transform, configuration, entries, what in parts]
+                      else FeatureCache(config.cache_folder,
+                                        cache_configuration(model, crops, config.precision,
+                                                            transform),
+                                        what=transform.entries),
+                      "VGG16 features" + (f" ({transform.label})" if transform.label else ""))
+            for transform in transforms]

@@ -16,6 +16,7 @@ from covid19xray.frozen import (
     features_per_epoch,
     make_extractors,
     make_feature_extractor,
+    make_joint,
 )
 from covid19xray.images import list_images
 from covid19xray.layout import find_dataset, load_dataset
@@ -186,13 +187,15 @@ def test_the_cost_counts_the_passes_this_run_would_make(tmp_path, narrow_model):
     split = train_covid19.split_dataset(config, images, paths, labels)
     extractors = train_covid19.frozen_base(config, narrow_model)
     cost = train_covid19.estimate_cost(config, extractors, images, split)
-    assert cost.passes == 2 + 8 * 3 + 8 and cost.cache_features_passes == 2 + 8 + 8
+    # --cache-features: each image once, its features and description from the same pass
+    assert cost.passes == 2 + 8 * 3 + 8 and cost.cache_features_passes == 2 + 8
     assert cost.seconds > 0
     train_covid19.compute_test_features(extractors, images, split)
     train_covid19.augment(config, extractors, images, split.trainP)
     train_covid19.describe_training_images(extractors, images, split.trainP)
     again = train_covid19.estimate_cost(config, extractors, images, split)
-    assert again.passes == 0 and again.cache_features_passes == 8  # the unrotated training
+    # the descriptions' pass kept the training images' whole features: only the test images
+    assert again.passes == 0 and again.cache_features_passes == 2
     images.close()
 
 
@@ -233,6 +236,37 @@ def test_a_run_stopped_halfway_keeps_what_it_computed(tmp_path, narrow_model):
 
 def test_extractors_say_what_they_compute(narrow_model, tmp_path):
     config = train_covid19.TrainConfig(dataset="d", cache_dir=str(tmp_path / "c"))
-    features, described = make_extractors(config, narrow_model, [UNCHANGED])
+    [features] = make_extractors(config, narrow_model, [UNCHANGED])
     assert features.what == "VGG16 features"
-    assert described.what == "VGG16 descriptions (input check)"
+    whole, described = make_joint(config, narrow_model)
+    assert whole.what == described.what == "VGG16 features and descriptions"
+
+
+def test_one_pass_gives_an_images_features_and_description(tmp_path, narrow_model):
+    """--cache-features and the external tests: asked for the features, then the
+    descriptions, of the same images, the joint pass computes each image once, and both equal
+    what the whole network computes."""
+    import keras
+
+    dataset = small_dataset(tmp_path / "d", {"covid": 3, "normal": 3})
+    paths = list_images(dataset)
+    store = ImageStore(paths)
+    config = train_covid19.TrainConfig(dataset=dataset, batch_size=4,
+                                       cache_dir=str(tmp_path / "c"))
+    whole, described = make_joint(config, narrow_model)
+    calls = []
+    real = whole.joint.extract
+    whole.joint.extract = lambda batch: calls.append(len(batch)) or real(batch)
+    features = whole.features(store, paths)
+    descriptions = described.features(store, paths)
+    assert sum(calls) == 6  # not 12
+    flatten = keras.Model(narrow_model.input, narrow_model.get_layer("flatten").output)
+    from covid19xray.images import load_xray, scale_pixels
+    pixels = np.asarray(scale_pixels(np.stack([load_xray(p) for p in paths])))
+    np.testing.assert_allclose(features, np.asarray(flatten(pixels)), rtol=1e-5, atol=1e-6)
+    assert descriptions.shape[0] == 6 and np.allclose(np.linalg.norm(descriptions, axis=1), 1,
+                                                      atol=1e-5)
+    # a later run finds both in the cache: no pass at all
+    again, _ = make_joint(config, narrow_model)
+    assert again.passes(store, paths) == 0
+    store.close()

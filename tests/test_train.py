@@ -153,7 +153,7 @@ def test_decoding_and_feature_extraction_show_progress_in_a_log(trained):
     assert progress_counts(trained["stderr"], "VGG16 features") == [(0, 2), (2, 2)]
     assert progress_counts(trained["stderr"], "VGG16 features (rotated)") == [
         (0, 16), (4, 16), (8, 16), (12, 16), (16, 16)]
-    assert progress_counts(trained["stderr"], "VGG16 descriptions (input check)") == [
+    assert progress_counts(trained["stderr"], "VGG16 features and descriptions") == [
         (0, 8), (4, 8), (8, 8)]
 
 
@@ -347,8 +347,9 @@ def test_a_warm_feature_cache_computes_nothing_and_changes_nothing(cached_run):
     (_, cold, _), (code, warm, err) = cached_run["runs"]
     assert code == 0, err
     cache = cached_run["out"] / "cache"
-    assert f"[INFO] feature cache {cache}: 0 image(s) found, 10 computed;" in cold
-    assert f"[INFO] feature cache {cache}: 10 image(s) found, 0 computed;" in warm
+    # --cache-features: every image whole, its features from the pass that describes it
+    assert f"[INFO] feature cache {cache}: 0 whole image(s) found, 10 computed;" in cold
+    assert f"[INFO] feature cache {cache}: 10 whole image(s) found, 0 computed;" in warm
 
     def losses(out):
         return re.findall(r"loss: (\d\.\d{4})", out)
@@ -385,16 +386,18 @@ def test_a_rerun_computes_no_feature_and_prints_the_same(trained, tmp_path):
     first = trained["stdout"]
     first_report = json.loads(open(trained["report"]).read())
     cache = ["--cache-dir", trained["cache"]]
-    assert cache_counts(first) == [(0, 2), (0, 16)]
+    # the test images, each training image's rotation in each epoch, and the training images
+    # whole (kept from the pass that described them for the input check)
+    assert cache_counts(first) == [(0, 2), (0, 16), (0, 8)]
 
     again, report = rerun("again", "--epochs", "2", *cache)
-    assert cache_counts(again) == [(2, 0), (16, 0)]
+    assert cache_counts(again) == [(2, 0), (16, 0), (8, 0)]
     assert comparable(again.splitlines()) == comparable(first.splitlines())
     assert len(re.findall(r"^Epoch \d/2$", again, re.M)) == 2
     assert report == {key: first_report[key] for key in report}
 
     more, _ = rerun("more", "--epochs", "3", "--lr", "0.01", *cache)
-    assert cache_counts(more) == [(2, 0), (16, 8)]  # only the third epoch is new
+    assert cache_counts(more) == [(2, 0), (16, 8), (8, 0)]  # only the third epoch is new
 
     no_cache = tmp_path / "no-cache"
     uncached, report = rerun("uncached", "--epochs", "2", "--no-cache",
