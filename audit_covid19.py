@@ -42,7 +42,7 @@ from covid19xray.external import check_classes, describe_by_source, load_externa
 from covid19xray.frozen import make_extractors, make_joint
 from covid19xray.head import compile_head, fit_head, make_head, training_batches
 from covid19xray.input_check import REJECTED, fit_input_check
-from covid19xray.layout import load_dataset
+from covid19xray.layout import find_dataset, load_dataset
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, load_vgg16
 from covid19xray.outputs import commit_outputs
@@ -68,7 +68,8 @@ from covid19xray.report import (
 )
 from covid19xray.screening import print_counts, screening
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
-from covid19xray.transforms import UNCHANGED, BoxMask
+from covid19xray.store import ImageStore
+from covid19xray.transforms import UNCHANGED, BoxMask, LungMasks
 
 tf = lazy_import("tensorflow")
 
@@ -98,7 +99,7 @@ class AuditConfig(RunConfig):
     report: str = flag("audit.json", short="-r", help="output JSON report")
     plot: str = flag("audit.png", short="-p", help="output figure, PNG")
 
-    def inputs(self):
+    def input_folders(self):
         """The folders the audit reads images from: (flag, folder)."""
         return [("--dataset", self.dataset),
                 *([("--external", self.external_folder)] if self.external_folder else [])]
@@ -130,12 +131,63 @@ def lung_box(keep="inside"):
     return BoxMask(box=tuple(LUNG_BOX), keep=keep)
 
 
-def variant_transforms():
+@dataclasses.dataclass(frozen=True)
+class Lungs:
+    """Where the audit finds the lungs (`find_lungs`): each image's own mask, or LUNG_BOX."""
+
+    hidden: object  # the transform of lungs_hidden
+    only: object  # the transform of lungs_only
+    about: str  # what the report says of it
+    masks: dict  # {image path: its mask's path} when the masks are used, else {}
+    store: object = None  # the decoded masks (an `ImageStore`), when used
+
+    def close(self):
+        if self.store is not None:
+            self.store.close()
+
+
+def box_lungs():
+    """The lungs as LUNG_BOX, on every image."""
+    return Lungs(lung_box(keep="outside"), lung_box(keep="inside"),
+                 f"the fixed box {list(LUNG_BOX)} (fractions: left, top, right, bottom)", {})
+
+
+def find_lungs(config, images, paths, external_set=None):
+    """The lungs of every image: where --dataset (and --external) ship a lung mask for every
+    image, as the COVID-19 Radiography Database does, those masks; else the fixed box."""
+    masks = dict(find_dataset(config.dataset).masks)
+    stores = [(images, paths)]
+    if external_set is not None:
+        masks.update(find_dataset(config.external_folder, "--external").masks)
+        stores.append((external_set.store, external_set.paths))
+    everything = [path for _, some in stores for path in some]
+    if not masks or not all(path in masks for path in everything):
+        if masks:
+            print(f"[WARNING] lung masks ship with {len(masks)} of {len(everything)} images: "
+                  "the audit uses the fixed box for all", file=sys.stderr)
+        return box_lungs()
+    mask_store = ImageStore([masks[path] for path in everything])
+    if len(mask_store.paths) < len(everything):
+        mask_store.close()
+        print("[WARNING] some lung masks cannot be read: the audit uses the fixed box for all",
+              file=sys.stderr)
+        return box_lungs()
+    digests = [store.digest(path) for store, some in stores for path in some]
+    slots = mask_store.slots([masks[path] for path in everything])
+    slot_of = dict(zip(digests, slots.tolist()))
+    mask_of = {digest: mask_store.digest(masks[path])
+               for digest, path in zip(digests, everything)}
+    print(f"[INFO] lungs: the {len(everything)} lung masks that ship with the images")
+    return Lungs(LungMasks("outside", mask_store, slot_of, mask_of),
+                 LungMasks("inside", mask_store, slot_of, mask_of),
+                 f"each image's own lung mask ({len(everything)} from masks/)", masks, mask_store)
+
+
+def variant_transforms(lungs):
     """What each variant does to an image before VGG16: {variant: transform}. Each mask names
-    its box in the feature cache's key, so that a changed box never reuses features masked
-    with another."""
-    return {"full": UNCHANGED, "lungs_hidden": lung_box(keep="outside"),
-            "lungs_only": lung_box(keep="inside")}
+    its box, or each image its own mask, in the feature cache's key, so that features masked
+    otherwise are never reused."""
+    return {"full": UNCHANGED, "lungs_hidden": lungs.hidden, "lungs_only": lungs.only}
 
 
 def cross_validate(config, head, initial, features, onehot, folds, what):
@@ -416,12 +468,17 @@ def plot_audit(probes, confounds, rows, labels, class_names, examples, external_
             ax.set_axis_off()
 
         top, bottom, left, right = lung_box().pixels()
-        for k, (name, image) in enumerate(examples):
+        for k, (name, image, mask) in enumerate(examples):
             ax = fig.add_subplot(grid[1, k])
             ax.imshow(image)
-            ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False,
-                                   edgecolor="red", linewidth=2))
-            ax.set_title(f"{name}: lungs_hidden blacks out the box, lungs_only the rest",
+            if mask is None:
+                ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False,
+                                       edgecolor="red", linewidth=2))
+                what = "the box"
+            else:
+                ax.contour(mask.max(axis=-1) > 127, levels=[0.5], colors="red")
+                what = "its lung mask"
+            ax.set_title(f"{name}: lungs_hidden blacks out {what}, lungs_only the rest",
                          fontsize=9)
             ax.set_axis_off()
         fig.tight_layout()
@@ -468,12 +525,12 @@ class Probes:
     screened: dict | None  # the input check's counts on the external images
 
 
-def probe_variants(config, base_model, images, paths, folds, external_set=None):
+def probe_variants(config, base_model, images, paths, folds, lungs, external_set=None):
     """The probe of every variant: the features of every image (each computed once, or read
     from the cache), then one fresh head per fold. With `external` (an `ExternalSet`), also
     one head trained on every image of --dataset, tested on the external images."""
     model = build_model(base_model, len(folds.class_names))
-    transforms = variant_transforms()
+    transforms = variant_transforms(lungs)
     # every cache made (and its folders checked) before any VGG16 work; the descriptions only
     # for the external test's input check
     extractors = make_extractors(config, model, [transforms[name] for name in VARIANTS])
@@ -554,7 +611,8 @@ def external_report(config, external_set, probes, class_names):
                          - probes.on_external[name]["auc"]["value"] for name in VARIANTS}}
 
 
-def audit_report(config, folds, labels, probes, judged, properties, copies, external_part=None):
+def audit_report(config, folds, labels, probes, judged, properties, copies, lungs,
+                 external_part=None):
     """Everything the audit found, and what is needed to repeat it (`audit.json`)."""
     class_names = folds.class_names
     top, bottom, left, right = lung_box().pixels()
@@ -564,6 +622,7 @@ def audit_report(config, folds, labels, probes, judged, properties, copies, exte
         **({"positive_class": class_names[0]} if len(class_names) == 2 else {}),
         "counts": counts_per_class(folds.onehot, class_names),
         "folds": {"k": config.folds, "grouped_by_patient": folds.grouped},
+        "lungs": lungs.about,
         "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
                      "pixels_of_224": [left, top, right, bottom]},
         "probe": probes.internal, "shortcut": judged.shortcut, "verdict": judged.text,
@@ -583,7 +642,7 @@ def main(argv=None) -> int:
     config = parse_args(argv)
     # every path checked before minutes of work; a second audit writing the same files stops
     # here; the outputs replace the earlier ones only when both are written
-    with commit_outputs(*check_paths(config.inputs(), config.outputs(),
+    with commit_outputs(*check_paths(config.input_folders(), config.outputs(),
                                      config.cache_folder)) as commit:
         # seed everything, then load VGG16 first: a wrong --weights fails in seconds
         base_model = load_vgg16(config.weights, config.seed, config.precision)
@@ -598,15 +657,21 @@ def main(argv=None) -> int:
                 external_set = stack.enter_context(contextlib.closing(load_external(
                     config.external_folder, folds.class_names,
                     {images.digest(p): p for p in paths})))
+            # where the lungs are: the masks that ship with the images, or the fixed box
+            lungs = find_lungs(config, images, paths, external_set)
+            stack.callback(lungs.close)
             # 1. the probe: each variant's heads, cross-validated (and tested externally)
-            probes = probe_variants(config, base_model, images, paths, folds, external_set)
+            probes = probe_variants(config, base_model, images, paths, folds, lungs,
+                                    external_set)
             # 2. confounds and 3. duplicates
             measured = measure(images, paths)
             properties = describe_properties(measured.rows, labels, folds.class_names,
                                              config.seed)
             copies = find_duplicates(images, paths, labels, measured.hashes)
-            examples = [(name, images.image(paths[list(labels).index(name)]))
-                        for name in folds.class_names]
+            examples = [(name, images.image(path), lungs.store.image(lungs.masks[path])
+                         if lungs.masks else None)
+                        for name in folds.class_names
+                        for path in [paths[list(labels).index(name)]]]
 
         judged = verdict(probes.internal["lungs_hidden"])
         print_probes(probes.internal, judged.text, folds.about, folds.class_names)
@@ -620,7 +685,7 @@ def main(argv=None) -> int:
         print_confounds_and_duplicates(config.dataset, properties.confounds, copies,
                                        folds.class_names)
         report = audit_report(config, folds, labels, probes, judged, properties, copies,
-                              external_part)
+                              lungs, external_part)
         with commit.writing():
             write_json(commit.temporary(config.report), report)
             save_figure(plot_audit(probes.internal, properties.confounds, measured.rows, labels,

@@ -6,7 +6,8 @@ changes the scaled batch, or not:
 - `UNCHANGED`: the image as it is (the test split, `--cache-features`, the audit's `full`);
 - `Rotation`: the tutorial's augmentation, a random rotation of up to 15 degrees either way,
   drawn anew for every image and epoch;
-- `BoxMask`: the audit's masks, a box blacked out (`lungs_hidden`) or all but it (`lungs_only`).
+- `BoxMask`: the audit's masks, a box blacked out (`lungs_hidden`) or all but it (`lungs_only`);
+  `LungMasks`: the same with each image's own lung mask, where the dataset ships them.
 
 A transform applies itself (`parameters` per image, then `apply` on the batch inside the tf.data
 pipeline), and names itself, with every parameter it has, in the feature cache's key
@@ -167,3 +168,44 @@ class BoxMask(Transform):
     def apply(self, images, parameters):
         # scaled pixels times 0 or 1: exactly the masked uint8 image, scaled
         return images * tf.constant(self.mask(*images.shape[1:3]))
+
+
+@dataclasses.dataclass(frozen=True)
+class LungMasks(Transform):
+    """Each image's own lung mask (the COVID-19 Radiography Database ships one per image, in
+    `masks/`), kept with everything else blacked out (`keep="inside"`), or blacked out itself
+    (`keep="outside"`): the audit's variants where masks ship, in place of `BoxMask`.
+
+    The masks are read from `store` (an `ImageStore` of the mask files, decoded and resized as
+    images are) at `slot_of[image SHA-256]`; a mask pixel counts as lung above half grey. Each
+    entry's key names the image and its mask (`mask_of[image SHA-256]`: the mask file's
+    SHA-256), so an image masked otherwise is never served the features of this one."""
+
+    keep: str
+    store: object = dataclasses.field(compare=False, repr=False)
+    slot_of: dict = dataclasses.field(compare=False, repr=False)
+    mask_of: dict = dataclasses.field(compare=False, repr=False)
+
+    label = "masked"
+
+    def __post_init__(self):
+        if self.keep not in ("inside", "outside"):
+            raise ValueError(f"keep must be 'inside' or 'outside', not {self.keep!r}")
+
+    def describe(self):
+        return {"kind": type(self).__name__, "keep": self.keep}
+
+    def parameters(self, digests, epoch):
+        # where each image's mask is in `store`
+        return np.array([[self.slot_of[digest]] for digest in digests], np.float32)
+
+    def parameters_and_keys(self, digests, epochs):
+        parameters = np.concatenate([self.parameters(digests, epoch) for epoch in range(epochs)])
+        keys = [hashlib.sha256(f"{digest}:{self.mask_of[digest]}".encode()).hexdigest()
+                for digest in digests] * epochs
+        return parameters, keys
+
+    def apply(self, images, parameters):
+        masks = self.store.read_tensor(tf.cast(parameters[:, 0], tf.int64))
+        lung = tf.cast(tf.reduce_max(masks, axis=-1, keepdims=True) > 127, images.dtype)
+        return images * (lung if self.keep == "inside" else 1 - lung)

@@ -740,3 +740,15 @@ def parse_report(stdout):
     metrics = dict(re.findall(r"^(acc|sensitivity|specificity): (\d\.\d{4}) \(95% CI ", stdout,
                               re.M))
     return np.array(rows, dtype=int), {k: float(v) for k, v in metrics.items()}
+
+
+def radiography(root, counts):
+    """The COVID-19 Radiography Database's layout: `<class>/images/<name>.png` and a lung mask
+    of the same name in `<class>/masks/`."""
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            write_image(os.path.join(root, name, "images", f"{name}-{i}.png"), seed=10 * c + i,
+                        size=(30, 30))
+            write_image(os.path.join(root, name, "masks", f"{name}-{i}.png"), seed=500 + i,
+                        gray=True, size=(30, 30))
+    return str(root)

@@ -25,12 +25,15 @@ import audit_covid19
 from covid19xray import progress
 from covid19xray.layout import load_dataset
 from covid19xray.report import BOOTSTRAP_RESAMPLES
+from covid19xray.store import ImageStore
+from covid19xray.transforms import LungMasks
 from helpers import (
     ROOT,
     assert_no_tensorflow_log_lines,
     assert_one_line_error,
     narrow_vgg16,
     progress_counts,
+    radiography,
     run_main,
     small_dataset,
     snapshot,
@@ -173,7 +176,7 @@ def test_the_variants_hide_exactly_the_lung_box_or_all_but_it():
     # the end-to-end run above shows that lungs_only hides a signal outside the box; here, on
     # every pixel, that the two masks are exact complements along the box's edges (22..201)
     images = np.full((1, 224, 224, 3), 200 / 255, np.float32)
-    transforms = audit_covid19.variant_transforms()
+    transforms = audit_covid19.variant_transforms(audit_covid19.box_lungs())
     none = np.zeros((1, 0), np.float32)
     hidden = np.asarray(transforms["lungs_hidden"].apply(images, none))[0, :, :, 0]
     only = np.asarray(transforms["lungs_only"].apply(images, none))[0, :, :, 0]
@@ -332,3 +335,39 @@ def test_sigterm_while_cross_validating_keeps_the_earlier_report(tmp_path, monke
         "audit_covid19.py: terminated (SIGTERM); no output was replaced")
     assert (tmp_path / "audit.json").read_text() == "{}"
     assert not (tmp_path / "audit.png").exists()
+
+
+def test_lung_masks_hide_exactly_each_images_own_mask(tmp_path):
+    """Where masks ship, lungs_hidden blacks out each image's own mask and lungs_only all but
+    it, pixel for pixel, whatever the mask file's size (resized as the images are)."""
+    for name, (top, bottom) in {"a": (10, 30), "b": (50, 90)}.items():
+        mask = np.zeros((100, 100), np.uint8)
+        mask[top:bottom, 20:80] = 255
+        cv2.imwrite(str(tmp_path / f"{name}.png"), mask)
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    store = ImageStore(paths)
+    digests = ["image-a", "image-b"]
+    slot_of = dict(zip(digests, store.slots(paths).tolist()))
+    mask_of = dict(zip(digests, [store.digest(p) for p in paths]))
+    images = np.full((2, 224, 224, 3), 0.5, np.float32)
+    for keep in ("inside", "outside"):
+        transform = LungMasks(keep, store, slot_of, mask_of)
+        parameters, keys = transform.parameters_and_keys(digests, 1)
+        changed = np.asarray(transform.apply(images, parameters))
+        for k in range(2):
+            lung = store.image(paths[k]).max(axis=-1) > 127  # the mask as images are read
+            expected = np.where(lung if keep == "inside" else ~lung, np.float32(0.5), 0)
+            np.testing.assert_array_equal(changed[k, :, :, 0], expected)
+        # each entry names its image and its mask: another mask, another entry
+        assert len(set(keys)) == 2 and keys != digests
+    store.close()
+
+
+def test_the_audit_uses_the_lung_masks_that_ship_with_the_images(tmp_path):
+    dataset = radiography(tmp_path / "r", {"COVID": 4, "Normal": 4})
+    report, out, _ = audit(dataset, tmp_path, "none", "--folds", "2", "--epochs", "1")
+    assert report["lungs"] == "each image's own lung mask (8 from masks/)"
+    kinds = {json.loads(path.read_text())["transform"]["kind"]
+             for path in (tmp_path / "cache").glob("*/configuration.json")}
+    assert kinds == {"Unchanged", "LungMasks"}  # no BoxMask
+    assert report["counts"] == {"COVID": 4, "Normal": 4}  # the masks are no class

@@ -23,19 +23,7 @@ from covid19xray.layout import find_dataset, load_dataset
 from covid19xray.model import build_model, load_vgg16_base
 from covid19xray.store import ImageStore
 from covid19xray.transforms import UNCHANGED
-from helpers import assert_one_line_error, run_main, small_dataset, write_image
-
-
-def radiography(root, counts):
-    """The COVID-19 Radiography Database's layout: `<class>/images/<name>.png` and a lung mask
-    of the same name in `<class>/masks/`."""
-    for c, (name, n) in enumerate(counts.items()):
-        for i in range(n):
-            write_image(os.path.join(root, name, "images", f"{name}-{i}.png"), seed=10 * c + i,
-                        size=(30, 30))
-            write_image(os.path.join(root, name, "masks", f"{name}-{i}.png"), seed=500 + i,
-                        gray=True, size=(30, 30))
-    return str(root)
+from helpers import assert_one_line_error, radiography, run_main, small_dataset, write_image
 
 
 def test_the_radiography_layout_reads_images_by_class_and_never_a_mask(tmp_path):
@@ -49,6 +37,13 @@ def test_the_radiography_layout_reads_images_by_class_and_never_a_mask(tmp_path)
     images, paths, labels = load_dataset(dataset)
     images.close()
     assert paths == layout.paths and labels.tolist() == layout.labels
+
+
+def outputs_in(folder):
+    """A run's outputs and cache in `folder`: never the defaults in the working folder, where
+    another test's run would hold their lock."""
+    return ["--model", str(folder / "m.h5"), "--plot", str(folder / "p.png"), "--report",
+            str(folder / "r.json"), "--cache-dir", str(folder / "c")]
 
 
 def one_radiography_class(root):
@@ -79,7 +74,7 @@ def test_a_layout_that_fits_neither_is_refused_in_one_line_before_training(tmp_p
                                                                              phrase):
     dataset = make(str(tmp_path / "d"))
     code, out, err = run_main(train_covid19.main, ["--dataset", dataset, "--weights", "none",
-                                                   "--cache-dir", str(tmp_path / "c")])
+                                                   *outputs_in(tmp_path)])
     assert_one_line_error(code, err, "train_covid19.py", phrase)
     assert "[INFO] training head..." not in out
 
@@ -146,8 +141,8 @@ def test_positive_chooses_the_class_whose_recall_is_the_sensitivity(tmp_path):
 def test_a_positive_class_that_cannot_be_is_one_line(tmp_path, counts, positive, phrase):
     dataset = small_dataset(tmp_path / "d", counts)
     code, out, err = run_main(train_covid19.main, ["--dataset", dataset, "--weights", "none",
-                                                   "--positive", positive, "--cache-dir",
-                                                   str(tmp_path / "c")])
+                                                   "--positive", positive,
+                                                   *outputs_in(tmp_path)])
     assert_one_line_error(code, err, "train_covid19.py", phrase)
     assert "[INFO] training head..." not in out
 
