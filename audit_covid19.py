@@ -35,6 +35,7 @@ import sys
 import numpy as np
 
 from covid19xray.cache import cache_line
+from covid19xray.calibration import calibration
 from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.config import FOLDS, RunConfig, add_flags, flag
@@ -222,7 +223,9 @@ def probe(true_classes, probabilities, class_names, seed):
     each class's own AUC against the rest (`per_class_auc`): the audit asks whether any class
     separates from the others without the lungs."""
     metrics = classification_metrics(true_classes, probabilities, class_names)
-    result = {"accuracy": metrics["accuracy"], "confusion_matrix": metrics["confusion_matrix"]}
+    result = {"accuracy": metrics["accuracy"], "confusion_matrix": metrics["confusion_matrix"],
+              # the out-of-fold probabilities' calibration (covid19xray.calibration)
+              "calibration": calibration(true_classes, probabilities, class_names, seed=seed)}
     if len(class_names) == 2:
         return {"auc": auc_with_interval(true_classes == 0, probabilities[:, 0], seed), **result,
                 "sensitivity": metrics["sensitivity"], "specificity": metrics["specificity"]}

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from covid19xray import spreadsheet
+from covid19xray.calibration import calibration, print_calibration
 from covid19xray.checks import (
     check_new_folder,
     check_not_inside_input_folders,
@@ -328,6 +329,8 @@ def labelled_report(config, class_names, done, truth, input_check):
     true_classes = np.array([truth[path] for path in paths])
     results = classification_metrics(true_classes, probabilities, class_names)
     print_evaluation(true_classes, probabilities, class_names, results)
+    results["calibration"] = calibration(true_classes, probabilities, class_names)
+    print_calibration(results["calibration"])
     # split by source when a folder given has a manifest (external/ does)
     folder = next((item for item in config.images if os.path.isdir(item)
                    and os.path.isfile(os.path.join(item, MANIFEST))), None)

@@ -30,6 +30,7 @@ import sys
 import numpy as np
 
 from covid19xray.cache import cache_line
+from covid19xray.calibration import calibration, plot_calibration, print_calibration
 from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.config import MODEL_FILE, RunConfig, add_flags, flag
@@ -111,6 +112,11 @@ class TrainConfig(RunConfig):
         """roc.png, in the plot's folder."""
         return os.path.join(os.path.dirname(self.plot), "roc.png")
 
+    @property
+    def calibration(self):
+        """calibration.png, the reliability diagram, in the plot's folder."""
+        return os.path.join(os.path.dirname(self.plot), "calibration.png")
+
     def input_folders(self):
         """The folders this run reads images from: (flag, folder)."""
         return [("--dataset", self.dataset),
@@ -119,7 +125,8 @@ class TrainConfig(RunConfig):
     def outputs(self):
         """The four outputs, in the order they are written: (path, flag, suffix)."""
         return [(self.model, "--model", MODEL_SUFFIXES), (self.plot, "--plot", ".png"),
-                (self.report, "--report", ".json"), (self.roc, "--plot", ".png")]
+                (self.report, "--report", ".json"), (self.roc, "--plot", ".png"),
+                (self.calibration, "--plot", ".png")]
 
 
 def parse_args(argv=None):
@@ -374,7 +381,7 @@ class Evaluation:
     true_classes: np.ndarray  # each test image's true class
 
 
-def evaluate(head, test, class_names, batch_size, positive=0):
+def evaluate(head, test, class_names, batch_size, positive=0, seed=0):
     """Make predictions on the testing set and show the tutorial's report: classification
     report, confusion matrix, accuracy, sensitivity and specificity, each with its 95%
     interval (5 of 5 covid images support a sensitivity anywhere from 0.57 to 1), and the ROC
@@ -384,7 +391,20 @@ def evaluate(head, test, class_names, batch_size, positive=0):
     true_classes = test.testY.argmax(axis=1)
     results = classification_metrics(true_classes, probabilities, class_names, positive)
     print_evaluation(true_classes, probabilities, class_names, results)
+    # whether its probabilities can be read as probabilities (covid19xray.calibration)
+    results["calibration"] = calibration(true_classes, probabilities, class_names, positive,
+                                         seed)
+    print_calibration(results["calibration"])
     return Evaluation(results, probabilities, true_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalTest:
+    """One external folder's test (`test_on_external`)."""
+
+    report: dict  # report.json's `external` entry for the folder
+    true_classes: np.ndarray  # each image's true class
+    probabilities: np.ndarray  # the model's, one row per image
 
 
 def test_on_external(config, folder, head, extractors, split, input_check):
@@ -403,14 +423,18 @@ def test_on_external(config, folder, head, extractors, split, input_check):
     results = classification_metrics(true_classes, probabilities, split.class_names,
                                      split.positive)
     print_evaluation(true_classes, probabilities, split.class_names, results)
+    results["calibration"] = calibration(true_classes, probabilities, split.class_names,
+                                         split.positive, config.seed)
+    print_calibration(results["calibration"])
     by_source = external_set.by_source(probabilities, split.class_names)
     print_by_source(by_source, folder, split.class_names)
     screened = screening(input_check.outcomes(input_check.distances(descriptions)),
                          true_classes, probabilities, split.class_names,
                          sources_of(folder, external_set.paths), split.positive)
     print_screening(screened, split.class_names)
-    return {**external_set.facts(config.dataset, split.class_names), **results,
-            "by_source": by_source, "input_check": screened}
+    return ExternalTest({**external_set.facts(config.dataset, split.class_names), **results,
+                         "by_source": by_source, "input_check": screened},
+                        true_classes, probabilities)
 
 
 def training_report(config, split, evaluation, input_check, external_reports, batches):
@@ -435,7 +459,8 @@ def training_report(config, split, evaluation, input_check, external_reports, ba
     }
 
 
-def save_outputs(config, commit, model, split, input_check, H, evaluation, report):
+def save_outputs(config, commit, model, split, input_check, H, evaluation, external_tests,
+                 report):
     """Plot the training loss and accuracy and the ROC curve, serialize the model and the
     `report`, each to its temporary file in `commit`: renamed into place together when main's
     block ends, so that a crash, Ctrl-C or SIGTERM anywhere before leaves the earlier files as
@@ -444,16 +469,21 @@ def save_outputs(config, commit, model, split, input_check, H, evaluation, repor
     print("[INFO] saving COVID-19 detector model...")
     with commit.writing():
         final = {"model": config.model, "plot": config.plot, "roc": config.roc,
-                 "report": config.report}
+                 "calibration": config.calibration, "report": config.report}
         temporary = {role: commit.temporary(path) for role, path in final.items()}
         save_model(model, temporary["model"], split.class_names, input_check)
         save_figure(plot_history(H.history), temporary["plot"])
         save_figure(plot_roc(evaluation.true_classes, evaluation.probabilities,
                              split.class_names, split.positive), temporary["roc"])
+        sets = {"test split": (evaluation.true_classes, evaluation.probabilities),
+                **{os.path.basename(os.path.normpath(folder)) or folder:
+                   (t.true_classes, t.probabilities) for folder, t in external_tests.items()}}
+        save_figure(plot_calibration(sets, split.class_names, split.positive),
+                    temporary["calibration"])
         folder = os.path.dirname(os.path.abspath(config.report))
         written = {role: {"file": os.path.relpath(os.path.abspath(final[role]), folder),
                           "sha256": file_digest(temporary[role])}
-                   for role in ("model", "plot", "roc")}
+                   for role in ("model", "plot", "roc", "calibration")}
         write_json(temporary["report"], {**report, "outputs": written})
 
 
@@ -501,22 +531,26 @@ def main(argv=None) -> int:
             H = train(config, head, batches, test)
 
         # make predictions on the testing set and show the report
-        evaluation = evaluate(head, test, split.class_names, config.batch_size, split.positive)
+        evaluation = evaluate(head, test, split.class_names, config.batch_size, split.positive,
+                              config.seed)
         if config.cache_features:
             print("(trained with --cache-features: no augmentation)")
         if config.precision != "float32":
             print(f"(frozen VGG16 computed in {config.precision}; head, loss and model in "
                   "float32)")
-        external_reports = {folder: test_on_external(config, folder, head, extractors, split,
-                                                     input_check)
-                            for folder in config.external_folders}
+        external_tests = {folder: test_on_external(config, folder, head, extractors, split,
+                                                   input_check)
+                          for folder in config.external_folders}
+        external_reports = {folder: t.report for folder, t in external_tests.items()}
 
         # plot the training loss and accuracy, and serialize the model and the report
         report = training_report(config, split, evaluation, input_check, external_reports,
                                  batches)
-        save_outputs(config, commit, model, split, input_check, H, evaluation, report)
-    model_path, plot, report_path, roc = (shown(path) for path in outputs)
-    print(f"[INFO] wrote {model_path} (model), {plot} and {roc} (plots), {report_path} (report)")
+        save_outputs(config, commit, model, split, input_check, H, evaluation, external_tests,
+                     report)
+    model_path, plot, report_path, roc, calibration_plot = (shown(path) for path in outputs)
+    print(f"[INFO] wrote {model_path} (model), {plot}, {roc} and {calibration_plot} (plots), "
+          f"{report_path} (report)")
     print("[INFO] does it read the lungs or the image source? python audit_covid19.py "
           f"--dataset {shown(config.dataset)}")
     return 0

@@ -36,8 +36,9 @@ def test_training_run_prints_the_tutorials_report(trained):
     assert metrics["specificity"] == pytest.approx(cm[1, 1] / cm[1].sum(), abs=1e-4)
     out_dir = os.path.dirname(trained["model"])
     assert out.strip().splitlines()[-2:] == [
-        f"[INFO] wrote {trained['model']} (model), {trained['plot']} and "
-        f"{os.path.join(out_dir, 'roc.png')} (plots), {trained['report']} (report)",
+        f"[INFO] wrote {trained['model']} (model), {trained['plot']}, "
+        f"{os.path.join(out_dir, 'roc.png')} and {os.path.join(out_dir, 'calibration.png')} "
+        f"(plots), {trained['report']} (report)",
         "[INFO] does it read the lungs or the image source? python audit_covid19.py "
         f"--dataset {trained['dataset']}"]
 

@@ -99,17 +99,19 @@ def test_the_main_command_trains_on_the_shipped_dataset(tmp_path):
     assert re.search(r"^\s+covid\s+\d\.\d\d\s+\d\.\d\d\s+\d\.\d\d\s+5(\.0)?$", out, re.M)
     assert re.search(r"^acc: \d\.\d{4} \(95% CI \d\.\d\d-\d\.\d\d\)$", out, re.M)
     assert out.strip().splitlines()[-2:] == [
-        f"[INFO] wrote {outputs['--model']} (model), {outputs['--plot']} and "
-        f"{tmp_path / 'roc.png'} (plots), {outputs['--report']} (report)",
+        f"[INFO] wrote {outputs['--model']} (model), {outputs['--plot']}, "
+        f"{tmp_path / 'roc.png'} and {tmp_path / 'calibration.png'} (plots), "
+        f"{outputs['--report']} (report)",
         "[INFO] does it read the lungs or the image source? python audit_covid19.py "
         "--dataset dataset"]
-    for name in ["plot.png", "roc.png"]:
+    for name in ["plot.png", "roc.png", "calibration.png"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["counts"] == {"train": {"covid": 20, "normal": 20},
                                 "test": {"covid": 5, "normal": 5}}
     # no temporary file is left beside the outputs, and nothing was added to the dataset
-    assert sorted(os.listdir(tmp_path)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+    assert sorted(os.listdir(tmp_path)) == ["calibration.png", "covid19.h5", "plot.png",
+                                            "report.json", "roc.png"]
     assert sorted(os.walk(DATASET)) == dataset_before
 
 

@@ -594,7 +594,8 @@ def workdir(tmp_path, monkeypatch):
     """A working folder holding a previous run's outputs, which no failing run may touch."""
     monkeypatch.chdir(tmp_path)
     for name, content in [("covid19.h5", b"earlier model"), ("plot.png", b"earlier plot"),
-                          ("roc.png", b"earlier roc"), ("report.json", b"{}")]:
+                          ("roc.png", b"earlier roc"), ("calibration.png", b"earlier one"),
+                          ("report.json", b"{}")]:
         (tmp_path / name).write_bytes(content)
     return tmp_path
 
@@ -606,7 +607,7 @@ def train(*argv):
 
 def outputs_after(workdir):
     return {name: (workdir / name).read_bytes() for name in
-            ["covid19.h5", "plot.png", "roc.png", "report.json"]}
+            ["covid19.h5", "plot.png", "roc.png", "calibration.png", "report.json"]}
 
 
 @pytest.mark.parametrize("case, argv, phrases, exit_code", [
@@ -798,7 +799,8 @@ def test_ctrl_c_keeps_every_earlier_output(workdir, tiny_dataset, monkeypatch, w
     assert err.strip().splitlines()[-1] == (
         "train_covid19.py: interrupted; no output was replaced")
     assert outputs_after(workdir) == before
-    assert sorted(os.listdir(workdir)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+    assert sorted(os.listdir(workdir)) == ["calibration.png", "covid19.h5", "plot.png",
+                                           "report.json", "roc.png"]
 
 
 def test_a_full_disk_mid_save_is_one_line_and_keeps_every_earlier_output(workdir, tiny_dataset,
@@ -810,11 +812,13 @@ def test_a_full_disk_mid_save_is_one_line_and_keeps_every_earlier_output(workdir
 
     monkeypatch.setattr(train_covid19, "save_model", full_disk)
     code, _, err = train("--dataset", tiny_dataset, "--cache-features", "--batch-size", "4")
-    assert_one_line_error(code, err, "train_covid19.py", "cannot write the outputs (No space left "
-                          "on device); every earlier covid19.h5, plot.png, report.json, roc.png "
-                          "was kept", warnings=4)  # the 4 come from the junk in the dataset
+    # the 4 warnings come from the junk in the dataset
+    assert_one_line_error(code, err, "train_covid19.py", "cannot write the outputs (No space "
+                          "left on device); every earlier covid19.h5, plot.png, report.json, "
+                          "roc.png, calibration.png was kept", warnings=4)
     assert outputs_after(workdir) == before
-    assert sorted(os.listdir(workdir)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+    assert sorted(os.listdir(workdir)) == ["calibration.png", "covid19.h5", "plot.png",
+                                           "report.json", "roc.png"]
 
 
 @pytest.fixture
@@ -911,7 +915,8 @@ def test_sigterm_during_training_is_ctrl_c_exit_143(workdir, tiny_dataset, monke
         "train_covid19.py: terminated (SIGTERM); no output was replaced")
     assert "Traceback" not in err
     assert outputs_after(workdir) == before
-    assert sorted(os.listdir(workdir)) == ["covid19.h5", "plot.png", "report.json", "roc.png"]
+    assert sorted(os.listdir(workdir)) == ["calibration.png", "covid19.h5", "plot.png",
+                                           "report.json", "roc.png"]
 
 
 def test_a_second_run_on_the_same_outputs_stops_at_its_start(workdir, tiny_dataset):
@@ -960,7 +965,7 @@ def test_a_full_temporary_folder_while_decoding_is_one_line(workdir, monkeypatch
     assert_one_line_error(code, err, "train_covid19.py", "error: No space left on device "
                           "(/full/disk/file); no output was left half-written")
     assert outputs_after(workdir) == before and sorted(os.listdir(workdir)) == [
-        "covid19.h5", "d", "plot.png", "report.json", "roc.png"]
+        "calibration.png", "covid19.h5", "d", "plot.png", "report.json", "roc.png"]
 
 
 def test_a_full_feature_cache_is_one_line(workdir, monkeypatch):
@@ -1006,9 +1011,10 @@ def test_inputs_that_would_fail_later_are_found_before_vgg16_loads(workdir, monk
 def test_the_report_names_the_sha256_of_the_model_and_plots_it_came_with(trained):
     report = json.loads(open(trained["report"]).read())
     folder = os.path.dirname(trained["report"])
-    assert set(report["outputs"]) == {"model", "plot", "roc"}
+    assert set(report["outputs"]) == {"model", "plot", "roc", "calibration"}
     for role, path in [("model", trained["model"]), ("plot", trained["plot"]),
-                       ("roc", os.path.join(folder, "roc.png"))]:
+                       ("roc", os.path.join(folder, "roc.png")),
+                       ("calibration", os.path.join(folder, "calibration.png"))]:
         assert report["outputs"][role]["file"] == os.path.basename(path)
         assert report["outputs"][role]["sha256"] == hashlib.sha256(
             open(path, "rb").read()).hexdigest(), role
@@ -1027,7 +1033,7 @@ def test_the_next_run_removes_the_temporary_files_a_killed_run_left(workdir, tin
     assert ("[WARNING] removed 3 temporary file(s) an interrupted run left beside the outputs"
             in err.splitlines())
     assert sorted(os.listdir(workdir)) == sorted(["covid19.h5", "plot.png", "report.json",
-                                                  "roc.png", *kept])
+                                                  "roc.png", "calibration.png", *kept])
 
 
 def test_training_runs_deterministic_ops_on_a_gpu_and_no_tf32(monkeypatch):

@@ -1,0 +1,101 @@
+"""Calibration beside discrimination, on generated data where the answer is known: a model
+whose logits are twice what they should be, one shifted, and their recalibration."""
+
+import numpy as np
+import pytest
+
+from covid19xray.calibration import (
+    ECE_BINS,
+    Recalibration,
+    calibration,
+    expected_calibration_error,
+    fit_recalibration,
+)
+
+
+def outcomes(n=4000, seed=0):
+    """True logits and outcomes drawn from them: a perfectly calibrated model's ground."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1.5, n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-x))).astype(int)
+    return x, y
+
+
+def two_class(probability_of_positive):
+    """(n, 2) probabilities with the positive class first, as the reports order covid."""
+    p = np.asarray(probability_of_positive)
+    return np.column_stack([p, 1 - p])
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_logits_twice_too_large_give_a_slope_near_one_half():
+    x, y = outcomes()
+    result = calibration(1 - y, two_class(sigmoid(2 * x)), ["covid", "normal"])
+    slope, intercept = result["slope"], result["intercept"]
+    assert slope["value"] == pytest.approx(0.5, abs=0.05)
+    assert slope["ci95"][0] < slope["value"] < slope["ci95"][1] < 1
+    assert abs(intercept["value"]) < 0.1  # not shifted, only too sure
+
+
+def test_a_shifted_model_gets_the_matching_intercept():
+    x, y = outcomes(seed=1)
+    result = calibration(1 - y, two_class(sigmoid(x + 1)), ["covid", "normal"])
+    assert result["intercept"]["value"] == pytest.approx(-1, abs=0.12)
+    assert result["slope"]["value"] == pytest.approx(1, abs=0.1)
+    # a calibrated model, for comparison: 0 and 1 inside their intervals
+    calibrated = calibration(1 - y, two_class(sigmoid(x)), ["covid", "normal"])
+    low, high = calibrated["slope"]["ci95"]
+    assert low < 1 < high and abs(calibrated["intercept"]["value"]) < 0.1
+
+
+def test_the_brier_score_and_the_base_rate_and_every_case_in_a_bin():
+    x, y = outcomes(n=1000, seed=2)
+    p = two_class(sigmoid(x))
+    result = calibration(1 - y, p, ["covid", "normal"])
+    onehot = np.eye(2)[1 - y]
+    assert result["brier"]["value"] == pytest.approx(((p - onehot) ** 2).sum(1).mean())
+    rate = (1 - y).mean()
+    assert result["base_rate_brier"]["value"] == pytest.approx(2 * rate * (1 - rate))
+    assert result["brier"]["value"] < result["base_rate_brier"]["value"]
+    ece, bins = expected_calibration_error(y == 1, p[:, 0])  # covid, class 0, where y is 1
+    assert len(bins) == ECE_BINS and sum(row[1] for row in bins) == 1000
+    assert ece == pytest.approx(result["ece"]) and ece < 0.05
+    # 1.0 falls in the last bin, 0.0 in the first
+    assert [row[1] for row in expected_calibration_error([1, 0], [1.0, 0.0])[1]] == (
+        [1] + [0] * 8 + [1])
+
+
+def test_recalibration_fits_the_simplest_update_and_undoes_the_overconfidence():
+    x, y = outcomes(seed=3)
+    true_classes = 1 - y
+    sure = two_class(sigmoid(2 * x))
+    update = fit_recalibration(true_classes, sure, ["covid", "normal"])
+    assert update.kind == "intercept and slope" and update.slope == pytest.approx(0.5, abs=0.05)
+    fixed = update.apply(sure)
+    assert np.allclose(fixed.sum(axis=1), 1, atol=1e-6)
+    before = calibration(true_classes, sure, ["covid", "normal"])
+    after = calibration(true_classes, fixed, ["covid", "normal"])
+    assert after["brier"]["value"] < before["brier"]["value"]
+    assert after["slope"]["value"] == pytest.approx(1, abs=0.05)
+    # a shift only: the intercept alone is the simplest update the data support
+    shifted = fit_recalibration(true_classes, two_class(sigmoid(x + 1)), ["covid", "normal"])
+    assert shifted.kind == "intercept" and shifted.intercept == pytest.approx(-1, abs=0.12)
+    assert Recalibration.from_json(update.to_json()) == update
+
+
+def test_three_classes_get_a_temperature_and_offsets():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 1.5, (3000, 3))
+    truth = np.array([rng.choice(3, p=np.exp(row) / np.exp(row).sum()) for row in logits])
+    sure = np.exp(2 * logits) / np.exp(2 * logits).sum(axis=1, keepdims=True)
+    update = fit_recalibration(truth, sure, ["covid", "normal", "pneumonia"])
+    assert update.kind == "temperature and offsets"
+    assert update.temperature == pytest.approx(2, abs=0.15)
+    result = calibration(truth, update.apply(sure), ["covid", "normal", "pneumonia"])
+    assert set(result["per_class"]) == {"covid", "normal", "pneumonia"}
+    assert "slope" not in result  # per class only, with more than two
+    for m in result["per_class"].values():
+        assert m["slope"]["value"] == pytest.approx(1, abs=0.1)
