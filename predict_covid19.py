@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from covid19xray import spreadsheet
-from covid19xray.calibration import calibration, print_calibration
+from covid19xray.calibration import calibration, print_calibration, read_recalibration
 from covid19xray.checks import (
     check_new_folder,
     check_not_inside_input_folders,
@@ -59,7 +59,7 @@ from covid19xray.cli import (
     warn_if_not_utf8,
 )
 from covid19xray.config import MODEL_FILE, PRECISION, PRECISIONS, Config, add_flags, flag
-from covid19xray.export import export_saved_model, export_tflite
+from covid19xray.export import export_saved_model, export_tflite, with_recalibration
 from covid19xray.external import by_source, print_by_source, sources_of
 from covid19xray.frozen import (
     layers_missing_for_description,
@@ -196,6 +196,7 @@ class Classifier:
     model: object
     input_check: object = None  # an `input_check.InputCheck`, or None for a model without one
     described: object = None  # the network with each image's description as a second output
+    recalibration: object = None  # a `calibration.Recalibration` the model file carries
 
     def outcome(self, distance):
         return None if self.input_check is None else self.input_check.outcomes([distance])[0]
@@ -207,18 +208,22 @@ def predict(classifier, images):
     pass."""
     if classifier.input_check is None:
         probabilities = classifier.model(scale_pixels(images), training=False)
-        return np.asarray(probabilities, dtype=np.float32), [None] * len(images)
-    probabilities, descriptions = classifier.described(scale_pixels(images), training=False)
-    return (np.asarray(probabilities, dtype=np.float32),
-            classifier.input_check.distances(np.asarray(descriptions)))
+        distances = [None] * len(images)
+    else:
+        probabilities, descriptions = classifier.described(scale_pixels(images), training=False)
+        distances = classifier.input_check.distances(np.asarray(descriptions))
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if classifier.recalibration is not None:  # the new site's probabilities
+        probabilities = classifier.recalibration.apply(probabilities)
+    return probabilities, distances
 
 
-def make_classifier(config, model, input_check):
+def make_classifier(config, model, input_check, recalibration=None):
     """`model` in --precision, with its input check built into its graph; a check that does
     not fit the model is one line, before any image is read."""
     model = model_with_precision(model, config.precision)
     if input_check is None:
-        return Classifier(model)
+        return Classifier(model, recalibration=recalibration)
     missing = layers_missing_for_description(model)
     if missing:
         raise UserError(f"--model {config.model!r} has an input check but no layer "
@@ -230,7 +235,7 @@ def make_classifier(config, model, input_check):
         raise UserError(f"--model {config.model!r}: its input check describes images with "
                         f"{input_check.reference.shape[1]} numbers, its network with {size}; "
                         "use a model train_covid19.py saved as it is")
-    return Classifier(model, input_check, described)
+    return Classifier(model, input_check, described, recalibration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,6 +429,7 @@ class ModelFile:
     model: object  # the network, float32 as saved
     class_names: list
     input_check: object  # its `input_check.InputCheck`, or None for a model trained before it
+    recalibration: object = None  # its `calibration.Recalibration`, or None
 
 
 def load_model(config):
@@ -440,8 +446,18 @@ def load_model(config):
         print(f"[WARNING] --model {shown(config.model)} carries no input check (it was trained "
               "before train_covid19.py fitted one): every image is classified unchecked; "
               "retrain it to have its inputs checked", file=sys.stderr)
+    recalibration = read_recalibration(config.model)
+    if recalibration is not None:
+        fits = (len(recalibration.offsets) == len(class_names) if recalibration.offsets
+                else len(class_names) == 2 and recalibration.positive in (0, 1))
+        if not fits:
+            raise UserError(f"--model {config.model!r}: its recalibration does not fit its "
+                            f"{len(class_names)} classes; use the file recalibrate_covid19.py "
+                            "wrote")
+        print(f"[INFO] --model {shown(config.model)}: probabilities "
+              f"{shown(recalibration.summary())}")
     check_precision(config.precision)
-    return ModelFile(model, class_names, input_check)
+    return ModelFile(model, class_names, input_check, recalibration)
 
 
 def export_model(config, commit, model, class_names, input_check):
@@ -553,13 +569,16 @@ def main(argv=None) -> int:
     model, class_names, input_check = loaded.model, loaded.class_names, loaded.input_check
     truth = true_class_of(image_paths, class_names) if config.labelled else None
     # the check's fit to the network is checked here, before any output is begun
-    classifier = make_classifier(config, model, input_check) if image_paths else None
+    classifier = (make_classifier(config, model, input_check, loaded.recalibration)
+                  if image_paths else None)
 
     # every output is written to its temporary file, and all are renamed into place together
     # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
     with commit_outputs(*plan.files, folders=plan.folders) as commit:
         if config.export or config.tflite:
-            export_model(config, commit, model, class_names, input_check)
+            export_model(config, commit, model if loaded.recalibration is None
+                         else with_recalibration(model, loaded.recalibration), class_names,
+                         input_check)
         done = Predictions()  # none with --export or --tflite alone
         if image_paths:
             done = predict_every_image(config, commit, classifier, class_names, image_paths)

@@ -303,3 +303,69 @@ def fit_recalibration(true_classes, probabilities, class_names, positive=0, fold
     return Recalibration("temperature and offsets", temperature=float(np.exp(-fitted.x[0])),
                          offsets=tuple([0.0, *map(float, fitted.x[1:])]), fitted_on=n,
                          folder=folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# In the model file, as the class names and the input check are kept
+# ---------------------------------------------------------------------------------------------
+
+H5_ATTR = "covid19_recalibration"
+KERAS_MEMBER = "covid19_recalibration.json"
+# Far above any update this module writes (a few hundred bytes): not ours beyond it.
+MAX_STORED_BYTES = 64 * 1024
+
+
+def store_recalibration(path, recalibration):
+    """Add `recalibration` to the model file at `path`: an attribute of the HDF5 file's root,
+    or a member of the .keras zip. Keras reads neither, so plain Keras still loads the model
+    and gives its original probabilities."""
+    import zipfile
+
+    import h5py
+
+    if path.lower().endswith(".keras"):
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(KERAS_MEMBER, recalibration.to_json())
+        return
+    with h5py.File(path, "a") as f:
+        f.attrs[H5_ATTR] = recalibration.to_json()
+
+
+def read_recalibration(path):
+    """The `Recalibration` the model file at `path` carries, or None; a damaged one is a
+    `UserError`. Read with a bound: the member's or the attribute's size is checked first."""
+    import zipfile
+
+    import h5py
+
+    from .cli import UserError
+
+    text = None
+    try:
+        if path.lower().endswith(".keras"):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if KERAS_MEMBER in names:
+                    info = archive.getinfo(KERAS_MEMBER)
+                    if info.file_size > MAX_STORED_BYTES:
+                        raise ValueError("too large")
+                    with archive.open(info) as member:
+                        text = member.read(MAX_STORED_BYTES + 1).decode("utf-8")
+        else:
+            with h5py.File(path, "r") as f:
+                if H5_ATTR in f.attrs:
+                    if f.attrs.get_id(H5_ATTR).get_storage_size() > MAX_STORED_BYTES:
+                        raise ValueError("too large")
+                    text = f.attrs[H5_ATTR]
+                    text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+        if text is None:
+            return None
+        recalibration = Recalibration.from_json(text)
+        numbers = [recalibration.intercept, recalibration.slope, recalibration.temperature,
+                   *recalibration.offsets]
+        if not all(np.isfinite(numbers)) or recalibration.temperature <= 0:
+            raise ValueError("not finite")
+        return recalibration
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as err:
+        raise UserError(f"--model {path!r}: its recalibration is damaged ({err}); use the file "
+                        "recalibrate_covid19.py wrote, or the model before it") from None

@@ -22,6 +22,9 @@ predict_covid19.py does.
 import json
 import os
 
+import numpy as np
+
+from .calibration import EPSILON
 from .cli import lazy_import
 from .input_check import OUTCOMES, outcome_outputs
 
@@ -86,3 +89,20 @@ def export_tflite(model, path, input_check=None):
     its outputs too (`probabilities`, `input_distance`, `input_check`, by name)."""
     network = model if input_check is None else network_with_check(model, input_check)
     network.export(path, format="litert", verbose=False)
+
+
+def with_recalibration(model, recalibration):
+    """`model` whose output is its probabilities after `recalibration` (a
+    `calibration.Recalibration`), inside the graph, for the exports: the same layers, so the
+    input check's outputs read the same network."""
+    p = keras.ops.cast(model.output, "float32")
+    if recalibration.offsets:
+        z = (keras.ops.log(keras.ops.clip(p, EPSILON, 1.0)) / recalibration.temperature
+             + np.asarray(recalibration.offsets, np.float32))
+        return keras.Model(model.inputs, keras.ops.softmax(z, axis=-1))
+    c = recalibration.positive
+    q = keras.ops.clip(p[:, c], EPSILON, 1 - EPSILON)
+    fixed = keras.ops.sigmoid(recalibration.intercept + recalibration.slope
+                              * (keras.ops.log(q) - keras.ops.log(1 - q)))
+    columns = [fixed, 1 - fixed] if c == 0 else [1 - fixed, fixed]
+    return keras.Model(model.inputs, keras.ops.stack(columns, axis=-1))

@@ -1,16 +1,26 @@
 """Calibration beside discrimination, on generated data where the answer is known: a model
 whose logits are twice what they should be, one shifted, and their recalibration."""
 
+import csv
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+import predict_covid19
+import recalibrate_covid19
 from covid19xray.calibration import (
     ECE_BINS,
     Recalibration,
     calibration,
     expected_calibration_error,
     fit_recalibration,
+    read_recalibration,
 )
+from helpers import assert_one_line_error, run_main, small_dataset
 
 
 def outcomes(n=4000, seed=0):
@@ -99,3 +109,62 @@ def test_three_classes_get_a_temperature_and_offsets():
     assert "slope" not in result  # per class only, with more than two
     for m in result["per_class"].values():
         assert m["slope"]["value"] == pytest.approx(1, abs=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# recalibrate_covid19.py and predict_covid19.py
+# ---------------------------------------------------------------------------------------------
+
+
+def csv_probabilities(path):
+    with open(path, newline="") as f:
+        return np.array([[float(row["p_covid"]), float(row["p_normal"])]
+                         for row in csv.DictReader(f)])
+
+
+def test_a_recalibrated_model_is_applied_by_predict_and_not_by_plain_keras(trained, tmp_path):
+    site = small_dataset(tmp_path / "site", {"covid": 12, "normal": 12}, size=(40, 36))
+    output = tmp_path / "site.h5"
+    code, out, err = run_main(recalibrate_covid19.main, ["--model", trained["model"],
+                                                         "--labelled", site,
+                                                         "--output", str(output)])
+    assert code == 0, err
+    assert "fewer than 100 films of a class (covid 12, normal 12)" in err
+    update = read_recalibration(str(output))
+    assert update.fitted_on == 24 and update.kind in ("intercept", "intercept and slope")
+    assert read_recalibration(trained["model"]) is None  # the original is left as it was
+
+    before, after = tmp_path / "before.csv", tmp_path / "after.csv"
+    for model, csv_path in ((trained["model"], before), (str(output), after)):
+        code, out, err = run_main(predict_covid19.main, ["--model", model, site, "--csv",
+                                                         str(csv_path),
+                                                         "--classify-rejected"])
+        assert code == 0, err
+    assert "probabilities recalibrated on 24 films of" in out
+    np.testing.assert_allclose(csv_probabilities(after),
+                               update.apply(csv_probabilities(before)), atol=2e-6)
+
+    # plain Keras, in a fresh process without this project, loads the file and gives the
+    # original model's probabilities: the update lives beside the network, not in it
+    script = ("import sys, numpy as np, keras\n"
+              "x = np.random.default_rng(0).uniform(size=(3, 224, 224, 3)).astype('float32')\n"
+              "a, b = (keras.models.load_model(p, compile=False).predict(x, verbose=0)"
+              " for p in sys.argv[1:])\n"
+              "print(float(np.abs(a - b).max()))\n")
+    result = subprocess.run([sys.executable, "-c", script, trained["model"], str(output)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) == 0.0
+    assert json.loads(update.to_json())["version"] == 1
+
+
+def test_a_folder_too_small_to_recalibrate_on_is_one_line(trained, tmp_path):
+    site = small_dataset(tmp_path / "site", {"covid": 12, "normal": 4})
+    code, _, err = run_main(recalibrate_covid19.main, ["--model", trained["model"],
+                                                       "--labelled", site, "--output",
+                                                       str(tmp_path / "o.h5")])
+    assert_one_line_error(code, err, "recalibrate_covid19.py",
+                          "too few films to fit a recalibration (normal 4): it needs at least "
+                          "10 of every class")
+    assert not (tmp_path / "o.h5").exists()
