@@ -101,8 +101,8 @@ def check_enough(true_classes, class_names):
     small = [f"{name} {n}" for name, n in zip(class_names, counts) if n < MIN_PER_CLASS]
     if small:
         raise UserError(f"--labelled has too few films to fit a recalibration ({', '.join(small)}"
-                        f"): it needs at least {MIN_PER_CLASS} of every class, about ten per "
-                        "fitted number (Peduzzi et al. 1996)")
+                        f"): it needs at least {MIN_PER_CLASS} of every class, so that no "
+                        "single film decides the update")
     few = [f"{name} {n}" for name, n in zip(class_names, counts) if n < ADVISED_PER_CLASS]
     if few:
         print(f"[WARNING] fewer than {ADVISED_PER_CLASS} films of a class ({', '.join(few)}): "

@@ -4,9 +4,10 @@ Accuracy, sensitivity and AUC say how a model ranks and cuts; calibration says w
 probabilities can be read as probabilities. Every labelled report gives, as Van Calster et al.
 ("Calibration: the Achilles heel of predictive analytics", BMC Medicine 2019) ask:
 
-- the Brier score (the mean squared error of the probabilities, summed over the classes: the
-  multiclass Brier score; 0 is perfect) with its 95% bootstrap interval, beside the Brier score
-  of always saying the base rates, which knows nothing of the image;
+- the Brier score (the mean squared error of the positive class's probability, with two
+  classes; with more, of every class's, summed: the multiclass Brier score; 0 is perfect) with
+  its 95% bootstrap interval, beside the Brier score of always saying the base rates, which
+  knows nothing of the image;
 - the expected calibration error: the images put in 10 bins of equal width by the probability
   they were given, the mean gap between each bin's mean probability and how often the class
   was true there, weighted by the bin's size;
@@ -128,9 +129,11 @@ def calibration(true_classes, probabilities, class_names, positive=0, seed=0):
     true_classes = np.asarray(true_classes)
     probabilities = np.asarray(probabilities, np.float64)
     onehot = np.eye(len(class_names))[true_classes]
-    scores = brier(onehot, probabilities)
+    # two classes: the positive class's Brier score, as the literature reports it
+    columns = [positive] if len(class_names) == 2 else list(range(len(class_names)))
+    scores = brier(onehot[:, columns], probabilities[:, columns])
     rates = onehot.mean(axis=0)
-    base = brier(onehot, np.broadcast_to(rates, onehot.shape))
+    base = brier(onehot[:, columns], np.broadcast_to(rates, onehot.shape)[:, columns])
     result = {"brier": {"value": float(scores.mean()), "ci95": _bootstrap_interval(scores, seed)},
               "base_rate_brier": {"value": float(base.mean()),
                                   "ci95": _bootstrap_interval(base, seed)},
@@ -249,9 +252,10 @@ class Recalibration:
         return f"recalibrated on {self.fitted_on} films of {self.folder} ({self.kind})"
 
 
-# Below this many images of a class, not even an intercept can be fitted with any confidence:
-# about ten events per fitted parameter (Peduzzi et al. 1996).
-MIN_PER_CLASS = 10
+# Below this many films of a class the fit rests on a handful of cases, one of which can swing
+# it: a floor this project sets (the maximum-likelihood fit itself needs one of each class,
+# not separated perfectly from the other).
+MIN_PER_CLASS = 5
 # Below this many of a class, calibration measured on a sample is unreliable (Van Calster et
 # al. 2016 and Riley et al. 2021 ask for at least 100 events and 100 non-events).
 ADVISED_PER_CLASS = 100
