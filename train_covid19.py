@@ -388,6 +388,9 @@ def evaluate(head, test, class_names, batch_size, positive=0, seed=0):
     AUC. The head on the test features predicts what the whole model predicts on the images."""
     print("[INFO] evaluating network...")
     probabilities = head.predict(test.testF, batch_size=batch_size, verbose=0)
+    if not np.isfinite(probabilities).all():
+        raise UserError("the trained model's probabilities are not finite numbers (training "
+                        "diverged); nothing was written; try a lower --lr")
     true_classes = test.testY.argmax(axis=1)
     results = classification_metrics(true_classes, probabilities, class_names, positive)
     print_evaluation(true_classes, probabilities, class_names, results)

@@ -55,11 +55,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def positive(kind):
-    """An argparse type: `kind(text)`, refused unless greater than 0."""
+    """An argparse type: `kind(text)`, refused unless a finite number greater than 0."""
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        if not value > 0 or value == float("inf"):  # `not >` refuses NaN too
+            raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, got "
+                                             f"{text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"

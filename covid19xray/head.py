@@ -5,11 +5,12 @@ Nothing here decides a cached feature (`frozen` does), so nothing here is part o
 cache's key: editing the optimizer, the loss or the batches keeps every cached feature.
 """
 
+import math
 import sys
 
 import numpy as np
 
-from .cli import lazy_import
+from .cli import UserError, lazy_import
 from .frozen import FEATURES_LAYER, without_autotuning
 
 keras = lazy_import("keras")
@@ -105,11 +106,25 @@ def compile_head(head, num_classes, lr, epochs):
                  metrics=["accuracy"])
 
 
+def _stop_when_not_finite():
+    """A Keras callback that ends training with one line when the loss stops being a finite
+    number (a learning rate that makes it diverge): nothing after it, no output, is written."""
+    class StopWhenNotFinite(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise UserError(f"training diverged: the loss is {loss} at epoch {epoch + 1}; "
+                                "nothing was written; try a lower --lr")
+
+    return StopWhenNotFinite()
+
+
 def fit_head(head, batches, steps, epochs, validation=None, batch_size=None, verbose=0,
              class_weight=None):
     """Train the compiled head on `batches` (one finite pass an epoch), validating on
     `validation` (features, one-hot rows) after every epoch if given; `class_weight` ({class
-    index: weight}) weighs each image's loss by its class."""
+    index: weight}) weighs each image's loss by its class. A loss that is no longer finite ends
+    the run in one line."""
     return head.fit(
         batches,
         # as the tutorial: len(train) // batch size whole batches an epoch. Given, it also
@@ -121,6 +136,7 @@ def fit_head(head, batches, steps, epochs, validation=None, batch_size=None, ver
         shuffle=False,  # the dataset shuffles itself; Keras warns if asked to as well
         verbose=verbose,
         class_weight=class_weight,
+        callbacks=[_stop_when_not_finite()],
     )
 
 

@@ -295,6 +295,8 @@ def _to_8_bits(image, significant_bits=None):
     if image.dtype != np.uint16:
         raise NotAnImage(f"{image.dtype} pixels, whose grey scale cannot be known; save it with "
                          "8- or 16-bit integer pixels")
+    if significant_bits is not None and not 1 <= significant_bits <= 16:
+        significant_bits = None  # a chunk that says more bits than 16-bit pixels hold is wrong
     bits = significant_bits or max(8, int(image.max()).bit_length())
     top = (1 << bits) - 1
     return np.round(np.minimum(image, top) * (255.0 / top)).astype(np.uint8)
@@ -386,12 +388,35 @@ def _dicom_pixels_to_bgr(ds, stored, header, pixel_format):
                      "(MONOCHROME1, MONOCHROME2 and RGB are)")
 
 
+# EXIF orientation (1-8) as the turns and flips that show the image upright: what IMREAD_COLOR
+# applies to the pixels, and IMREAD_UNCHANGED (which keeps the alpha) does not.
+_ORIENTED = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+             8: lambda a: np.rot90(a, 1)}
+
+
+def _exif_orientation(data):
+    """The EXIF orientation tag of an image's bytes, or 1 (as it is)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.getexif().get(0x0112, 1))
+    except Exception:  # an EXIF block Pillow cannot parse: the image as it is
+        return 1
+
+
 def _over_black(data, image):
-    """`image` (8-bit BGR) with the file's transparent pixels composited over black."""
+    """`image` (8-bit BGR, upright as its EXIF orientation says) with the file's transparent
+    pixels composited over black, the alpha turned upright as the pixels were."""
     with_alpha = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if with_alpha is None or with_alpha.ndim != 3 or with_alpha.shape[2] not in (2, 4):
         return image  # a palette's transparency that OpenCV expands away: nothing to composite
-    alpha = with_alpha[..., -1].astype(np.float64)
+    alpha = with_alpha[..., -1]
+    if alpha.shape != image.shape[:2]:
+        alpha = _ORIENTED.get(_exif_orientation(data), lambda a: a)(alpha)
+    if alpha.shape != image.shape[:2]:
+        raise NotAnImage(f"its transparency ({alpha.shape[1]}x{alpha.shape[0]}) does not fit "
+                         f"its pixels ({image.shape[1]}x{image.shape[0]})")
+    alpha = alpha.astype(np.float64)
     alpha /= 65535.0 if with_alpha.dtype == np.uint16 else 255.0
     return np.round(image * alpha[..., None]).astype(np.uint8)
 

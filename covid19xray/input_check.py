@@ -68,6 +68,9 @@ def outcome_outputs(model, input_check):
     distance = distance / float(input_check.scale)
     outcome = (keras.ops.cast(distance > input_check.unlike_factor, "int32")
                + keras.ops.cast(distance > input_check.reject_factor, "int32"))
+    # NaN > threshold is false: a NaN or infinite input (or distance) would pass as ok.
+    # Whatever is not a finite distance is rejected.
+    outcome = keras.ops.where(keras.ops.isfinite(distance), outcome, 2)
     return {"probabilities": model.output, "input_distance": distance, "input_check": outcome}
 
 

@@ -32,7 +32,7 @@ PROBE = ("import runpy, sys\n"
 
 @pytest.mark.parametrize("script, argv, code, output", [
     ("train_covid19.py", ["--dataset", "d", "--epochs", "0"], 2,
-     "train_covid19.py: error: argument --epochs: must be greater than 0, got 0"),
+     "train_covid19.py: error: argument --epochs: must be a finite number greater than 0, got 0"),
     ("predict_covid19.py", ["--help"], 0, "--gradcam DIR"),
     ("audit_covid19.py", ["--help"], 0, "--lr LR"),
 ])

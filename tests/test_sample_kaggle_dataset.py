@@ -97,7 +97,8 @@ def test_conflicting_file_is_kept_and_reported(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--sample", "0"], "argument -s/--sample: must be greater than 0, got 0 (see --help)"),
+    (["--sample", "0"], "argument -s/--sample: must be a finite number greater than 0, got 0 "
+                        "(see --help)"),
     (["--label", "normal"], "argument --label: invalid choice: 'normal'"),
 ])
 def test_bad_flags_are_one_line_usage_errors(tmp_path, flags, message):

@@ -624,9 +624,9 @@ def outputs_after(workdir):
     ("patient split, no manifest", ["--dataset", "ok", "--split", "patient"], [
         "--split patient needs ok/manifest.csv", "use --split random"], 1),
     ("--epochs 0", ["--dataset", "ok", "--epochs", "0"],
-     ["argument --epochs: must be greater than 0, got 0"], 2),
+     ["argument --epochs: must be a finite number greater than 0, got 0"], 2),
     ("negative --batch-size", ["--dataset", "ok", "--batch-size", "-4"],
-     ["argument --batch-size: must be greater than 0, got -4"], 2),
+     ["argument --batch-size: must be a finite number greater than 0, got -4"], 2),
     ("negative --seed", ["--dataset", "ok", "--seed", "-1"],
      ["argument --seed: must be from 0 to 4294967295, got -1"], 2),
     ("--seed over 2**32 - 1", ["--dataset", "ok", "--seed", "4294967296"],
