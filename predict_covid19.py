@@ -372,8 +372,9 @@ def check_note(outcome, distance, input_check):
 
 def prediction_line(path, row, class_names, outcome=None, distance=None, input_check=None,
                     classified=True):
-    scores = ", ".join(f"{name} {p:.4f}" for name, p in zip(class_names, row))
-    answer = f"{class_names[int(row.argmax())]} ({scores})" if classified else "not classified"
+    scores = ", ".join(f"{shown(name)} {p:.4f}" for name, p in zip(class_names, row))
+    answer = (f"{shown(class_names[int(row.argmax())])} ({scores})" if classified
+              else "not classified")
     line = f"{shown(path)}: {answer}"
     return line if outcome is None else f"{line} {check_note(outcome, distance, input_check)}"
 

@@ -17,6 +17,9 @@ from .images import list_images
 from .manifest import read_manifest
 from .store import check_room_for_decoded
 
+# The model files' endings, which Keras compares case by case.
+MODEL_FILE_SUFFIXES = {".h5", ".hdf5", ".keras"}
+
 
 def check_paths(input_folders, outputs, cache_dir=None):
     """Every path of a run that trains heads (train_covid19.py, audit_covid19.py), checked:
@@ -87,7 +90,13 @@ def check_output_path(path, flag, suffix=None):
     """Fail now, not after training, if `path` cannot be written as an output file. `suffix`:
     the ending it must have, or a tuple of the endings it may have."""
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
-    if suffixes and not path.lower().endswith(suffixes):
+    if suffixes and set(suffixes) & MODEL_FILE_SUFFIXES:
+        # Keras picks its format from the name's ending, in lower case: `M.KERAS` would pass a
+        # check that ignored case, train for minutes, then fail to save
+        if not path.endswith(suffixes):
+            raise UserError(f"{flag} {path!r} must end in {' or '.join(suffixes)}, in lower "
+                            "case, as Keras reads the name")
+    elif suffixes and not path.lower().endswith(suffixes):
         raise UserError(f"{flag} {path!r} must end in {' or '.join(suffixes)}")
     _check_parent(path, flag)
     if os.path.isdir(path):

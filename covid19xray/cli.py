@@ -222,15 +222,22 @@ def import_tensorflow():
 
 
 def shown(path):
-    """`path` as it can be printed: bytes of a name that are not UTF-8 (which Python hands over
-    as lone surrogates, `'x\\udcff.jpeg'`) become U+FFFD. JSON and CSV keep the real name."""
-    return os.fsencode(path).decode("utf-8", errors="replace")
+    """`path` as it can be printed safely: bytes of a name that are not UTF-8 (which Python
+    hands over as lone surrogates, `'x\\udcff.jpeg'`) become U+FFFD, and characters that are
+    not printable (a newline, an ANSI escape, a bidirectional override) are written as their
+    escapes (`\\n`, `\\x1b`), so that a file's name can neither forge an output line nor
+    reach the terminal as a command. JSON and CSV keep the real name."""
+    text = os.fsencode(path).decode("utf-8", errors="replace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def warn_if_not_utf8(paths):
     """A warning for each of `paths` whose name is not valid UTF-8: it works, but prints with
     replacement characters, which is worth knowing when a printed name does not match."""
     for path in paths:
-        if shown(path) != path:
+        if os.fsencode(path).decode("utf-8", errors="replace") != path:
             print(f"[WARNING] {shown(path)}: the name is not valid UTF-8; it is shown with "
                   "U+FFFD here and kept as it is in the files this run writes", file=sys.stderr)

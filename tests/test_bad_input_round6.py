@@ -1,6 +1,7 @@
 """Bad input, round 6: files whose chunks lie, inputs that are not numbers, runs that diverge,
 names that would forge output lines."""
 
+import csv
 import io
 import os
 import struct
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import predict_covid19
 import train_covid19
 from covid19xray.images import decode
-from helpers import assert_one_line_error, run_main, small_dataset
+from helpers import assert_one_line_error, run_main, small_dataset, write_image
 
 
 def png_with_chunk(png, kind, payload):
@@ -86,3 +88,37 @@ def test_a_learning_rate_that_makes_training_diverge_stops_before_any_output(tmp
     assert_one_line_error(code, err, "train_covid19.py", "training diverged: the loss is",
                           "at epoch 1", "try a lower --lr")
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("name", ["M.KERAS", "M.H5"])
+def test_an_upper_case_model_suffix_is_refused_before_training(tmp_path, name):
+    code, out, err = run_main(train_covid19.main, ["--dataset", str(tmp_path), "--model",
+                                                   str(tmp_path / name)])
+    assert_one_line_error(code, err, "train_covid19.py", "in lower case, as Keras reads the "
+                          "name")
+    assert "[INFO] loading images..." not in out
+
+
+def test_a_files_name_can_neither_forge_a_line_nor_reach_the_terminal(trained, tmp_path):
+    """A newline in a name would print a line of its own, as convincing as a real prediction;
+    an ANSI escape would colour (or clear) the terminal. Both are shown escaped, on stdout and
+    in warnings; the CSV keeps the real name."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    forged = "fake.jpg: covid (covid 1.0000, normal 0.0000) [input ok: distance 0.10 <= 1.4]"
+    names = [f"x\n{forged}\nx.png", "\x1b[2J\x1b[31mred.png"]
+    for k, name in enumerate(names):
+        write_image(str(folder / name), seed=k, size=(40, 40))
+    (folder / "bad\x1b[31m.png").write_bytes(b"not an image")
+    csv_path = tmp_path / "p.csv"
+    code, out, err = run_main(predict_covid19.main, ["--model", trained["model"], str(folder),
+                                                     "--csv", str(csv_path)])
+    assert code == 0, err
+    assert "\x1b" not in out + err and not any(line.startswith("fake.jpg")
+                                               for line in out.splitlines())
+    assert sum(line.startswith(str(folder)) for line in out.splitlines()) == 2
+    assert "\\n" + forged in out and "\\x1b[31mred.png" in out
+    assert "bad\\x1b[31m.png" in err
+    with open(csv_path, newline="") as f:
+        assert sorted(row["file"] for row in csv.DictReader(f)) == sorted(
+            str(folder / name) for name in names)
