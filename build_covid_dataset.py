@@ -137,7 +137,10 @@ def read_text(path):
     not stop the build, and the columns this script reads are plain ASCII in every encoding.
     """
     with open(path, "rb") as f:
-        data = f.read()
+        data = f.read(METADATA_BYTES + 1)  # bounded as a download is
+    if len(data) > METADATA_BYTES:
+        raise UserError(f"{path!r} is larger than {METADATA_BYTES >> 20} MB, far above any "
+                        "metadata.csv of Cohen's collection (about 1 MB); not read")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
     try:

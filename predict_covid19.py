@@ -81,7 +81,7 @@ from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING, read_input_ch
 from covid19xray.layout import is_mask, label_of
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import check_precision, load_classifier
-from covid19xray.outputs import commit_outputs
+from covid19xray.outputs import commit_outputs, missing_folders, remove_empty_folders
 from covid19xray.progress import progress, say
 from covid19xray.report import classification_metrics, print_evaluation, versions, write_json
 from covid19xray.screening import print_screening, screening
@@ -574,21 +574,28 @@ def main(argv=None) -> int:
                   if image_paths else None)
 
     # every output is written to its temporary file, and all are renamed into place together
-    # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file
-    with commit_outputs(*plan.files, folders=plan.folders) as commit:
-        if config.export or config.tflite:
-            export_model(config, commit, model if loaded.recalibration is None
-                         else with_recalibration(model, loaded.recalibration), class_names,
-                         input_check)
-        done = Predictions()  # none with --export or --tflite alone
-        if image_paths:
-            done = predict_every_image(config, commit, classifier, class_names, image_paths)
-            if input_check is not None:
-                print(done.check_line())
-        if config.labelled:
-            report = labelled_report(config, class_names, done, truth, input_check)
-            if config.report:
-                write_json(commit.temporary(config.report), report)
+    # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file;
+    # nor the --gradcam folder (and its parents) if this run made them
+    made = missing_folders(config.gradcam) if config.gradcam else []
+    try:
+        with commit_outputs(*plan.files, folders=plan.folders) as commit:
+            if config.export or config.tflite:
+                export_model(config, commit, model if loaded.recalibration is None
+                             else with_recalibration(model, loaded.recalibration),
+                             class_names, input_check)
+            done = Predictions()  # none with --export or --tflite alone
+            if image_paths:
+                done = predict_every_image(config, commit, classifier, class_names,
+                                           image_paths)
+                if input_check is not None:
+                    print(done.check_line())
+            if config.labelled:
+                report = labelled_report(config, class_names, done, truth, input_check)
+                if config.report:
+                    write_json(commit.temporary(config.report), report)
+    except BaseException:
+        remove_empty_folders(made)
+        raise
     if config.report:
         print(f"[INFO] wrote {shown(config.report)}")
     if config.csv:

@@ -284,3 +284,22 @@ def copy_new_file(source, destination):
     with atomic_output(destination) as temporary:
         shutil.copy2(source, temporary)
     return COPIED
+
+
+def missing_folders(folder):
+    """The folders `os.makedirs(folder)` would create: `folder` and its missing parents,
+    deepest first."""
+    missing, path = [], os.path.abspath(folder)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty_folders(folders):
+    """Remove each of `folders` (deepest first) that a failed run made and left empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty, or not there: not the failed run's to remove
+            pass

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import build_covid_dataset
 import predict_covid19
 import train_covid19
 from covid19xray.images import decode
@@ -122,3 +123,27 @@ def test_a_files_name_can_neither_forge_a_line_nor_reach_the_terminal(trained, t
     with open(csv_path, newline="") as f:
         assert sorted(row["file"] for row in csv.DictReader(f)) == sorted(
             str(folder / name) for name in names)
+
+
+def test_a_local_metadata_csv_is_read_with_the_bound_a_download_has(tmp_path, monkeypatch):
+    """A 600 MB file was read whole; now past the bound (made small here) it is one line."""
+    checkout = tmp_path / "covid"
+    (checkout / "images").mkdir(parents=True)
+    (checkout / "metadata.csv").write_text("finding,view,filename\n" + "COVID-19,PA,x.jpg\n" * 100)
+    monkeypatch.setattr(build_covid_dataset, "METADATA_BYTES", 1000)
+    code, _, err = run_main(build_covid_dataset.main, ["--covid", str(checkout), "--output",
+                                                       str(tmp_path / "out" / "covid")])
+    assert_one_line_error(code, err, "build_covid_dataset.py", "metadata.csv' is larger than")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_predict_leaves_no_gradcam_folder_it_made(trained, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "junk.png").write_bytes(b"not an image")
+    gradcam = tmp_path / "new" / "deeper" / "gradcam"
+    code, _, err = run_main(predict_covid19.main, ["--model", trained["model"], str(folder),
+                                                   "--gradcam", str(gradcam)])
+    assert_one_line_error(code, err, "predict_covid19.py", "none of the given images could be "
+                          "read", warnings=1)
+    assert sorted(os.listdir(tmp_path)) == ["in"]  # new/deeper/gradcam made, then removed
