@@ -331,8 +331,8 @@ def store_recalibration(path, recalibration):
         with zipfile.ZipFile(path, "a") as archive:
             archive.writestr(KERAS_MEMBER, recalibration.to_json())
         return
-    with h5py.File(path, "a") as f:
-        f.attrs[H5_ATTR] = recalibration.to_json()
+    with h5py.File(path, "a") as f:  # fixed length: bounded before it is read
+        f.attrs[H5_ATTR] = np.bytes_(recalibration.to_json().encode())
 
 
 def read_recalibration(path):

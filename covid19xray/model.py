@@ -21,6 +21,7 @@ import sys
 import zipfile
 
 import h5py
+import numpy as np
 
 from .cli import UserError, first_line, import_tensorflow, lazy_import, shown
 from .config import VGG16_NOTOP_FILE
@@ -159,7 +160,8 @@ def save_model(model, path, class_names, input_check=None):
     finally:
         absl_logger.setLevel(level)
     with h5py.File(path, "a") as f:
-        f.attrs[CLASS_NAMES_ATTR] = json.dumps(class_names)
+        # fixed length: its stored size bounds it before it is read (`_stored_class_names`)
+        f.attrs[CLASS_NAMES_ATTR] = np.bytes_(json.dumps(class_names).encode())
     if input_check is not None:
         store_input_check(path, input_check)
 
@@ -181,6 +183,12 @@ def _stored_class_names(path):
                             "train_covid19.py") from None
     try:
         with h5py.File(path, "r") as f:
+            if CLASS_NAMES_ATTR not in f.attrs:
+                return None
+            if f.attrs.get_id(CLASS_NAMES_ATTR).get_storage_size() > MAX_CLASS_NAMES_BYTES:
+                raise UserError(f"--model {path!r}: its class names ({CLASS_NAMES_ATTR}) hold "
+                                f"more than {MAX_CLASS_NAMES_BYTES} bytes; use a model saved "
+                                "by train_covid19.py")
             return f.attrs.get(CLASS_NAMES_ATTR)
     except OSError:
         raise UserError(f"--model {path!r} is not an HDF5 model file (.h5) saved by "

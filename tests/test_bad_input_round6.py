@@ -3,6 +3,7 @@ names that would forge output lines."""
 
 import csv
 import io
+import json
 import os
 import struct
 import zlib
@@ -16,7 +17,7 @@ import build_covid_dataset
 import predict_covid19
 import train_covid19
 from covid19xray.images import decode
-from helpers import assert_one_line_error, run_main, small_dataset, write_image
+from helpers import ROOT, assert_one_line_error, run_main, small_dataset, write_image
 
 
 def png_with_chunk(png, kind, payload):
@@ -147,3 +148,159 @@ def test_a_failed_predict_leaves_no_gradcam_folder_it_made(trained, tmp_path):
     assert_one_line_error(code, err, "predict_covid19.py", "none of the given images could be "
                           "read", warnings=1)
     assert sorted(os.listdir(tmp_path)) == ["in"]  # new/deeper/gradcam made, then removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile model files: the input check is read as Keras reads weights
+# ---------------------------------------------------------------------------------------------
+
+
+def copy_of(trained, tmp_path, name="m.h5"):
+    import shutil
+
+    path = tmp_path / name
+    shutil.copyfile(trained["model"], path)
+    return path
+
+
+def predict_on(model, tmp_path, timeout=120):
+    """predict_covid19.py on one image in a fresh process, under a timeout (a FIFO would hang
+    a reader that followed it)."""
+    import subprocess
+    import sys
+
+    image = write_image(str(tmp_path / "x.png"), seed=1, size=(40, 40))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "predict_covid19.py"), "--model",
+                           str(model), image], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def damage_h5(path, how, tmp_path):
+    import h5py
+
+    from covid19xray.input_check import H5_GROUP
+
+    with h5py.File(path, "a") as f:
+        group = f[H5_GROUP]
+        reference = group["reference"][()]
+        if how == "external link to a FIFO":
+            os.mkfifo(tmp_path / "fifo")
+            del f[H5_GROUP]
+            f[H5_GROUP] = h5py.ExternalLink(str(tmp_path / "fifo"), "/x")
+        elif how == "reference stored in another file":
+            (tmp_path / "other.bin").write_bytes(reference.astype("<f4").tobytes())
+            del group["reference"]
+            group.create_dataset("reference", shape=reference.shape, dtype="<f4",
+                                 external=[(str(tmp_path / "other.bin"), 0,
+                                            reference.nbytes)])
+        elif how == "fitted_on Infinity":
+            metadata = json.loads(group.attrs["metadata"])
+            group.attrs["metadata"] = json.dumps({**metadata, "fitted_on": float("inf")})
+        elif how == "a dataset where the group should be":
+            del f[H5_GROUP]
+            f.create_dataset(H5_GROUP, data=np.zeros(3))
+
+
+@pytest.mark.parametrize("how, phrase", [
+    ("reference stored in another file", "the reference is stored outside the file"),
+    ("fitted_on Infinity", "its metadata is not what this project writes"),
+    ("a dataset where the group should be", "is not a group"),
+])
+def test_a_damaged_or_hostile_check_group_is_one_line(trained, tmp_path, how, phrase):
+    path = copy_of(trained, tmp_path)
+    damage_h5(path, how, tmp_path)
+    code, _, err = run_main(predict_covid19.main, ["--model", str(path),
+                                                   write_image(str(tmp_path / "x.png"), seed=1,
+                                                               size=(40, 40))])
+    assert_one_line_error(code, err, "predict_covid19.py", phrase)
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_check_group_linked_to_a_fifo_is_refused_unfollowed(trained, tmp_path):
+    """An HDF5 external link to a FIFO hung predict forever: it is refused without being
+    followed, in a fresh process under a timeout."""
+    path = copy_of(trained, tmp_path)
+    damage_h5(path, "external link to a FIFO", tmp_path)
+    result = predict_on(path, tmp_path)
+    assert result.returncode == 1
+    assert "ExternalLink, not an object of the file" in result.stderr.strip().splitlines()[-1]
+
+
+def keras_with_member(trained, tmp_path, member):
+    """A .keras copy of the trained model whose input check member is `member` (bytes)."""
+    import zipfile
+
+    import keras
+
+    from covid19xray.input_check import KERAS_MEMBER
+    from covid19xray.model import CLASS_NAMES_MEMBER
+
+    path = tmp_path / "m.keras"
+    keras.models.load_model(trained["model"], compile=False).save(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(CLASS_NAMES_MEMBER, json.dumps(["covid", "normal"]))
+        archive.writestr(KERAS_MEMBER, member)
+    return path
+
+
+def npz(**arrays_or_bytes):
+    """An npz archive (deflated) of .npy members, each an array or raw bytes."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, value in arrays_or_bytes.items():
+            if isinstance(value, bytes):
+                archive.writestr(f"{name}.npy", value)
+            else:
+                member = io.BytesIO()
+                np.save(member, value)
+                archive.writestr(f"{name}.npy", member.getvalue())
+    return buffer.getvalue()
+
+
+def npy_header(shape, dtype="<f4"):
+    from numpy.lib import format as npy
+
+    buffer = io.BytesIO()
+    npy.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False,
+                                        "shape": shape})
+    return buffer.getvalue()  # the magic string, then the header
+
+
+@pytest.mark.parametrize("member, phrase", [
+    # a header that claims 2 GB: refused before a byte is inflated
+    (npz(reference=npy_header((100000, 5000)), metadata=np.zeros(3, np.uint8)),
+     "reference.npy says it holds 2000000000 bytes"),
+    # 4 MB of zeros that deflate to a few kB, under a header that says 16 bytes
+    (npz(reference=npy_header((2, 2)) + bytes(4 << 20), metadata=np.zeros(3, np.uint8)),
+     "reference.npy holds 17 bytes, not 16"),
+    (npz(reference=np.array([["a", "b"]]), metadata=np.zeros(3, np.uint8)),
+     "reference.npy is <U1 of shape (1, 2)"),
+    (npz(reference=np.zeros((2, 2), np.complex64), metadata=np.zeros(3, np.uint8)),
+     "reference.npy is complex64 of shape (2, 2)"),
+])
+def test_a_keras_member_is_bounded_by_its_npy_headers(trained, tmp_path, member, phrase):
+    path = keras_with_member(trained, tmp_path, member)
+    code, _, err = run_main(predict_covid19.main, ["--model", str(path),
+                                                   write_image(str(tmp_path / "x.png"), seed=1,
+                                                               size=(40, 40))])
+    assert_one_line_error(code, err, "predict_covid19.py", phrase)
+
+
+def test_attributes_are_bounded_by_their_stored_size_before_they_are_read(trained, tmp_path,
+                                                                          monkeypatch):
+    """A 200 MB metadata attribute and a 300 MB class name were read whole. The stored size is
+    checked first (the bounds made small here: HDF5 stores more than 64 kB only in a file's
+    dense attribute storage, which this test cannot give an existing group)."""
+    from covid19xray import input_check, model
+
+    image = write_image(str(tmp_path / "x.png"), seed=1, size=(40, 40))
+    monkeypatch.setattr(input_check, "MAX_ATTRIBUTE_BYTES", 100)
+    code, _, err = run_main(predict_covid19.main, ["--model", trained["model"], image])
+    assert_one_line_error(code, err, "predict_covid19.py",
+                          "attribute metadata holds more than 100 bytes")
+    monkeypatch.setattr(model, "MAX_CLASS_NAMES_BYTES", 10)
+    code, _, err = run_main(predict_covid19.main, ["--model", trained["model"], image])
+    assert_one_line_error(code, err, "predict_covid19.py",
+                          "its class names (covid19_class_names) hold more than 10 bytes")

@@ -165,7 +165,7 @@ def narrower_reference(group):
 @pytest.mark.parametrize("damage, phrase", [
     (lambda group: group.attrs.__setitem__("metadata", "{not json"),
      "its metadata is not what this project writes"),
-    (lambda group: group.attrs.__setitem__("metadata", group.attrs["metadata"].replace(
+    (lambda group: group.attrs.__setitem__("metadata", group.attrs["metadata"].decode().replace(
         "block5_pool", "block9_pool")), "it describes images on other layers"),
     (lambda group: group["reference"].__setitem__((0, 0), np.nan),
      "its reference is an array of shape"),
