@@ -902,8 +902,8 @@ def test_sigterm_during_training_is_ctrl_c_exit_143(workdir, tiny_dataset, monke
 
     def fit_then_terminated(head, *args, **kwargs):
         real_fit = head.fit
-        head.fit = lambda *a, **k: real_fit(*a, **k, callbacks=[
-            keras.callbacks.LambdaCallback(on_epoch_begin=terminate_soon)])
+        head.fit = lambda *a, callbacks=(), **k: real_fit(*a, **k, callbacks=[
+            *callbacks, keras.callbacks.LambdaCallback(on_epoch_begin=terminate_soon)])
         return real_fit_head(head, *args, **kwargs)
 
     monkeypatch.setattr(train_covid19, "fit_head", fit_then_terminated)
