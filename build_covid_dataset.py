@@ -253,7 +253,7 @@ def resolve_sources(rows, covid=None):
         relative = image_relative(row)
         if relative is None:
             counts["refused"] += 1
-            print(f"[WARNING] refusing {shown(row.get('filename', ''))!r}: not a file inside "
+            print(f"[WARNING] refusing '{shown(row.get('filename', ''))}': not a file inside "
                   "--covid", file=sys.stderr)
             continue
         # in a checkout: <covid>/<folder>/<filename>. Links inside it are followed (images/ may

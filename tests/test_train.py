@@ -229,7 +229,7 @@ def test_saved_model_loads_and_reproduces_the_report(trained):
         weights=None, include_top=False, input_shape=(224, 224, 3))).count_params()
     with h5py.File(trained["model"], "r") as f:
         assert "model_weights" in f  # a real HDF5 Keras model
-        assert f.attrs[CLASS_NAMES_ATTR] == '["covid", "normal"]'
+        assert bytes(f.attrs[CLASS_NAMES_ATTR]) == b'["covid", "normal"]'  # fixed length
     parts = split_of(trained["dataset"], trained["seed"])
     testP, testY = parts.testP, parts.testY
     probabilities = predict_files(trained["model"], testP)
