@@ -308,3 +308,36 @@ def test_attributes_are_bounded_by_their_stored_size_before_they_are_read(traine
     code, _, err = run_main(predict_covid19.main, ["--model", trained["model"], image])
     assert_one_line_error(code, err, "predict_covid19.py",
                           "its class names (covid19_class_names) hold more than 10 bytes")
+
+
+def test_an_input_check_member_that_stands_twice_in_the_zip_is_refused(trained, tmp_path):
+    """Zip readers take the last of two members of one name: a second, planted copy would win
+    unseen. Refused."""
+    import zipfile
+
+    from covid19xray.input_check import KERAS_MEMBER
+
+    path = keras_with_member(trained, tmp_path,
+                             npz(reference=np.zeros((2, 4), np.float32),
+                                 metadata=np.zeros(3, np.uint8)))
+    with zipfile.ZipFile(path, "a") as archive, \
+            pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr(KERAS_MEMBER, b"the planted copy")
+    code, _, err = run_main(predict_covid19.main, ["--model", str(path),
+                                                   write_image(str(tmp_path / "x.png"), seed=1,
+                                                               size=(40, 40))])
+    assert_one_line_error(code, err, "predict_covid19.py", f"{KERAS_MEMBER} stands 2 times")
+
+
+def test_a_class_folder_that_is_a_symbolic_link_is_not_entered(tmp_path):
+    """As imutils did: a linked folder is not entered, so its class is missing, and a
+    dataset left with one class is refused in one line (docs/troubleshooting.md)."""
+    small_dataset(tmp_path / "elsewhere", {"normal": 3})
+    dataset = small_dataset(tmp_path / "d", {"covid": 3})
+    os.symlink(tmp_path / "elsewhere" / "normal", tmp_path / "d" / "normal")
+    code, out, err = run_main(train_covid19.main, ["--dataset", dataset, "--weights", "none",
+                                                   "--model", str(tmp_path / "m.h5"),
+                                                   "--plot", str(tmp_path / "p.png"),
+                                                   "--report", str(tmp_path / "r.json"),
+                                                   "--cache-dir", str(tmp_path / "c")])
+    assert code == 1 and "1 class folder(s) (covid)" in err.strip().splitlines()[-1]
