@@ -202,6 +202,9 @@ def damage_h5(path, how, tmp_path):
         elif how == "fitted_on Infinity":
             metadata = json.loads(group.attrs["metadata"])
             group.attrs["metadata"] = json.dumps({**metadata, "fitted_on": float("inf")})
+        elif how == "a dangling soft link as the group":
+            del f[H5_GROUP]
+            f[H5_GROUP] = h5py.SoftLink("/nowhere")
         elif how == "a dataset where the group should be":
             del f[H5_GROUP]
             f.create_dataset(H5_GROUP, data=np.zeros(3))
@@ -211,6 +214,8 @@ def damage_h5(path, how, tmp_path):
     ("reference stored in another file", "the reference is stored outside the file"),
     ("fitted_on Infinity", "its metadata is not what this project writes"),
     ("a dataset where the group should be", "is not a group"),
+    # it ran unchecked, with a warning, before: now refused as Keras refuses links
+    ("a dangling soft link as the group", "SoftLink, not an object of the file"),
 ])
 def test_a_damaged_or_hostile_check_group_is_one_line(trained, tmp_path, how, phrase):
     path = copy_of(trained, tmp_path)
