@@ -13,7 +13,8 @@ Read the scripts first: they follow the tutorial step by step and call into thes
   description of an image; the `Extractor`s; the cache's key), with `transforms` (rotation,
   masks).
 - `head`: the head that learns, on the frozen base's features: its batches, compile and fit.
-- `model`: VGG16 (loaded seeded) with the tutorial's head, the model file, precision.
+- `model`: VGG16 (loaded seeded) with the tutorial's head, the model file, precision;
+  `h5attributes`: the model file's text attributes, sized before they are read.
 - `input_check`, `screening`: the check of predict's inputs against the training images.
 - `calibration`: whether the probabilities mean what they say (Brier, ECE, intercept and
   slope), the reliability diagram, and the recalibration for a new site.

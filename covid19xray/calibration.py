@@ -343,6 +343,7 @@ def read_recalibration(path):
     import h5py
 
     from .cli import UserError
+    from .h5attributes import read_text_attribute
 
     text = None
     try:
@@ -357,11 +358,7 @@ def read_recalibration(path):
                         text = member.read(MAX_STORED_BYTES + 1).decode("utf-8")
         else:
             with h5py.File(path, "r") as f:
-                if H5_ATTR in f.attrs:
-                    if f.attrs.get_id(H5_ATTR).get_storage_size() > MAX_STORED_BYTES:
-                        raise ValueError("too large")
-                    text = f.attrs[H5_ATTR]
-                    text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+                text = read_text_attribute(f, H5_ATTR, MAX_STORED_BYTES)
         if text is None:
             return None
         recalibration = Recalibration.from_json(text)

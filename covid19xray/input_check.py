@@ -32,6 +32,7 @@ import numpy as np
 
 from .cli import UserError, lazy_import
 from .frozen import LAYOUT_GRID, LAYOUT_LAYER, POOLING_LAYERS, description_output
+from .h5attributes import read_text_attribute
 
 keras = lazy_import("keras")
 
@@ -263,21 +264,6 @@ def _hard_link(group, name):
     return group[name]
 
 
-def _bounded_attribute(attributes, name):
-    """The attribute `name` as text, its stored size checked before it is read; None without
-    it."""
-    if name not in attributes:
-        return None
-    if attributes.get_id(name).get_storage_size() > MAX_ATTRIBUTE_BYTES:
-        raise ValueError(f"attribute {name} holds more than {MAX_ATTRIBUTE_BYTES} bytes")
-    value = attributes[name]
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not isinstance(value, str):
-        raise ValueError(f"attribute {name} is not text")
-    return value
-
-
 def _read_h5_group(path):
     """(metadata text, reference) from the HDF5 file at `path`, None without the group."""
     with h5py.File(path, "r") as f:
@@ -294,7 +280,7 @@ def _read_h5_group(path):
         if (dataset.dtype.kind != "f" or dataset.dtype.itemsize > 8 or dataset.ndim != 2
                 or dataset.size * dataset.dtype.itemsize > MAX_STORED_BYTES):
             raise ValueError(f"the reference is {dataset.dtype} of shape {dataset.shape}")
-        text = _bounded_attribute(group.attrs, "metadata")
+        text = read_text_attribute(group, "metadata", MAX_ATTRIBUTE_BYTES)
         if text is None:
             raise ValueError("no metadata")
         return text, dataset[()]

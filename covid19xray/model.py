@@ -26,6 +26,7 @@ import numpy as np
 from .cli import UserError, first_line, import_tensorflow, lazy_import, shown
 from .config import VGG16_NOTOP_FILE
 from .frozen import FEATURES_LAYER
+from .h5attributes import stored_length
 from .images import IMAGE_SIZE
 from .input_check import store_input_check
 from .outputs import file_kind
@@ -185,7 +186,13 @@ def _stored_class_names(path):
         with h5py.File(path, "r") as f:
             if CLASS_NAMES_ATTR not in f.attrs:
                 return None
-            if f.attrs.get_id(CLASS_NAMES_ATTR).get_storage_size() > MAX_CLASS_NAMES_BYTES:
+            try:
+                size = stored_length(f, CLASS_NAMES_ATTR)
+            except ValueError as err:
+                raise UserError(f"--model {path!r}: its class names ({CLASS_NAMES_ATTR}) cannot "
+                                f"be sized before they are read ({err}); use a model saved by "
+                                "train_covid19.py") from None
+            if size > MAX_CLASS_NAMES_BYTES:
                 raise UserError(f"--model {path!r}: its class names ({CLASS_NAMES_ATTR}) hold "
                                 f"more than {MAX_CLASS_NAMES_BYTES} bytes; use a model saved "
                                 "by train_covid19.py")
