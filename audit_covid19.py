@@ -534,10 +534,14 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
     one head trained on every image of --dataset, tested on the external images."""
     model = build_model(base_model, len(folds.class_names))
     transforms = variant_transforms(lungs)
-    # every cache made (and its folders checked) before any VGG16 work; the descriptions only
-    # for the external test's input check
-    extractors = make_extractors(config, model, [transforms[name] for name in VARIANTS])
-    describer = make_joint(config, model)[1] if external_set is not None else None
+    # every cache made (and its folders checked) before any VGG16 work. The images as they are
+    # pass through the whole network once for their features and their description (the
+    # external test's input check reads it): one pass where two were made, the same features
+    # with or without --external, and those train --cache-features keeps in the same cache.
+    # The masked variants pass through the network cropped to what the head reads.
+    whole, describer = make_joint(config, model)
+    extractors = [whole, *make_extractors(config, model,
+                                          [transforms[name] for name in VARIANTS[1:]])]
     head = make_head(model)
     # every head of every variant starts from these weights, so that no variant's result
     # depends on the variants (or the external test) before it
@@ -565,8 +569,7 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
                              external_probes[VARIANTS[0]]["probabilities"], folds.class_names,
                              sources_of(external_set.folder, external_set.paths))
     if config.cache_folder is not None:
-        print(cache_line([e.cache for e in extractors]
-                         + ([describer.cache] if describer is not None else [])))
+        print(cache_line([e.cache for e in extractors] + [describer.cache]))
     for result in external_probes.values():
         del result["probabilities"]  # kept for `screening` only
     return Probes(probes, external_probes, screened)

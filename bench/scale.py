@@ -8,8 +8,9 @@ process on a fresh feature cache (cold: every pass computed), timed around it, i
 (RSS) from the kernel (os.wait4), and the cache's size on disk after it. The floor is the passes
 a run makes times the cost of one pass measured at the start of the session
 (`benchmark.measure_floor`): the whole network for train --cache-features (one pass an image
-gives its features and its description) and predict, the cropped extractor for the audit's
-three variants.
+gives its features and its description) and predict; for the audit, the whole network for
+the images as they are (features and description) and the cropped extractor for its two masked
+variants.
 
 The default, augmented training is not run past 50 images: its cost line (`VGG16 work: ...`),
 printed before the VGG16 work starts, is recorded instead, and the run stopped there.
@@ -155,7 +156,7 @@ def main(argv=None):
                 seconds, rss, _ = run(["audit_covid19.py", "--dataset", dataset, "--cache-dir",
                                        cache, "--report", os.path.join(work, f"a{size}.json"),
                                        "--plot", os.path.join(work, f"a{size}.png"), *common])
-                rows.append((n, "audit", seconds, 3 * n * ours, rss, disk_mb(cache)))
+                rows.append((n, "audit", seconds, n * (full + 2 * ours), rss, disk_mb(cache)))
             if "predict" in args.steps and os.path.isfile(os.path.join(work, f"m{size}.h5")):
                 seconds, rss, _ = run(["predict_covid19.py", "--model",
                                        os.path.join(work, f"m{size}.h5"), dataset, "--csv",

@@ -111,13 +111,16 @@ def test_external_probes_stand_beside_the_cross_validated_ones(tmp_path, monkeyp
                              "--external", external)
     # every step says how far it is, in a log as on a terminal
     # (8 images in --dataset, 6 external ones, from 0 to all of them)
-    for what, totals in [("decoding", [8, 6]), ("VGG16 features", [8, 6]),
+    # (the images as they are: their features and descriptions from one pass)
+    for what, totals in [("decoding", [8, 6]), ("VGG16 features and descriptions", [8, 6]),
                          ("full heads", [2]), ("lungs_hidden heads", [2]),
                          ("lungs_only heads", [2]), ("full head on every image", [1]),
                          ("image properties", [8]), ("AUC bootstrap", [BOOTSTRAP_RESAMPLES])]:
         counts = progress_counts(err, what)
         for total in totals:
             assert (0, total) in counts and (total, total) in counts, (what, counts)
+    # one pass of each image as it is: no second pass of the cropped network for its features
+    assert progress_counts(err, "VGG16 features") == []
     (tmp_path / "plain").mkdir()
     plain, _, _ = audit(dataset, tmp_path / "plain", "none", "--folds", "2", "--epochs", "1")
     assert plain["probe"] == report["probe"]  # the external test changes no internal number
@@ -166,10 +169,14 @@ def test_an_edited_lung_box_recomputes_the_masked_features(tmp_path, monkeypatch
 
     box, counts = cache_counts()
     assert box == [0.1, 0.1, 0.9, 0.9]
-    assert counts.startswith("0 image(s) found, 24 computed;")  # 8 images, 3 variants
+    # 8 images: as they are (features and description from one pass), and 2 masked variants
+    assert counts.startswith("0 whole image(s) found, 8 computed; 0 image(s) found, 16 computed; "
+                             "0 input check description(s) found, 8 computed;")
     monkeypatch.setattr(audit_covid19, "LUNG_BOX", (0.2, 0.1, 0.9, 0.9))
     box, counts = cache_counts()
-    assert box == [0.2, 0.1, 0.9, 0.9] and counts.startswith("8 image(s) found, 16 computed;")
+    assert box == [0.2, 0.1, 0.9, 0.9] and counts.startswith(
+        "8 whole image(s) found, 0 computed; 0 image(s) found, 16 computed; "
+        "8 input check description(s) found, 0 computed;")
 
 
 def test_the_variants_hide_exactly_the_lung_box_or_all_but_it():
