@@ -491,7 +491,14 @@ interpreter = tf.lite.Interpreter(model_path=tflite)
 run = interpreter.get_signature_runner()
 lite = [run(images=image[None]) for image in images]
 [served] = serving(tf.constant(images)).values()
-print(json.dumps({"serve": loaded.serve(images).numpy().tolist(),
+# a NaN pixel, an infinite one: the written files' check must reject both (2), not fail open
+hostile = np.full((2, 224, 224, 3), 0.5, np.float32)
+hostile[0, 10, 10, 0], hostile[1, 20, 20, 1] = np.nan, np.inf
+hostile_checked = loaded.serve_checked(hostile)["input_check"].numpy().tolist()
+print(json.dumps({"hostile_serve_checked": hostile_checked,
+                  "hostile_tflite": [int(run(images=image[None])["input_check"][0])
+                                     for image in hostile],
+                  "serve": loaded.serve(images).numpy().tolist(),
                   "serving_default": served.numpy().tolist(), "serve_checked": checked,
                   "tflite": [out["probabilities"][0].tolist() for out in lite],
                   "tflite_distance": [float(out["input_distance"][0]) for out in lite],
@@ -561,6 +568,7 @@ def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilit
     np.testing.assert_allclose(got["serving_default"], printed, atol=1e-5)
     np.testing.assert_allclose(got["tflite"], printed, atol=1e-5)
     assert got["tflite_input"] == [1, 224, 224, 3]
+    assert got["hostile_serve_checked"] == [2, 2] and got["hostile_tflite"] == [2, 2]
     # plain Keras loads the model file, with its input check, and gives predict's probabilities
     np.testing.assert_allclose(got["h5"], printed, atol=1e-5)
     # the input check travels with the exports: the same distances and words as predict's
