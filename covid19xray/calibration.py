@@ -261,10 +261,9 @@ MIN_PER_CLASS = 5
 # al. 2016 and Riley et al. 2021 ask for at least 100 events and 100 non-events).
 ADVISED_PER_CLASS = 100
 # What the slope must earn to enter: Akaike's criterion charges each parameter 2 (in twice the
-# log-likelihood). The choice is for prediction, not a hypothesis test: a 5% test kept the
-# model's own, overconfident slope in 2 of 5 folds on external/ (docs/calibration.md), and
-# for selection in small samples Steyerberg (Clinical Prediction Models, 2019) advises AIC
-# (p < 0.157 for one parameter) over 5%.
+# log-likelihood; for one parameter, a likelihood-ratio test at p < 0.157). The choice is for
+# prediction, not a hypothesis test: a 5% test kept the model's own, overconfident slope in 2
+# of 5 folds on external/ (docs/calibration.md).
 AIC_PARAMETER_COST = 2.0
 
 
