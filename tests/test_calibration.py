@@ -181,3 +181,25 @@ def test_a_folder_too_small_to_recalibrate_on_is_one_line(trained, tmp_path):
                           "too few films to fit a recalibration (normal 4): it needs at least "
                           "5 of every class")
     assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("update", [
+    Recalibration("intercept and slope", intercept=-1.5, slope=0.5, positive=0),
+    Recalibration("intercept and slope", intercept=0.7, slope=1.3, positive=1),
+    Recalibration("temperature and offsets", temperature=2.0, offsets=(0.0, -0.4, 0.9)),
+])
+def test_the_exports_graph_applies_the_update_as_predict_does(update):
+    """--export and --tflite build `with_recalibration` into the graph they write: its
+    probabilities are those predict gives with `Recalibration.apply`."""
+    import keras
+
+    from covid19xray.export import with_recalibration
+
+    classes = 3 if update.offsets else 2
+    inputs = keras.Input((4,))
+    model = keras.Model([inputs], keras.layers.Dense(classes, activation="softmax")(inputs))
+    x = [np.random.default_rng(5).normal(0, 2, (50, 4)).astype(np.float32)]
+    original = np.asarray(model(x))
+    exported = np.asarray(with_recalibration(model, update)(x))
+    np.testing.assert_allclose(exported, update.apply(original), atol=1e-5)
+    assert np.abs(exported - original).max() > 0.05  # the update changed them
