@@ -21,7 +21,7 @@ import struct
 import h5py
 
 # Message types of an object header.
-DATASPACE, DATATYPE, CONTINUATION, ATTRIBUTE = 0x0001, 0x0003, 0x0010, 0x000C
+CONTINUATION, ATTRIBUTE = 0x0010, 0x000C
 VARIABLE_LENGTH = 9  # datatype class
 # No header chunk of a file this project reads is near this; larger is refused unread.
 MAX_CHUNK_BYTES = 1 << 20
@@ -106,10 +106,10 @@ class _Reader:
         else:
             raise ValueError(f"an object header of version {prefix[0]}")
 
-    def _continuations(self, data):
-        at = 0
-        return (self.number(data, at, self.offset_size),
-                self.number(data, at + self.offset_size, self.length_size))
+    def _continuation(self, data):
+        """(address, length) of the block a continuation message points to."""
+        return (self.number(data, 0, self.offset_size),
+                self.number(data, self.offset_size, self.length_size))
 
     def _version_1(self, address, prefix):
         chunks = [(address + 16, struct.unpack_from("<I", prefix, 8)[0])]
@@ -127,7 +127,7 @@ class _Reader:
                 if flags & 0x02:  # shared: its data elsewhere
                     raise ValueError("a shared header message")
                 if kind == CONTINUATION:
-                    chunks.append(self._continuations(body))
+                    chunks.append(self._continuation(body))
                 else:
                     yield kind, body
                 at += 8 + length
@@ -164,7 +164,7 @@ class _Reader:
                 if message_flags & 0x02:
                     raise ValueError("a shared header message")
                 if kind == CONTINUATION:
-                    chunks.append(self._continuations(body))
+                    chunks.append(self._continuation(body))
                 else:
                     yield kind, body
                 at += step + length
