@@ -46,8 +46,8 @@ def read_text_attribute(obj, name, max_bytes):
 def stored_length(obj, name):
     """The bytes the attribute `name` of `obj` holds, read without reading its value."""
     attribute = obj.attrs.get_id(name)
-    if not attribute.get_type().is_variable_str() and attribute.get_type().get_class() != \
-            h5py.h5t.VLEN:
+    kind = attribute.get_type()
+    if not kind.is_variable_str() and kind.get_class() != h5py.h5t.VLEN:
         return attribute.get_storage_size()
     return _variable_length(obj, name)
 
@@ -112,26 +112,12 @@ class _Reader:
                 self.number(data, self.offset_size, self.length_size))
 
     def _version_1(self, address, prefix):
-        chunks = [(address + 16, struct.unpack_from("<I", prefix, 8)[0])]
-        for _ in range(MAX_CHUNKS):
-            if not chunks:
-                return
-            start, size = chunks.pop(0)
-            data, at = self.read(start, size), 0
-            while at + 8 <= len(data):
-                kind, length = struct.unpack_from("<HH", data, at)
-                flags = data[at + 4]
-                body = data[at + 8:at + 8 + length]
-                if len(body) != length:
-                    raise ValueError("a message runs past its chunk")
-                if flags & 0x02:  # shared: its data elsewhere
-                    raise ValueError("a shared header message")
-                if kind == CONTINUATION:
-                    chunks.append(self._continuation(body))
-                else:
-                    yield kind, body
-                at += 8 + length
-        raise ValueError(f"more than {MAX_CHUNKS} object header chunks")
+        def header(data, at):  # type (2 bytes), size (2), flags (1), reserved (3)
+            kind, length = struct.unpack_from("<HH", data, at)
+            return kind, length, data[at + 4]
+
+        first = self.read(address + 16, struct.unpack_from("<I", prefix, 8)[0])
+        return self._walk(first, 8, header, self.read)
 
     def _version_2(self, address):
         head = self.read(address, 6 + 16 + 4 + 8)
@@ -140,34 +126,41 @@ class _Reader:
             raise ValueError(f"an object header of version {version}")
         at = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
         width = 1 << (flags & 0x03)
-        size = self.number(head, at, width)
-        chunks = [(address + at + width, size)]
-        ordered = bool(flags & 0x04)
-        for index in range(MAX_CHUNKS):
-            if not chunks:
-                return
-            start, size = chunks.pop(0)
-            if index:  # a continuation block: its signature, then its messages
-                data = self.read(start, size)
-                if data[:4] != b"OCHK":
-                    raise ValueError("a continuation block without its signature")
-                data, at = data[4:-4], 0
-            else:
-                data, at = self.read(start, size), 0
-            step = 6 if ordered else 4
+        first = self.read(address + at + width, self.number(head, at, width))
+
+        def header(data, at):  # type (1 byte), size (2), flags (1)[, creation order (2)]
+            return data[at], struct.unpack_from("<H", data, at + 1)[0], data[at + 3]
+
+        def block(start, size):  # a continuation block: its signature, messages, checksum
+            data = self.read(start, size)
+            if data[:4] != b"OCHK":
+                raise ValueError("a continuation block without its signature")
+            return data[4:-4]
+
+        return self._walk(first, 6 if flags & 0x04 else 4, header, block)
+
+    def _walk(self, data, step, header, read_block):
+        """(type, data) of the messages in the chunk `data` and in the continuation blocks
+        they point to: each message is `step` bytes of header (`header(data, at)`: its type,
+        size and flags), then its data."""
+        chunks = []
+        for _ in range(MAX_CHUNKS):
+            at = 0
             while at + step <= len(data):
-                kind, length, message_flags = data[at], struct.unpack_from("<H", data,
-                                                                            at + 1)[0], data[at + 3]
+                kind, length, flags = header(data, at)
                 body = data[at + step:at + step + length]
                 if len(body) != length:
                     raise ValueError("a message runs past its chunk")
-                if message_flags & 0x02:
+                if flags & 0x02:  # shared: its data elsewhere
                     raise ValueError("a shared header message")
                 if kind == CONTINUATION:
                     chunks.append(self._continuation(body))
                 else:
                     yield kind, body
                 at += step + length
+            if not chunks:
+                return
+            data = read_block(*chunks.pop(0))
         raise ValueError(f"more than {MAX_CHUNKS} object header chunks")
 
 
