@@ -41,7 +41,13 @@ from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positiv
 from covid19xray.config import FOLDS, RunConfig, add_flags, flag
 from covid19xray.external import check_classes, describe_by_source, load_external, sources_of
 from covid19xray.frozen import make_extractors, make_joint
-from covid19xray.head import compile_head, fit_head, make_head, training_batches
+from covid19xray.head import (
+    compile_head,
+    fit_head,
+    head_probabilities,
+    make_head,
+    training_batches,
+)
 from covid19xray.input_check import REJECTED, fit_input_check
 from covid19xray.layout import find_dataset, load_dataset
 from covid19xray.manifest import MANIFEST
@@ -209,9 +215,7 @@ def cross_validate(config, head, initial, features, onehot, folds, what):
             fit_head(head, training_batches(features[train], onehot[train], batch_size,
                                             config.seed),
                      max(1, len(train) // config.batch_size), config.epochs)
-            # the head called directly: Keras's predict would trace itself anew for every
-            # fold size
-            probabilities[test] = np.asarray(head(features[test], training=False))
+            probabilities[test] = head_probabilities(head, features[test])
             bar.update(1)
     return probabilities
 

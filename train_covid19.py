@@ -40,6 +40,7 @@ from covid19xray.head import (
     compile_head,
     epoch_batches,
     fit_head,
+    head_probabilities,
     keras_verbosity,
     make_head,
     training_batches,
@@ -381,13 +382,13 @@ class Evaluation:
     true_classes: np.ndarray  # each test image's true class
 
 
-def evaluate(head, test, class_names, batch_size, positive=0, seed=0):
+def evaluate(head, test, class_names, positive=0, seed=0):
     """Make predictions on the testing set and show the tutorial's report: classification
     report, confusion matrix, accuracy, sensitivity and specificity, each with its 95%
     interval (5 of 5 covid images support a sensitivity anywhere from 0.57 to 1), and the ROC
     AUC. The head on the test features predicts what the whole model predicts on the images."""
     print("[INFO] evaluating network...")
-    probabilities = head.predict(test.testF, batch_size=batch_size, verbose=0)
+    probabilities = head_probabilities(head, test.testF)
     if not np.isfinite(probabilities).all():
         raise UserError("the trained model's probabilities are not finite numbers (training "
                         "diverged); nothing was written; try a lower --lr")
@@ -421,7 +422,7 @@ def test_on_external(config, folder, head, extractors, split, input_check):
         descriptions = extractors.describer.features(external_set.store, external_set.paths)
     print(f"[INFO] {len(external_set.paths)} external images "
           f"({class_counts(external_set.onehot, split.class_names)})")
-    probabilities = head.predict(extF, batch_size=config.batch_size, verbose=0)
+    probabilities = head_probabilities(head, extF)
     true_classes = external_set.onehot.argmax(axis=1)
     results = classification_metrics(true_classes, probabilities, split.class_names,
                                      split.positive)
@@ -534,8 +535,7 @@ def main(argv=None) -> int:
             H = train(config, head, batches, test)
 
         # make predictions on the testing set and show the report
-        evaluation = evaluate(head, test, split.class_names, config.batch_size, split.positive,
-                              config.seed)
+        evaluation = evaluate(head, test, split.class_names, split.positive, config.seed)
         if config.cache_features:
             print("(trained with --cache-features: no augmentation)")
         if config.precision != "float32":

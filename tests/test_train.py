@@ -437,7 +437,7 @@ def test_three_classes_are_reported_one_vs_rest(capsys):
     features = np.random.default_rng(3).normal(size=(6, head.input_shape[-1])).astype("float32")
     names = ["covid", "normal", "pneumonia"]
     test = train_covid19.TestSplit([f"{k}.png" for k in range(6)], testY, features)
-    evaluation = train_covid19.evaluate(head, test, names, 4)
+    evaluation = train_covid19.evaluate(head, test, names)
     results, probabilities, true_classes = (evaluation.results, evaluation.probabilities,
                                             evaluation.true_classes)
     stdout = capsys.readouterr().out
