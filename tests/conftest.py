@@ -14,7 +14,11 @@ from helpers import make_dataset, narrow_vgg16, run_main, write_junk, write_odd_
 
 def pytest_configure(config):
     """Each worker runs TensorFlow on one thread: two workers share two cores, and ops on the
-    narrow network are too small to gain from a second thread (the subprocesses keep theirs)."""
+    narrow network are too small to gain from a second thread (the subprocesses keep theirs).
+    Not in pytest-xdist's controller, which runs no test: importing TensorFlow there would
+    delay the workers' start by its import (4-5 s)."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # the controller of `-n 2`
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -17,6 +17,7 @@ import pytest
 
 import predict_covid19
 from covid19xray import progress
+from covid19xray.calibration import Recalibration, store_recalibration
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.input_check import read_input_check
 from covid19xray.model import CLASS_NAMES_ATTR, load_classifier, save_model
@@ -521,8 +522,13 @@ def shipped_jpegs():
 def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilities(trained,
                                                                                    tmp_path):
     """The script in a subprocess: its predictions, and a SavedModel and a TensorFlow Lite file
-    that a fresh Python with TensorFlow alone loads and runs to the same probabilities."""
+    that a fresh Python with TensorFlow alone loads and runs to the same probabilities. The
+    model carries a recalibration (recalibrate_covid19.py's): predict and both exports apply
+    it; plain Keras, which loads the same .h5, gives the network's own probabilities."""
     model_that_uses_its_features(trained, str(tmp_path / "m.h5"))  # probabilities that vary
+    update = Recalibration("intercept and slope", intercept=-0.4, slope=1.6, positive=0,
+                           fitted_on=24, folder="site")
+    store_recalibration(str(tmp_path / "m.h5"), update)
     images = shipped_jpegs()
     saved, lite, csv_path = tmp_path / "savedmodel", tmp_path / "m.tflite", tmp_path / "p.csv"
     result = subprocess.run(
@@ -534,12 +540,15 @@ def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilit
     assert_no_tensorflow_log_lines(result.stderr)
     assert result.stderr == ""  # nothing of the converters' C++ lines either
     assert saved.is_dir() and lite.is_file()
-    expected = expected_probabilities(str(tmp_path / "m.h5"), images)
+    assert "probabilities recalibrated on 24 films of site" in result.stdout
+    network = expected_probabilities(str(tmp_path / "m.h5"), images)  # before the update
+    expected = update.apply(network)
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["file"] for row in rows] == images
     for row, probabilities in zip(rows, expected, strict=True):
         assert float(row["p_covid"]) == pytest.approx(probabilities[0], abs=5e-5)
+    assert np.abs(expected - network).max() > 0.01  # the update changes what is compared
     # no temporary file or folder, no lock file
     assert sorted(os.listdir(tmp_path)) == ["m.h5", "m.tflite", "p.csv", "savedmodel"]
     assert json.loads((saved / "class_names.json").read_text()) == ["covid", "normal"]
@@ -569,8 +578,10 @@ def test_command_line_run_exports_what_plain_tensorflow_runs_with_its_probabilit
     np.testing.assert_allclose(got["tflite"], printed, atol=1e-5)
     assert got["tflite_input"] == [1, 224, 224, 3]
     assert got["hostile_serve_checked"] == [2, 2] and got["hostile_tflite"] == [2, 2]
-    # plain Keras loads the model file, with its input check, and gives predict's probabilities
-    np.testing.assert_allclose(got["h5"], printed, atol=1e-5)
+    # plain Keras, in that fresh process without this project, loads the model file with its
+    # input check and its recalibration, and gives the network's own probabilities: the
+    # update lives beside the network, not in it
+    np.testing.assert_allclose(got["h5"], network, atol=1e-5)
     # the input check travels with the exports: the same distances and words as predict's
     words = ["ok", "unlike_training", "rejected"]
     for served in (got["serve_checked"], {"input_distance": got["tflite_distance"],
