@@ -101,9 +101,18 @@ def loss_for(num_classes):
 
 def compile_head(head, num_classes, lr, epochs):
     """Compile the head as the tutorial compiled its model: Adam with the per-step decay, the
-    tutorial's loss, accuracy."""
+    tutorial's loss, accuracy.
+
+    Then build the optimizer's and the metric's variables. Without a distribution strategy,
+    Keras creates them inside the first trace of its training step, and TensorFlow traces a
+    function that created variables a second time: a third of what `fit` cost a small run
+    (0.56 against 0.36-0.44 s on a Zen 4), the same numbers either way."""
     head.compile(loss=loss_for(num_classes), optimizer=make_optimizer(lr, epochs),
                  metrics=["accuracy"])
+    head.optimizer.build(head.trainable_variables)
+    one_row = np.zeros((1, num_classes), np.float32)
+    head.compute_metrics(None, one_row, one_row)  # builds them; their state is then reset
+    head.reset_metrics()
 
 
 def _stop_when_not_finite():

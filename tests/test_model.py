@@ -6,7 +6,7 @@ import pytest
 
 from covid19xray.cli import UserError
 from covid19xray.frozen import model_with_precision
-from covid19xray.head import make_optimizer
+from covid19xray.head import compile_head, fit_head, loss_for, make_optimizer, training_batches
 from covid19xray.model import build_model, compiled, load_vgg16_base
 
 
@@ -42,6 +42,41 @@ def test_learning_rate_schedule_reproduces_keras2_decay():
                                                                rel=1e-6)
     # and it really decays: after 10,000 steps the rate is 1/(1+0.4) of the initial one
     assert float(optimizer.learning_rate) == pytest.approx(lr / 1.4, rel=1e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_compiled_head_creates_no_variable_when_fit_traces_its_step(classes):
+    """TensorFlow traces a function a second time when its first trace created variables.
+    Keras, without a distribution strategy, creates the optimizer's and the accuracy's there:
+    every run traced its training step twice. `compile_head` builds them first; fit then makes
+    none, and trains to the same numbers as a head whose variables fit made."""
+    def head(prebuilt):
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((8,))
+        x = keras.layers.Dropout(0.5)(keras.layers.Dense(4, activation="relu")(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+        if prebuilt:
+            compile_head(model, classes, 1e-3, 2)
+        else:  # the tutorial's compile alone
+            model.compile(loss=loss_for(classes), optimizer=make_optimizer(1e-3, 2),
+                          metrics=["accuracy"])
+        return model
+
+    def variables(model):
+        return {v.path for v in [*model.optimizer.variables, *model.metrics_variables]}
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(12, 8)).astype("float32")
+    onehot = np.eye(classes, dtype="float32")[np.arange(12) % classes]
+    histories = []
+    for prebuilt in (True, False):
+        model = head(prebuilt)
+        before = variables(model)
+        history = fit_head(model, training_batches(features, onehot, 4, seed=1), 3, 2,
+                           validation=(features[:4], onehot[:4]), batch_size=4)
+        assert (variables(model) == before) is prebuilt
+        histories.append(history.history)
+    assert histories[0] == histories[1] and len(histories[0]["loss"]) == 2
 
 
 def test_weights_path_loads_that_file(tmp_path, real_vgg16):
