@@ -27,10 +27,13 @@ import dataclasses
 import json
 
 import numpy as np
-import scipy.optimize
-import scipy.stats
 
+from .cli import lazy_import
 from .report import CONFIDENCE
+
+# imported at first use: --help and a bad flag answer before SciPy loads
+optimize = lazy_import("scipy.optimize")
+stats = lazy_import("scipy.stats")
 
 # The expected calibration error's bins: equal width on [0, 1].
 ECE_BINS = 10
@@ -105,7 +108,7 @@ def _logistic(y, x, offset):
 
 
 def _with_interval(value, error):
-    z = scipy.stats.norm.ppf((1 + CONFIDENCE) / 2)
+    z = stats.norm.ppf((1 + CONFIDENCE) / 2)
     return {"value": float(value), "ci95": [float(value - z * error), float(value + z * error)]}
 
 
@@ -305,7 +308,7 @@ def fit_recalibration(true_classes, probabilities, class_names, positive=0, fold
         z = log_p * np.exp(theta[0]) + np.concatenate([[0.0], theta[1:]])
         return -float(np.sum(z[np.arange(n), true_classes] - np.logaddexp.reduce(z, axis=1)))
 
-    fitted = scipy.optimize.minimize(loss, np.zeros(k), method="L-BFGS-B")
+    fitted = optimize.minimize(loss, np.zeros(k), method="L-BFGS-B")
     if not fitted.success or not np.all(np.isfinite(fitted.x)):
         raise ValueError("no temperature and offsets fit these films")
     return Recalibration("temperature and offsets", temperature=float(np.exp(-fitted.x[0])),

@@ -14,16 +14,17 @@ import warnings
 
 import cv2
 import numpy as np
-import scipy
-import scipy.stats
-import sklearn
-from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
 from .cli import lazy_import, shown
 from .progress import progress
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
+# imported at first use: --help and a bad flag answer before SciPy and scikit-learn load
+scipy = lazy_import("scipy")
+stats = lazy_import("scipy.stats")
+sklearn = lazy_import("sklearn")
+sklearn_metrics = lazy_import("sklearn.metrics")
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -36,7 +37,7 @@ def wilson(successes, trials):
     """The 95% Wilson score interval of successes/trials (SciPy's), or None with no trials."""
     if trials == 0:
         return None
-    interval = scipy.stats.binomtest(int(successes), int(trials)).proportion_ci(
+    interval = stats.binomtest(int(successes), int(trials)).proportion_ci(
         CONFIDENCE, method="wilson")
     return [float(interval.low), float(interval.high)]
 
@@ -61,7 +62,7 @@ def one_vs_rest_auc(is_class, scores):
     is_class = np.asarray(is_class, bool)
     if is_class.all() or not is_class.any():
         return None
-    return float(roc_auc_score(is_class, scores))
+    return float(sklearn_metrics.roc_auc_score(is_class, scores))
 
 
 def classification_metrics(true_classes, probabilities, class_names, positive=0):
@@ -76,9 +77,10 @@ def classification_metrics(true_classes, probabilities, class_names, positive=0)
     """
     labels = list(range(len(class_names)))
     predicted = probabilities.argmax(axis=1)
-    cm = confusion_matrix(true_classes, predicted, labels=labels)
+    cm = sklearn_metrics.confusion_matrix(true_classes, predicted, labels=labels)
     # per class: [[true negatives, false positives], [false negatives, true positives]]
-    per_class_counts = multilabel_confusion_matrix(true_classes, predicted, labels=labels)
+    per_class_counts = sklearn_metrics.multilabel_confusion_matrix(true_classes, predicted,
+                                                                   labels=labels)
     results = {"confusion_matrix": cm.tolist(), "accuracy": metric(np.trace(cm), cm.sum()),
                "per_class": {
                    name: {"sensitivity": metric(tp, tp + fn), "specificity": metric(tn, tn + fp),
@@ -94,11 +96,11 @@ def classification_metrics(true_classes, probabilities, class_names, positive=0)
         results["positive_class"] = name
         results["sensitivity"] = results["per_class"][name]["sensitivity"]
         results["specificity"] = results["per_class"][name]["specificity"]
-        results["roc_auc"] = float(roc_auc_score(true_classes == positive,
-                                                 probabilities[:, positive]))
+        results["roc_auc"] = float(sklearn_metrics.roc_auc_score(
+            true_classes == positive, probabilities[:, positive]))
     else:
-        results["roc_auc"] = float(roc_auc_score(true_classes, probabilities, labels=labels,
-                                                 multi_class="ovr"))
+        results["roc_auc"] = float(sklearn_metrics.roc_auc_score(
+            true_classes, probabilities, labels=labels, multi_class="ovr"))
     return results
 
 
@@ -155,7 +157,7 @@ def _auc_statistic(positives, negatives, axis=-1):
     """ROC AUC of `positives` against `negatives` scores (ties count half), along `axis`: the
     Mann-Whitney U over the product of the two sizes, from ranks, vectorized for the bootstrap."""
     both = np.concatenate([positives, negatives], axis=axis)
-    ranks = scipy.stats.rankdata(both, axis=axis)
+    ranks = stats.rankdata(both, axis=axis)
     n_pos, n_neg = positives.shape[axis], negatives.shape[axis]
     rank_sum = np.take(ranks, np.arange(n_pos), axis=axis).sum(axis=axis)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
@@ -170,14 +172,14 @@ def auc_with_interval(is_positive, scores, seed=0):
     with warnings.catch_warnings():
         # classes that every resample separates perfectly give the interval [1, 1]; SciPy
         # warns that such a distribution is degenerate, which is the point
-        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         with progress(BOOTSTRAP_RESAMPLES, "AUC bootstrap", unit="resample") as bar:
             def statistic(positives, negatives, axis=-1):
                 if positives.ndim > 1:  # a batch of resamples, not the data itself
                     bar.update(int(np.prod(positives.shape[:-1])))
                 return _auc_statistic(positives, negatives, axis)
 
-            result = scipy.stats.bootstrap((positives, negatives), statistic, vectorized=True,
+            result = stats.bootstrap((positives, negatives), statistic, vectorized=True,
                                            paired=False, n_resamples=BOOTSTRAP_RESAMPLES,
                                            batch=BOOTSTRAP_BATCH, confidence_level=CONFIDENCE,
                                            method="percentile",

@@ -12,7 +12,6 @@ import os
 import sys
 
 import numpy as np
-from sklearn.utils.class_weight import compute_class_weight
 
 from .cli import UserError, lazy_import
 from .config import TEST_SIZE
@@ -134,6 +133,8 @@ def require_patients(dataset, patients):
 def balanced_class_weights(onehot):
     """{class index: weight} that make every class weigh as much in the loss as the largest:
     images / (classes x images of the class), scikit-learn's `class_weight="balanced"`."""
+    from sklearn.utils.class_weight import compute_class_weight
+
     classes = np.asarray(onehot).argmax(axis=1)
     present = np.unique(classes)
     weights = compute_class_weight("balanced", classes=present, y=classes)
