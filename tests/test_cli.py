@@ -19,7 +19,8 @@ from covid19xray.cli import UsageError, UserError, cli, one_line
 from covid19xray.config import SEED
 from helpers import ROOT, run_main
 
-# Runs a script as `python SCRIPT ARGS` would, then says whether TensorFlow was imported.
+# Runs a script as `python SCRIPT ARGS` would, then says whether TensorFlow was imported, and
+# SciPy or scikit-learn (a second more before the answer).
 PROBE = ("import runpy, sys\n"
          "script = sys.argv[1]\n"
          "sys.argv = sys.argv[1:]\n"
@@ -27,7 +28,9 @@ PROBE = ("import runpy, sys\n"
          "    runpy.run_path(script, run_name='__main__')\n"
          "except SystemExit as exit:\n"
          "    loaded = 'tensorflow.python' in sys.modules\n"
-         "    print('exit', exit.code, 'tensorflow loaded:', loaded, file=sys.stderr)\n")
+         "    print('exit', exit.code, 'tensorflow loaded:', loaded, file=sys.stderr)\n"
+         "    print('scipy or sklearn loaded:', 'scipy' in sys.modules or 'sklearn' in "
+         "sys.modules, file=sys.stderr)\n")
 
 
 @pytest.mark.parametrize("script, argv, code, output", [
@@ -40,7 +43,8 @@ def test_help_and_usage_errors_answer_before_tensorflow_loads(script, argv, code
     result = subprocess.run([sys.executable, "-c", PROBE, script, *argv], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     lines = (result.stdout + result.stderr).strip().splitlines()
-    assert lines[-1] == f"exit {code} tensorflow loaded: False", result.stderr
+    assert lines[-2:] == [f"exit {code} tensorflow loaded: False",
+                          "scipy or sklearn loaded: False"], result.stderr
     assert output in result.stdout + result.stderr
     assert not [line for line in lines if "oneDNN" in line or "cuda" in line.lower()]
 
