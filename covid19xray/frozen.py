@@ -225,12 +225,20 @@ def layers_missing_for_description(model):
     return [name for name in (*POOLING_LAYERS, LAYOUT_LAYER) if name not in names]
 
 
-def image_batches(model):
-    """The input signature of every network this project compiles: a batch of any size of
-    what `model` takes (scaled 224x224 RGB images). One trace serves every batch, a last,
-    smaller one too (traced anew before: a second trace of the whole network, 0.1-0.5 s), at
-    the same speed (137.6 against 138.3 ms an image for VGG16 on a Zen 4)."""
-    return [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
+def on_image_batches(function, model):
+    """`function` of a batch of scaled images as `model` takes them (224x224 RGB), compiled
+    into one graph (a tf.function) for batches of any size: traced once, a last, smaller batch
+    too (traced anew before: a second trace of the whole network, 0.1-0.5 s), at the same
+    speed (137.6 against 138.3 ms an image for VGG16 on a Zen 4).
+
+    TensorFlow counts traces by the Python code, not by the function object, so a process that
+    builds a few models in turn (a server calling the scripts' `main`, the tests) would print
+    its "triggered tf.function retracing" warning, as Keras's `predict_on_batch` does: it is
+    omitted, every trace here being of a new model."""
+    signature = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
+    compiled = tf.function(function, input_signature=signature)
+    compiled._omit_frequent_tracing_warning = True  # read by TensorFlow at every call
+    return compiled
 
 
 def make_feature_extractor(model, precision="float32"):
@@ -248,14 +256,13 @@ def make_feature_extractor(model, precision="float32"):
         rows = crops.get(name)
         return x if rows is None else x[:, :rows, :rows, :]
 
-    @tf.function(input_signature=image_batches(model))
     def extract(images):
         x = crop(images, "input")
         for layer in frozen:
             x = crop(layer(x, training=False), layer.name)
         return tf.cast(x, tf.float32)
 
-    return extract, crops
+    return on_image_batches(extract, model), crops
 
 
 def make_joint_extractor(model, precision="float32"):
@@ -268,12 +275,11 @@ def make_joint_extractor(model, precision="float32"):
     both = keras.Model(precise.inputs, [precise.get_layer(FEATURES_LAYER).output,
                                         description_output(precise)])
 
-    @tf.function(input_signature=image_batches(model))
     def extract(images):
         features, description = both(images, training=False)
         return tf.cast(features, tf.float32), tf.cast(description, tf.float32)
 
-    return extract
+    return on_image_batches(extract, model)
 
 
 # ---------------------------------------------------------------------------------------------

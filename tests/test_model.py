@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from covid19xray.cli import UserError
-from covid19xray.frozen import model_with_precision
+from covid19xray.frozen import make_joint_extractor, model_with_precision
 from covid19xray.head import compile_head, fit_head, loss_for, make_optimizer, training_batches
 from covid19xray.model import build_model, compiled, load_vgg16_base
 
@@ -117,7 +117,9 @@ def test_a_bfloat16_copy_keeps_the_weights_and_a_float32_softmax():
 def test_compiled_models_one_after_another_print_no_retracing_warning(capfd, caplog):
     """TensorFlow counts a tf.function's traces by its Python code: predict, run for one model
     after another in a process, printed "triggered tf.function retracing" from the fifth on
-    (Keras's predict_on_batch does the same). Every trace there is of a new model."""
+    (Keras's predict_on_batch does the same), and so did the feature extractors of a process
+    training a few times (a test of the damaged files, once). Every trace there is of a new
+    model."""
     for k in range(8):
         inputs = keras.Input((3,))
         network = keras.Model(inputs, keras.layers.Dense(2)(inputs))
@@ -125,6 +127,11 @@ def test_compiled_models_one_after_another_print_no_retracing_warning(capfd, cap
         batch = np.ones((1 + k % 3, 3), np.float32)
         np.testing.assert_allclose(np.asarray(forward(batch)), np.asarray(network(batch)),
                                    atol=1e-6)
+    model = build_model(keras.applications.VGG16(weights=None, include_top=False,
+                                                 input_shape=(224, 224, 3)))
+    images = np.full((1, 224, 224, 3), 0.5, np.float32)
+    for _ in range(5):  # the one-pass extractor of five runs (the cropped one is made alike)
+        make_joint_extractor(model)(images)
     # TensorFlow's logger writes to stderr once it has its handler, else to Python's logging
     assert "retracing" not in capfd.readouterr().err
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
