@@ -9,7 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import make_dataset, narrow_vgg16, run_main, write_junk, write_odd_formats
+from helpers import (
+    made_once,
+    make_dataset,
+    narrow_vgg16,
+    run_main,
+    write_junk,
+    write_odd_formats,
+)
 
 
 def pytest_configure(config):
@@ -80,15 +87,18 @@ def private_feature_cache(tmp_path_factory):
 def tiny_dataset(tmp_path_factory):
     """Two classes of 5 readable images (an 8/2 split, so 1-2 epochs of VGG16 take seconds),
     as messy as real folders: mixed JPEG/PNG, grayscale, 16-bit, RGBA and palette images, and
-    files that are not images or cannot be decoded."""
-    root = str(tmp_path_factory.mktemp("dataset"))
-    make_dataset(root, per_class=5)
-    # swap three normal images for the odd formats, keeping 5 readable images per class
-    for name in ["normal-02.jpg", "normal-03.png", "normal-04.jpg"]:
-        os.remove(os.path.join(root, "normal", name))
-    write_odd_formats(os.path.join(root, "normal"))
-    write_junk(os.path.join(root, "covid"))
-    return root
+    files that are not images or cannot be decoded. Made once for the run (`made_once`)."""
+    def make(folder):
+        root = str(folder)
+        make_dataset(root, per_class=5)
+        # swap three normal images for the odd formats, keeping 5 readable images per class
+        for name in ["normal-02.jpg", "normal-03.png", "normal-04.jpg"]:
+            os.remove(os.path.join(root, "normal", name))
+        write_odd_formats(os.path.join(root, "normal"))
+        write_junk(os.path.join(root, "covid"))
+        return root
+
+    return made_once(tmp_path_factory, "dataset", make)
 
 
 @pytest.fixture(scope="session")
@@ -97,38 +107,41 @@ def trained(tiny_dataset, tmp_path_factory):
 
     It also records every batch of images read back from the store, and whether fit had
     returned by then, and whether the training pipeline autotunes: the end-of-training stall
-    came from there."""
+    came from there. Made once for the run (`made_once`)."""
     import train_covid19
     from covid19xray import progress
     from covid19xray.store import ImageStore
 
-    out = tmp_path_factory.mktemp("trained")
-    model, plot, report = str(out / "covid19.h5"), str(out / "plot.png"), str(out / "report.json")
-    reads, fit_returned, autotuning = [], [], []
-    real_read, real_train = ImageStore.read, train_covid19.train
+    def make(out):
+        model, plot, report = (str(out / name) for name in ("covid19.h5", "plot.png",
+                                                            "report.json"))
+        reads, fit_returned, autotuning = [], [], []
+        real_read, real_train = ImageStore.read, train_covid19.train
 
-    def counted_read(self, slots):
-        reads.append((len(slots), bool(fit_returned)))
-        return real_read(self, slots)
+        def counted_read(self, slots):
+            reads.append((len(slots), bool(fit_returned)))
+            return real_read(self, slots)
 
-    def train_then_mark(args, head, batches, *rest):
-        autotuning.append(batches.batches.options().autotune.enabled)
-        history = real_train(args, head, batches, *rest)
-        fit_returned.append(True)
-        return history
+        def train_then_mark(args, head, batches, *rest):
+            autotuning.append(batches.batches.options().autotune.enabled)
+            history = real_train(args, head, batches, *rest)
+            fit_returned.append(True)
+            return history
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
-        patch.setattr(ImageStore, "read", counted_read)
-        patch.setattr(train_covid19, "train", train_then_mark)
-        code, stdout, stderr = run_main(train_covid19.main, [
-            "--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights",
-            "none", "--seed", "7", "--model", model, "--plot", plot, "--report", report,
-            "--cache-dir", str(out / "cache")])  # its own: no other test's entries in it
-    return {"code": code, "stdout": stdout, "stderr": stderr, "model": model, "plot": plot,
-            "cache": str(out / "cache"),
-            "report": report, "dataset": tiny_dataset, "seed": 7, "batch_size": 4,
-            "reads": reads, "autotuning": autotuning[0] if autotuning else None}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
+            patch.setattr(ImageStore, "read", counted_read)
+            patch.setattr(train_covid19, "train", train_then_mark)
+            code, stdout, stderr = run_main(train_covid19.main, [
+                "--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights",
+                "none", "--seed", "7", "--model", model, "--plot", plot, "--report", report,
+                "--cache-dir", str(out / "cache")])  # its own: no other test's entries in it
+        return {"code": code, "stdout": stdout, "stderr": stderr, "model": model,
+                "plot": plot, "cache": str(out / "cache"), "report": report,
+                "dataset": tiny_dataset, "seed": 7, "batch_size": 4, "reads": reads,
+                "autotuning": autotuning[0] if autotuning else None}
+
+    return made_once(tmp_path_factory, "trained", make)
 
 
 @pytest.fixture

@@ -136,6 +136,28 @@ def write_junk(folder):
 # ---------------------------------------------------------------------------------------------
 
 
+def made_once(tmp_path_factory, name, make):
+    """What `make(folder)` returns (JSON), made once for the whole test run: by the first
+    pytest-xdist worker that asks, in a folder every worker sees, under a lock; the others wait
+    for it and read it. For the session's costly fixtures, which each worker made anew.
+    Tests only read what is made so."""
+    import fcntl
+    import json
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, shared by its workers (not by other runs)
+    folder, made = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not made.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-made one, if a worker crashed
+            folder.mkdir()
+            made.with_suffix(".part").write_text(json.dumps(make(folder)))
+            made.with_suffix(".part").rename(made)
+        return json.loads(made.read_text())
+
+
 def run_main(main, argv):
     """Call a script's main(argv); return (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()

@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -38,6 +39,7 @@ from helpers import (
     NOT_UTF8,
     ROOT,
     assert_one_line_error,
+    made_once,
     make_dataset,
     parse_report,
     progress_counts,
@@ -291,15 +293,20 @@ def test_plots_are_the_pngs_this_run_drew(trained):
     assert np.ptp(history) > 0.5 and np.ptp(roc) > 0.5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cached_run(tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cached")
-    argv = ["--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights", "none",
-            "--seed", "3", "--cache-features", "--cache-dir", str(out / "cache"),
-            "--model", str(out / "m.h5"), "--plot", str(out / "p.png"),
-            "--report", str(out / "r.json")]
-    runs = [run_main(train_covid19.main, argv) for _ in range(2)]  # cold, then warm
-    return {"runs": runs, "out": out}
+    """A --cache-features run, then the same again (cold, then warm); made once for the run
+    (`made_once`)."""
+    def make(out):
+        argv = ["--dataset", tiny_dataset, "--epochs", "2", "--batch-size", "4", "--weights",
+                "none", "--seed", "3", "--cache-features", "--cache-dir", str(out / "cache"),
+                "--model", str(out / "m.h5"), "--plot", str(out / "p.png"),
+                "--report", str(out / "r.json")]
+        return {"runs": [run_main(train_covid19.main, argv) for _ in range(2)],
+                "out": str(out)}
+
+    made = made_once(tmp_path_factory, "cached", make)
+    return {"runs": made["runs"], "out": pathlib.Path(made["out"])}
 
 
 def test_cache_features_run_matches_the_saved_model(cached_run, tiny_dataset):
