@@ -271,9 +271,11 @@ def estimate_cost(config, extractors, images, split):
     if not passes:
         print("[INFO] VGG16 work: none, every feature this run needs is in the feature cache")
         return Cost(0, 0.0, alternative)
+    # each timed on the first batches of this run's own work, which the run then uses
     per_image = {"whole": extractors.whole.seconds_per_image(images, split.trainP)}
     if "cropped" in parts:
-        per_image["cropped"] = extractors.unchanged.seconds_per_image(images, split.trainP)
+        per_image["cropped"] = extractors.rotated.seconds_per_image(images, split.trainP,
+                                                                    config.epochs)
     seconds = sum(n * per_image[kind] for kind, n in parts.items())
     line = (f"[INFO] VGG16 work: {what} = {passes:,} passes to compute, about "
             f"{duration(seconds)} here ({max(per_image.values()) * 1e3:.0f} ms an image at "

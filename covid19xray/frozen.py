@@ -399,8 +399,38 @@ def cache_configuration(model, crops, precision, transform=UNCHANGED, output="fe
 # ---------------------------------------------------------------------------------------------
 
 
+def _entries(images, paths, transform, epochs):
+    """The images at `paths` changed by `transform` in each of `epochs` epochs: the entry key
+    of every place (`transforms.entry_key`), epoch by epoch, image by image within each, and
+    {each distinct key: (the path it is computed from, its row of parameters)}, in the order
+    the keys are first wanted."""
+    parameters, keys = transform.parameters_and_keys([images.digest(path) for path in paths],
+                                                     epochs)
+    sources = {}
+    for n, key in enumerate(keys):
+        if key not in sources:
+            sources[key] = (paths[n % len(paths)], parameters[n])
+    return keys, sources
+
+
+def _computed(extract, images, sources, keys, batch_size, transform, cache):
+    """Compute the entries `keys` (each from its image and parameters in `sources`), a batch
+    at a time, storing each batch in `cache` as it finishes: yields (the batch's keys, their
+    outputs)."""
+    batches = model_batches(images, [sources[key][0] for key in keys], batch_size, transform,
+                            np.stack([sources[key][1] for key in keys]))
+    done = 0
+    for batch in batches:
+        outputs = extract(batch).numpy()
+        batch_keys = keys[done:done + len(outputs)]
+        if cache is not None:
+            cache.store(batch_keys, outputs)
+        done += len(outputs)
+        yield batch_keys, outputs
+
+
 def features_per_epoch(extract, images, paths, batch_size, transform, epochs, cache=None,
-                       what="VGG16 features"):
+                       what="VGG16 features", ahead=None):
     """The features of the images at `paths` changed by `transform` as it changes them in each
     of `epochs` epochs: (epochs, len(paths), features), in order.
 
@@ -410,33 +440,25 @@ def features_per_epoch(extract, images, paths, batch_size, transform, epochs, ca
     for this transform), features found there are not computed again, and those computed are
     stored as each batch finishes: a run stopped halfway keeps what it computed, and the rerun
     computes only the rest. Every missing entry goes through VGG16 in one pass, under one
-    progress bar that says `what` it computes.
+    progress bar that says `what` it computes. Entries in `ahead` ({key: features}, computed
+    by this run to time the cost line: `time_own_batches`) are taken from it, counted in the
+    bar as done, and removed from it.
     """
-    # `wanted`, `parameters` and `keys` run epoch by epoch, image by image within each
-    wanted = [(k, epoch) for epoch in range(epochs) for k in range(len(paths))]
-    parameters, keys = transform.parameters_and_keys([images.digest(path) for path in paths],
-                                                     epochs)
-    first = {}  # each distinct key: the first place it is wanted
-    for n, key in enumerate(keys):
-        first.setdefault(key, n)
-    distinct = list(first)
-    features_of = dict(zip(distinct, [None] * len(distinct) if cache is None
-                           else cache.lookup(distinct)))
-    missing = [key for key in distinct if features_of[key] is None]
-    if missing:
-        places = [first[key] for key in missing]
-        batches = model_batches(images, [paths[wanted[n][0]] for n in places], batch_size,
-                                transform, parameters[places])
-        done = 0
-        with progress(len(missing), what) as bar:
-            for batch in batches:
-                computed = extract(batch).numpy()
-                batch_keys = missing[done:done + len(computed)]
-                features_of.update(zip(batch_keys, computed))
-                if cache is not None:
-                    cache.store(batch_keys, computed)
-                done += len(computed)
-                bar.update(len(computed))
+    keys, sources = _entries(images, paths, transform, epochs)
+    early = {key: ahead.pop(key) for key in sources if key in (ahead or {})}
+    rest = [key for key in sources if key not in early]
+    features_of = dict(zip(rest, [None] * len(rest) if cache is None or not rest
+                           else cache.lookup(rest)))
+    features_of.update(early)
+    missing = [key for key in rest if features_of[key] is None]
+    if missing or early:
+        with progress(len(missing) + len(early), what) as bar:
+            bar.update(len(early))
+            if missing:
+                for batch_keys, features in _computed(extract, images, sources, missing,
+                                                      batch_size, transform, cache):
+                    features_of.update(zip(batch_keys, features))
+                    bar.update(len(features))
     return np.stack([features_of[key] for key in keys]).reshape(epochs, len(paths), -1)
 
 
@@ -466,33 +488,59 @@ class Extractor:
     transform: object = UNCHANGED
     cache: object = None
     what: str = "VGG16 features"  # what its progress bar says it computes
+    # entries computed to time the cost line, until the run's own pass takes them
+    ahead: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def features(self, images, paths):
-        """(len(paths), features), in order (`extract_features`)."""
-        return extract_features(self.extract, images, paths, self.batch_size, self.transform,
-                                self.cache, self.what)
+        """(len(paths), features), in order (`features_per_epoch`)."""
+        return self.features_per_epoch(images, paths, 1)[0]
 
     def features_per_epoch(self, images, paths, epochs):
         """(epochs, len(paths), features): as `transform` changes them each epoch."""
         return features_per_epoch(self.extract, images, paths, self.batch_size, self.transform,
-                                  epochs, self.cache, self.what)
+                                  epochs, self.cache, self.what, self.ahead)
 
     def passes(self, images, paths, epochs=1):
         """The VGG16 passes computing them would take now (`entries_to_compute`)."""
         return entries_to_compute(images, paths, self.transform, epochs, self.cache)
 
-    def seconds_per_image(self, images, paths):
-        """What one image costs this extractor here (`timed_batch`)."""
-        digests = [images.digest(p) for p in paths[:self.batch_size]]
-        parameters = self.transform.parameters_and_keys(digests, 1)[0]
-        return timed_batch(self.extract, next(iter(model_batches(
-            images, paths[:self.batch_size], self.batch_size, self.transform, parameters))))
+    def seconds_per_image(self, images, paths, epochs=1):
+        """What one image costs this extractor here, timed on the first two batches of what
+        computing `paths` over `epochs` epochs will compute (`time_own_batches`)."""
+        _, sources = _entries(images, paths, self.transform, epochs)
+        pending = [key for key in sources if key not in self.ahead
+                   and (self.cache is None or not self.cache.has(key))]
+        if not pending:
+            return 0.0
+        pending = pending[:2 * self.batch_size]
+        return time_own_batches(
+            _computed(self.extract, images, sources, pending, self.batch_size, self.transform,
+                      self.cache),
+            self.ahead.update,
+            lambda: timed_batch(self.extract, next(iter(model_batches(
+                images, [sources[key][0] for key in pending], self.batch_size, self.transform,
+                np.stack([sources[key][1] for key in pending]))))))
+
+
+def time_own_batches(batches, keep, timed_again):
+    """Seconds an image costs, for the cost line before a long run, timed on the run's own
+    work: of `batches` (an iterator computing (keys, outputs), a batch at a time), the first
+    traces the network, the second is timed, and both go to `keep` (as (key, output) pairs:
+    the run takes them from there, nothing is computed twice). With a single batch of work,
+    `timed_again()` times it once more: a batch thrown away, in a run of one batch."""
+    start = None
+    for count, (keys, outputs) in enumerate(batches):
+        if count == 1:
+            seconds = (time.perf_counter() - start) / len(keys)
+            keep(zip(keys, outputs))
+            return seconds
+        keep(zip(keys, outputs))
+        start = time.perf_counter()
+    return timed_again()
 
 
 def timed_batch(extract, batch):
-    """Seconds an image of `batch` costs `extract`, timed after a first call (which traces the
-    network): for the cost line before a long run."""
-    tf.nest.map_structure(np.asarray, extract(batch))
+    """Seconds an image of `batch` costs `extract`, already traced."""
     start = time.perf_counter()
     tf.nest.map_structure(np.asarray, extract(batch))
     return (time.perf_counter() - start) / len(batch)
@@ -508,40 +556,71 @@ class Joint:
     batch_size: int
     caches: tuple  # (the features' cache, the descriptions' cache), or (None, None)
     computed: dict = dataclasses.field(default_factory=dict)  # digest -> (features, description)
+    # digests computed to time the cost line, until a progress bar of the run counts them
+    ahead: set = dataclasses.field(default_factory=set)
+
+    def _pending(self, images, paths):
+        """The distinct images of `paths` this run would pass through VGG16 (their digests),
+        and each digest's first path."""
+        digests = [images.digest(path) for path in paths]
+        first = dict(zip(reversed(digests), reversed(paths)))
+        pending = [d for d in dict.fromkeys(digests) if d not in self.computed and (
+            self.caches[0] is None or not all(cache.has(d) for cache in self.caches))]
+        return pending, first
+
+    def _compute(self, images, first, digests):
+        """Pass the images `digests` (each from its path in `first`) through VGG16 a batch at a
+        time, each batch kept in memory and in the caches as it finishes: yields (the batch's
+        digests, their (features, description) pairs)."""
+        done = 0
+        for batch in model_batches(images, [first[d] for d in digests], self.batch_size):
+            features, descriptions = (part.numpy() for part in self.extract(batch))
+            keys = digests[done:done + len(features)]
+            pairs = list(zip(features, descriptions))
+            self.computed.update(zip(keys, pairs))
+            if self.caches[0] is not None:
+                for cache, rows in zip(self.caches, (features, descriptions)):
+                    cache.store(keys, rows)
+            done += len(features)
+            yield keys, pairs
 
     def both(self, images, paths):
         """(features, descriptions) of the images at `paths`, in order."""
         digests = [images.digest(path) for path in paths]
         first = dict(zip(reversed(digests), reversed(paths)))  # each digest's first path
-        wanted = [d for d in dict.fromkeys(digests) if d not in self.computed]
+        distinct = list(dict.fromkeys(digests))
+        early = [d for d in distinct if d in self.ahead]  # computed to time the cost line
+        self.ahead.difference_update(early)
+        wanted = [d for d in distinct if d not in self.computed]
         if self.caches[0] is not None and wanted:
             found = zip(wanted, *(cache.lookup(wanted) for cache in self.caches))
             self.computed.update({d: (f, e) for d, f, e in found
                                   if f is not None and e is not None})
         missing = [d for d in wanted if d not in self.computed]
-        if missing:
-            done = 0
-            batches = model_batches(images, [first[d] for d in missing], self.batch_size)
-            with progress(len(missing), "VGG16 features and descriptions") as bar:
-                for batch in batches:
-                    features, descriptions = (part.numpy() for part in self.extract(batch))
-                    keys = missing[done:done + len(features)]
-                    self.computed.update(zip(keys, zip(features, descriptions)))
-                    if self.caches[0] is not None:  # as each batch finishes
-                        for cache, rows in zip(self.caches, (features, descriptions)):
-                            cache.store(keys, rows)
-                    done += len(features)
-                    bar.update(len(features))
+        if missing or early:
+            with progress(len(missing) + len(early), "VGG16 features and descriptions") as bar:
+                bar.update(len(early))
+                for keys, _ in self._compute(images, first, missing):
+                    bar.update(len(keys))
         return (np.stack([self.computed[d][0] for d in digests]),
                 np.stack([self.computed[d][1] for d in digests]))
 
     def missing(self, images, paths):
         """How many distinct images of `paths` this run would pass through VGG16."""
-        digests = [d for d in dict.fromkeys(images.digest(path) for path in paths)
-                   if d not in self.computed]
-        if self.caches[0] is None:
-            return len(digests)
-        return sum(not all(cache.has(d) for cache in self.caches) for d in digests)
+        return len(self._pending(images, paths)[0])
+
+    def seconds_per_image(self, images, paths):
+        """What one image costs here, timed on the first two batches of the images of `paths`
+        this run will pass through VGG16 (`time_own_batches`)."""
+        pending, first = self._pending(images, paths)
+        if not pending:
+            return 0.0
+        pending = pending[:2 * self.batch_size]
+        return time_own_batches(
+            self._compute(images, first, pending),
+            lambda pairs: self.ahead.update(key for key, _ in pairs),
+            lambda: timed_batch(self.extract, next(iter(model_batches(
+                images, [first[d] for d in pending], self.batch_size)))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,8 +643,7 @@ class JointView:
         return self.joint.missing(images, paths)
 
     def seconds_per_image(self, images, paths):
-        return timed_batch(self.joint.extract, next(iter(model_batches(
-            images, paths[:self.joint.batch_size], self.joint.batch_size))))
+        return self.joint.seconds_per_image(images, paths)
 
 
 def make_joint(config, model):

@@ -172,9 +172,26 @@ def narrow_model():
     return build_model(load_vgg16_base("none"), 2)
 
 
-def test_the_cost_counts_the_passes_this_run_would_make(tmp_path, narrow_model):
+def test_the_cost_counts_the_passes_this_run_would_make(tmp_path, narrow_model, monkeypatch):
     """Every pass before the first run (test images, each training image in each epoch, each
-    training image's description); none after it; --cache-features' alternative beside."""
+    training image's description); none after it; --cache-features' alternative beside. The
+    run makes exactly those passes: the cost line's timing is done on the run's own first
+    batches (it threw two batches away for each network before)."""
+    from covid19xray import frozen
+
+    passed = []  # the images of every batch through either network
+
+    def counted(function, model):
+        compiled = real(function, model)
+
+        def run(images):
+            passed.append(len(images))
+            return compiled(images)
+
+        return run
+
+    real = frozen.on_image_batches
+    monkeypatch.setattr(frozen, "on_image_batches", counted)
     dataset = small_dataset(tmp_path / "d", {"covid": 5, "normal": 5})
     config = train_covid19.TrainConfig(dataset=dataset, epochs=3, batch_size=4,
                                        cache_dir=str(tmp_path / "c"))
@@ -188,6 +205,7 @@ def test_the_cost_counts_the_passes_this_run_would_make(tmp_path, narrow_model):
     train_covid19.compute_test_features(extractors, images, split)
     train_covid19.augment(config, extractors, images, split.trainP)
     train_covid19.describe_training_images(extractors, images, split.trainP)
+    assert sum(passed) == cost.passes
     again = train_covid19.estimate_cost(config, extractors, images, split)
     # the descriptions' pass kept the training images' whole features: only the test images
     assert again.passes == 0 and again.cache_features_passes == 2
