@@ -12,17 +12,26 @@
 - `import_tensorflow`: TensorFlow's import and start-up without its C++ start-up lines, which
   still show in full when something fails.
 - `shown`: a path as it can be printed, also when its name is not valid UTF-8.
+- A prompt exit: when the process ends, the garbage collector is frozen first
+  (`gc.freeze`), so that the interpreter's last collections do not walk the millions of
+  objects TensorFlow and Keras hold: a run that has loaded VGG16 ended about a second after its
+  last line (1.03 s), now 0.12 s. Nothing is lost: every output is closed and renamed before
+  `main` returns, and Python does not promise finalizers for what is still alive at exit.
 """
 
 import argparse
+import atexit
 import contextlib
 import functools
+import gc
 import importlib
 import os
 import re
 import signal
 import sys
 import tempfile
+
+atexit.register(gc.freeze)  # run at exit, before the interpreter's last collections
 
 # Keep TensorFlow's C++ start-up chatter (CUDA probing on CPU-only machines) off the console;
 # it must be set before TensorFlow loads.

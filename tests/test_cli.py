@@ -49,6 +49,20 @@ def test_help_and_usage_errors_answer_before_tensorflow_loads(script, argv, code
     assert not [line for line in lines if "oneDNN" in line or "cuda" in line.lower()]
 
 
+def test_a_scripts_process_freezes_the_garbage_collector_as_it_ends():
+    """The interpreter's last collections walked every object TensorFlow and Keras hold: a run
+    that had loaded VGG16 ended about a second after its last line. What the package registers
+    at exit freezes the collector first (run here as the interpreter runs it)."""
+    probe = ("import atexit, gc\n"
+             "import covid19xray.cli\n"
+             "before = gc.get_freeze_count()\n"
+             "atexit._run_exitfuncs()\n"
+             "print(before, gc.get_freeze_count() > 0)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.split() == ["0", "True"], result.stderr
+
+
 def test_an_error_text_over_several_lines_is_printed_as_one():
     @cli
     def main(argv=None):
