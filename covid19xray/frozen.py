@@ -416,7 +416,7 @@ def _entries(images, paths, transform, epochs):
 def _computed(extract, images, sources, keys, batch_size, transform, cache):
     """Compute the entries `keys` (each from its image and parameters in `sources`), a batch
     at a time, storing each batch in `cache` as it finishes: yields (the batch's keys, their
-    outputs)."""
+    outputs, the batch)."""
     batches = model_batches(images, [sources[key][0] for key in keys], batch_size, transform,
                             np.stack([sources[key][1] for key in keys]))
     done = 0
@@ -426,7 +426,7 @@ def _computed(extract, images, sources, keys, batch_size, transform, cache):
         if cache is not None:
             cache.store(batch_keys, outputs)
         done += len(outputs)
-        yield batch_keys, outputs
+        yield batch_keys, outputs, batch
 
 
 def features_per_epoch(extract, images, paths, batch_size, transform, epochs, cache=None,
@@ -455,8 +455,8 @@ def features_per_epoch(extract, images, paths, batch_size, transform, epochs, ca
         with progress(len(missing) + len(early), what) as bar:
             bar.update(len(early))
             if missing:
-                for batch_keys, features in _computed(extract, images, sources, missing,
-                                                      batch_size, transform, cache):
+                for batch_keys, features, _ in _computed(extract, images, sources, missing,
+                                                         batch_size, transform, cache):
                     features_of.update(zip(batch_keys, features))
                     bar.update(len(features))
     return np.stack([features_of[key] for key in keys]).reshape(epochs, len(paths), -1)
@@ -516,27 +516,25 @@ class Extractor:
         return time_own_batches(
             _computed(self.extract, images, sources, pending, self.batch_size, self.transform,
                       self.cache),
-            self.ahead.update,
-            lambda: timed_batch(self.extract, next(iter(model_batches(
-                images, [sources[key][0] for key in pending], self.batch_size, self.transform,
-                np.stack([sources[key][1] for key in pending]))))))
+            self.ahead.update, self.extract)
 
 
-def time_own_batches(batches, keep, timed_again):
-    """Seconds an image costs, for the cost line before a long run, timed on the run's own
-    work: of `batches` (an iterator computing (keys, outputs), a batch at a time), the first
-    traces the network, the second is timed, and both go to `keep` (as (key, output) pairs:
-    the run takes them from there, nothing is computed twice). With a single batch of work,
-    `timed_again()` times it once more: a batch thrown away, in a run of one batch."""
-    start = None
-    for count, (keys, outputs) in enumerate(batches):
+def time_own_batches(batches, keep, extract):
+    """Seconds an image costs `extract`, for the cost line before a long run, timed on the
+    run's own work: of `batches` (an iterator computing (keys, outputs, the batch), a batch at
+    a time), the first traces the network, the second is timed, and both go to `keep` (as
+    (key, output) pairs: the run takes them from there, nothing is computed twice). With a
+    single batch of work, that batch is timed once more: a batch thrown away, in a run of one
+    batch."""
+    first = start = None
+    for count, (keys, outputs, batch) in enumerate(batches):
         if count == 1:
             seconds = (time.perf_counter() - start) / len(keys)
             keep(zip(keys, outputs))
             return seconds
         keep(zip(keys, outputs))
-        start = time.perf_counter()
-    return timed_again()
+        first, start = batch, time.perf_counter()
+    return timed_batch(extract, first)
 
 
 def timed_batch(extract, batch):
@@ -559,11 +557,16 @@ class Joint:
     # digests computed to time the cost line, until a progress bar of the run counts them
     ahead: set = dataclasses.field(default_factory=set)
 
+    @staticmethod
+    def _digests(images, paths):
+        """Each path's image digest, and each digest's first path."""
+        digests = [images.digest(path) for path in paths]
+        return digests, dict(zip(reversed(digests), reversed(paths)))
+
     def _pending(self, images, paths):
         """The distinct images of `paths` this run would pass through VGG16 (their digests),
         and each digest's first path."""
-        digests = [images.digest(path) for path in paths]
-        first = dict(zip(reversed(digests), reversed(paths)))
+        digests, first = self._digests(images, paths)
         pending = [d for d in dict.fromkeys(digests) if d not in self.computed and (
             self.caches[0] is None or not all(cache.has(d) for cache in self.caches))]
         return pending, first
@@ -571,7 +574,7 @@ class Joint:
     def _compute(self, images, first, digests):
         """Pass the images `digests` (each from its path in `first`) through VGG16 a batch at a
         time, each batch kept in memory and in the caches as it finishes: yields (the batch's
-        digests, their (features, description) pairs)."""
+        digests, their (features, description) pairs, the batch)."""
         done = 0
         for batch in model_batches(images, [first[d] for d in digests], self.batch_size):
             features, descriptions = (part.numpy() for part in self.extract(batch))
@@ -582,12 +585,11 @@ class Joint:
                 for cache, rows in zip(self.caches, (features, descriptions)):
                     cache.store(keys, rows)
             done += len(features)
-            yield keys, pairs
+            yield keys, pairs, batch
 
     def both(self, images, paths):
         """(features, descriptions) of the images at `paths`, in order."""
-        digests = [images.digest(path) for path in paths]
-        first = dict(zip(reversed(digests), reversed(paths)))  # each digest's first path
+        digests, first = self._digests(images, paths)
         distinct = list(dict.fromkeys(digests))
         early = [d for d in distinct if d in self.ahead]  # computed to time the cost line
         self.ahead.difference_update(early)
@@ -600,7 +602,7 @@ class Joint:
         if missing or early:
             with progress(len(missing) + len(early), "VGG16 features and descriptions") as bar:
                 bar.update(len(early))
-                for keys, _ in self._compute(images, first, missing):
+                for keys, _, _ in self._compute(images, first, missing):
                     bar.update(len(keys))
         return (np.stack([self.computed[d][0] for d in digests]),
                 np.stack([self.computed[d][1] for d in digests]))
@@ -616,11 +618,9 @@ class Joint:
         if not pending:
             return 0.0
         pending = pending[:2 * self.batch_size]
-        return time_own_batches(
-            self._compute(images, first, pending),
-            lambda pairs: self.ahead.update(key for key, _ in pairs),
-            lambda: timed_batch(self.extract, next(iter(model_batches(
-                images, [first[d] for d in pending], self.batch_size)))))
+        return time_own_batches(self._compute(images, first, pending),
+                                lambda pairs: self.ahead.update(key for key, _ in pairs),
+                                self.extract)
 
 
 @dataclasses.dataclass(frozen=True)
