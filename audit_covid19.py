@@ -40,7 +40,7 @@ from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.config import FOLDS, RunConfig, add_flags, flag
 from covid19xray.external import check_classes, describe_by_source, load_external, sources_of
-from covid19xray.frozen import make_extractors, make_joint
+from covid19xray.extractor import make_extractors, make_whole_extractor
 from covid19xray.head import (
     compile_head,
     fit_head,
@@ -543,7 +543,7 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
     # external test's input check reads it): one pass where two were made, the same features
     # with or without --external, and those train --cache-features keeps in the same cache.
     # The masked variants pass through the network cropped to what the head reads.
-    whole, describer = make_joint(config, model)
+    whole = make_whole_extractor(config, model)
     extractors = [whole, *make_extractors(config, model,
                                           [transforms[name] for name in VARIANTS[1:]])]
     head = make_head(model)
@@ -560,7 +560,7 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
         probes[name] = probe(folds.true_classes, probabilities, folds.class_names, config.seed)
     # after every internal probe, so that an external test changes none of their numbers
     if external_set is not None:
-        outcomes = check_external_inputs(config, describer, images, paths, external_set)
+        outcomes = check_external_inputs(config, whole, images, paths, external_set)
         for name, extractor in zip(VARIANTS, extractors):
             print(f"[INFO] {name}: one head trained on every image, tested on the external "
                   "images...")
@@ -573,18 +573,19 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
                              external_probes[VARIANTS[0]]["probabilities"], folds.class_names,
                              sources_of(external_set.folder, external_set.paths))
     if config.cache_folder is not None:
-        print(cache_line([e.cache for e in extractors] + [describer.cache]))
+        # as before: each variant's features, then the descriptions
+        print(cache_line([e.caches[0] for e in extractors] + list(whole.caches[1:])))
     for result in external_probes.values():
         del result["probabilities"]  # kept for `screening` only
     return Probes(probes, external_probes, screened)
 
 
-def check_external_inputs(config, describer, images, paths, external_set):
+def check_external_inputs(config, whole, images, paths, external_set):
     """What the input check, fitted on every image of --dataset (the images the external heads
-    train on), says of each external image: its outcome. `describer` describes the images
-    (`frozen.make_extractors`)."""
-    input_check = fit_input_check(describer.features(images, paths), config.seed)
-    descriptions = describer.features(external_set.store, external_set.paths)
+    train on), says of each external image: its outcome. `whole` describes the images
+    (`extractor.make_whole_extractor`)."""
+    input_check = fit_input_check(whole.outputs(images, paths)[1], config.seed)
+    descriptions = whole.outputs(external_set.store, external_set.paths)[1]
     return input_check.outcomes(input_check.distances(descriptions))
 
 

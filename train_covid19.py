@@ -35,7 +35,7 @@ from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.config import MODEL_FILE, RunConfig, add_flags, flag
 from covid19xray.external import check_classes, load_external, print_by_source, sources_of
-from covid19xray.frozen import Extractor, JointView, make_extractors, make_joint
+from covid19xray.extractor import Extractor, make_extractors, make_whole_extractor
 from covid19xray.head import (
     compile_head,
     epoch_batches,
@@ -214,8 +214,7 @@ class Extractors:
 
     unchanged: Extractor  # the features of images as they are: the test split, --cache-features
     rotated: Extractor | None  # of training images rotated anew each epoch (None: no augmenting)
-    whole: JointView  # features, from the pass that describes: --cache-features, external tests
-    describer: JointView  # every image's description for the input check
+    whole: Extractor  # features and descriptions (the input check's) from one pass of each image
     caches: list  # the feature caches they read and fill ([] with --no-cache)
 
 
@@ -226,18 +225,17 @@ def frozen_base(config, model):
     input check (every one with --cache-features, the external ones) passes through VGG16
     once for both. Every cache is made, and its folders checked, here, before any image passes
     through VGG16."""
-    whole, describer = make_joint(config, model)
+    whole = make_whole_extractor(config, model)
     if config.cache_features:
         unchanged, rotated = whole, None
     else:
         unchanged, rotated = make_extractors(config, model,
                                              [UNCHANGED, Rotation(seed=config.seed)])
-    used = []  # with --cache-features, `unchanged` is `whole`: its cache counted once
-    for extractor in (unchanged, rotated, whole, describer):
-        if extractor is not None and not any(extractor is other for other in used):
-            used.append(extractor)
-    caches = [extractor.cache for extractor in used if extractor.cache is not None]
-    return Extractors(unchanged, rotated, whole, describer, caches)
+    # with --cache-features, `unchanged` is `whole`: its caches counted once
+    used = [unchanged] + ([rotated] if rotated is not None else []) + (
+        [whole] if whole is not unchanged else [])
+    return Extractors(unchanged, rotated, whole,
+                      [cache for extractor in used for cache in extractor.caches])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +261,7 @@ def estimate_cost(config, extractors, images, split):
     else:
         parts = {"cropped": extractors.unchanged.passes(images, split.testP)
                  + extractors.rotated.passes(images, split.trainP, config.epochs),
-                 "whole": extractors.describer.passes(images, split.trainP)}
+                 "whole": extractors.whole.passes(images, split.trainP)}
         alternative = both
         what = (f"{len(split.trainP):,} training images x {config.epochs} epochs, "
                 f"{len(split.testP):,} test images and {len(split.trainP):,} descriptions")
@@ -322,7 +320,7 @@ def augment(config, extractors, images, trainP):
         print("[INFO] --cache-features: augmentation off, each image passes through VGG16 once")
         return TrainingFeatures(extractors.unchanged.features(images, trainP)[None], False)
     return TrainingFeatures(
-        extractors.rotated.features_per_epoch(images, trainP, config.epochs), True)
+        extractors.rotated.outputs_per_epoch(images, trainP, config.epochs)[0], True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +347,7 @@ def batch(config, training, trainY):
 def describe_training_images(extractors, images, trainP):
     """Each training image's description for the input check (`covid19xray.description`):
     the whole image, as it is, through the whole frozen VGG16."""
-    return extractors.describer.features(images, trainP)
+    return extractors.whole.outputs(images, trainP)[1]
 
 
 def fit_the_input_check(config, descriptions):
@@ -420,8 +418,7 @@ def test_on_external(config, folder, head, extractors, split, input_check):
     with contextlib.closing(load_external(folder, split.class_names,
                                           split.digests)) as external_set:
         # one VGG16 pass of each external image gives both
-        extF = extractors.whole.features(external_set.store, external_set.paths)
-        descriptions = extractors.describer.features(external_set.store, external_set.paths)
+        extF, descriptions = extractors.whole.outputs(external_set.store, external_set.paths)
     print(f"[INFO] {len(external_set.paths)} external images "
           f"({class_counts(external_set.onehot, split.class_names)})")
     probabilities = head_probabilities(head, extF)

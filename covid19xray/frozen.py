@@ -2,24 +2,17 @@
 
 Only the head learns (Dense, Dropout, Dense: 32,962 weights; `head`). Everything before it,
 VGG16 plus the head's pooling and flatten, is a fixed function of the image, so it is part of
-the input pipeline: each image's features are computed once and kept in the feature cache
-(`cache`). This module, with the modules that decide the pixels (`images`, `store`,
-`transforms`), holds everything that decides a cached feature, and nothing else: the features
-the head reads, and the input check's description of an image. Their code is part of the
-cache's key (`frozen_code_digest`); the head's code never is, so editing the optimizer keeps
-the cache warm.
-
-The steps, in the order an image takes them:
+the input pipeline: each image's output is computed once and kept in the feature cache
+(`cache`), scheduled by `extractor`. This module holds the pure code from pixels to the
+network's output, and the key (`cache_configuration`) that says which code and settings an
+output depends on:
 
 1. `model_batches`: the images of an `ImageStore`, in batches, scaled to [0, 1] and changed by
    a transform (as they are, rotated, masked);
-2. the frozen network on those batches (`make_feature_extractor`: cropped to what the head
-   reads; `make_joint_extractor`: the whole image, its features and its description for the
-   input check, `description_output`, from one pass), in a precision (`with_precision`,
-   `model_with_precision`);
-3. an `Extractor` (the cropped network with its batch size, transform and cache, all made at
-   once by `make_extractors`; `features_per_epoch` computes each distinct image, and rotation,
-   once and keeps it), or a `Joint` (`make_joint`: both outputs, each in its cache).
+2. the frozen network on those batches, in a precision (`with_precision`,
+   `model_with_precision`): `make_feature_extractor`, cropped to what the head reads, or
+   `make_joint_extractor`, the whole image's features and its description for the input check
+   (`description_output`) from one pass.
 
 How the input check describes an image (`description_output`): the frozen VGG16 is read at its
 five pooling layers. Of each, the mean and the standard deviation of every channel over the
@@ -28,10 +21,9 @@ channels averaged over the image's four quarters (where they are: a lateral film
 one share textures, not their layout). Each part is square-rooted (activations are
 non-negative, and a few strong channels would otherwise drown the rest), scaled to unit length,
 and the parts are joined with equal weight. The description costs nothing beyond the forward
-pass that predicts: the pooled values are read off layers the model computes anyway. The check
-that compares descriptions (`input_check`) is not part of the key.
+pass that predicts: the pooled values are read off layers the model computes anyway.
 
-The extractor computes only the region of the image that the head reads. The tutorial's
+The feature extractor computes only the region of the image that the head reads. The tutorial's
 `AveragePooling2D(4x4)` on VGG16's 7x7 output uses "valid" pooling, so it reads only the
 top-left 4x4 cells; those depend only on the top-left 218x218 pixels and, after each of VGG16's
 pooling layers, only on a top-left region of the map. `feature_crops` derives these regions from
@@ -44,29 +36,23 @@ between rounds, and destroying an iterator waits for it to wake, which stalled t
 training run by up to that long.
 """
 
-import ast
-import dataclasses
 import functools
 import hashlib
 import importlib.metadata
 import os
-import time
 
 import cv2
 import numpy as np
+import PIL
 
-from .cache import FeatureCache
 from .cli import lazy_import
+from .code_digest import code_digest
 from .images import scale_pixels
-from .progress import progress
 from .transforms import UNCHANGED
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
-# The files whose code decides a cached feature (`frozen_code_digest`): decoding, resizing and
-# scaling, the store of decoded images, the transforms, and this module.
-FROZEN_SOURCES = ("images.py", "store.py", "transforms.py", "frozen.py")
 # The head's Flatten: its output is the features the head trains on, the end of the frozen part.
 FEATURES_LAYER = "flatten"
 # What an image's description reads: every pooling layer's channel means and deviations, and
@@ -74,6 +60,13 @@ FEATURES_LAYER = "flatten"
 POOLING_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool")
 LAYOUT_LAYER, LAYOUT_GRID = "block4_pool", 2
 PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
+# Where the code that turns a file into the network's output starts: a file's decoding to the
+# model's uint8 input, the store's read-back, the transforms, the batches and the networks.
+# The key's code digest (`frozen_code_digest`) is of these and everything they reach.
+PIXEL_CODE = ("store._decode", "store.ImageStore.read", "store.ImageStore.read_tensor",
+              "transforms.Unchanged", "transforms.Rotation", "transforms.BoxMask",
+              "transforms.LungMasks", "frozen.model_batches", "frozen.make_feature_extractor",
+              "frozen.make_joint_extractor")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,11 +201,6 @@ def description_output(model):
     return keras.ops.concatenate([_unit(part) * weight for part in parts], axis=-1)
 
 
-def description_model(model):
-    """The part of `model` that describes an image, alone (for the training images)."""
-    return keras.Model(model.inputs, description_output(model))
-
-
 def model_with_description(model):
     """`model` with a second output, each image's description: one forward pass gives both
     the class probabilities and what the input check needs (predict's)."""
@@ -283,66 +271,25 @@ def make_joint_extractor(model, precision="float32"):
 
 
 # ---------------------------------------------------------------------------------------------
-# The key: everything besides the image that a cached feature depends on
+# The key: everything besides the image that a cached output depends on
 # ---------------------------------------------------------------------------------------------
-
-
-class _WithoutWords(ast.NodeTransformer):
-    """A module's syntax tree less what cannot change a pixel: docstrings, and the words of
-    what it prints or raises. (Comments and layout are not in the tree.)"""
-
-    def _without_docstring(self, node):
-        body = node.body
-        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-        return self.generic_visit(node)
-
-    visit_Module = visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = (
-        _without_docstring)
-
-    def visit_Raise(self, node):
-        return _Blank().visit(node)
-
-    def visit_Call(self, node):
-        if isinstance(node.func, ast.Name) and node.func.id == "print":
-            return _Blank().visit(node)
-        return self.generic_visit(node)
-
-
-class _Blank(ast.NodeTransformer):
-    """Every string in a message, f-strings and their values too, as one empty string."""
-
-    def visit_JoinedStr(self, node):
-        return ast.Constant("")
-
-    def visit_Constant(self, node):
-        return ast.Constant("") if isinstance(node.value, str) else node
-
-
-def code_digest(paths):
-    """SHA-256 of the code of the Python files at `paths`, in order: their syntax trees, less
-    docstrings, comments, layout and the words of messages (`_WithoutWords`). What the code
-    does changes it; how it is explained does not."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), filename=path)
-        digest.update(ast.dump(_WithoutWords().visit(tree)).encode())
-    return digest.hexdigest()
 
 
 @functools.cache  # the code does not change while a run reads it
 def frozen_code_digest(folder=PACKAGE_FOLDER):
-    """`code_digest` of FROZEN_SOURCES in the package `folder`: part of every cache key, so
-    that features computed by other code are never reused (docs/code.md says why the key is
-    the code, not a fingerprint of its output)."""
-    return code_digest([os.path.join(folder, name) for name in FROZEN_SOURCES])
+    """`code_digest` of PIXEL_CODE in the package `folder`: part of every cache key, so that
+    outputs computed by other code are never reused (docs/code.md says why the key is the
+    code, not a fingerprint of its output)."""
+    return code_digest(folder, PIXEL_CODE)
 
 
-def decoder_versions():
-    """The DICOM decoders' versions (read from their metadata, without importing them)."""
-    versions = {}
+def library_versions():
+    """The version of every library that touches a pixel on its way to the network: decoding
+    (OpenCV, Pillow's header and EXIF reading, pydicom and GDCM), the 8-bit conversion and
+    windowing (NumPy), and the network (TensorFlow, Keras). DICOM's are read from their
+    metadata, without importing them."""
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__,
+                "opencv": cv2.__version__, "numpy": np.__version__, "pillow": PIL.__version__}
     for package in ("pydicom", "python-gdcm"):
         try:
             versions[package] = importlib.metadata.version(package)
@@ -388,291 +335,6 @@ def cache_configuration(model, crops, precision, transform=UNCHANGED, output="fe
         "code": frozen_code_digest(),
         "transform": transform.describe(),
         "output": output,
-        "libraries": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                      "opencv": cv2.__version__, **decoder_versions()},
+        "libraries": library_versions(),
         "device": device_class(),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Extractors: the frozen network, its batches and its cache
-# ---------------------------------------------------------------------------------------------
-
-
-def _entries(images, paths, transform, epochs):
-    """The images at `paths` changed by `transform` in each of `epochs` epochs: the entry key
-    of every place (`transforms.entry_key`), epoch by epoch, image by image within each, and
-    {each distinct key: (the path it is computed from, its row of parameters)}, in the order
-    the keys are first wanted."""
-    parameters, keys = transform.parameters_and_keys([images.digest(path) for path in paths],
-                                                     epochs)
-    sources = {}
-    for n, key in enumerate(keys):
-        if key not in sources:
-            sources[key] = (paths[n % len(paths)], parameters[n])
-    return keys, sources
-
-
-def _computed(extract, images, sources, keys, batch_size, transform, cache):
-    """Compute the entries `keys` (each from its image and parameters in `sources`), a batch
-    at a time, storing each batch in `cache` as it finishes: yields (the batch's keys, their
-    outputs, the batch)."""
-    batches = model_batches(images, [sources[key][0] for key in keys], batch_size, transform,
-                            np.stack([sources[key][1] for key in keys]))
-    done = 0
-    for batch in batches:
-        outputs = extract(batch).numpy()
-        batch_keys = keys[done:done + len(outputs)]
-        if cache is not None:
-            cache.store(batch_keys, outputs)
-        done += len(outputs)
-        yield batch_keys, outputs, batch
-
-
-def features_per_epoch(extract, images, paths, batch_size, transform, epochs, cache=None,
-                       what="VGG16 features", ahead=None):
-    """The features of the images at `paths` changed by `transform` as it changes them in each
-    of `epochs` epochs: (epochs, len(paths), features), in order.
-
-    Each distinct entry (`transforms.entry_key`: the image and its parameters) is computed
-    once: an image that `transform` leaves the same every epoch passes through VGG16 once, not
-    once per epoch, and so does a file that stands twice. With `cache` (a `cache.FeatureCache`
-    for this transform), features found there are not computed again, and those computed are
-    stored as each batch finishes: a run stopped halfway keeps what it computed, and the rerun
-    computes only the rest. Every missing entry goes through VGG16 in one pass, under one
-    progress bar that says `what` it computes. Entries in `ahead` ({key: features}, computed
-    by this run to time the cost line: `time_own_batches`) are taken from it, counted in the
-    bar as done, and removed from it.
-    """
-    keys, sources = _entries(images, paths, transform, epochs)
-    early = {key: ahead.pop(key) for key in sources if key in (ahead or {})}
-    rest = [key for key in sources if key not in early]
-    features_of = dict(zip(rest, [None] * len(rest) if cache is None or not rest
-                           else cache.lookup(rest)))
-    features_of.update(early)
-    missing = [key for key in rest if features_of[key] is None]
-    if missing or early:
-        with progress(len(missing) + len(early), what) as bar:
-            bar.update(len(early))
-            if missing:
-                for batch_keys, features, _ in _computed(extract, images, sources, missing,
-                                                         batch_size, transform, cache):
-                    features_of.update(zip(batch_keys, features))
-                    bar.update(len(features))
-    return np.stack([features_of[key] for key in keys]).reshape(epochs, len(paths), -1)
-
-
-def extract_features(extract, images, paths, batch_size, transform=UNCHANGED, cache=None,
-                     what="VGG16 features"):
-    """The features of the images at `paths` changed by `transform` (by default, as they are):
-    (len(paths), features), in order. See `features_per_epoch`."""
-    return features_per_epoch(extract, images, paths, batch_size, transform, 1, cache, what)[0]
-
-
-def entries_to_compute(images, paths, transform, epochs, cache=None):
-    """How many distinct entries of the images at `paths` over `epochs` epochs are not in
-    `cache` (all of them without one): the VGG16 passes `features_per_epoch` would make. Asks
-    whether each entry's file exists; reads none."""
-    _, keys = transform.parameters_and_keys([images.digest(path) for path in paths], epochs)
-    distinct = list(dict.fromkeys(keys))
-    return len(distinct) if cache is None else sum(not cache.has(key) for key in distinct)
-
-
-@dataclasses.dataclass(frozen=True)
-class Extractor:
-    """A frozen network's output for images of an `ImageStore`, as they are or changed by
-    `transform`, computed `batch_size` at a time and kept in `cache` (None: --no-cache)."""
-
-    extract: object  # a batch of scaled images -> its outputs (a tf.function)
-    batch_size: int
-    transform: object = UNCHANGED
-    cache: object = None
-    what: str = "VGG16 features"  # what its progress bar says it computes
-    # entries computed to time the cost line, until the run's own pass takes them
-    ahead: dict = dataclasses.field(default_factory=dict, compare=False)
-
-    def features(self, images, paths):
-        """(len(paths), features), in order (`features_per_epoch`)."""
-        return self.features_per_epoch(images, paths, 1)[0]
-
-    def features_per_epoch(self, images, paths, epochs):
-        """(epochs, len(paths), features): as `transform` changes them each epoch."""
-        return features_per_epoch(self.extract, images, paths, self.batch_size, self.transform,
-                                  epochs, self.cache, self.what, self.ahead)
-
-    def passes(self, images, paths, epochs=1):
-        """The VGG16 passes computing them would take now (`entries_to_compute`)."""
-        return entries_to_compute(images, paths, self.transform, epochs, self.cache)
-
-    def seconds_per_image(self, images, paths, epochs=1):
-        """What one image costs this extractor here, timed on the first two batches of what
-        computing `paths` over `epochs` epochs will compute (`time_own_batches`)."""
-        _, sources = _entries(images, paths, self.transform, epochs)
-        pending = [key for key in sources if key not in self.ahead
-                   and (self.cache is None or not self.cache.has(key))]
-        if not pending:
-            return 0.0
-        pending = pending[:2 * self.batch_size]
-        return time_own_batches(
-            _computed(self.extract, images, sources, pending, self.batch_size, self.transform,
-                      self.cache),
-            self.ahead.update, self.extract)
-
-
-def time_own_batches(batches, keep, extract):
-    """Seconds an image costs `extract`, for the cost line before a long run, timed on the
-    run's own work: of `batches` (an iterator computing (keys, outputs, the batch), a batch at
-    a time), the first traces the network, the second is timed, and both go to `keep` (as
-    (key, output) pairs: the run takes them from there, nothing is computed twice). With a
-    single batch of work, that batch is timed once more: a batch thrown away, in a run of one
-    batch."""
-    first = start = None
-    for count, (keys, outputs, batch) in enumerate(batches):
-        if count == 1:
-            seconds = (time.perf_counter() - start) / len(keys)
-            keep(zip(keys, outputs))
-            return seconds
-        keep(zip(keys, outputs))
-        first, start = batch, time.perf_counter()
-    return timed_batch(extract, first)
-
-
-def timed_batch(extract, batch):
-    """Seconds an image of `batch` costs `extract`, already traced."""
-    start = time.perf_counter()
-    tf.nest.map_structure(np.asarray, extract(batch))
-    return (time.perf_counter() - start) / len(batch)
-
-
-@dataclasses.dataclass
-class Joint:
-    """The features and descriptions of images as they are, from one pass of each
-    (`make_joint_extractor`), each kept in its own cache (None: --no-cache) and, for this run,
-    in memory: asked for one, then the other, an image passes through VGG16 once."""
-
-    extract: object
-    batch_size: int
-    caches: tuple  # (the features' cache, the descriptions' cache), or (None, None)
-    computed: dict = dataclasses.field(default_factory=dict)  # digest -> (features, description)
-    # digests computed to time the cost line, until a progress bar of the run counts them
-    ahead: set = dataclasses.field(default_factory=set)
-
-    @staticmethod
-    def _digests(images, paths):
-        """Each path's image digest, and each digest's first path."""
-        digests = [images.digest(path) for path in paths]
-        return digests, dict(zip(reversed(digests), reversed(paths)))
-
-    def _pending(self, images, paths):
-        """The distinct images of `paths` this run would pass through VGG16 (their digests),
-        and each digest's first path."""
-        digests, first = self._digests(images, paths)
-        pending = [d for d in dict.fromkeys(digests) if d not in self.computed and (
-            self.caches[0] is None or not all(cache.has(d) for cache in self.caches))]
-        return pending, first
-
-    def _compute(self, images, first, digests):
-        """Pass the images `digests` (each from its path in `first`) through VGG16 a batch at a
-        time, each batch kept in memory and in the caches as it finishes: yields (the batch's
-        digests, their (features, description) pairs, the batch)."""
-        done = 0
-        for batch in model_batches(images, [first[d] for d in digests], self.batch_size):
-            features, descriptions = (part.numpy() for part in self.extract(batch))
-            keys = digests[done:done + len(features)]
-            pairs = list(zip(features, descriptions))
-            self.computed.update(zip(keys, pairs))
-            if self.caches[0] is not None:
-                for cache, rows in zip(self.caches, (features, descriptions)):
-                    cache.store(keys, rows)
-            done += len(features)
-            yield keys, pairs, batch
-
-    def both(self, images, paths):
-        """(features, descriptions) of the images at `paths`, in order."""
-        digests, first = self._digests(images, paths)
-        distinct = list(dict.fromkeys(digests))
-        early = [d for d in distinct if d in self.ahead]  # computed to time the cost line
-        self.ahead.difference_update(early)
-        wanted = [d for d in distinct if d not in self.computed]
-        if self.caches[0] is not None and wanted:
-            found = zip(wanted, *(cache.lookup(wanted) for cache in self.caches))
-            self.computed.update({d: (f, e) for d, f, e in found
-                                  if f is not None and e is not None})
-        missing = [d for d in wanted if d not in self.computed]
-        if missing or early:
-            with progress(len(missing) + len(early), "VGG16 features and descriptions") as bar:
-                bar.update(len(early))
-                for keys, _, _ in self._compute(images, first, missing):
-                    bar.update(len(keys))
-        return (np.stack([self.computed[d][0] for d in digests]),
-                np.stack([self.computed[d][1] for d in digests]))
-
-    def missing(self, images, paths):
-        """How many distinct images of `paths` this run would pass through VGG16."""
-        return len(self._pending(images, paths)[0])
-
-    def seconds_per_image(self, images, paths):
-        """What one image costs here, timed on the first two batches of the images of `paths`
-        this run will pass through VGG16 (`time_own_batches`)."""
-        pending, first = self._pending(images, paths)
-        if not pending:
-            return 0.0
-        pending = pending[:2 * self.batch_size]
-        return time_own_batches(self._compute(images, first, pending),
-                                lambda pairs: self.ahead.update(key for key, _ in pairs),
-                                self.extract)
-
-
-@dataclasses.dataclass(frozen=True)
-class JointView:
-    """One of a `Joint`'s two outputs (0 the features, 1 the descriptions), used as an
-    `Extractor` is: both are computed the first time either is asked for."""
-
-    joint: Joint
-    output: int
-    what: str
-
-    @property
-    def cache(self):
-        return self.joint.caches[self.output]
-
-    def features(self, images, paths):
-        return self.joint.both(images, paths)[self.output]
-
-    def passes(self, images, paths, epochs=1):
-        return self.joint.missing(images, paths)
-
-    def seconds_per_image(self, images, paths):
-        return self.joint.seconds_per_image(images, paths)
-
-
-def make_joint(config, model):
-    """The features and descriptions of images as they are, one VGG16 pass for both
-    (`Joint`): a (features, descriptions) pair of `JointView`s."""
-    caches = (None, None)
-    if config.cache_folder is not None:
-        caches = (FeatureCache(config.cache_folder,
-                               cache_configuration(model, {}, config.precision),
-                               what="whole image(s)"),
-                  FeatureCache(config.cache_folder,
-                               cache_configuration(model, {}, config.precision,
-                                                   output="description"),
-                               what="input check description(s)"))
-    joint = Joint(make_joint_extractor(model, config.precision), config.batch_size, caches)
-    return (JointView(joint, 0, "VGG16 features and descriptions"),
-            JointView(joint, 1, "VGG16 features and descriptions"))
-
-
-def make_extractors(config, model, transforms):
-    """One `Extractor` of `model`'s features per transform, each with its cache: all made,
-    their folders checked, before any image passes through VGG16. `config` is a
-    `config.RunConfig`. (The input check's descriptions: `make_joint`.)"""
-    extract, crops = make_feature_extractor(model, config.precision)
-    return [Extractor(extract, config.batch_size, transform,
-                      None if config.cache_folder is None
-                      else FeatureCache(config.cache_folder,
-                                        cache_configuration(model, crops, config.precision,
-                                                            transform),
-                                        what=transform.entries),
-                      "VGG16 features" + (f" ({transform.label})" if transform.label else ""))
-            for transform in transforms]

@@ -57,6 +57,16 @@ def narrow_vgg16(input_shape=(224, 224, 3), width=8):
 # ---------------------------------------------------------------------------------------------
 
 
+def computed_outputs(extract, store, paths, batch_size, transform=None, epochs=1, cache=None):
+    """The first output of `extract` for the images at `paths` of `store`, through one
+    `Extractor` (covid19xray.extractor), as the scripts compute it: (epochs, len(paths), size)."""
+    from covid19xray.extractor import Extractor
+    from covid19xray.transforms import UNCHANGED
+
+    return Extractor(extract, batch_size, transform or UNCHANGED,
+                     () if cache is None else (cache,)).outputs_per_epoch(store, paths, epochs)[0]
+
+
 def write_image(path, seed, gray=False, size=(260, 300)):
     """Write a distinct small synthetic 'X-ray' (noise plus a bright blob) to `path`.
 

@@ -11,11 +11,8 @@ import pytest
 
 from covid19xray.cache import FeatureCache
 from covid19xray.frozen import (
-    FROZEN_SOURCES,
     cache_configuration,
-    extract_features,
     feature_crops,
-    features_per_epoch,
     frozen_code_digest,
     make_feature_extractor,
 )
@@ -24,7 +21,7 @@ from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model import build_model, load_vgg16_base
 from covid19xray.store import ImageStore
 from covid19xray.transforms import UNCHANGED, BoxMask, Rotation
-from helpers import ROOT, make_dataset, write_image
+from helpers import ROOT, computed_outputs, make_dataset, write_image
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +84,7 @@ def test_features_equal_the_whole_models_whatever_the_heads_pooling(base, images
     model = model_with_head(base, POOLINGS[pooling]())
     extract, crops = make_feature_extractor(model)
     assert crops == feature_crops(model)
-    features = extract_features(extract, store, paths, batch_size=3)
+    features = computed_outputs(extract, store, paths, 3)[0]
     expected = whole_image_features(model, paths)
     assert features.shape == expected.shape and np.abs(expected).max() > 0
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
@@ -96,9 +93,9 @@ def test_features_equal_the_whole_models_whatever_the_heads_pooling(base, images
 def test_bfloat16_features_are_close_and_the_model_stays_float32(base, images):
     store, paths = images
     model = build_model(base)
-    full = extract_features(make_feature_extractor(model)[0], store, paths, batch_size=4)
+    full = computed_outputs(make_feature_extractor(model)[0], store, paths, 4)[0]
     extract, _ = make_feature_extractor(model, "bfloat16")
-    half = extract_features(extract, store, paths, batch_size=4)
+    half = computed_outputs(extract, store, paths, 4)[0]
     assert half.dtype == np.float32
     relative = np.linalg.norm(half - full) / np.linalg.norm(full)
     assert 0 < relative < 0.05  # rounded differently, but the same features
@@ -142,7 +139,7 @@ def test_cache_recomputes_exactly_what_changed(base, tmp_path, capsys):
         store = ImageStore(paths)
         cache = FeatureCache(str(tmp_path / "cache"), precision_configuration)
         counted = counting(extract)
-        features = extract_features(counted, store, paths, 4, cache=cache)
+        features = computed_outputs(counted, store, paths, 4, cache=cache)[0]
         return counted.images, features, cache
 
     computed, first, cache = run()
@@ -181,7 +178,7 @@ def test_a_transforms_parameters_are_in_the_key_so_editing_one_recomputes(base, 
         cache = FeatureCache(str(tmp_path / "cache"),
                              cache_configuration(model, crops, "float32", transform))
         counted = counting(extract)
-        features = features_per_epoch(counted, store, paths, 4, transform, 2, cache)
+        features = computed_outputs(counted, store, paths, 4, transform, 2, cache)
         return counted.images, features
 
     lungs_hidden = BoxMask(box=(0.1, 0.1, 0.9, 0.9), keep="outside")
@@ -214,22 +211,27 @@ def edit(path, old, new):
 
 def test_changing_what_vgg16_is_given_changes_the_key(tmp_path):
     """Derived, not kept by hand: a copy of the package whose scaling divides by 256 instead of
-    255, or whose rotation fills with zeros, gets another key; the unchanged copy gets this
-    one."""
+    255, whose rotation fills with zeros, or whose resize interpolates otherwise gets another
+    key; the unchanged copy gets this one."""
     same = package_copy(tmp_path, "same")
     assert frozen_code_digest.__wrapped__(str(same)) == frozen_code_digest()
     scaled = package_copy(tmp_path, "scaled")
     edit(scaled / "images.py", "/ 255.0", "/ 256.0")
     filled = package_copy(tmp_path, "filled")
     edit(filled / "transforms.py", 'fill_mode=FILL_MODE', 'fill_mode="constant"')
-    keys = {frozen_code_digest.__wrapped__(str(folder)) for folder in (same, scaled, filled)}
-    assert len(keys) == 3
+    resized = package_copy(tmp_path, "resized")
+    edit(resized / "images.py", "cv2.COLOR_BGR2RGB), size)",
+         "cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA)")
+    keys = {frozen_code_digest.__wrapped__(str(folder))
+            for folder in (same, scaled, filled, resized)}
+    assert len(keys) == 4
 
 
-def test_editing_the_head_a_docstring_a_comment_or_a_message_keeps_the_key(tmp_path):
-    """The optimizer's schedule, the loss, a docstring, a comment and an error's words decide no
-    feature: editing them keeps every cached feature. Wherever `make_optimizer` lives, it is
-    not hashed."""
+def test_editing_the_head_words_or_the_scheduling_keeps_the_key(tmp_path):
+    """What decides no feature keeps every cached feature: the optimizer's schedule, the loss,
+    a docstring, a comment, an error's words, a warning's words and the cap on a decoder's
+    message, a progress label, the cache line's name of an entry, and the scheduling of the
+    batches (`extractor`). Wherever `make_optimizer` lives, it is not hashed."""
     edited = package_copy(tmp_path, "edited")
     [optimizer_file] = [path for path in edited.glob("*.py")
                         if "def make_optimizer(" in path.read_text()]
@@ -241,8 +243,51 @@ def test_editing_the_head_a_docstring_a_comment_or_a_message_keeps_the_key(tmp_p
          "    return tf.cast(x, tf.float32)  # the features, as the head reads them\n")
     edit(edited / "images.py", '"not a readable image") from None',
          '"not an image OpenCV or Pillow can read") from None')
+    edit(edited / "images.py", "damaged, used as far as it decodes", "damaged, read in part")
+    edit(edited / "images.py", "if len(message) <= 300 else message[:297]",
+         "if len(message) <= 200 else message[:197]")
+    edit(edited / "store.py", 'progress(len(image_paths), "decoding")',
+         'progress(len(image_paths), "reading images")')
+    edit(edited / "transforms.py", 'entries = "rotated image(s) (one per training image and '
+         'epoch)"', 'entries = "rotations"')
+    edit(edited / "extractor.py", "[:2 * self.batch_size]", "[:3 * self.batch_size]")
+    edit(edited / "extractor.py", 'what="whole image(s)"', 'what="images as they are"')
     assert frozen_code_digest.__wrapped__(str(edited)) == frozen_code_digest()
-    assert optimizer_file.name not in FROZEN_SOURCES
+
+
+def test_every_library_that_touches_a_pixel_is_in_the_key(base, monkeypatch):
+    """A new Pillow, NumPy, OpenCV, pydicom, GDCM, TensorFlow or Keras may decode, convert or
+    compute differently: each version is in the key, and another version makes another key."""
+    import importlib.metadata
+
+    import cv2
+    import PIL
+
+    model = build_model(base, 2)
+    crops = feature_crops(model)
+
+    def key():
+        return json.dumps(cache_configuration(model, crops, "float32"), sort_keys=True)
+
+    libraries = cache_configuration(model, crops, "float32")["libraries"]
+    assert set(libraries) == {"tensorflow", "keras", "opencv", "numpy", "pillow", "pydicom",
+                              "python-gdcm"}
+    assert libraries["numpy"] == np.__version__ and libraries["pillow"] == PIL.__version__
+    before = key()
+    keys = set()
+    for module in (np, PIL, cv2):
+        with monkeypatch.context() as patched:
+            patched.setattr(module, "__version__", "0.0.0")
+            keys.add(key())
+    real = importlib.metadata.version
+    for package in ("pydicom", "python-gdcm"):
+        with monkeypatch.context() as patched:
+            patched.setattr(importlib.metadata, "version",
+                            lambda name, package=package: "0.0.0" if name == package
+                            else real(name))
+            keys.add(key())
+    assert before not in keys and len(keys) == 5
+    assert key() == before
 
 
 def test_the_cache_key_holds_the_device_and_tf32(base, monkeypatch):

@@ -11,19 +11,21 @@ import pytest
 import predict_covid19
 import train_covid19
 from covid19xray.cache import FeatureCache
-from covid19xray.frozen import (
-    cache_configuration,
-    features_per_epoch,
-    make_extractors,
-    make_feature_extractor,
-    make_joint,
-)
+from covid19xray.extractor import make_extractors, make_whole_extractor
+from covid19xray.frozen import cache_configuration, make_feature_extractor
 from covid19xray.images import list_images
 from covid19xray.layout import find_dataset, load_dataset
 from covid19xray.model import build_model, load_vgg16_base
 from covid19xray.store import ImageStore
 from covid19xray.transforms import UNCHANGED
-from helpers import assert_one_line_error, radiography, run_main, small_dataset, write_image
+from helpers import (
+    assert_one_line_error,
+    computed_outputs,
+    radiography,
+    run_main,
+    small_dataset,
+    write_image,
+)
 
 
 def test_the_radiography_layout_reads_images_by_class_and_never_a_mask(tmp_path):
@@ -230,7 +232,7 @@ def test_a_run_stopped_halfway_keeps_what_it_computed(tmp_path, narrow_model):
         return extract(batch)
 
     with pytest.raises(KeyboardInterrupt):
-        features_per_epoch(stopped_at_third_batch, store, paths, 3, UNCHANGED, 1, cache)
+        computed_outputs(stopped_at_third_batch, store, paths, 3, UNCHANGED, 1, cache)
     assert cache.computed == 6 and sum(cache.has(store.digest(p)) for p in paths) == 6
 
     def counted(batch):
@@ -240,10 +242,10 @@ def test_a_run_stopped_halfway_keeps_what_it_computed(tmp_path, narrow_model):
     counted.images = 0
     rerun = FeatureCache(str(tmp_path / "c"), cache_configuration(narrow_model, crops,
                                                                   "float32"))
-    features = features_per_epoch(counted, store, paths, 3, UNCHANGED, 1, rerun)
+    features = computed_outputs(counted, store, paths, 3, UNCHANGED, 1, rerun)
     assert counted.images == 4 and (rerun.found, rerun.computed) == (6, 4)
-    np.testing.assert_allclose(features[0], features_per_epoch(extract, store, paths, 3,
-                                                               UNCHANGED, 1)[0], atol=1e-5)
+    np.testing.assert_allclose(features[0], computed_outputs(extract, store, paths, 3)[0],
+                               atol=1e-5)
     store.close()
 
 
@@ -251,8 +253,10 @@ def test_extractors_say_what_they_compute(narrow_model, tmp_path):
     config = train_covid19.TrainConfig(dataset="d", cache_dir=str(tmp_path / "c"))
     [features] = make_extractors(config, narrow_model, [UNCHANGED])
     assert features.what == "VGG16 features"
-    whole, described = make_joint(config, narrow_model)
-    assert whole.what == described.what == "VGG16 features and descriptions"
+    whole = make_whole_extractor(config, narrow_model)
+    assert whole.what == "VGG16 features and descriptions"
+    assert [cache.what for cache in whole.caches] == ["whole image(s)",
+                                                      "input check description(s)"]
 
 
 def test_one_pass_gives_an_images_features_and_description(tmp_path, narrow_model):
@@ -266,12 +270,12 @@ def test_one_pass_gives_an_images_features_and_description(tmp_path, narrow_mode
     store = ImageStore(paths)
     config = train_covid19.TrainConfig(dataset=dataset, batch_size=4,
                                        cache_dir=str(tmp_path / "c"))
-    whole, described = make_joint(config, narrow_model)
+    whole = make_whole_extractor(config, narrow_model)
     calls = []
-    real = whole.joint.extract
-    whole.joint.extract = lambda batch: calls.append(len(batch)) or real(batch)
+    real = whole.extract
+    whole.extract = lambda batch: calls.append(len(batch)) or real(batch)
     features = whole.features(store, paths)
-    descriptions = described.features(store, paths)
+    descriptions = whole.outputs(store, paths)[1]
     assert sum(calls) == 6  # not 12
     flatten = keras.Model(narrow_model.input, narrow_model.get_layer("flatten").output)
     from covid19xray.images import load_xray, scale_pixels
@@ -280,6 +284,6 @@ def test_one_pass_gives_an_images_features_and_description(tmp_path, narrow_mode
     assert descriptions.shape[0] == 6 and np.allclose(np.linalg.norm(descriptions, axis=1), 1,
                                                       atol=1e-5)
     # a later run finds both in the cache: no pass at all
-    again, _ = make_joint(config, narrow_model)
+    again = make_whole_extractor(config, narrow_model)
     assert again.passes(store, paths) == 0
     store.close()

@@ -28,7 +28,6 @@ import train_covid19
 from bench.benchmark import comparable  # what two identical runs print alike
 from covid19xray import frozen, store
 from covid19xray.cache import FeatureCache
-from covid19xray.frozen import features_per_epoch
 from covid19xray.head import epoch_batches, make_head
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.layout import load_dataset
@@ -39,6 +38,7 @@ from helpers import (
     NOT_UTF8,
     ROOT,
     assert_one_line_error,
+    computed_outputs,
     made_once,
     make_dataset,
     parse_report,
@@ -116,8 +116,8 @@ def test_every_training_label_is_its_images_folder(tmp_path):
     config = train_covid19.TrainConfig(dataset=str(tmp_path), seed=3)
     images, paths, labels = load_dataset(str(tmp_path))
     parts = train_covid19.split_dataset(config, images, paths, labels)
-    rotated = features_per_epoch(lambda x: x, images, parts.trainP, 3,  # features = the images
-                                 Rotation(seed=3), epochs=2)
+    rotated = computed_outputs(lambda x: x, images, parts.trainP, 3,  # features = the images
+                               Rotation(seed=3), epochs=2)
     batches = epoch_batches(rotated, parts.trainY, 3, 3)
     seen = []
     for x, y in batches:  # both epochs, one after the other
