@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from covid19xray import spreadsheet
-from covid19xray.calibration import calibration, print_calibration, read_recalibration
+from covid19xray.calibration import calibration, print_calibration
 from covid19xray.checks import (
     check_new_folder,
     check_not_inside_input_folders,
@@ -77,10 +77,11 @@ from covid19xray.images import (
     try_load_xray,
     with_decoder_messages,
 )
-from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING, read_input_check
+from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING
 from covid19xray.layout import is_mask, label_of
 from covid19xray.manifest import MANIFEST
-from covid19xray.model import check_precision, compiled, load_classifier
+from covid19xray.model import check_precision, compiled
+from covid19xray.model_file import read_model_file
 from covid19xray.outputs import commit_outputs, missing_folders, remove_empty_folders
 from covid19xray.progress import progress, say
 from covid19xray.report import classification_metrics, print_evaluation, versions, write_json
@@ -424,42 +425,25 @@ def plan_outputs(config):
                       [config.gradcam] if config.gradcam else [])
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelFile:
-    """What the model file holds (`load_model`)."""
-
-    model: object  # the network, float32 as saved
-    class_names: list
-    input_check: object  # its `input_check.InputCheck`, or None for a model trained before it
-    recalibration: object = None  # its `calibration.Recalibration`, or None
-
-
 def load_model(config):
-    """The saved model, its class names and its input check (None, said in one line, for a
-    model trained before the check existed): a `ModelFile`."""
+    """The saved model and what its file carries (`model_file.ModelFile`): its class names,
+    its input check (None, said in one line, for a model trained before the check existed)
+    and its recalibration."""
     import_tensorflow()
-    model, class_names = load_classifier(config.model)
-    if config.gradcam and last_conv_layer(model) is None:
+    model_file = read_model_file(config.model)
+    if config.gradcam and last_conv_layer(model_file.model) is None:
         raise UserError(f"--gradcam: --model {config.model!r} has no convolutional layer, so "
                         "there is no map to draw; use a model train_covid19.py saved, or leave "
                         "out --gradcam")
-    input_check = read_input_check(config.model)
-    if input_check is None:
+    if model_file.input_check is None:
         print(f"[WARNING] --model {shown(config.model)} carries no input check (it was trained "
               "before train_covid19.py fitted one): every image is classified unchecked; "
               "retrain it to have its inputs checked", file=sys.stderr)
-    recalibration = read_recalibration(config.model)
-    if recalibration is not None:
-        fits = (len(recalibration.offsets) == len(class_names) if recalibration.offsets
-                else len(class_names) == 2 and recalibration.positive in (0, 1))
-        if not fits:
-            raise UserError(f"--model {config.model!r}: its recalibration does not fit its "
-                            f"{len(class_names)} classes; use the file recalibrate_covid19.py "
-                            "wrote")
+    if model_file.recalibration is not None:
         print(f"[INFO] --model {shown(config.model)}: probabilities "
-              f"{shown(recalibration.summary())}")
+              f"{shown(model_file.recalibration.summary())}")
     check_precision(config.precision)
-    return ModelFile(model, class_names, input_check, recalibration)
+    return model_file
 
 
 def export_model(config, commit, model, class_names, input_check):

@@ -35,8 +35,6 @@ from covid19xray.calibration import (
     calibration,
     fit_recalibration,
     print_calibration,
-    read_recalibration,
-    store_recalibration,
 )
 from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, import_tensorflow, positive, shown
@@ -44,7 +42,12 @@ from covid19xray.config import MODEL_FILE, Config, add_flags, flag
 from covid19xray.external import check_classes
 from covid19xray.frozen import model_batches
 from covid19xray.layout import load_dataset
-from covid19xray.model import MODEL_SUFFIXES, load_classifier
+from covid19xray.model_file import (
+    MODEL_SUFFIXES,
+    load_classifier,
+    read_recalibration,
+    store_recalibration,
+)
 from covid19xray.outputs import commit_outputs
 
 # Images per forward pass (as predict_covid19.py's).

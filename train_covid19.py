@@ -48,7 +48,8 @@ from covid19xray.head import (
 from covid19xray.input_check import fit_input_check
 from covid19xray.layout import load_dataset
 from covid19xray.manifest import MANIFEST
-from covid19xray.model import MODEL_SUFFIXES, build_model, load_vgg16, save_model
+from covid19xray.model import build_model, load_vgg16
+from covid19xray.model_file import MODEL_SUFFIXES, save_model
 from covid19xray.outputs import commit_outputs, file_digest
 from covid19xray.progress import duration
 from covid19xray.report import (

@@ -95,7 +95,7 @@ def print_table(found):
 def time_cost(model, films, folder, rounds):
     """Seconds of predict on `films` with the model as it is and saved without its check,
     alternating, `rounds` each; the first run of each is a warm-up, left out."""
-    from covid19xray.model import load_classifier, save_model
+    from covid19xray.model_file import load_classifier, save_model
 
     plain = os.path.join(folder, "unchecked.h5")
     network, class_names = load_classifier(model)

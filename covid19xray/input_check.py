@@ -23,16 +23,12 @@ within the spread of real films.
 """
 
 import dataclasses
-import io
 import json
-import zipfile
 
-import h5py
 import numpy as np
 
 from .cli import UserError, lazy_import
 from .frozen import LAYOUT_GRID, LAYOUT_LAYER, POOLING_LAYERS, description_output
-from .h5attributes import read_text_attribute
 
 keras = lazy_import("keras")
 
@@ -43,14 +39,8 @@ OUTCOMES = (OK, UNLIKE_TRAINING, REJECTED)
 UNLIKE_FACTOR, REJECT_FACTOR = 1.4, 1.7
 # Training images kept as the reference: a seeded sample beyond this (about 20 MB in the file).
 MAX_REFERENCE = 1000
-# Where the check is kept in a model file: an HDF5 group, or a member of a .keras zip.
-H5_GROUP = "covid19_input_check"
-KERAS_MEMBER = "covid19_input_check.npz"
+# The format of the check as a model file keeps it (`model_file`).
 FORMAT_VERSION = 1
-# Far above any check this module writes (MAX_REFERENCE x 5,000 floats): not ours beyond it.
-MAX_STORED_BYTES = 64 * 1024 * 1024
-# Far above the metadata this module writes (a few hundred bytes).
-MAX_ATTRIBUTE_BYTES = 64 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +134,8 @@ def fit_input_check(descriptions, seed=0):
 # ---------------------------------------------------------------------------------------------
 
 
-def _metadata(input_check):
+def metadata_text(input_check):
+    """The check's thresholds and layers as the model file keeps them (JSON)."""
     return json.dumps({"version": FORMAT_VERSION, "layers": list(POOLING_LAYERS),
                        "layout": [LAYOUT_LAYER, LAYOUT_GRID], "scale": input_check.scale,
                        "unlike_factor": input_check.unlike_factor,
@@ -152,30 +143,14 @@ def _metadata(input_check):
                        "fitted_on": input_check.fitted_on})
 
 
-def store_input_check(path, input_check):
-    """Add `check` to the model file at `path`: an HDF5 group beside Keras's own, or a member
-    of the .keras zip. Keras reads neither, so the file still loads in plain Keras."""
-    if path.lower().endswith(".keras"):
-        buffer = io.BytesIO()
-        np.savez(buffer, reference=input_check.reference,
-                 metadata=np.frombuffer(_metadata(input_check).encode(), np.uint8))
-        with zipfile.ZipFile(path, "a") as archive:
-            archive.writestr(KERAS_MEMBER, buffer.getvalue())
-        return
-    with h5py.File(path, "a") as f:
-        group = f.create_group(H5_GROUP)
-        group.create_dataset("reference", data=input_check.reference)
-        # a fixed-length string: its stored size says how long it is before it is read (a
-        # variable-length one's says nothing)
-        group.attrs["metadata"] = np.bytes_(_metadata(input_check).encode())
-
-
-def _not_ours(path, why):
+def not_ours(path, why):
     return UserError(f"--model {path!r}: its input check ({why}) is damaged or not this "
                      "project's; retrain with train_covid19.py, or use a file it saved")
 
 
-def _from_stored(path, metadata_text, reference):
+def from_stored(path, metadata_text, reference):
+    """The `InputCheck` a model file at `path` keeps as `metadata_text` and `reference`
+    (`model_file.read_input_check`), every number checked finite and in range."""
     try:
         metadata = json.loads(metadata_text)
         version, scale = metadata["version"], float(metadata["scale"])
@@ -183,123 +158,19 @@ def _from_stored(path, metadata_text, reference):
         fitted_on = int(metadata["fitted_on"])
         layers, layout = metadata["layers"], metadata["layout"]
     except (ValueError, TypeError, KeyError, OverflowError):  # Infinity, 1e400 in an int
-        raise _not_ours(path, "its metadata is not what this project writes") from None
+        raise not_ours(path, "its metadata is not what this project writes") from None
     if version != FORMAT_VERSION:
         raise UserError(f"--model {path!r}: its input check is of format {version!r}, this "
                         f"project reads format {FORMAT_VERSION}; retrain with this "
                         "train_covid19.py")
     if layers != list(POOLING_LAYERS) or layout != [LAYOUT_LAYER, LAYOUT_GRID]:
-        raise _not_ours(path, "it describes images on other layers")
+        raise not_ours(path, "it describes images on other layers")
     if not (np.isfinite([scale, unlike, reject]).all() and scale > 0 and 0 < unlike <= reject):
-        raise _not_ours(path, "its thresholds are not positive numbers in order")
+        raise not_ours(path, "its thresholds are not positive numbers in order")
     if fitted_on < 0:
-        raise _not_ours(path, "it was fitted on a negative number of images")
+        raise not_ours(path, "it was fitted on a negative number of images")
     if (reference.ndim != 2 or not 1 <= len(reference) <= MAX_REFERENCE
             or not np.isfinite(reference).all()):
-        raise _not_ours(path, f"its reference is an array of shape {reference.shape}")
+        raise not_ours(path, f"its reference is an array of shape {reference.shape}")
     return InputCheck(reference=reference.astype(np.float32), scale=scale,
                       unlike_factor=unlike, reject_factor=reject, fitted_on=fitted_on)
-
-
-# What each array of the .keras member may be: its dtype kinds and number of dimensions.
-NPY_ARRAYS = {"reference.npy": ("f", 2), "metadata.npy": ("u", 1)}
-
-
-def _bounded_npy(archive, name, path):
-    """The array `name` of the npz `archive`, read as `np.load` would but bounded by what its
-    header says before a byte of data is inflated: a float (or uint8) array of the expected
-    dimensions, at most MAX_STORED_BYTES, and no more data than its shape holds."""
-    from numpy.lib import format as npy
-
-    kinds, ndim = NPY_ARRAYS[name]
-    with archive.open(name) as member:
-        version = npy.read_magic(member)
-        read_header = {(1, 0): npy.read_array_header_1_0,
-                       (2, 0): npy.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f"npy version {version}")
-        shape, fortran, dtype = read_header(member)
-        if (dtype.kind not in kinds or dtype.itemsize > 8 or dtype.hasobject
-                or len(shape) != ndim):
-            raise ValueError(f"{name} is {dtype} of shape {shape}")
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if size > MAX_STORED_BYTES:
-            raise ValueError(f"{name} says it holds {size} bytes")
-        data = member.read(size + 1)
-    if len(data) != size:
-        raise ValueError(f"{name} holds {len(data)} bytes, not {size}")
-    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
-
-
-def _read_keras_member(path):
-    """(metadata text, reference) from the .keras zip at `path`, None without the member."""
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        if KERAS_MEMBER not in names:
-            return None
-        if names.count(KERAS_MEMBER) > 1:  # the last copy would win, unseen
-            raise ValueError(f"{KERAS_MEMBER} stands {names.count(KERAS_MEMBER)} times")
-        info = archive.getinfo(KERAS_MEMBER)
-        if info.file_size > MAX_STORED_BYTES:
-            raise ValueError(f"{info.file_size} bytes")
-        with archive.open(info) as member:
-            data = member.read(MAX_STORED_BYTES + 1)
-    with zipfile.ZipFile(io.BytesIO(data)) as stored:
-        if sorted(stored.namelist()) != sorted(NPY_ARRAYS):
-            raise ValueError(f"it holds {stored.namelist()}")
-        reference = _bounded_npy(stored, "reference.npy", path)
-        metadata = _bounded_npy(stored, "metadata.npy", path)
-    return metadata.tobytes().decode("utf-8"), reference
-
-
-def _hard_link(group, name):
-    """`group[name]` when it is an object of this file (a hard link); else a ValueError: an
-    external link (another file, or a FIFO that would hang the run) or a soft link, which
-    Keras refuses in its own weights, is refused here too, unfollowed."""
-    link = group.get(name, getlink=True)
-    if link is None:
-        return None
-    if not isinstance(link, h5py.HardLink):
-        raise ValueError(f"{name} is {type(link).__name__}, not an object of the file")
-    return group[name]
-
-
-def _read_h5_group(path):
-    """(metadata text, reference) from the HDF5 file at `path`, None without the group."""
-    with h5py.File(path, "r") as f:
-        group = _hard_link(f, H5_GROUP)
-        if group is None:
-            return None
-        if not isinstance(group, h5py.Group):
-            raise ValueError(f"{H5_GROUP} is not a group")
-        dataset = _hard_link(group, "reference")
-        if not isinstance(dataset, h5py.Dataset):
-            raise ValueError("no reference dataset")
-        if dataset.external:  # its data in another file (or a FIFO): never read
-            raise ValueError("the reference is stored outside the file")
-        if (dataset.dtype.kind != "f" or dataset.dtype.itemsize > 8 or dataset.ndim != 2
-                or dataset.size * dataset.dtype.itemsize > MAX_STORED_BYTES):
-            raise ValueError(f"the reference is {dataset.dtype} of shape {dataset.shape}")
-        text = read_text_attribute(group, "metadata", MAX_ATTRIBUTE_BYTES)
-        if text is None:
-            raise ValueError("no metadata")
-        return text, dataset[()]
-
-
-def read_input_check(path):
-    """The `InputCheck` saved in the model file at `path`, or None when it has none (a model
-    trained before the check existed). Read as Keras reads weights: no external link, no
-    external storage, no soft link; every array and attribute bounded by what it must hold
-    before it is read; every number checked finite and in range. A damaged check is a
-    `UserError`."""
-    keras_file = path.lower().endswith(".keras")
-    try:
-        stored = _read_keras_member(path) if keras_file else _read_h5_group(path)
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, TypeError, EOFError,
-            UnicodeDecodeError) as err:
-        where = f"member {KERAS_MEMBER}" if keras_file else f"group {H5_GROUP}"
-        raise _not_ours(path, f"{where}: {str(err)[:200]}") from None
-    if stored is None:
-        return None
-    text, reference = stored
-    return _from_stored(path, text, np.asarray(reference))

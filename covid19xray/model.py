@@ -5,43 +5,25 @@
   `imagenet`, `none` or a file's weights; a failed download or a wrong file is a one-line
   `UserError`.
 - `build_model(base_model, num_classes)`: the tutorial's head on the frozen base.
-- `save_model` / `load_classifier`: the model file, HDF5 (the tutorial's, with the class names in
-  its attributes) or Keras's own `.keras` (with the class names in a member of its zip); both
-  carry the input check (`input_check`) beside the network.
+- `compiled`: a network as the one compiled function predict runs (the model file, what it
+  carries and how it is read: `model_file`).
 - `check_precision`: whether this CPU computes the chosen precision natively (the copies in
   that precision are `frozen.with_precision` and `model_with_precision`). The saved model is
   always float32.
 """
 
-import json
-import logging
 import os
 import platform
 import sys
-import zipfile
-
-import h5py
-import numpy as np
 
 from .cli import UserError, first_line, import_tensorflow, lazy_import, shown
 from .config import VGG16_NOTOP_FILE
 from .frozen import FEATURES_LAYER, on_image_batches
-from .h5attributes import stored_length
 from .images import IMAGE_SIZE
-from .input_check import store_input_check
-from .outputs import file_kind
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
 
-# The HDF5 attribute that holds the class names (a JSON list, in the order of the outputs), and
-# the member of a .keras file (a zip) that holds them.
-CLASS_NAMES_ATTR = "covid19_class_names"
-CLASS_NAMES_MEMBER = "covid19_class_names.json"
-# The model files train_covid19.py writes: HDF5 as the tutorial, or Keras's own format.
-MODEL_SUFFIXES = (".h5", ".keras")
-# Far above any list of class names: a member larger than this is not ours.
-MAX_CLASS_NAMES_BYTES = 64 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,82 +119,6 @@ def build_model(base_model, num_classes=2):
 # ---------------------------------------------------------------------------------------------
 
 
-def save_model(model, path, class_names, input_check=None):
-    """Save the whole model, with its class names and its input check in the file: HDF5
-    (`.h5`, the tutorial's format) or Keras's own format (`.keras`, a zip), chosen by the name
-    as Keras chooses.
-
-    predict_covid19.py reads both back, so it never has to guess which output is which class,
-    and the model file is all it needs to check its inputs.
-    """
-    if path.lower().endswith(".keras"):
-        model.save(path)
-        with zipfile.ZipFile(path, "a") as archive:  # Keras reads only the members it knows
-            archive.writestr(CLASS_NAMES_MEMBER, json.dumps(class_names))
-        if input_check is not None:
-            store_input_check(path, input_check)
-        return
-    # HDF5 is the tutorial's format; Keras 3 logs a warning calling it legacy on every save.
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        model.save(path)
-    finally:
-        absl_logger.setLevel(level)
-    with h5py.File(path, "a") as f:
-        # fixed length: its stored size bounds it before it is read (`_stored_class_names`)
-        f.attrs[CLASS_NAMES_ATTR] = np.bytes_(json.dumps(class_names).encode())
-    if input_check is not None:
-        store_input_check(path, input_check)
-
-
-def _stored_class_names(path):
-    """The class names' JSON text stored in the model file at `path`, or None."""
-    if path.lower().endswith(".keras"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                info = archive.getinfo(CLASS_NAMES_MEMBER)
-                if info.file_size > MAX_CLASS_NAMES_BYTES:
-                    return None
-                with archive.open(info) as member:
-                    return member.read(MAX_CLASS_NAMES_BYTES).decode("utf-8", "replace")
-        except KeyError:  # a .keras file, but not one train_covid19.py saved
-            return None
-        except (zipfile.BadZipFile, OSError, ValueError):
-            raise UserError(f"--model {path!r} is not a Keras model file (.keras) saved by "
-                            "train_covid19.py") from None
-    try:
-        with h5py.File(path, "r") as f:
-            if CLASS_NAMES_ATTR not in f.attrs:
-                return None
-            try:
-                size = stored_length(f, CLASS_NAMES_ATTR)
-            except ValueError as err:
-                raise UserError(f"--model {path!r}: its class names ({CLASS_NAMES_ATTR}) cannot "
-                                f"be sized before they are read ({err}); use a model saved by "
-                                "train_covid19.py") from None
-            if size > MAX_CLASS_NAMES_BYTES:
-                raise UserError(f"--model {path!r}: its class names ({CLASS_NAMES_ATTR}) hold "
-                                f"more than {MAX_CLASS_NAMES_BYTES} bytes; use a model saved "
-                                "by train_covid19.py")
-            return f.attrs.get(CLASS_NAMES_ATTR)
-    except OSError:
-        raise UserError(f"--model {path!r} is not an HDF5 model file (.h5) saved by "
-                        "train_covid19.py") from None
-
-
-def _not_a_file(path):
-    """What `path` is when it is not a regular file, or None when nothing is there."""
-    try:
-        kind = file_kind(os.stat(path).st_mode)
-    except OSError:
-        return "a link to nothing" if os.path.islink(path) else None
-    if os.path.islink(path):
-        kind = f"a link to {kind} ({os.path.realpath(path)})"
-    return kind
-
-
 def compiled(network):
     """`network` in inference mode as one compiled function of a batch of scaled images
     (`on_image_batches`). In a graph, TensorFlow fuses each convolution with its bias and ReLU:
@@ -221,51 +127,6 @@ def compiled(network):
         return network(images, training=False)
 
     return on_image_batches(forward, network)
-
-
-def load_classifier(path):
-    """The Keras model at `path` (HDF5 or .keras) and its class names, in the order of its
-    outputs; a model that does not take the tutorial's 224x224 RGB images is refused."""
-    if not os.path.isfile(path):
-        kind = _not_a_file(path)
-        if kind is not None:
-            raise UserError(f"--model {path!r} is {kind}, not a model file; give the file "
-                            "train_covid19.py saved")
-        raise UserError(f"--model {path!r}: no such file; train one with train_covid19.py")
-    if not path.lower().endswith((".h5", ".hdf5", ".keras")):
-        # Keras picks its loader from the name: a model must be named as its format, so that
-        # no other loader ever reads the file (a file can parse as a zip and as HDF5 at once)
-        raise UserError(f"--model {path!r} must be a model file named .h5, .hdf5 or .keras, as "
-                        "train_covid19.py saves it")
-    stored = _stored_class_names(path)
-    if stored is None:
-        raise UserError(f"--model {path!r} has no class names, so its outputs cannot be named; "
-                        "use a model saved by this train_covid19.py (retrain if it is older)")
-    try:
-        class_names = json.loads(stored)
-    except (ValueError, TypeError):
-        class_names = None
-    if not (isinstance(class_names, list) and class_names
-            and all(isinstance(name, str) for name in class_names)):
-        where = CLASS_NAMES_MEMBER if path.lower().endswith(".keras") else CLASS_NAMES_ATTR
-        raise UserError(f"--model {path!r}: its class names ({where}) are not a JSON list of "
-                        "names; use a model saved by this train_covid19.py")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as err:  # Keras raises many types for a damaged or foreign file
-        raise UserError(f"--model {path!r} cannot be loaded as a Keras model: "
-                        f"{first_line(err)}") from None
-    if model.output_shape[-1] != len(class_names):
-        raise UserError(f"--model {path!r} has {model.output_shape[-1]} outputs but "
-                        f"{len(class_names)} class names ({', '.join(class_names)}); it was not "
-                        "saved by train_covid19.py as it is")
-    expected = (*IMAGE_SIZE, 3)
-    if (len(model.inputs) != 1 or not isinstance(model.input_shape, tuple)
-            or tuple(model.input_shape[1:]) != expected):
-        raise UserError(f"--model {path!r} takes inputs of shape {model.input_shape}, not the "
-                        f"{expected[0]}x{expected[1]} RGB images (None, {expected[0]}, "
-                        f"{expected[1]}, 3) that train_covid19.py's models take")
-    return model, class_names
 
 
 # ---------------------------------------------------------------------------------------------

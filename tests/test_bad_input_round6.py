@@ -55,8 +55,7 @@ def test_the_exports_check_rejects_nan_and_infinite_input(trained):
     """The graph both exports run (`export.network_with_check`): NaN or infinite pixels give a
     NaN distance, which compared with a threshold is never above it; they are rejected (2)."""
     from covid19xray.export import network_with_check
-    from covid19xray.input_check import read_input_check
-    from covid19xray.model import load_classifier
+    from covid19xray.model_file import load_classifier, read_input_check
 
     model, _ = load_classifier(trained["model"])
     network = network_with_check(model, read_input_check(trained["model"]))
@@ -171,7 +170,7 @@ def read_check_in_a_fresh_process(model, timeout=60):
 
     code = ("import sys\n"
             "from covid19xray.cli import UserError\n"
-            "from covid19xray.input_check import read_input_check\n"
+            "from covid19xray.model_file import read_input_check\n"
             "try:\n"
             "    read_input_check(sys.argv[1])\n"
             "except UserError as err:\n"
@@ -184,15 +183,15 @@ def read_check_in_a_fresh_process(model, timeout=60):
 def damage_h5(path, how, tmp_path):
     import h5py
 
-    from covid19xray.input_check import H5_GROUP
+    from covid19xray.model_file import INPUT_CHECK_GROUP
 
     with h5py.File(path, "a") as f:
-        group = f[H5_GROUP]
+        group = f[INPUT_CHECK_GROUP]
         reference = group["reference"][()]
         if how == "external link to a FIFO":
             os.mkfifo(tmp_path / "fifo")
-            del f[H5_GROUP]
-            f[H5_GROUP] = h5py.ExternalLink(str(tmp_path / "fifo"), "/x")
+            del f[INPUT_CHECK_GROUP]
+            f[INPUT_CHECK_GROUP] = h5py.ExternalLink(str(tmp_path / "fifo"), "/x")
         elif how == "reference stored in another file":
             (tmp_path / "other.bin").write_bytes(reference.astype("<f4").tobytes())
             del group["reference"]
@@ -203,11 +202,11 @@ def damage_h5(path, how, tmp_path):
             metadata = json.loads(group.attrs["metadata"])
             group.attrs["metadata"] = json.dumps({**metadata, "fitted_on": float("inf")})
         elif how == "a dangling soft link as the group":
-            del f[H5_GROUP]
-            f[H5_GROUP] = h5py.SoftLink("/nowhere")
+            del f[INPUT_CHECK_GROUP]
+            f[INPUT_CHECK_GROUP] = h5py.SoftLink("/nowhere")
         elif how == "a dataset where the group should be":
-            del f[H5_GROUP]
-            f.create_dataset(H5_GROUP, data=np.zeros(3))
+            del f[INPUT_CHECK_GROUP]
+            f.create_dataset(INPUT_CHECK_GROUP, data=np.zeros(3))
 
 
 @pytest.mark.parametrize("how, phrase", [
@@ -241,14 +240,13 @@ def keras_with_member(trained, tmp_path, member):
 
     import keras
 
-    from covid19xray.input_check import KERAS_MEMBER
-    from covid19xray.model import CLASS_NAMES_MEMBER
+    from covid19xray.model_file import CLASS_NAMES_MEMBER, INPUT_CHECK_MEMBER
 
     path = tmp_path / "m.keras"
     keras.models.load_model(trained["model"], compile=False).save(path)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr(CLASS_NAMES_MEMBER, json.dumps(["covid", "normal"]))
-        archive.writestr(KERAS_MEMBER, member)
+        archive.writestr(INPUT_CHECK_MEMBER, member)
     return path
 
 
@@ -302,17 +300,19 @@ def test_attributes_are_bounded_by_their_stored_size_before_they_are_read(traine
     """A 200 MB metadata attribute and a 300 MB class name were read whole. The stored size is
     checked first (the bounds made small here: HDF5 stores more than 64 kB only in a file's
     dense attribute storage, which this test cannot give an existing group)."""
-    from covid19xray import input_check, model
+    from covid19xray import model_file
 
     image = write_image(str(tmp_path / "x.png"), seed=1, size=(40, 40))
-    monkeypatch.setattr(input_check, "MAX_ATTRIBUTE_BYTES", 100)
+    # one bound for every text the model file carries: the class names (19 bytes) pass, the
+    # input check's metadata does not
+    monkeypatch.setattr(model_file, "MAX_TEXT_BYTES", 100)
     code, _, err = run_main(predict_covid19.main, ["--model", trained["model"], image])
     assert_one_line_error(code, err, "predict_covid19.py",
                           "attribute metadata holds more than 100 bytes")
-    monkeypatch.setattr(model, "MAX_CLASS_NAMES_BYTES", 10)
+    monkeypatch.setattr(model_file, "MAX_TEXT_BYTES", 10)
     code, _, err = run_main(predict_covid19.main, ["--model", trained["model"], image])
-    assert_one_line_error(code, err, "predict_covid19.py",
-                          "its class names (covid19_class_names) hold more than 10 bytes")
+    assert_one_line_error(code, err, "predict_covid19.py", "its class names (covid19_class_names)",
+                          "attribute covid19_class_names holds more than 10 bytes")
 
 
 def rewrite_as_variable_length(path, where, name, text):
@@ -330,7 +330,7 @@ def rewrite_as_variable_length(path, where, name, text):
 @pytest.mark.parametrize("where, name, phrase", [
     ("covid19_input_check", "metadata", "attribute metadata holds more than 65536 bytes"),
     ("/", "covid19_class_names",
-     "its class names (covid19_class_names) hold more than 65536 bytes"),
+     "attribute covid19_class_names holds more than 65536 bytes"),
     ("/", "covid19_recalibration",
      "its recalibration is damaged (attribute covid19_recalibration holds more than 65536 "
      "bytes)"),
@@ -355,13 +355,13 @@ def test_a_variable_length_attribute_is_sized_from_the_file_before_it_is_read(
 def test_a_model_saved_with_variable_length_attributes_predicts_as_before(trained, tmp_path):
     import h5py
 
-    from covid19xray.input_check import H5_GROUP
+    from covid19xray.model_file import INPUT_CHECK_GROUP
 
     path = copy_of(trained, tmp_path)
     with h5py.File(path, "r") as f:
-        metadata = f[H5_GROUP].attrs["metadata"].decode()
+        metadata = f[INPUT_CHECK_GROUP].attrs["metadata"].decode()
         class_names = f.attrs["covid19_class_names"].decode()
-    rewrite_as_variable_length(path, H5_GROUP, "metadata", metadata)
+    rewrite_as_variable_length(path, INPUT_CHECK_GROUP, "metadata", metadata)
     rewrite_as_variable_length(path, "/", "covid19_class_names", class_names)
     image = write_image(str(tmp_path / "x.png"), seed=1, size=(40, 40))
     rows = []
@@ -413,18 +413,18 @@ def test_an_input_check_member_that_stands_twice_in_the_zip_is_refused(trained, 
     unseen. Refused."""
     import zipfile
 
-    from covid19xray.input_check import KERAS_MEMBER
+    from covid19xray.model_file import INPUT_CHECK_MEMBER
 
     path = keras_with_member(trained, tmp_path,
                              npz(reference=np.zeros((2, 4), np.float32),
                                  metadata=np.zeros(3, np.uint8)))
     with zipfile.ZipFile(path, "a") as archive, \
             pytest.warns(UserWarning, match="Duplicate name"):
-        archive.writestr(KERAS_MEMBER, b"the planted copy")
+        archive.writestr(INPUT_CHECK_MEMBER, b"the planted copy")
     code, _, err = run_main(predict_covid19.main, ["--model", str(path),
                                                    write_image(str(tmp_path / "x.png"), seed=1,
                                                                size=(40, 40))])
-    assert_one_line_error(code, err, "predict_covid19.py", f"{KERAS_MEMBER} stands 2 times")
+    assert_one_line_error(code, err, "predict_covid19.py", f"{INPUT_CHECK_MEMBER} stands 2 times")
 
 
 def test_a_class_folder_that_is_a_symbolic_link_is_not_entered(tmp_path):

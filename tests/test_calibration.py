@@ -15,8 +15,8 @@ from covid19xray.calibration import (
     calibration,
     expected_calibration_error,
     fit_recalibration,
-    read_recalibration,
 )
+from covid19xray.model_file import read_recalibration
 from helpers import assert_one_line_error, run_main, small_dataset
 
 

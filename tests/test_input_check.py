@@ -17,14 +17,14 @@ import pytest
 
 import predict_covid19
 from covid19xray.images import list_images
-from covid19xray.input_check import (
-    H5_GROUP,
-    REJECT_FACTOR,
-    UNLIKE_FACTOR,
-    fit_input_check,
+from covid19xray.input_check import REJECT_FACTOR, UNLIKE_FACTOR, fit_input_check
+from covid19xray.model_file import (
+    CLASS_NAMES_ATTR,
+    INPUT_CHECK_GROUP,
+    load_classifier,
     read_input_check,
+    save_model,
 )
-from covid19xray.model import CLASS_NAMES_ATTR, load_classifier, save_model
 from helpers import assert_one_line_error, readable_image, run_main
 
 
@@ -175,7 +175,7 @@ def test_a_damaged_check_is_one_line(trained, tmp_path, odd_inputs, damage, phra
     path = tmp_path / "m.h5"
     path.write_bytes(open(trained["model"], "rb").read())
     with h5py.File(path, "a") as f:
-        damage(f[H5_GROUP])
+        damage(f[INPUT_CHECK_GROUP])
     code, _, err = predict("--model", path, *odd_inputs)
     assert_one_line_error(code, err, "predict_covid19.py", f"--model '{path}': its input check ",
                           phrase)

@@ -17,10 +17,15 @@ import pytest
 
 import predict_covid19
 from covid19xray import progress
-from covid19xray.calibration import Recalibration, store_recalibration
+from covid19xray.calibration import Recalibration
 from covid19xray.images import list_images, load_xray, scale_pixels
-from covid19xray.input_check import read_input_check
-from covid19xray.model import CLASS_NAMES_ATTR, load_classifier, save_model
+from covid19xray.model_file import (
+    CLASS_NAMES_ATTR,
+    load_classifier,
+    read_input_check,
+    save_model,
+    store_recalibration,
+)
 from helpers import (
     ROOT,
     assert_no_tensorflow_log_lines,

@@ -31,7 +31,8 @@ from covid19xray.cache import FeatureCache
 from covid19xray.head import epoch_batches, make_head
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.layout import load_dataset
-from covid19xray.model import CLASS_NAMES_ATTR, CLASS_NAMES_MEMBER, build_model, load_classifier
+from covid19xray.model import build_model
+from covid19xray.model_file import CLASS_NAMES_ATTR, CLASS_NAMES_MEMBER, load_classifier
 from covid19xray.report import wilson
 from covid19xray.transforms import Rotation, rotate, rotation_angles, rotation_matrices
 from helpers import (
