@@ -4,17 +4,18 @@
   builders' output, `external/`): the class is the folder's name.
 - The COVID-19 Radiography Database: each class folder holds `images/` and `masks/` (a lung
   mask of the same name for each image). The class is the folder above `images/`; a mask is
-  never read as an image, and `Layout.masks` names each image's.
+  never read as an image, and a layout's `masks` names each image's.
 - Anything else is refused in one line that names what was found: images directly in the
   folder, deeper ones (`train/NORMAL/x.jpeg`, as Kaggle's download unpacks), or a folder that
   is itself one class of the Radiography Database (its `images/` and `masks/` would otherwise
   train as two classes named "images" and "masks"). A label taken from the wrong folder trains
   a model on the wrong question without a word.
 
-Nothing here decides a pixel: which files are read, not how (`images`, `store`).
+Each layout is one class (`DatasetLayout`); adding one is a subclass and its tests, and
+`find_dataset`, `label_of` and `is_mask` ask every layout defined. Nothing here decides a
+pixel: which files are read, not how (`images`, `store`).
 """
 
-import dataclasses
 import os
 
 import numpy as np
@@ -29,14 +30,127 @@ IMAGES, MASKS = "images", "masks"
 SHOWN_EXAMPLES = 3
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """A dataset folder's images (sorted), each one's class, and its lung mask if one ships."""
+class DatasetLayout:
+    """One way a dataset folder is laid out: which of its files are images and of which class,
+    which are lung masks, and where a layout of its own is refused. A layout is one subclass:
+    defining it registers it (`LAYOUTS`), the most specific (highest `priority`) asked first.
 
-    paths: list
-    labels: list
-    masks: dict  # {image path: its mask's path}; {} without masks
-    kind: str  # "class folders", or "class folders with images/ (and masks/)"
+    An instance is one folder read this way: its images (sorted), each one's class, and each
+    image's mask where one ships."""
+
+    priority = 0
+
+    def __init__(self, folder, paths, labels, masks):
+        self.folder, self.paths, self.labels, self.masks = folder, paths, labels, masks
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LAYOUTS.append(cls)
+        LAYOUTS.sort(key=lambda layout: -layout.priority)
+
+    @classmethod
+    def refusal(cls, top_folders, folder, flag):
+        """Why `folder` (whose images stand in `top_folders`) must not be read at all, or None."""
+        return None
+
+    @classmethod
+    def matches(cls, relative):
+        """Whether a folder whose images are at `relative` (each a list of path parts) is laid
+        out this way."""
+        raise NotImplementedError
+
+    @classmethod
+    def image_class(cls, parts):
+        """The class of the image at `parts` (relative to the folder), or None when it is no
+        image of this layout."""
+        raise NotImplementedError
+
+    @classmethod
+    def mask_key(cls, parts):
+        """(class, name) of the image whose mask is at `parts`, or None when it is no mask."""
+        return None
+
+    @classmethod
+    def label_of(cls, path):
+        """An image's class from its path alone (predict's --labelled), or None."""
+        return None
+
+    @classmethod
+    def is_mask(cls, path):
+        """Whether the file at `path` is a mask of this layout: never an image to predict on."""
+        return False
+
+    def summary(self):
+        """The line a run prints about this layout, or None for plain class folders."""
+        return None
+
+
+LAYOUTS = []  # every DatasetLayout subclass, the most specific first
+
+
+class ClassFolders(DatasetLayout):
+    """One folder of images per class (the tutorial's `dataset/covid` and `dataset/normal`, the
+    builders' output, `external/`): the class is the folder's name."""
+
+    @classmethod
+    def matches(cls, relative):
+        return True
+
+    @classmethod
+    def image_class(cls, parts):
+        return parts[0] if len(parts) == 2 else None
+
+    @classmethod
+    def label_of(cls, path):
+        return os.path.basename(os.path.dirname(path))
+
+
+class RadiographyDatabase(ClassFolders):
+    """The COVID-19 Radiography Database: each class folder holds `images/` and `masks/` (a lung
+    mask of the same name for each image). The class is the folder above `images/`; a mask is
+    never read as an image."""
+
+    priority = 1
+
+    @classmethod
+    def refusal(cls, top_folders, folder, flag):
+        if {IMAGES, MASKS} <= top_folders or top_folders == {IMAGES}:
+            return (f"{flag} {folder!r} holds {IMAGES}/ and {MASKS}/: it is one class of the "
+                    "COVID-19 Radiography Database; give the folder above it, which holds one "
+                    "such folder per class")
+        return None
+
+    @classmethod
+    def matches(cls, relative):
+        return any(len(parts) == 3 and parts[1] in (IMAGES, MASKS) for parts in relative)
+
+    @classmethod
+    def image_class(cls, parts):
+        if len(parts) == 3 and parts[1] == IMAGES:
+            return parts[0]
+        return super().image_class(parts)
+
+    @classmethod
+    def mask_key(cls, parts):
+        return (parts[0], parts[2]) if len(parts) == 3 and parts[1] == MASKS else None
+
+    @classmethod
+    def label_of(cls, path):
+        folder = os.path.dirname(path)
+        if os.path.basename(folder) == IMAGES and os.path.dirname(folder):
+            return os.path.basename(os.path.dirname(folder))
+        return None
+
+    @classmethod
+    def is_mask(cls, path):
+        folder = os.path.dirname(path)
+        return (os.path.basename(folder) == MASKS
+                and os.path.isdir(os.path.join(os.path.dirname(folder), IMAGES)))
+
+    def summary(self):
+        kind = f"class folders with {IMAGES}/" + (f" and {MASKS}/" if self.masks else "")
+        return (f"{kind} (the COVID-19 Radiography Database's layout): {len(self.masks)} lung "
+                "mask(s), never read as images")
 
 
 def _parts(path, folder):
@@ -44,22 +158,24 @@ def _parts(path, folder):
 
 
 def find_dataset(folder, flag="--dataset"):
-    """The `Layout` of the images under `folder`, or a `UserError` naming what was found when
-    it is neither layout (module docstring). Lists files; decodes none."""
+    """The layout (a `DatasetLayout`) of the images under `folder`, or a `UserError` naming
+    what was found when no layout reads it (module docstring). Lists files; decodes none."""
     listed = list_images(folder)
-    top = {_parts(path, folder)[0] for path in listed if len(_parts(path, folder)) > 1}
-    if {IMAGES, MASKS} <= top or top == {IMAGES}:
-        raise UserError(f"{flag} {folder!r} holds {IMAGES}/ and {MASKS}/: it is one class of "
-                        "the COVID-19 Radiography Database; give the folder above it, which "
-                        f"holds one such folder per class")
+    relative = [_parts(path, folder) for path in listed]
+    top = {parts[0] for parts in relative if len(parts) > 1}
+    for layout in LAYOUTS:
+        refusal = layout.refusal(top, folder, flag)
+        if refusal is not None:
+            raise UserError(refusal)
+    layout = next(layout for layout in LAYOUTS if layout.matches(relative))
     paths, labels, found_masks, odd = [], [], {}, []
-    for path in listed:
-        parts = _parts(path, folder)
-        if len(parts) == 2 or (len(parts) == 3 and parts[1] == IMAGES):
+    for path, parts in zip(listed, relative):
+        label, mask = layout.image_class(parts), layout.mask_key(parts)
+        if label is not None:
             paths.append(path)
-            labels.append(parts[0])
-        elif len(parts) == 3 and parts[1] == MASKS:
-            found_masks[(parts[0], parts[2])] = path
+            labels.append(label)
+        elif mask is not None:
+            found_masks[mask] = path
         else:
             odd.append(os.path.join(*parts))
     if odd:
@@ -72,10 +188,7 @@ def find_dataset(folder, flag="--dataset"):
     masks = {path: found_masks[(label, os.path.basename(path))]
              for path, label in zip(paths, labels)
              if (label, os.path.basename(path)) in found_masks}
-    radiography = any(_parts(path, folder)[1] == IMAGES for path in paths)
-    kind = (f"class folders with {IMAGES}/" + (f" and {MASKS}/" if masks else "")
-            if radiography else "class folders")
-    return Layout(paths, labels, masks, kind)
+    return layout(folder, paths, labels, masks)
 
 
 def class_folders(folder, flag="--external"):
@@ -85,20 +198,14 @@ def class_folders(folder, flag="--external"):
 
 
 def label_of(path):
-    """An image's label: the name of its folder, as in the tutorial, or of the folder above
-    `images/` (the Radiography Database's layout)."""
-    folder = os.path.dirname(path)
-    if os.path.basename(folder) == IMAGES and os.path.dirname(folder):
-        folder = os.path.dirname(folder)
-    return os.path.basename(folder)
+    """An image's label from its path alone, as the first layout that knows says (the name of
+    its folder, as in the tutorial, or of the folder above `images/`)."""
+    return next(label for layout in LAYOUTS if (label := layout.label_of(path)) is not None)
 
 
 def is_mask(path):
-    """Whether `path` is a lung mask of the Radiography layout: in a `masks/` folder beside an
-    `images/` one. Never an image to predict on."""
-    folder = os.path.dirname(path)
-    return (os.path.basename(folder) == MASKS
-            and os.path.isdir(os.path.join(os.path.dirname(folder), IMAGES)))
+    """Whether `path` is a mask of any layout: never an image to predict on."""
+    return any(layout.is_mask(path) for layout in LAYOUTS)
 
 
 def load_dataset(dataset, flag="--dataset"):
@@ -112,9 +219,8 @@ def load_dataset(dataset, flag="--dataset"):
         raise UserError(f"{flag} {dataset!r} has no images (.jpg, .jpeg, .png, .bmp, .tif, "
                         ".tiff, .dcm, or DICOM files without an extension); put one folder of "
                         "images per class in it")
-    if layout.kind != "class folders":
-        print(f"[INFO] {flag} {shown(dataset)}: {layout.kind} (the COVID-19 Radiography "
-              f"Database's layout): {len(layout.masks)} lung mask(s), never read as images")
+    if layout.summary() is not None:
+        print(f"[INFO] {flag} {shown(dataset)}: {layout.summary()}")
     warn_if_not_utf8(layout.paths)
     label = dict(zip(layout.paths, layout.labels))
     images = ImageStore(layout.paths)
