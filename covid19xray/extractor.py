@@ -161,33 +161,38 @@ def time_own_batches(batches, keep, extract):
     return (time.perf_counter() - start) / len(first)
 
 
+def _caches(config, configurations, names):
+    """A `FeatureCache` per key in `configurations` (`frozen.cache_configuration`), each named
+    for the cache line; () with --no-cache."""
+    if config.cache_folder is None:
+        return [() for _ in configurations]
+    return [(FeatureCache(config.cache_folder, configuration, what=name),)
+            for configuration, name in zip(configurations, names)]
+
+
 def make_extractors(config, model, transforms):
     """One `Extractor` of `model`'s features, cropped to what the head reads, per transform,
     each with its cache: all made, their folders checked, before any image passes through
     VGG16. `config` is a `config.RunConfig`."""
     extract, crops = make_feature_extractor(model, config.precision)
-    return [Extractor(extract, config.batch_size, transform,
-                      () if config.cache_folder is None
-                      else (FeatureCache(config.cache_folder,
-                                         cache_configuration(model, crops, config.precision,
-                                                             transform),
-                                         what=transform.entries),),
+    # every key first, then every cache
+    configurations = [cache_configuration(model, crops, config.precision, transform)
+                      for transform in transforms]
+    caches = _caches(config, configurations, [transform.entries for transform in transforms])
+    return [Extractor(extract, config.batch_size, transform, cache,
                       "VGG16 features" + (f" ({transform.label})" if transform.label else ""))
-            for transform in transforms]
+            for transform, cache in zip(transforms, caches)]
 
 
 def make_whole_extractor(config, model):
     """The features and descriptions of images as they are, from one pass of the whole image
     for both (`frozen.make_joint_extractor`), each kept in its own cache and, for this run, in
     memory: asked for one, then the other, an image passes through VGG16 once."""
-    caches = ()
-    if config.cache_folder is not None:
-        caches = (FeatureCache(config.cache_folder,
-                               cache_configuration(model, {}, config.precision),
-                               what="whole image(s)"),
-                  FeatureCache(config.cache_folder,
-                               cache_configuration(model, {}, config.precision,
-                                                   output="description"),
-                               what="input check description(s)"))
-    return Extractor(make_joint_extractor(model, config.precision), config.batch_size,
-                     UNCHANGED, caches, "VGG16 features and descriptions", remember=True)
+    extract = make_joint_extractor(model, config.precision)
+    configurations = [cache_configuration(model, {}, config.precision),
+                      cache_configuration(model, {}, config.precision, output="description")]
+    caches = _caches(config, configurations,
+                     ["whole image(s)", "input check description(s)"])
+    return Extractor(extract, config.batch_size, UNCHANGED,
+                     tuple(cache for pair in caches for cache in pair),
+                     "VGG16 features and descriptions", remember=True)

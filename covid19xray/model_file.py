@@ -53,8 +53,8 @@ MAX_ARRAY_BYTES = 64 * 1024 * 1024
 # What each array of the input check's member may be: its dtype kinds and dimensions.
 NPY_ARRAYS = {"reference.npy": ("f", 2), "metadata.npy": ("u", 1)}
 # What h5py raises for a damaged file, besides OSError: a bad version number or checksum in a
-# header ends as RuntimeError or KeyError.
-H5PY_ERRORS = (OSError, RuntimeError, KeyError)
+# header ends as RuntimeError or KeyError, a damaged datatype as TypeError.
+H5PY_ERRORS = (OSError, RuntimeError, KeyError, TypeError)
 
 
 class Unreadable(ValueError):
@@ -271,7 +271,7 @@ def read_input_check_parts(path):
             return _input_check_in_h5(f)
     except Unreadable as err:
         raise Unreadable(f"{where}: {err}") from None
-    except (zipfile.BadZipFile, ValueError, TypeError, EOFError, UnicodeDecodeError) as err:
+    except (zipfile.BadZipFile, ValueError, EOFError, UnicodeDecodeError) as err:
         raise Unreadable(f"{where}: {str(err)[:200]}") from None
     except H5PY_ERRORS as err:
         raise _damaged(path, err) from None

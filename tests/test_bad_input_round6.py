@@ -439,3 +439,36 @@ def test_a_class_folder_that_is_a_symbolic_link_is_not_entered(tmp_path):
                                                    "--report", str(tmp_path / "r.json"),
                                                    "--cache-dir", str(tmp_path / "c")])
     assert code == 1 and "1 class folder(s) (covid)" in err.strip().splitlines()[-1]
+
+
+def test_a_damaged_hdf5_header_is_one_line_from_every_model_file_reader(trained, tmp_path):
+    """h5py raises OSError, RuntimeError, KeyError or TypeError for a damaged header (a bad
+    version number, a checksum, a datatype): each reader of the model file answers with a
+    `UserError` of one line, or reads the part, for seeded byte flips around our parts."""
+    import random
+
+    from covid19xray import model_file
+    from covid19xray.cli import UserError
+
+    data = open(trained["model"], "rb").read()
+    around = [data.find(name) for name in (b"covid19_class_names", b"covid19_input_check",
+                                           b"metadata")]
+    assert min(around) > 0
+    rng = random.Random(7)
+    refused = 0
+    for n in range(40):
+        mutant = bytearray(data)
+        base = rng.choice(around)
+        for _ in range(rng.randint(1, 3)):
+            mutant[max(0, base + rng.randint(-600, 200))] = rng.randrange(256)
+        path = tmp_path / f"m{n}.h5"
+        path.write_bytes(mutant)
+        for reader in (model_file.read_class_names, model_file.read_input_check,
+                       model_file.read_recalibration):
+            try:
+                reader(str(path))
+            except UserError as err:
+                assert "\n" not in str(err)
+                refused += 1
+        path.unlink()
+    assert refused > 0  # the flips did reach what is read

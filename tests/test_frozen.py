@@ -251,7 +251,7 @@ def test_editing_the_head_words_or_the_scheduling_keeps_the_key(tmp_path):
     edit(edited / "transforms.py", 'entries = "rotated image(s) (one per training image and '
          'epoch)"', 'entries = "rotations"')
     edit(edited / "extractor.py", "[:2 * self.batch_size]", "[:3 * self.batch_size]")
-    edit(edited / "extractor.py", 'what="whole image(s)"', 'what="images as they are"')
+    edit(edited / "extractor.py", '"whole image(s)"', '"images as they are"')
     assert frozen_code_digest.__wrapped__(str(edited)) == frozen_code_digest()
 
 
