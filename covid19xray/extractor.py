@@ -126,9 +126,7 @@ class Extractor:
     def passes(self, images, paths, epochs=1):
         """The VGG16 passes computing these entries would take now (asks whether each cached
         entry's file exists; reads none)."""
-        _, keys = self.transform.parameters_and_keys([images.digest(path) for path in paths],
-                                                     epochs)
-        return len(self._to_compute(keys))
+        return len(self._to_compute(self._entries(images, paths, epochs)[0]))
 
     def seconds_per_image(self, images, paths, epochs=1):
         """What one image costs this extractor here, timed on the first two batches of what
@@ -165,9 +163,9 @@ def _caches(config, configurations, names):
     """A `FeatureCache` per key in `configurations` (`frozen.cache_configuration`), each named
     for the cache line; () with --no-cache."""
     if config.cache_folder is None:
-        return [() for _ in configurations]
-    return [(FeatureCache(config.cache_folder, configuration, what=name),)
-            for configuration, name in zip(configurations, names)]
+        return ()
+    return tuple(FeatureCache(config.cache_folder, configuration, what=name)
+                 for configuration, name in zip(configurations, names))
 
 
 def make_extractors(config, model, transforms):
@@ -179,9 +177,9 @@ def make_extractors(config, model, transforms):
     configurations = [cache_configuration(model, crops, config.precision, transform)
                       for transform in transforms]
     caches = _caches(config, configurations, [transform.entries for transform in transforms])
-    return [Extractor(extract, config.batch_size, transform, cache,
+    return [Extractor(extract, config.batch_size, transform, caches[n:n + 1],
                       "VGG16 features" + (f" ({transform.label})" if transform.label else ""))
-            for transform, cache in zip(transforms, caches)]
+            for n, transform in enumerate(transforms)]
 
 
 def make_whole_extractor(config, model):
@@ -193,6 +191,5 @@ def make_whole_extractor(config, model):
                       cache_configuration(model, {}, config.precision, output="description")]
     caches = _caches(config, configurations,
                      ["whole image(s)", "input check description(s)"])
-    return Extractor(extract, config.batch_size, UNCHANGED,
-                     tuple(cache for pair in caches for cache in pair),
+    return Extractor(extract, config.batch_size, UNCHANGED, caches,
                      "VGG16 features and descriptions", remember=True)

@@ -161,11 +161,9 @@ def _open_keras(path):
 def _open_h5(path):
     try:
         return h5py.File(path, "r")
-    except OSError:
+    except OSError:  # what else h5py raises, its callers say is damage (H5PY_ERRORS)
         raise UserError(f"--model {path!r} is not an HDF5 model file (.h5) saved by "
                         "train_covid19.py") from None
-    except (RuntimeError, KeyError) as err:
-        raise _damaged(path, err) from None
 
 
 def read_text(path, attribute, member):
@@ -180,9 +178,7 @@ def read_text(path, attribute, member):
             return read_text_attribute(f, attribute, MAX_TEXT_BYTES)
     except UnicodeDecodeError as err:
         raise Unreadable(f"not UTF-8 text ({err.reason})") from None
-    except (zipfile.BadZipFile, EOFError) as err:
-        raise Unreadable(str(err)[:200]) from None
-    except ValueError as err:
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:  # Unreadable among them
         raise Unreadable(str(err)[:200]) from None
     except H5PY_ERRORS as err:
         raise _damaged(path, err) from None
@@ -269,9 +265,7 @@ def read_input_check_parts(path):
                 return _input_check_in_keras(archive)
         with _open_h5(path) as f:
             return _input_check_in_h5(f)
-    except Unreadable as err:
-        raise Unreadable(f"{where}: {err}") from None
-    except (zipfile.BadZipFile, ValueError, EOFError, UnicodeDecodeError) as err:
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:  # Unreadable among them
         raise Unreadable(f"{where}: {str(err)[:200]}") from None
     except H5PY_ERRORS as err:
         raise _damaged(path, err) from None
