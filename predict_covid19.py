@@ -31,10 +31,10 @@ can show its predictions on a few images beside the export.
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 
-import cv2
 import numpy as np
 
 from covid19xray import spreadsheet
@@ -52,7 +52,6 @@ from covid19xray.cli import (
     cli,
     first_line,
     import_tensorflow,
-    lazy_import,
     one_line,
     positive,
     shown,
@@ -61,37 +60,30 @@ from covid19xray.cli import (
 from covid19xray.config import MODEL_FILE, PRECISION, PRECISIONS, Config, add_flags, flag
 from covid19xray.export import export_saved_model, export_tflite, with_recalibration
 from covid19xray.external import by_source, print_by_source, sources_of
-from covid19xray.frozen import (
-    layers_missing_for_description,
-    model_with_description,
-    model_with_precision,
-)
-from covid19xray.images import (
-    damage_warning,
-    decode,
-    list_images,
-    read_bytes,
-    save_image,
-    scale_pixels,
-    skip_warning,
-    try_load_xray,
-    with_decoder_messages,
-)
+from covid19xray.images import damage_warning, list_images, read_bytes, save_image, skip_warning
 from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING
 from covid19xray.layout import is_mask, label_of
 from covid19xray.manifest import MANIFEST
-from covid19xray.model import check_precision, compiled
-from covid19xray.model_file import read_model_file
-from covid19xray.outputs import commit_outputs, missing_folders, remove_empty_folders
+from covid19xray.outputs import (
+    Background,
+    commit_outputs,
+    missing_folders,
+    remove_empty_folders,
+)
+from covid19xray.prediction import (
+    classify,
+    csv_header,
+    csv_row,
+    decoded_again,
+    load_model,
+    make_classifier,
+    overlay,
+    prediction_line,
+)
 from covid19xray.progress import progress, say
 from covid19xray.report import classification_metrics, print_evaluation, versions, write_json
 from covid19xray.screening import print_screening, screening
 
-keras = lazy_import("keras")
-tf = lazy_import("tensorflow")
-
-# How strongly the heatmap shows over the X-ray (keras-io's example uses 0.4).
-HEATMAP_ALPHA = 0.4
 # Images per forward pass: on a CPU, VGG16 computes no faster in larger batches, and only this
 # many decoded images (and their Grad-CAM maps) are held at once, whatever the number of files.
 PREDICT_BATCH_SIZE = 8
@@ -168,135 +160,6 @@ def find_images(items):
     return image_paths
 
 
-def read_in_batches(image_paths, batch_size, bar):
-    """(paths, uint8 images) of the usable files, `batch_size` at a time, in order; the others
-    are reported on stderr and skipped. `bar` (a progress bar) counts every file read."""
-    paths, images = [], []
-    for path in image_paths:
-        [((image, reason), message)] = with_decoder_messages(try_load_xray, [path])
-        if image is None:
-            say(skip_warning(path, reason, message), file=sys.stderr)
-        else:
-            if message:
-                say(damage_warning(path, message), file=sys.stderr)
-            images.append(image)
-            paths.append(path)
-        bar.update(1)
-        if len(paths) == batch_size:
-            yield paths, np.stack(images)
-            paths, images = [], []
-    if paths:
-        yield paths, np.stack(images)
-
-
-@dataclasses.dataclass(frozen=True)
-class Classifier:
-    """The model as predict runs it: the network, and with an input check, the same network
-    with its second output (each image's description), so that one forward pass gives both."""
-
-    model: object
-    input_check: object = None  # an `input_check.InputCheck`, or None for a model without one
-    described: object = None  # the network with each image's description as a second output
-    recalibration: object = None  # a `calibration.Recalibration` the model file carries
-    forward: object = None  # the network predict runs (`described`, or `model`), compiled
-
-    def outcome(self, distance):
-        return None if self.input_check is None else self.input_check.outcomes([distance])[0]
-
-
-def predict(classifier, images):
-    """Class probabilities for uint8 images, preprocessed exactly as in training, and each
-    image's distance to the training images (None without an input check), from one forward
-    pass."""
-    outputs = classifier.forward(scale_pixels(images))
-    if classifier.input_check is None:
-        probabilities, distances = outputs, [None] * len(images)
-    else:
-        probabilities, descriptions = outputs
-        distances = classifier.input_check.distances(np.asarray(descriptions))
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    if classifier.recalibration is not None:  # the new site's probabilities
-        probabilities = classifier.recalibration.apply(probabilities)
-    return probabilities, distances
-
-
-def make_classifier(config, model, input_check, recalibration=None):
-    """`model` in --precision, with its input check built into its graph; a check that does
-    not fit the model is one line, before any image is read."""
-    model = model_with_precision(model, config.precision)
-    if input_check is None:
-        return Classifier(model, recalibration=recalibration, forward=compiled(model))
-    missing = layers_missing_for_description(model)
-    if missing:
-        raise UserError(f"--model {config.model!r} has an input check but no layer "
-                        f"{', '.join(missing)} for it to read; use a model train_covid19.py "
-                        "saved as it is")
-    described = model_with_description(model)
-    size = described.outputs[1].shape[-1]
-    if size != input_check.reference.shape[1]:
-        raise UserError(f"--model {config.model!r}: its input check describes images with "
-                        f"{input_check.reference.shape[1]} numbers, its network with {size}; "
-                        "use a model train_covid19.py saved as it is")
-    return Classifier(model, input_check, described, recalibration, compiled(described))
-
-
-# ---------------------------------------------------------------------------------------------
-# Grad-CAM
-# ---------------------------------------------------------------------------------------------
-
-
-def last_conv_layer(model):
-    """The model's last convolutional layer, or None (a model not shaped as the tutorial's)."""
-    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    return convolutions[-1] if convolutions else None
-
-
-def gradcam_model(model):
-    """`model` with two outputs: the last convolutional layer's output, and the class scores
-    before the softmax (the logits); build it once.
-
-    The last layer is the tutorial's `Dense(2, activation="softmax")`; its input, times its
-    kernel, plus its bias, is the score of each class. Grad-CAM differentiates that score, not
-    the softmax's probability (Selvaraju et al. 2017; keras-io's example): the probability's
-    gradient is the score's times p(1 - p), which vanishes as the model grows sure, and for two
-    classes it mixes in the other class's score.
-    """
-    last = model.layers[-1]
-    # in float32, as the softmax layer computes (also under --precision bfloat16)
-    logits = keras.ops.matmul(keras.ops.cast(last.input, "float32"), last.kernel) + last.bias
-    return keras.Model(model.inputs, [last_conv_layer(model).output, logits])
-
-
-def grad_cam(grad_model, image, class_index):
-    """Grad-CAM heatmap in [0, 1] of `class_index` for one uint8 image, at the conv map's size.
-
-    The gradient of the class's score (before the softmax) with respect to the last
-    convolutional layer's output, averaged over each channel, weights that channel; the
-    weighted sum, with negatives clipped, shows where the evidence for the class is.
-    """
-    batch = scale_pixels(image[None])
-    with tf.GradientTape() as tape:
-        conv_output, scores = grad_model(batch, training=False)
-        score = scores[:, class_index]
-    conv_output = tf.cast(conv_output, tf.float32)
-    grads = tf.cast(tape.gradient(score, conv_output), tf.float32)
-    weights = tf.reduce_mean(grads, axis=(0, 1, 2))
-    heatmap = tf.nn.relu(tf.reduce_sum(conv_output[0] * weights, axis=-1)).numpy()
-    peak = heatmap.max()
-    return heatmap / peak if peak > 0 else heatmap  # all zero: no evidence anywhere
-
-
-def overlay(path, heatmap):
-    """The X-ray at `path`, at its own size, with `heatmap` in the jet colour map over it."""
-    # decoded again at its own size; a damaged file's decoder lines were shown when it was read
-    with capture_stderr_fd():
-        image = decode(read_bytes(path))
-    height, width = image.shape[:2]
-    heat = cv2.resize(heatmap.astype(np.float32), (width, height))
-    colored = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)
-    return cv2.addWeighted(colored, HEATMAP_ALPHA, image, 1 - HEATMAP_ALPHA, 0)
-
-
 def gradcam_name(path, used):
     """`<stem>_gradcam.png`, made unique among the names `used` in this run."""
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -355,40 +218,6 @@ def labelled_report(config, class_names, done, truth, input_check):
             "input_check": screened, "versions": versions()}
 
 
-def is_classified(outcome, config):
-    """Whether an image gets a class: every one but those the check rejects, unless
-    --classify-rejected."""
-    return outcome != REJECTED or config.classify_rejected
-
-
-def check_note(outcome, distance, input_check):
-    """What a prediction line says of the input check: the outcome and why."""
-    if outcome == OK:
-        return f"[input ok: distance {distance:.2f} <= {input_check.unlike_factor:g}]"
-    if outcome == UNLIKE_TRAINING:
-        return (f"[input unlike_training: distance {distance:.2f} > {input_check.unlike_factor:g}: "
-                "unlike every training image, trust this answer less]")
-    return (f"[input rejected: distance {distance:.2f} > {input_check.reject_factor:g}: looks like "
-            "no frontal chest X-ray the model knows]")
-
-
-def prediction_line(path, row, class_names, outcome=None, distance=None, input_check=None,
-                    classified=True):
-    scores = ", ".join(f"{shown(name)} {p:.4f}" for name, p in zip(class_names, row))
-    answer = (f"{shown(class_names[int(row.argmax())])} ({scores})" if classified
-              else "not classified")
-    line = f"{shown(path)}: {answer}"
-    return line if outcome is None else f"{line} {check_note(outcome, distance, input_check)}"
-
-
-def csv_row(path, row, class_names, outcome=None, distance=None, classified=True):
-    cells = ([class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]] if classified
-             else [""] * (1 + len(class_names)))
-    # a model without a check leaves its cells empty: the columns are the same for every model
-    check_cells = ["", ""] if outcome is None else [outcome, f"{distance:.4f}"]
-    return [path, *cells, *check_cells]
-
-
 @dataclasses.dataclass(frozen=True)
 class OutputPlan:
     """What this run will write (`plan_outputs`), all renamed into place together at its end."""
@@ -423,27 +252,6 @@ def plan_outputs(config):
     return OutputPlan([path for path in (config.csv, config.report, config.export, config.tflite)
                        if path],
                       [config.gradcam] if config.gradcam else [])
-
-
-def load_model(config):
-    """The saved model and what its file carries (`model_file.ModelFile`): its class names,
-    its input check (None, said in one line, for a model trained before the check existed)
-    and its recalibration."""
-    import_tensorflow()
-    model_file = read_model_file(config.model)
-    if config.gradcam and last_conv_layer(model_file.model) is None:
-        raise UserError(f"--gradcam: --model {config.model!r} has no convolutional layer, so "
-                        "there is no map to draw; use a model train_covid19.py saved, or leave "
-                        "out --gradcam")
-    if model_file.input_check is None:
-        print(f"[WARNING] --model {shown(config.model)} carries no input check (it was trained "
-              "before train_covid19.py fitted one): every image is classified unchecked; "
-              "retrain it to have its inputs checked", file=sys.stderr)
-    if model_file.recalibration is not None:
-        print(f"[INFO] --model {shown(config.model)}: probabilities "
-              f"{shown(model_file.recalibration.summary())}")
-    check_precision(config.precision)
-    return model_file
 
 
 def export_model(config, commit, model, class_names, input_check):
@@ -497,12 +305,13 @@ class Predictions:
                 "images")
 
 
-def predict_every_image(config, commit, classifier, class_names, image_paths):
-    """Predict and check every image a batch at a time: print a line each, and write its CSV
-    row and Grad-CAM overlay to `commit`'s temporary files (no overlay for an image the check
-    rejected, unless --classify-rejected). Returns the `Predictions`: counts, and with
-    --labelled the paths read, their probabilities and the check's outcomes (kept only for the
-    report: without it, memory does not grow with the number of images)."""
+def predict_every_image(config, commit, classifier, image_paths):
+    """Predict and check every image a batch at a time (`prediction.classify`): print a line
+    each, and write its CSV row and Grad-CAM overlay to `commit`'s temporary files (no overlay
+    for an image the check rejected, unless --classify-rejected). Returns the `Predictions`:
+    counts, and with --labelled the paths read, their probabilities and the check's outcomes
+    (kept only for the report: without it, memory does not grow with the number of images)."""
+    class_names, input_check = classifier.class_names, classifier.input_check
     done = Predictions()
     with contextlib.ExitStack() as stack:
         writer = None
@@ -511,34 +320,42 @@ def predict_every_image(config, commit, classifier, class_names, image_paths):
             f = stack.enter_context(open(commit.temporary(config.csv), "w", newline="",
                                          encoding="utf-8", errors="surrogateescape"))
             writer = spreadsheet.Writer(f)  # a name a spreadsheet would run stays text
-            writer.writerow(["file", "predicted", *[f"p_{name}" for name in class_names],
-                             "input_check", "input_distance"])
+            writer.writerow(csv_header(class_names))
         if config.gradcam:
             os.makedirs(config.gradcam, exist_ok=True)
-            grad_model, used = gradcam_model(classifier.model), set()
-        input_check = classifier.input_check
+            used = set()
+            overlays = stack.enter_context(Background())
+        films = [(path, functools.partial(read_bytes, path)) for path in image_paths]
         with progress(len(image_paths), "predicting") as bar:
-            for paths, images in read_in_batches(image_paths, config.batch_size, bar):
-                probabilities, distances = predict(classifier, images)
-                for path, image, row, distance in zip(paths, images, probabilities, distances):
-                    outcome = classifier.outcome(distance)
-                    classified = is_classified(outcome, config)
-                    say(prediction_line(path, row, class_names, outcome, distance, input_check,
-                                        classified))
-                    done.count(outcome)
-                    if config.labelled:
-                        done.keep(path, row, outcome)
-                    if writer:
-                        writer.writerow(csv_row(path, row, class_names, outcome, distance,
-                                                classified))
-                    if config.gradcam and classified:
-                        heatmap = grad_cam(grad_model, image, int(row.argmax()))
-                        final = os.path.join(config.gradcam, gradcam_name(path, used))
-                        save_image(commit.temporary(final), overlay(path, heatmap))
-                        done.overlays += 1
+            for film in classify(classifier, films, config.batch_size, bool(config.gradcam),
+                                 on_read=lambda: bar.update(1)):
+                path, row = film.name, film.probabilities
+                if film.error is not None:
+                    say(skip_warning(path, film.error, film.decoder_said), file=sys.stderr)
+                    continue
+                if film.damage:
+                    say(damage_warning(path, film.damage), file=sys.stderr)
+                say(prediction_line(path, row, class_names, film.outcome, film.distance,
+                                    input_check, film.classified))
+                done.count(film.outcome)
+                if config.labelled:
+                    done.keep(path, row, film.outcome)
+                if writer:
+                    writer.writerow(csv_row(path, row, class_names, film.outcome, film.distance,
+                                            film.classified))
+                if film.heatmap is not None:
+                    final = os.path.join(config.gradcam, gradcam_name(path, used))
+                    # decoded here: the decoders' messages are caught on the process's stderr
+                    overlays.submit(write_overlay, commit.temporary(final),
+                                    decoded_again(film.read), film.heatmap)
+                    done.overlays += 1
     if not done.predicted:
         raise UserError("none of the given images could be read")
     return done
+
+
+def write_overlay(path, image, heatmap):
+    save_image(path, overlay(image, heatmap))
 
 
 @cli
@@ -551,12 +368,13 @@ def main(argv=None) -> int:
     if config.images and not image_paths:
         raise UserError(f"no images in {', '.join(shown(item) for item in config.images)}")
     # load the model, its class names and its input check
-    loaded = load_model(config)
+    import_tensorflow()
+    loaded = load_model(config.model, bool(config.gradcam), config.precision)
     model, class_names, input_check = loaded.model, loaded.class_names, loaded.input_check
     truth = true_class_of(image_paths, class_names) if config.labelled else None
     # the check's fit to the network is checked here, before any output is begun
-    classifier = (make_classifier(config, model, input_check, loaded.recalibration)
-                  if image_paths else None)
+    classifier = (make_classifier(config.model, loaded, config.precision, bool(config.gradcam),
+                                  config.classify_rejected) if image_paths else None)
 
     # every output is written to its temporary file, and all are renamed into place together
     # at the end: a full disk or Ctrl-C half-way leaves the earlier ones, and no temporary file;
@@ -570,8 +388,7 @@ def main(argv=None) -> int:
                              class_names, input_check)
             done = Predictions()  # none with --export or --tflite alone
             if image_paths:
-                done = predict_every_image(config, commit, classifier, class_names,
-                                           image_paths)
+                done = predict_every_image(config, commit, classifier, image_paths)
                 if input_check is not None:
                     print(done.check_line())
             if config.labelled:

@@ -509,10 +509,14 @@ def damage_warning(path, message):
             f"{message})")
 
 
+def unusable(reason, message=None):
+    """Why a file cannot be used, with what its decoder said."""
+    return reason + (f" (the decoder said: {message})" if message else "")
+
+
 def skip_warning(path, reason, message=None):
     """The one line that names a file that is skipped, with what its decoder said."""
-    return f"[WARNING] skipping {shown(path)}: {reason}" + (
-        f" (the decoder said: {message})" if message else "")
+    return f"[WARNING] skipping {shown(path)}: {unusable(reason, message)}"
 
 
 def scale_pixels(images):

@@ -13,8 +13,12 @@ before any work are `checks`).
   nothing outside the outputs is ever truncated. (Where `fcntl` does not exist, on Windows,
   there is no lock.)
 - `copy_new_file`: copy a file unless something is there already; never overwrite.
+- `Background`: file writes in one thread beside the caller's work, their first error raised
+  in the caller.
 """
 
+import collections
+import concurrent.futures
 import contextlib
 import errno
 import filecmp
@@ -303,3 +307,31 @@ def remove_empty_folders(folders):
             os.rmdir(folder)
         except OSError:  # not empty, or not there: not the failed run's to remove
             pass
+
+
+class Background:
+    """Runs calls in one thread, at most `waiting` queued, while the caller goes on: predict's
+    Grad-CAM overlays are blended and PNG-encoded (about 35 ms a megapixel) while the network
+    computes the next batch. The first error a call raised is raised in the caller, at its next
+    `submit` or when the block ends; leaving the block, by an error or Ctrl-C too, waits for the
+    call running and drops the queued ones, so no write outlives it."""
+
+    def __init__(self, waiting=2):
+        self.waiting = waiting
+        self.pending = collections.deque()
+        self.pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def __enter__(self):
+        return self
+
+    def submit(self, function, *args):
+        self.pending.append(self.pool.submit(function, *args))
+        while self.pending and (len(self.pending) > self.waiting or self.pending[0].done()):
+            self.pending.popleft().result()
+
+    def __exit__(self, kind, error, traceback):
+        try:
+            while kind is None and self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)

@@ -153,3 +153,22 @@ def odd_inputs(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3)).astype(np.uint8)
     cv2.imwrite(str(folder / "noise.png"), noise)
     return [str(folder / "flat.png"), str(folder / "noise.png")]
+
+
+@pytest.fixture(scope="session")
+def shipped_model(tmp_path_factory):
+    """A model trained for one epoch on the shipped dataset/ with the narrow random VGG16,
+    its report.json beside it: what serve_covid19.py's tests serve. Made once for the run."""
+    import train_covid19
+    from helpers import ROOT
+
+    def make(out):
+        model, report = str(out / "covid19.h5"), str(out / "report.json")
+        code, stdout, stderr = run_main(train_covid19.main, [
+            "--dataset", os.path.join(ROOT, "dataset"), "--epochs", "1", "--weights", "none",
+            "--model", model, "--plot", str(out / "plot.png"), "--report", report,
+            "--cache-dir", str(out / "cache")])
+        assert code == 0, stderr
+        return {"model": model, "report": report}
+
+    return made_once(tmp_path_factory, "shipped_model", make)

@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -784,3 +785,45 @@ def radiography(root, counts):
             write_image(os.path.join(root, name, "masks", f"{name}-{i}.png"), seed=500 + i,
                         gray=True, size=(30, 30))
     return str(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# serve_covid19.py in its own process
+# ---------------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+
+
+def photograph():
+    """A colour photograph scikit-learn ships (a pagoda): what no chest film looks like."""
+    import sklearn.datasets
+
+    return os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", "china.jpg")
+
+
+def start_server(argv, cwd, env=None, timeout=120):
+    """serve_covid19.py with `argv` in a fresh process, on a free port of 127.0.0.1; returns
+    (the process, the address it printed) once it answers."""
+    import select
+
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "serve_covid19.py"), "--port", "0", *argv],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else ""
+    match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    if not match:
+        process.kill()
+        raise AssertionError(f"no address printed: {line!r} {process.stderr.read()[-2000:]}")
+    return process, match.group(0)
+
+
+def stop_server(process, timeout=30):
+    """SIGTERM, then (exit code, the rest of stdout, stderr)."""
+    import signal
+
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err

@@ -14,9 +14,10 @@ import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import predict_covid19
-from covid19xray import progress
+from covid19xray import prediction, progress
 from covid19xray.calibration import Recalibration
 from covid19xray.images import list_images, load_xray, scale_pixels
 from covid19xray.model_file import (
@@ -120,13 +121,12 @@ def test_gradcam_overlays_the_predicted_classs_heatmap_at_each_images_size(train
     # listed sorted: sub/wide.jpg, tall.png, wide.jpg; the second wide.jpg gets its own name
     assert sorted(os.listdir(out)) == ["tall_gradcam.png", "wide_2_gradcam.png",
                                        "wide_gradcam.png"]
-    grad_model = predict_covid19.gradcam_model(model)
     for source, name in [(images[2], "wide_gradcam.png"), (images[1], "tall_gradcam.png"),
                          (images[0], "wide_2_gradcam.png")]:
         image = load_xray(source)
         predicted = int(model.predict(np.asarray(scale_pixels(image[None])), verbose=0).argmax())
         assert predicted == 0  # covid: every feature raises its score
-        heatmap = predict_covid19.grad_cam(grad_model, image, predicted)
+        [heatmap] = reference_gradcam(model, image[None], [predicted])
         assert heatmap.max() == pytest.approx(1.0) and heatmap.min() < 0.5  # a real map
         # the file is the X-ray at its own size blended with that map in the jet colours
         original = cv2.imread(source, cv2.IMREAD_COLOR)
@@ -138,16 +138,54 @@ def test_gradcam_overlays_the_predicted_classs_heatmap_at_each_images_size(train
         assert np.abs(written.astype(int) - expected).max() <= 1
 
 
-def test_gradcam_of_a_class_without_evidence_is_all_zero(trained, tmp_path):
+def reference_gradcam(model, images, class_indices):
+    """Grad-CAM as keras-io's example computes it, one image at a time through the whole
+    network: the gradient of the class's score before the softmax with respect to the last
+    convolution's output, averaged per channel, weighting that output; negatives clipped,
+    scaled to a peak of 1."""
+    conv_layer = model.get_layer("block5_conv3")
+    last = model.layers[-1]
+    scores = keras.ops.matmul(last.input, last.kernel) + last.bias
+    grad_model = keras.Model(model.inputs, [conv_layer.output, scores])
+    maps = []
+    for image, class_index in zip(images, class_indices):
+        with tf.GradientTape() as tape:
+            conv, logits = grad_model(scale_pixels(image[None]), training=False)
+            score = logits[:, class_index]
+        weights = tf.reduce_mean(tape.gradient(score, conv), axis=(0, 1, 2))
+        heatmap = tf.nn.relu(tf.reduce_sum(conv[0] * weights, axis=-1)).numpy()
+        maps.append(heatmap / heatmap.max() if heatmap.max() > 0 else heatmap)
+    return maps
+
+
+def batch_gradcam(model_path, images, class_indices):
+    """The heatmaps predict draws: from the conv maps of its one forward pass, through the
+    layers after them."""
+    model_file = prediction.load_model(model_path, gradcam=True)
+    classifier = prediction.make_classifier(model_path, model_file, gradcam=True)
+    outputs = dict(zip(classifier.outputs, classifier.forward(scale_pixels(images))))
+    return np.asarray(classifier.heatmaps(outputs["conv"], np.int32(class_indices)))
+
+
+def test_gradcam_from_the_prediction_pass_equals_the_whole_networks_per_image(trained,
+                                                                              tmp_path):
     model = model_that_uses_its_features(trained, str(tmp_path / "m.h5"))
+    images = np.stack([load_xray(write_image(str(tmp_path / f"{i}.png"), seed=i, size=(90, 80)))
+                       for i in range(5)])
+    classes = [0, 1, 0, 0, 1]
+    batched = batch_gradcam(str(tmp_path / "m.h5"), images, classes)
+    assert batched.shape == (5, 14, 14)
+    np.testing.assert_allclose(batched, reference_gradcam(model, images, classes), atol=1e-4)
+
+
+def test_gradcam_of_a_class_without_evidence_is_all_zero(trained, tmp_path):
+    model_that_uses_its_features(trained, str(tmp_path / "m.h5"))
     image = load_xray(write_image(str(tmp_path / "x.png"), seed=5, size=(224, 224)))
-    assert predict_covid19.last_conv_layer(model).name == "block5_conv3"
-    grad_model = predict_covid19.gradcam_model(model)
-    heatmap = predict_covid19.grad_cam(grad_model, image, class_index=0)
+    heatmap, other = batch_gradcam(str(tmp_path / "m.h5"), np.stack([image, image]), [0, 1])
     assert heatmap.shape == (14, 14)
     assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0)
     # for the other class every channel weighs negatively: no evidence anywhere
-    assert predict_covid19.grad_cam(grad_model, image, class_index=1).max() == 0
+    assert other.max() == 0
 
 
 def test_gradcam_weighs_the_score_before_the_softmax_so_a_sure_model_still_shows_where(
@@ -155,18 +193,15 @@ def test_gradcam_weighs_the_score_before_the_softmax_so_a_sure_model_still_shows
     model = model_that_uses_its_features(trained, str(tmp_path / "m.h5"))
     image = load_xray(write_image(str(tmp_path / "x.png"), seed=5, size=(224, 224)))
     batch = scale_pixels(image[None])
-    grad_model = predict_covid19.gradcam_model(model)
-    # its second output is the class scores that the softmax turns into the model's output
-    _, scores = grad_model(batch, training=False)
-    np.testing.assert_allclose(keras.ops.softmax(scores), model(batch, training=False),
-                               atol=1e-6)
-    unsure = predict_covid19.grad_cam(grad_model, image, class_index=0)
+    [unsure] = batch_gradcam(str(tmp_path / "m.h5"), image[None], [0])
     # the same head a thousand times as sure: the softmax saturates, and the probability's
     # gradient (p times 1 - p) is zero; the score's is a thousand times larger, the map the same
     last = model.layers[-1]
     last.set_weights([1000 * weight for weight in last.get_weights()])
+    save_model(model, str(tmp_path / "sure.h5"), ["covid", "normal"],
+               read_input_check(trained["model"]))
     assert float(model(batch, training=False)[0, 0]) == 1.0
-    sure = predict_covid19.grad_cam(predict_covid19.gradcam_model(model), image, class_index=0)
+    [sure] = batch_gradcam(str(tmp_path / "sure.h5"), image[None], [0])
     assert sure.max() == pytest.approx(1.0)
     np.testing.assert_allclose(sure, unsure, atol=1e-4)
 
@@ -287,13 +322,13 @@ def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_pat
     images = [write_image(str(tmp_path / "in" / f"{i:02d}.png"), seed=i, size=(60, 50))
               for i in range(11)]
     batches = []
-    real_predict = predict_covid19.predict
+    real_predict = prediction.predict
 
-    def recorded(classifier, batch):
+    def recorded(classifier, batch, gradcam=False):
         batches.append(len(batch))
-        return real_predict(classifier, batch)
+        return real_predict(classifier, batch, gradcam)
 
-    monkeypatch.setattr(predict_covid19, "predict", recorded)
+    monkeypatch.setattr(prediction, "predict", recorded)
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0)  # a progress line for every update
     code, out, err = run_main(predict_covid19.main, ["--model", trained["model"],
                                                      str(tmp_path / "in"), "--batch-size", "4",
@@ -307,7 +342,7 @@ def test_prediction_reads_predicts_and_writes_a_batch_at_a_time(trained, tmp_pat
 
 
 def test_sigterm_between_batches_is_one_line_and_writes_no_csv(tmp_path, trained, monkeypatch):
-    monkeypatch.setattr(predict_covid19, "predict", terminate_here)
+    monkeypatch.setattr(prediction, "predict", terminate_here)
     code, _, err = run_main(predict_covid19.main, ["--model", trained["model"],
                                                    trained["dataset"], "--csv",
                                                    str(tmp_path / "p.csv")])
