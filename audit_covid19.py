@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -48,6 +49,7 @@ from covid19xray.head import (
     make_head,
     training_batches,
 )
+from covid19xray.images import IMAGE_SIZE, NotAnImage, read_bytes, read_header, save_image
 from covid19xray.input_check import REJECTED, fit_input_check
 from covid19xray.layout import find_dataset, load_dataset
 from covid19xray.manifest import MANIFEST
@@ -85,6 +87,10 @@ tf = lazy_import("tensorflow")
 # of 22 pixels (a tenth) on every side, where the shoulders, the film's edges, labels and
 # markers are.
 LUNG_BOX = (0.1, 0.1, 0.9, 0.9)
+# Refused lung masks named, at most; the rest counted.
+SHOWN_MASKS = 5
+# A mask's aspect ratio may differ from its image's by this fraction (rounding in a resize).
+SHAPE_TOLERANCE = 0.02
 # What each variant of an image is: the image as it is, the lung box blacked out, all but it.
 VARIANTS = ("full", "lungs_hidden", "lungs_only")
 # The verdict: a shortcut when, with the lungs hidden, the AUC's 95% interval lies above chance
@@ -173,21 +179,75 @@ def find_lungs(config, images, paths, external_set=None):
             print(f"[WARNING] lung masks ship with {len(masks)} of {len(everything)} images: "
                   "the audit uses the fixed box for all", file=sys.stderr)
         return box_lungs()
-    mask_store = ImageStore([masks[path] for path in everything])
-    if len(mask_store.paths) < len(everything):
-        mask_store.close()
-        print("[WARNING] some lung masks cannot be read: the audit uses the fixed box for all",
-              file=sys.stderr)
-        return box_lungs()
+    refused = refused_masks(masks, everything, stores)
+    with tempfile.TemporaryDirectory() as folder:
+        # an image whose mask is refused is masked by the fixed box, drawn as a mask of its own
+        box = box_mask_file(folder)
+        mask_store = ImageStore(list(dict.fromkeys(
+            [masks[path] for path in everything if path not in refused] + [box])))
+    skipped = {path: reason for path, reason, _ in mask_store.skipped}
+    refused.update({path: f"cannot be read ({skipped[masks[path]]})" for path in everything
+                    if masks[path] in skipped})
+    warn_refused(masks, refused)
+    mask_path = {path: box if path in refused else masks[path] for path in everything}
     digests = [store.digest(path) for store, some in stores for path in some]
-    slots = mask_store.slots([masks[path] for path in everything])
+    slots = mask_store.slots([mask_path[path] for path in everything])
     slot_of = dict(zip(digests, slots.tolist()))
-    mask_of = {digest: mask_store.digest(masks[path])
+    mask_of = {digest: mask_store.digest(mask_path[path])
                for digest, path in zip(digests, everything)}
-    print(f"[INFO] lungs: the {len(everything)} lung masks that ship with the images")
+    used = len(everything) - len(refused)
+    print(f"[INFO] lungs: the {used} lung masks that ship with the images"
+          + (f", the fixed box for {len(refused)} whose mask was refused" if refused else ""))
+    about = f"each image's own lung mask ({used} from masks/)" + (
+        f"; the fixed box {list(LUNG_BOX)} for {len(refused)} whose mask was refused"
+        if refused else "")
     return Lungs(LungMasks("outside", mask_store, slot_of, mask_of),
                  LungMasks("inside", mask_store, slot_of, mask_of),
-                 f"each image's own lung mask ({len(everything)} from masks/)", masks, mask_store)
+                 about, {path: masks[path] for path in everything if path not in refused},
+                 mask_store)
+
+
+def refused_masks(masks, everything, stores):
+    """{image path: why its mask is refused}, from the files' headers: a mask that cannot be
+    read, or of another shape (aspect ratio) than its image: stretched to it, it would hide the
+    wrong part."""
+    header_of = {path: store.header(path) for store, some in stores for path in some}
+    refused = {}
+    for path in everything:
+        try:
+            mask = read_header(read_bytes(masks[path]))
+        except NotAnImage as err:
+            refused[path] = f"cannot be read ({err})"
+            continue
+        image = header_of[path]
+        # the Radiography Database's masks are 256x256 for 299x299 films: a mask scaled
+        # evenly is the image's; one of another shape would be stretched onto it
+        if abs(mask.width * image.height - image.width * mask.height) > (
+                SHAPE_TOLERANCE * image.width * mask.height):
+            refused[path] = (f"{mask.width}x{mask.height}, another shape than its image "
+                             f"({image.width}x{image.height})")
+    return refused
+
+
+def warn_refused(masks, refused):
+    """Each refused mask named on stderr, at most SHOWN_MASKS of them, then how many more."""
+    for path, why in list(refused.items())[:SHOWN_MASKS]:
+        print(f"[WARNING] lung mask {shown(masks[path])} refused: {why}; the fixed box is used "
+              "for its image", file=sys.stderr)
+    if len(refused) > SHOWN_MASKS:
+        print(f"[WARNING] and {len(refused) - SHOWN_MASKS} more lung mask(s) refused",
+              file=sys.stderr)
+
+
+def box_mask_file(folder):
+    """LUNG_BOX drawn as a 224x224 mask (white inside) in `folder`: what `LungMasks` reads for
+    an image whose own mask is refused, the same pixels `BoxMask` keeps."""
+    top, bottom, left, right = lung_box().pixels()
+    mask = np.zeros((*IMAGE_SIZE, 3), np.uint8)
+    mask[top:bottom, left:right] = 255
+    path = os.path.join(folder, "lung-box.png")
+    save_image(path, mask)
+    return path
 
 
 def variant_transforms(lungs):

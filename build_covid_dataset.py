@@ -446,13 +446,15 @@ def build_covidx(config):
     if shared:
         print(f"[WARNING] {len(shared)} patient(s) have images in both of COVIDx's splits "
               f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''})", file=sys.stderr)
-    conflicts = 0
+    conflicts, filled = 0, set()
     for split, (rows, left_out) in splits.items():
         print(f"[INFO] COVIDx {split}: {len(rows)} labelled image(s), {left_out} line(s) left "
               "out")
         present = [row for row in rows if os.path.isfile(row.path)]
         missing = len(rows) - len(present)
         row_of = {row.path: row for row in present}
+        if present:
+            filled.add(split)
         for label in sorted({row.label for row in present}):
             sources = sorted(row.path for row in present if row.label == label)
             output = os.path.join(config.output, split, label)
@@ -470,8 +472,14 @@ def build_covidx(config):
         if missing:
             print(f"[WARNING] COVIDx {split}: {missing} labelled image(s) missing from "
                   f"{shown(os.path.join(config.covidx, split))}", file=sys.stderr)
-    print(f"[INFO] train on {shown(os.path.join(config.output, 'train'))}; test on the official "
-          f"split with --external {shown(os.path.join(config.output, 'test'))}")
+    made = {split: os.path.join(config.output, split) for split in SPLITS
+            if os.path.isdir(os.path.join(config.output, split)) and split in filled}
+    if "train" in made and "test" in made:
+        print(f"[INFO] train on {shown(made['train'])}; test on the official split with "
+              f"--external {shown(made['test'])}")
+    elif made:  # never a folder this run did not make
+        [(split, folder)] = made.items()
+        print(f"[INFO] COVIDx {split} is in {shown(folder)}; its other split had no image to copy")
     if conflicts:
         raise UserError(f"{conflicts} class folder(s) of {config.output!r} hold files with the "
                         "names of COVIDx images but other contents; they were not overwritten")

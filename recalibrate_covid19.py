@@ -81,6 +81,20 @@ def parse_args(argv=None):
     return RecalibrateConfig.from_flags(ap.parse_args(argv))
 
 
+def check_not_the_model(config):
+    """The model training wrote is never replaced: an --output that is --model, by any path
+    (a link, another spelling, a hard link), is refused before any work."""
+    same = os.path.realpath(config.output) == os.path.realpath(config.model)
+    try:
+        same = same or os.path.samefile(config.output, config.model)
+    except OSError:  # one of them does not exist: not the same file
+        pass
+    if same:
+        raise UserError(f"--output {config.output!r} is --model {config.model!r} itself; write "
+                        "the recalibrated model to a new file (the model training wrote, and "
+                        "its report's SHA-256, stay as they are)")
+
+
 # ---------------------------------------------------------------------------------------------
 # The steps
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +136,7 @@ def predict_probabilities(model, images, paths, batch_size):
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
+    check_not_the_model(config)
     # every path checked before any work; the output written to a temporary file, renamed
     with commit_outputs(*check_paths(config.input_folders(), config.outputs())) as commit:
         model, class_names = load_model(config)

@@ -123,12 +123,15 @@ def _check_parent(path, flag):
 def check_output_folder(folder, flag, source=None, source_flag=None):
     """Fail before any work if `folder` cannot be an output folder; creates nothing.
 
-    Refuses a file, a folder inside `source` if given (source data is never modified), and a
-    folder that cannot be created or written.
+    Refuses a file, a folder inside `source` if given or one that contains it (source data is
+    never modified), and a folder that cannot be created or written.
     """
     if source is not None and same_or_inside(folder, source):
         raise UserError(f"{flag} {folder!r} is inside {source_flag} {source!r}; write the "
                         "dataset elsewhere, source data is never modified")
+    if source is not None and same_or_inside(source, folder):
+        raise UserError(f"{flag} {folder!r} contains {source_flag} {source!r}; write the "
+                        "dataset beside it, source data is never modified")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{flag} {folder!r} is a file, not a folder")
     existing = os.path.abspath(folder)  # the folder, or the nearest parent that exists

@@ -13,6 +13,7 @@ outside its split's folder, is counted and left out, never copied.
 
 import dataclasses
 import os
+import stat
 import sys
 
 from .cli import UserError, shown
@@ -32,51 +33,125 @@ class Row:
     source: str  # the collection the image comes from (cohen, actmed, sirm, ricord, rsna...)
 
 
+# A label file's line is a patient id, a file name, a class and a source: far below this.
+MAX_LINE_CHARS = 4096
+# Warnings about left-out lines, at most; the rest are counted in one line.
+MAX_WARNINGS = 20
+
+
 def label_file(covidx, split):
     """`<covidx>/<split>.txt`, or the one file named `<split>*.txt` there; a `UserError`
-    otherwise."""
+    otherwise, and for one that is not a regular file (a FIFO would block the read)."""
     exact = os.path.join(covidx, f"{split}.txt")
-    if os.path.isfile(exact):
-        return exact
-    found = sorted(name for name in os.listdir(covidx)
-                   if name.startswith(split) and name.endswith(".txt"))
-    if len(found) != 1:
-        raise UserError(f"--covidx {covidx!r} has {'no' if not found else 'more than one'} "
-                        f"label file for its {split} split ({split}.txt, or {split}_*.txt: "
-                        f"{', '.join(found) or 'none'}); give the folder COVIDx unpacks into")
-    return os.path.join(covidx, found[0])
+    if os.path.lexists(exact):
+        path = exact
+    else:
+        found = sorted(name for name in os.listdir(covidx)
+                       if name.startswith(split) and name.endswith(".txt"))
+        if len(found) != 1:
+            raise UserError(f"--covidx {covidx!r} has {'no' if not found else 'more than one'} "
+                            f"label file for its {split} split ({split}.txt, or {split}_*.txt: "
+                            f"{', '.join(found) or 'none'}); give the folder COVIDx unpacks "
+                            "into")
+        path = os.path.join(covidx, found[0])
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise UserError(f"{shown(path)!r}: cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{shown(path)!r} is not a regular file (a FIFO, device, socket or "
+                        "folder), not a COVIDx label file")
+    return path
 
 
 def read_label_file(path):
-    """The text of a label file, read with a bound (MAX_LABEL_FILE_BYTES)."""
-    with open(path, "rb") as f:
+    """The text of a label file: a regular file of at most MAX_LABEL_FILE_BYTES, UTF-8 (a
+    byte-order mark read as the marker it is), no NUL, no line over MAX_LINE_CHARS; anything
+    else is a `UserError`, not a label file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise UserError(f"{shown(path)!r}: cannot be read ({err.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UserError(f"{shown(path)!r} is not a regular file, not a COVIDx label file")
         data = f.read(MAX_LABEL_FILE_BYTES + 1)
     if len(data) > MAX_LABEL_FILE_BYTES:
-        raise UserError(f"{path!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB: not a COVIDx "
-                        "label file")
-    return data.decode("utf-8", errors="replace")
+        raise UserError(f"{shown(path)!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB: not a "
+                        "COVIDx label file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{shown(path)!r} is not UTF-8 text (byte {err.start}): not a COVIDx "
+                        "label file") from None
+    if "\0" in text:
+        raise UserError(f"{shown(path)!r} holds NUL characters: not a COVIDx label file")
+    longest = max((len(line) for line in text.splitlines()), default=0)
+    if longest > MAX_LINE_CHARS:
+        raise UserError(f"{shown(path)!r} has a line of {longest:,} characters (at most "
+                        f"{MAX_LINE_CHARS:,}): not a COVIDx label file")
+    return text
+
+
+def is_plain_name(name):
+    """Whether `name` is one folder or file name: not empty, not `.` or `..`, no separator."""
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    return bool(name) and name not in (".", "..") and not any(s in name for s in separators)
+
+
+class Warnings:
+    """One warning a left-out line, the first MAX_WARNINGS of them; then how many more."""
+
+    def __init__(self, path):
+        self.path, self.count = path, 0
+
+    def left_out(self, number, why):
+        self.count += 1
+        if self.count <= MAX_WARNINGS:
+            print(f"[WARNING] {shown(self.path)}, line {number}: {why}; left out",
+                  file=sys.stderr)
+
+    def close(self):
+        if self.count > MAX_WARNINGS:
+            print(f"[WARNING] {shown(self.path)}: and {self.count - MAX_WARNINGS:,} more "
+                  "line(s) left out", file=sys.stderr)
 
 
 def read_split(covidx, split):
-    """The `Row`s of one split, and the count of lines left out (of another shape, or naming a
-    file outside `<covidx>/<split>/`), each said in one warning."""
+    """The `Row`s of one split, and the count of lines left out: of another shape, naming a
+    file outside `<covidx>/<split>/`, a class that is not one plain folder name, or a file
+    listed under two classes (left out of both). Each is said in a warning (capped)."""
     folder = os.path.join(covidx, split)
     if not os.path.isdir(folder):
         raise UserError(f"--covidx {covidx!r} has no {split}/ folder of images")
     path = label_file(covidx, split)
-    rows, left_out = [], 0
+    warnings = Warnings(path)
+    rows, lines_of = {}, {}
     for number, line in enumerate(read_label_file(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
-        name = fields[1] if len(fields) == 4 else ""
-        if len(fields) != 4 or os.path.basename(name) != name or name in (".", ".."):
-            left_out += 1
-            print(f"[WARNING] {shown(path)}, line {number}: not 'patient_id file_name class "
-                  "source' of a file in its folder; left out", file=sys.stderr)
+        if len(fields) != 4 or not is_plain_name(fields[1]):
+            warnings.left_out(number, "not 'patient_id file_name class source' of a file in its "
+                                      "folder")
             continue
-        rows.append(Row(fields[0], os.path.join(folder, name), fields[2], fields[3]))
-    return rows, left_out
+        if not is_plain_name(fields[2]):
+            warnings.left_out(number, f"the class {fields[2]!r} is not one plain folder name")
+            continue
+        row = Row(fields[0], os.path.join(folder, fields[1]), fields[2], fields[3])
+        lines_of.setdefault(row.path, []).append(number)
+        rows.setdefault(row.path, []).append(row)
+    kept = []
+    for image, listed in rows.items():
+        labels = sorted({row.label for row in listed})
+        if len(labels) > 1:
+            for number in lines_of[image]:
+                warnings.left_out(number, f"{os.path.basename(image)!r} is listed under "
+                                          f"{len(labels)} classes ({', '.join(labels)})")
+            continue
+        kept.append(listed[0])  # listed twice under one class: copied once
+    warnings.close()
+    return kept, warnings.count
 
 
 def shared_patients(train, test):

@@ -124,8 +124,8 @@ class Extractor:
         return self.outputs(images, paths)[0]
 
     def passes(self, images, paths, epochs=1):
-        """The VGG16 passes computing these entries would take now (asks whether each cached
-        entry's file exists; reads none)."""
+        """The VGG16 passes computing these entries would take now: those not in memory, nor in
+        every cache as an entry `get` would trust (a damaged one is work to do)."""
         return len(self._to_compute(self._entries(images, paths, epochs)[0]))
 
     def seconds_per_image(self, images, paths, epochs=1):

@@ -17,6 +17,7 @@ pixel: which files are read, not how (`images`, `store`).
 """
 
 import os
+import unicodedata
 
 import numpy as np
 
@@ -185,10 +186,26 @@ def find_dataset(folder, flag="--dataset"):
                         f"({examples}{more}); give a folder that holds one folder of images "
                         f"per class, or <class>/{IMAGES}/ as the COVID-19 Radiography Database "
                         "ships")
+    check_distinct_classes(labels, folder, flag)
     masks = {path: found_masks[(label, os.path.basename(path))]
              for path, label in zip(paths, labels)
              if (label, os.path.basename(path)) in found_masks}
     return layout(folder, paths, labels, masks)
+
+
+def check_distinct_classes(labels, folder, flag):
+    """A `UserError` naming two class folders whose names differ only by case (`Covid`,
+    `covid`) or by Unicode normalization (`normé` composed or decomposed, which print alike):
+    they would train as two classes, and a folder copied to a case-insensitive disk merges them.
+    Both are named escaped, so that the difference shows."""
+    seen = {}
+    for label in sorted(set(labels)):
+        key = unicodedata.normalize("NFC", label).casefold()
+        if key in seen:
+            raise UserError(f"{flag} {folder!r}: class folders {ascii(seen[key])} and "
+                            f"{ascii(label)} differ only by case or Unicode normalization; "
+                            "merge them into one folder, or rename one")
+        seen[key] = label
 
 
 def class_folders(folder, flag="--external"):

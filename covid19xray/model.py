@@ -90,7 +90,7 @@ def load_vgg16_base(weights):
     try:
         return keras.applications.VGG16(weights=weights, include_top=False,
                                         input_shape=input_shape)
-    except (OSError, ValueError, KeyError) as err:
+    except Exception as err:  # h5py and Keras raise many types for a damaged or foreign file
         raise UserError(f"--weights {weights!r} is not a VGG16 no-top weights file like "
                         f"{VGG16_NOTOP_FILE}: {first_line(err)}") from None
 

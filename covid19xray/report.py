@@ -9,6 +9,7 @@ on its own, so every resample has both classes).
 """
 
 import json
+import math
 import platform
 import warnings
 
@@ -96,12 +97,19 @@ def classification_metrics(true_classes, probabilities, class_names, positive=0)
         results["positive_class"] = name
         results["sensitivity"] = results["per_class"][name]["sensitivity"]
         results["specificity"] = results["per_class"][name]["specificity"]
-        results["roc_auc"] = float(sklearn_metrics.roc_auc_score(
-            true_classes == positive, probabilities[:, positive]))
-    else:
-        results["roc_auc"] = float(sklearn_metrics.roc_auc_score(
-            true_classes, probabilities, labels=labels, multi_class="ovr"))
+        results["roc_auc"] = one_vs_rest_auc(np.asarray(true_classes) == positive,
+                                             probabilities[:, positive])
+    else:  # scikit-learn's one-vs-rest macro AUC: the mean of the classes' AUCs
+        results["roc_auc"] = results["macro_auc"]
     return results
+
+
+UNDEFINED = "undefined (one class only)"
+
+
+def shown_auc(auc):
+    """An AUC as a report prints it: None (a test of one class: no curve) said in words."""
+    return UNDEFINED if auc is None else f"{auc:.4f}"
 
 
 def confusion_table(cm, class_names):
@@ -143,14 +151,14 @@ def print_evaluation(true_classes, probabilities, class_names, results):
                   f"recall, specificity {shown(other)}'s; --positive chooses)")
         print(describe("sensitivity", results["sensitivity"]))
         print(describe("specificity", results["specificity"]))
-        print(f"ROC AUC: {results['roc_auc']:.4f}")
+        print(f"ROC AUC: {shown_auc(results['roc_auc'])}")
         return
     for name, m in results["per_class"].items():
-        auc = "undefined" if m["auc"] is None else f"{m['auc']:.4f}"
         print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
               f"{describe('specificity', m['specificity'])}, {describe('PPV', m['ppv'])}, "
-              f"AUC against the rest {auc}")
-    print(f"ROC AUC: {results['roc_auc']:.4f} (one-vs-rest, the mean of the classes' AUCs)")
+              f"AUC against the rest {shown_auc(m['auc'])}")
+    print(f"ROC AUC: {shown_auc(results['roc_auc'])} (one-vs-rest, the mean of the classes' "
+          "AUCs)")
 
 
 def _auc_statistic(positives, negatives, axis=-1):
@@ -281,8 +289,22 @@ def write_json(path, report):
     """`report` as indented JSON. File names that are not UTF-8 are kept as `\\udcXX` escapes,
     which `json.load` turns back into the very names `os.listdir` gives."""
     with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(strict_json(report), f, indent=2, allow_nan=False)
         f.write("\n")
+
+
+def strict_json(value):
+    """`value` with every NaN or infinity (an undefined metric) as None: JSON has neither, and
+    Python's `json` would write them as the invalid `NaN`."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, np.generic):
+        return strict_json(value.item())
+    return value
 
 
 def run_facts(config):

@@ -13,7 +13,7 @@ import numpy as np
 from .cli import shown
 from .external import by_size
 from .input_check import OK, OUTCOMES, REJECTED, UNLIKE_TRAINING
-from .report import classification_metrics, describe
+from .report import classification_metrics, describe, shown_auc
 
 
 def _counts(outcomes):
@@ -71,9 +71,10 @@ def print_screening(result, class_names):
     if len(class_names) == 2:
         print(f"  {describe('sensitivity', metrics['sensitivity'])}")
         print(f"  {describe('specificity', metrics['specificity'])}")
-        print(f"  ROC AUC: {metrics['roc_auc']:.4f}")
+        print(f"  ROC AUC: {shown_auc(metrics['roc_auc'])}")
         return
     for name, m in metrics["per_class"].items():
         print(f"  {shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
               f"{describe('PPV', m['ppv'])}")
-    print(f"  ROC AUC: {metrics['roc_auc']:.4f} (one-vs-rest, the mean of the classes' AUCs)")
+    print(f"  ROC AUC: {shown_auc(metrics['roc_auc'])} (one-vs-rest, the mean of the classes' "
+          "AUCs)")

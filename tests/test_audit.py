@@ -39,6 +39,7 @@ from helpers import (
     small_dataset,
     snapshot,
     terminate_here,
+    write_image,
 )
 
 
@@ -382,3 +383,37 @@ def test_the_audit_uses_the_lung_masks_that_ship_with_the_images(tmp_path):
              for path in (tmp_path / "cache").glob("*/configuration.json")}
     assert kinds == {"Unchanged", "LungMasks"}  # no BoxMask
     assert report["counts"] == {"COVID": 4, "Normal": 4}  # the masks are no class
+
+
+def test_a_mask_of_another_shape_or_unreadable_is_refused_for_its_image_and_named(tmp_path,
+                                                                                   capsys):
+    import types
+
+    dataset = radiography(tmp_path / "r", {"COVID": 4, "Normal": 4})
+    masks = os.path.join(dataset, "COVID", "masks")
+    write_image(os.path.join(masks, "COVID-0.png"), seed=1, gray=True, size=(30, 60))  # stretched
+    with open(os.path.join(masks, "COVID-1.png"), "wb") as f:
+        f.write(b"not a PNG at all")
+    write_image(os.path.join(masks, "COVID-2.png"), seed=2, gray=True, size=(60, 60))  # scaled
+    images, paths, _ = load_dataset(dataset)
+    capsys.readouterr()
+    lungs = audit_covid19.find_lungs(types.SimpleNamespace(dataset=dataset), images, paths)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"[WARNING] lung mask {os.path.join(masks, 'COVID-0.png')} refused: 60x30, another "
+        "shape than its image (30x30); the fixed box is used for its image",
+        f"[WARNING] lung mask {os.path.join(masks, 'COVID-1.png')} refused: cannot be read "
+        "(not an image (no JPEG, PNG, BMP or TIFF signature, no DICOM marker)); the fixed box "
+        "is used for its image"]
+    assert lungs.about == ("each image's own lung mask (6 from masks/); the fixed box "
+                           "[0.1, 0.1, 0.9, 0.9] for 2 whose mask was refused")
+    # the two refused images are masked by the box, the scaled mask is its image's own
+    box = np.zeros((224, 224), bool)
+    top, bottom, left, right = audit_covid19.lung_box().pixels()
+    box[top:bottom, left:right] = True
+    for name, boxed in [("COVID-0.png", True), ("COVID-1.png", True), ("COVID-2.png", False)]:
+        digest = images.digest(os.path.join(dataset, "COVID", "images", name))
+        mask = lungs.store.read([lungs.hidden.slot_of[digest]])[0].max(axis=-1) > 127
+        assert np.array_equal(mask, box) == boxed
+    lungs.close()
+    images.close()

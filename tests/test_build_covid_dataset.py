@@ -788,3 +788,111 @@ def test_covidx_output_trains_by_patient_and_keeps_the_test_split_external(tmp_p
 def test_covidx_flags_that_cannot_go_together_are_a_usage_error(tmp_path, argv, phrase):
     code, _, err = run_main(build_covid_dataset.main, argv)
     assert_one_line_error(code, err, "build_covid_dataset.py", phrase, exit_code=2)
+
+
+def covidx_case(tmp_path, train_lines, test_text=None):
+    """The issue's setup: one image in train/, one in test/, and the label files given."""
+    covidx = tmp_path / "cx"
+    write_image(str(covidx / "train" / "a.png"), seed=1, size=(40, 40))
+    write_image(str(covidx / "train" / "b.png"), seed=2, size=(40, 40))
+    write_image(str(covidx / "test" / "t.png"), seed=3, size=(40, 40))
+    (covidx / "train.txt").write_text("\n".join(train_lines) + "\n")
+    if test_text is None:
+        (covidx / "test.txt").write_text("p9 t.png negative src\n")
+    elif isinstance(test_text, bytes):
+        (covidx / "test.txt").write_bytes(test_text)
+    return covidx
+
+
+def everything_under(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, _, names in os.walk(folder) for name in names)
+
+
+@pytest.mark.parametrize("label", ["../../escaped", "..", ".", "COVID/19", "/abs/elsewhere",
+                                   "../../victim/covid", "a\\b"])
+def test_a_covidx_class_that_is_not_a_plain_folder_name_is_left_out(tmp_path, label):
+    if label.startswith("/abs"):
+        label = str(tmp_path / "abs")
+    covidx = covidx_case(tmp_path, [f"p1 a.png {label} src", "p2 b.png positive src"])
+    out = tmp_path / "o" / "ds"
+    (tmp_path / "victim" / "covid").mkdir(parents=True)
+    before = everything_under(tmp_path)
+    code, stdout, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx),
+                                                            "--output", str(out)])
+    assert code == 0, err
+    assert f"train.txt, line 1: the class {label!r} is not one plain folder name; left out" in err
+    # only the good row, and only inside --output
+    added = sorted(set(everything_under(tmp_path)) - set(before))
+    assert added == ["o/ds/test/manifest.csv", "o/ds/test/negative/t.png",
+                     "o/ds/train/manifest.csv", "o/ds/train/positive/b.png"]
+
+
+def test_covidx_refuses_an_output_that_contains_its_source(tmp_path):
+    covidx = covidx_case(tmp_path / "p", ["p1 a.png positive src"])
+    before = everything_under(tmp_path)
+    code, _, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx), "--output",
+                                                       str(tmp_path / "p")])
+    assert_one_line_error(code, err, "build_covid_dataset.py", "contains --covidx")
+    assert everything_under(tmp_path) == before
+
+
+def test_a_covidx_label_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    covidx = covidx_case(tmp_path, ["p1 a.png positive src"])
+    (covidx / "train.txt").unlink()
+    os.mkfifo(covidx / "train.txt")
+    code, _, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx), "--output",
+                                                       str(tmp_path / "o")])
+    assert_one_line_error(code, err, "build_covid_dataset.py", "train.txt",
+                          "is not a regular file")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (bytes(random.Random(0).getrandbits(8) for _ in range(200_000)), "is not UTF-8 text"),
+    (b"p9 t.png negative src\n\0\0\0\n", "holds NUL characters"),
+    (b"p9 t.png negative " + b"s" * 5000 + b"\n", "has a line of 5,018 characters"),
+])
+def test_a_covidx_label_file_that_is_not_text_is_refused_in_one_line(tmp_path, content,
+                                                                      phrase):
+    covidx = covidx_case(tmp_path, ["p1 a.png positive src"], test_text=content)
+    code, stdout, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx),
+                                                            "--output", str(tmp_path / "o")])
+    assert_one_line_error(code, err, "build_covid_dataset.py", "test.txt", phrase)
+    assert not (tmp_path / "o").exists()
+
+
+def test_covidx_warnings_are_capped_and_it_never_points_to_a_folder_it_did_not_make(tmp_path):
+    covidx = covidx_case(tmp_path, ["p1 a.png positive src"],
+                         test_text=b"".join(b"bad line %d\n" % i for i in range(500)))
+    code, stdout, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx),
+                                                            "--output", str(tmp_path / "o")])
+    assert code == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 21 and lines[-1].endswith("test.txt: and 480 more line(s) left out")
+    assert "[INFO] COVIDx test: 0 labelled image(s), 500 line(s) left out" in stdout
+    assert "--external" not in stdout and not (tmp_path / "o" / "test").exists()
+    assert f"[INFO] COVIDx train is in {tmp_path / 'o' / 'train'}" in stdout
+
+
+def test_a_covidx_bom_is_the_encoding_marker_so_a_patient_in_both_splits_is_found(tmp_path):
+    covidx = covidx_case(tmp_path, ["p1 a.png positive src"],
+                         test_text="\ufeffp1 t.png negative src\n".encode())
+    code, stdout, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx),
+                                                            "--output", str(tmp_path / "o")])
+    assert code == 0, err
+    assert "[WARNING] 1 patient(s) have images in both of COVIDx's splits (src:p1)" in err
+    with open(tmp_path / "o" / "test" / "manifest.csv", newline="") as f:
+        assert [row["patient_id"] for row in csv.DictReader(f)] == ["p1"]
+
+
+def test_a_covidx_file_listed_under_two_classes_is_left_out_of_both(tmp_path):
+    covidx = covidx_case(tmp_path, ["p1 a.png positive src", "p2 b.png negative src",
+                                    "p1 a.png negative src"])
+    code, stdout, err = run_main(build_covid_dataset.main, ["--covidx", str(covidx),
+                                                            "--output", str(tmp_path / "o")])
+    assert code == 0, err
+    for number in (1, 3):
+        assert (f"train.txt, line {number}: 'a.png' is listed under 2 classes (negative, "
+                "positive); left out") in err
+    assert everything_under(tmp_path / "o" / "train") == ["manifest.csv", "negative/b.png"]

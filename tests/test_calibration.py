@@ -190,3 +190,22 @@ def test_the_exports_graph_applies_the_update_as_predict_does(update):
     exported = np.asarray(with_recalibration(model, update)(x))
     np.testing.assert_allclose(exported, update.apply(original), atol=1e-5)
     assert np.abs(exported - original).max() > 0.05  # the update changed them
+
+
+def test_recalibrating_a_model_into_itself_is_refused_by_any_path(trained, tmp_path):
+    import hashlib
+    import os
+    import shutil
+
+    model = shutil.copy(trained["model"], str(tmp_path / "m.h5"))
+    os.symlink(model, tmp_path / "link.h5")
+    os.link(model, tmp_path / "hard.h5")
+    digest = hashlib.sha256(open(model, "rb").read()).hexdigest()
+    site = str(tmp_path / "site")  # never read: refused before any work
+    for output in [model, str(tmp_path / "." / "m.h5"), str(tmp_path / "link.h5"),
+                   str(tmp_path / "hard.h5")]:
+        code, _, err = run_main(recalibrate_covid19.main, ["--model", str(model), "--labelled",
+                                                           site, "--output", output])
+        assert_one_line_error(code, err, "recalibrate_covid19.py", "is --model", "itself")
+    assert hashlib.sha256(open(model, "rb").read()).hexdigest() == digest
+    assert read_recalibration(str(model)) is None

@@ -72,3 +72,18 @@ def test_class_folders_and_the_radiography_database_keep_their_classes_and_masks
     assert len(found.masks) == 3 and all(is_mask(mask) for mask in found.masks.values())
     assert not any(is_mask(path) for path in found.paths)
     assert [label_of(path) for path in found.paths] == found.labels
+
+
+@pytest.mark.parametrize("first, second", [("Covid", "covid"),
+                                           ("norm\u00e9", "norme\u0301")])
+def test_class_folders_that_differ_only_by_case_or_normalization_are_refused(tmp_path, first,
+                                                                             second):
+    from covid19xray.cli import UserError
+
+    for name, seed in ((first, 1), (second, 2), ("other", 3)):
+        write_image(str(tmp_path / "d" / name / "x.png"), seed=seed, size=(30, 30))
+    with pytest.raises(UserError) as refused:
+        layout.find_dataset(str(tmp_path / "d"))
+    message = str(refused.value)
+    assert "\n" not in message and "differ only by case or Unicode normalization" in message
+    assert ascii(first) in message and ascii(second) in message

@@ -93,3 +93,28 @@ def test_history_plot_has_the_tutorials_four_curves():
         history["loss"], history["val_loss"], history["accuracy"], history["val_accuracy"]]
     assert axis.get_title() == "Training Loss and Accuracy on COVID-19 Dataset"
     plt.close(figure)
+
+
+def test_a_report_on_one_class_says_undefined_and_writes_strict_json(trained, tmp_path):
+    import json
+    import warnings
+
+    import predict_covid19
+    from helpers import run_main, small_dataset
+
+    folder = small_dataset(tmp_path / "one", {"covid": 4}, size=(40, 36))
+    report = tmp_path / "r.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a library warning would reach the terminal
+        code, stdout, stderr = run_main(predict_covid19.main, [
+            "--model", trained["model"], folder, "--labelled", "--report", str(report),
+            "--classify-rejected"])
+    assert code == 0, stderr
+    assert "ROC AUC: undefined (one class only)" in stdout and "nan" not in stdout.lower()
+    assert "Warning" not in stderr
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON")
+
+    result = json.loads(report.read_text(), parse_constant=refuse)
+    assert result["roc_auc"] is None and result["per_class"]["covid"]["auc"] is None

@@ -1150,3 +1150,24 @@ def test_a_cache_folder_that_cannot_be_written_stops_training_before_vgg16(workd
     assert_one_line_error(code, err, "train_covid19.py",
                           f"its folder '{entries}' cannot be written", "--no-cache")
     assert batches == [] and "[INFO] training head..." not in out
+
+
+def test_the_cost_line_counts_damaged_cache_entries_as_work_to_do(trained, tmp_path):
+    """Three entries of a full cache damaged (a payload byte flipped, the size kept): the run
+    says it will compute 3 passes, and computes those 3."""
+    cache = tmp_path / "cache"
+    shutil.copytree(trained["cache"], cache)
+    entries = sorted(path for path in cache.rglob("*.features"))
+    for path in entries[:3]:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    code, stdout, stderr = run_main(train_covid19.main, [
+        "--dataset", trained["dataset"], "--batch-size", "4", "--weights", "none", "--seed",
+        "7", "--epochs", "2", "--model", str(tmp_path / "m.h5"), "--plot",
+        str(tmp_path / "p.png"), "--report", str(tmp_path / "r.json"), "--cache-dir",
+        str(cache)])
+    assert code == 0, stderr
+    assert re.search(r"^\[INFO\] VGG16 work: .* = 3 passes to compute", stdout, re.M), stdout
+    assert sum(computed for _, computed in cache_counts(stdout)) == 3
+    assert stderr.count("is damaged or was written for something else") == 3
