@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .images import IMAGE_SIZE, MAX_FILE_BYTES, NotAnImage, unusable
 from .prediction import classify, csv_text, decoded_again, overlay, predict, shrunk
+from .report import strict_json
 
 PAGE_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -162,7 +163,7 @@ def create_app(service, max_upload_mb=MAX_UPLOAD_MB, max_files=MAX_FILES):
 
     @app.get("/api/model")
     def model():
-        return jsonify(service.record)
+        return jsonify(strict_json(service.record))
 
     @app.post("/api/predict")
     def predict():
@@ -179,7 +180,7 @@ def create_app(service, max_upload_mb=MAX_UPLOAD_MB, max_files=MAX_FILES):
         finally:
             for part in request.files.values():
                 part.close()
-        return jsonify(service.classify(uploads))
+        return jsonify(strict_json(service.classify(uploads)))
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(err):
