@@ -29,18 +29,30 @@ each class is probed against the rest (does any class separate without the lungs
 
 import contextlib
 import dataclasses
-import os
 import sys
-import tempfile
 
 import numpy as np
 
+from covid19xray.audit_output import (
+    VARIANTS,
+    plot_audit,
+    print_confounds_and_duplicates,
+    print_external,
+    print_probes,
+)
 from covid19xray.cache import cache_line
 from covid19xray.calibration import calibration
-from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, lazy_import, positive, shown
 from covid19xray.config import FOLDS, RunConfig, add_flags, flag
-from covid19xray.external import check_classes, describe_by_source, load_external, sources_of
+from covid19xray.confounds import (
+    CONFOUND_AUC,
+    NEAR_DUPLICATE_BITS,
+    NEAR_DUPLICATE_CORRELATION,
+    describe_properties,
+    find_duplicates,
+    measure,
+)
+from covid19xray.external_test import check_classes, load_external, sources_of
 from covid19xray.extractor import make_extractors, make_whole_extractor
 from covid19xray.head import (
     compile_head,
@@ -49,23 +61,14 @@ from covid19xray.head import (
     make_head,
     training_batches,
 )
-from covid19xray.images import IMAGE_SIZE, NotAnImage, read_bytes, read_header, save_image
 from covid19xray.input_check import REJECTED, fit_input_check
-from covid19xray.layout import find_dataset, load_dataset
+from covid19xray.input_check_report import input_check_report
+from covid19xray.layout import load_dataset
+from covid19xray.lungs import find_lungs, lung_box
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, load_vgg16
-from covid19xray.outputs import commit_outputs
+from covid19xray.preflight import check_paths
 from covid19xray.progress import progress
-from covid19xray.properties import (
-    CATEGORICAL,
-    NEAR_DUPLICATE_BITS,
-    NEAR_DUPLICATE_CORRELATION,
-    NUMERIC,
-    duplicates,
-    image_properties,
-    perceptual_hash,
-    separation,
-)
 from covid19xray.report import (
     auc_with_interval,
     classification_metrics,
@@ -75,29 +78,16 @@ from covid19xray.report import (
     save_figure,
     write_json,
 )
-from covid19xray.screening import print_counts, screening
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
-from covid19xray.store import ImageStore
-from covid19xray.transforms import UNCHANGED, BoxMask, LungMasks
+from covid19xray.transforms import UNCHANGED
+from covid19xray.writing import commit_outputs
 
 tf = lazy_import("tensorflow")
 
-# The box over the lung fields of a PA chest film, as fractions of the image's width and height
-# (left, top, right, bottom): on the 224x224 image, pixels 22 to 201 both ways, leaving a margin
-# of 22 pixels (a tenth) on every side, where the shoulders, the film's edges, labels and
-# markers are.
-LUNG_BOX = (0.1, 0.1, 0.9, 0.9)
-# Refused lung masks named, at most; the rest counted.
-SHOWN_MASKS = 5
-# A mask's aspect ratio may differ from its image's by this fraction (rounding in a resize).
-SHAPE_TOLERANCE = 0.02
-# What each variant of an image is: the image as it is, the lung box blacked out, all but it.
-VARIANTS = ("full", "lungs_hidden", "lungs_only")
 # The verdict: a shortcut when, with the lungs hidden, the AUC's 95% interval lies above chance
 # and the AUC itself is at least this.
 SHORTCUT_AUC = 0.8
-# A property is a confound when it alone separates the classes at least this well (ROC AUC).
-CONFOUND_AUC = 0.8
+
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,118 +126,6 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 # The probe
 # ---------------------------------------------------------------------------------------------
-
-
-def lung_box(keep="inside"):
-    """LUNG_BOX as a mask (`transforms.BoxMask`), keeping the box or all but it; read when the
-    audit runs."""
-    return BoxMask(box=tuple(LUNG_BOX), keep=keep)
-
-
-@dataclasses.dataclass(frozen=True)
-class Lungs:
-    """Where the audit finds the lungs (`find_lungs`): each image's own mask, or LUNG_BOX."""
-
-    hidden: object  # the transform of lungs_hidden
-    only: object  # the transform of lungs_only
-    about: str  # what the report says of it
-    masks: dict  # {image path: its mask's path} when the masks are used, else {}
-    store: object = None  # the decoded masks (an `ImageStore`), when used
-
-    def close(self):
-        if self.store is not None:
-            self.store.close()
-
-
-def box_lungs():
-    """The lungs as LUNG_BOX, on every image."""
-    return Lungs(lung_box(keep="outside"), lung_box(keep="inside"),
-                 f"the fixed box {list(LUNG_BOX)} (fractions: left, top, right, bottom)", {})
-
-
-def find_lungs(config, images, paths, external_set=None):
-    """The lungs of every image: where --dataset (and --external) ship a lung mask for every
-    image, as the COVID-19 Radiography Database does, those masks; else the fixed box."""
-    masks = dict(find_dataset(config.dataset).masks)
-    stores = [(images, paths)]
-    if external_set is not None:
-        masks.update(find_dataset(config.external_folder, "--external").masks)
-        stores.append((external_set.store, external_set.paths))
-    everything = [path for _, some in stores for path in some]
-    if not masks or not all(path in masks for path in everything):
-        if masks:
-            print(f"[WARNING] lung masks ship with {len(masks)} of {len(everything)} images: "
-                  "the audit uses the fixed box for all", file=sys.stderr)
-        return box_lungs()
-    refused = refused_masks(masks, everything, stores)
-    with tempfile.TemporaryDirectory() as folder:
-        # an image whose mask is refused is masked by the fixed box, drawn as a mask of its own
-        box = box_mask_file(folder)
-        mask_store = ImageStore(list(dict.fromkeys(
-            [masks[path] for path in everything if path not in refused] + [box])))
-    skipped = {path: reason for path, reason, _ in mask_store.skipped}
-    refused.update({path: f"cannot be read ({skipped[masks[path]]})" for path in everything
-                    if masks[path] in skipped})
-    warn_refused(masks, refused)
-    mask_path = {path: box if path in refused else masks[path] for path in everything}
-    digests = [store.digest(path) for store, some in stores for path in some]
-    slots = mask_store.slots([mask_path[path] for path in everything])
-    slot_of = dict(zip(digests, slots.tolist()))
-    mask_of = {digest: mask_store.digest(mask_path[path])
-               for digest, path in zip(digests, everything)}
-    used = len(everything) - len(refused)
-    print(f"[INFO] lungs: the {used} lung masks that ship with the images"
-          + (f", the fixed box for {len(refused)} whose mask was refused" if refused else ""))
-    about = f"each image's own lung mask ({used} from masks/)" + (
-        f"; the fixed box {list(LUNG_BOX)} for {len(refused)} whose mask was refused"
-        if refused else "")
-    return Lungs(LungMasks("outside", mask_store, slot_of, mask_of),
-                 LungMasks("inside", mask_store, slot_of, mask_of),
-                 about, {path: masks[path] for path in everything if path not in refused},
-                 mask_store)
-
-
-def refused_masks(masks, everything, stores):
-    """{image path: why its mask is refused}, from the files' headers: a mask that cannot be
-    read, or of another shape (aspect ratio) than its image: stretched to it, it would hide the
-    wrong part."""
-    header_of = {path: store.header(path) for store, some in stores for path in some}
-    refused = {}
-    for path in everything:
-        try:
-            mask = read_header(read_bytes(masks[path]))
-        except NotAnImage as err:
-            refused[path] = f"cannot be read ({err})"
-            continue
-        image = header_of[path]
-        # the Radiography Database's masks are 256x256 for 299x299 films: a mask scaled
-        # evenly is the image's; one of another shape would be stretched onto it
-        if abs(mask.width * image.height - image.width * mask.height) > (
-                SHAPE_TOLERANCE * image.width * mask.height):
-            refused[path] = (f"{mask.width}x{mask.height}, another shape than its image "
-                             f"({image.width}x{image.height})")
-    return refused
-
-
-def warn_refused(masks, refused):
-    """Each refused mask named on stderr, at most SHOWN_MASKS of them, then how many more."""
-    for path, why in list(refused.items())[:SHOWN_MASKS]:
-        print(f"[WARNING] lung mask {shown(masks[path])} refused: {why}; the fixed box is used "
-              "for its image", file=sys.stderr)
-    if len(refused) > SHOWN_MASKS:
-        print(f"[WARNING] and {len(refused) - SHOWN_MASKS} more lung mask(s) refused",
-              file=sys.stderr)
-
-
-def box_mask_file(folder):
-    """LUNG_BOX drawn as a 224x224 mask (white inside) in `folder`: what `LungMasks` reads for
-    an image whose own mask is refused, the same pixels `BoxMask` keeps."""
-    top, bottom, left, right = lung_box().pixels()
-    mask = np.zeros((*IMAGE_SIZE, 3), np.uint8)
-    mask[top:bottom, left:right] = 255
-    path = os.path.join(folder, "lung-box.png")
-    save_image(path, mask)
-    return path
 
 
 def variant_transforms(lungs):
@@ -337,219 +215,8 @@ def verdict(hidden):
 
 
 # ---------------------------------------------------------------------------------------------
-# Confounds and duplicates
+# Report (confounds and duplicates: covid19xray.confounds; printing: covid19xray.audit_output)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Measurements:
-    """Every image's properties and perceptual hash, in the order of its path (`measure`)."""
-
-    rows: list  # `properties.image_properties` of each image
-    hashes: list  # `properties.perceptual_hash` of each image
-
-
-def measure(images, paths):
-    """Every image's properties and perceptual hash, in one pass over the store."""
-    rows, hashes = [], []
-    with progress(len(paths), "image properties") as bar:
-        for path in paths:
-            image = images.image(path)
-            rows.append(image_properties(images.header(path), images.file_size(path), image))
-            hashes.append(perceptual_hash(image))
-            bar.update(1)
-    return Measurements(rows, hashes)
-
-
-@dataclasses.dataclass(frozen=True)
-class Confounds:
-    """The images' properties per class, and those that alone separate the classes
-    (`describe_properties`)."""
-
-    per_class: dict  # {class: {property: its spread or tally}}
-    confounds: list  # the separating ones, strongest first
-
-
-def describe_properties(rows, labels, class_names, seed):
-    """Per class, the distributions of the images' properties (`rows`); the confounds: every
-    numeric property that alone separates the classes (with more than two, a class from the
-    rest) with an AUC of at least CONFOUND_AUC."""
-    per_class, confounds = {}, []
-    for name in class_names:
-        mine = [row for row, label in zip(rows, labels) if label == name]
-        per_class[name] = {prop: spread([row[prop] for row in mine]) for prop in NUMERIC}
-        per_class[name].update({prop: tally([row[prop] for row in mine])
-                                for prop in CATEGORICAL})
-    # two classes: the first against the other, as before; more: each against the rest
-    tested = class_names[:1] if len(class_names) == 2 else class_names
-    for prop in NUMERIC:
-        values = np.array([row[prop] for row in rows], float)
-        found = [(name, separation(labels == name, values, seed)) for name in tested]
-        name, auc = max(found, key=lambda pair: pair[1]["value"])
-        if auc["value"] >= CONFOUND_AUC:
-            rest = class_names[1] if len(class_names) == 2 else "the rest"
-            confounds.append({"property": prop, "auc": {"value": auc["value"],
-                                                        "ci95": auc["ci95"]},
-                              "separates": [name, rest],
-                              "higher_in": name if auc["higher_in_positive"] else rest,
-                              "per_class": {name: per_class[name][prop] for name in class_names}})
-    confounds.sort(key=lambda c: -c["auc"]["value"])
-    return Confounds(per_class, confounds)
-
-
-def spread(values):
-    values = np.asarray(values, float)
-    return {"min": float(values.min()), "median": float(np.median(values)),
-            "max": float(values.max())}
-
-
-def tally(values):
-    return {value: values.count(value) for value in sorted(set(values))}
-
-
-def find_duplicates(images, paths, labels, hashes):
-    """Exact and near copies among the images (`covid19xray.properties.duplicates`)."""
-    return duplicates(paths, list(labels), [images.digest(path) for path in paths], hashes,
-                      images.image)
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
-
-
-def cell(m):
-    """`0.90 (0.60-0.98)`: a value and its interval, in a table."""
-    return f"{m['value']:.2f} ({m['ci95'][0]:.2f}-{m['ci95'][1]:.2f})"
-
-
-def print_probes(probes, shortcut_text, folds_info, class_names):
-    """The probe table, one row per variant, and the verdict. With more than two classes, the
-    macro AUC, then each class's AUC against the rest."""
-    print(f"[INFO] {folds_info}")
-    if len(class_names) == 2:
-        print(f"{'variant':<13} {'accuracy':<18} {'sensitivity':<18} {'specificity':<18} "
-              "ROC AUC")
-        for name in VARIANTS:
-            cells = [cell(probes[name][k])
-                     for k in ("accuracy", "sensitivity", "specificity", "auc")]
-            print(f"{name:<13} {cells[0]:<18} {cells[1]:<18} {cells[2]:<18} {cells[3]}")
-    else:
-        print(f"{'variant':<13} {'accuracy':<18} {'macro AUC':<18} "
-              + " ".join(f"{shown(c) + ' vs rest':<18}" for c in class_names).rstrip())
-        for name in VARIANTS:
-            p = probes[name]
-            cells = [cell(p["accuracy"]), cell(p["auc"]),
-                     *[cell(p["per_class_auc"][c]) for c in class_names]]
-            print(f"{name:<13} " + " ".join(f"{c:<18}" for c in cells).rstrip())
-    print(f"[RESULT] {shortcut_text}")
-
-
-def print_external(probes, external_probes, screened, folder, counts, class_names):
-    """Each variant's cross-validated AUC beside its AUC on the external folder, on every image
-    and on those the input check accepted, then the check's counts."""
-    print(f"[INFO] external test: {shown(folder)} ({counts}); each variant's head trained on "
-          "every image of --dataset")
-    print(f"{'variant':<13} {'internal AUC (CV)':<20} {'external AUC':<20} {'drop':<7} "
-          f"external AUC, the {screened['accepted']} the input check accepted")
-    for name in VARIANTS:
-        inside, outside = probes[name]["auc"], external_probes[name]["auc"]
-        accepted = (external_probes[name]["accepted_by_input_check"] or {}).get("auc")
-        cells = [f"{a['value']:.2f} ({a['ci95'][0]:.2f}-{a['ci95'][1]:.2f})" if a else "n/a"
-                 for a in (inside, outside, accepted)]
-        print(f"{name:<13} {cells[0]:<20} {cells[1]:<20} "
-              f"{inside['value'] - outside['value']:<+7.2f} {cells[2]}")
-    print_counts(screened, "input check (fitted on every image of --dataset) on the external "
-                           "images")
-    if external_probes[VARIANTS[0]]["by_source"]:
-        print(f"by source ({shown(os.path.join(folder, MANIFEST))}), each variant's "
-              "external head:")
-        for name in VARIANTS:
-            print(f"{name}:")
-            print("\n".join(describe_by_source(external_probes[name]["by_source"],
-                                               class_names)))
-
-
-def print_confounds_and_duplicates(dataset, confounds, copies, class_names):
-    """One line per confound and per group of copies, or one line saying there are none."""
-    for c in confounds:
-        print(f"[RESULT] confound: {c['property'].replace('_', ' ')} alone separates "
-              f"{shown(c['separates'][0])} from {shown(c['separates'][1])}: AUC "
-              f"{c['auc']['value']:.2f} (higher in {shown(c['higher_in'])})")
-    if not confounds:
-        print(f"[RESULT] no file or image property alone separates the classes (AUC >= "
-              f"{CONFOUND_AUC})")
-    for d in copies:
-        how = "" if d["kind"] == "exact" else f" (pixels correlate at {d['correlation']:.3f})"
-        files = ", ".join(shown(os.path.relpath(f, dataset)) for f in d["files"])
-        print(f"[RESULT] {'CROSS-CLASS ' if d['cross_class'] else ''}{d['kind']} duplicate{how}: "
-              f"{files}")
-    if not copies:
-        print("[RESULT] no exact or near duplicates")
-
-
-def plot_audit(probes, confounds, rows, labels, class_names, examples, external_probes=None):
-    """AUC with its interval for the three variants beside chance (and beside their external
-    AUC), one example of each class with the box drawn, and the strongest confound's values per
-    class."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    with plt.style.context("ggplot"):
-        fig = plt.figure(figsize=(12, 9))
-        # the examples' row holds one image per class; the two plots share the top row
-        columns = max(2, len(examples))
-        grid = fig.add_gridspec(2, columns)
-        ax = fig.add_subplot(grid[0, :columns // 2])
-        sets = [("cross-validated", probes, "tab:blue")]
-        if external_probes:
-            sets.append(("external", external_probes, "tab:orange"))
-        width = 0.8 / len(sets)
-        for k, (label, results, color) in enumerate(sets):
-            values = [results[v]["auc"]["value"] for v in VARIANTS]
-            low = [v - results[n]["auc"]["ci95"][0] for v, n in zip(values, VARIANTS)]
-            high = [results[n]["auc"]["ci95"][1] - v for v, n in zip(values, VARIANTS)]
-            ax.bar(np.arange(len(VARIANTS)) + (k - (len(sets) - 1) / 2) * width, values, width,
-                   yerr=[low, high], capsize=6, color=color, label=label)
-        ax.set_xticks(range(len(VARIANTS)), VARIANTS)
-        ax.axhline(0.5, linestyle="--", color="gray", label="chance")
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("ROC AUC (95% CI)")
-        ax.set_title("Can the classes be told apart?")
-        ax.legend(loc="lower right")
-
-        ax = fig.add_subplot(grid[0, columns // 2:])
-        if confounds:  # every image a dot, one column per class
-            prop = confounds[0]["property"]
-            jitter = np.random.default_rng(0)
-            for k, name in enumerate(class_names):
-                mine = [row[prop] for row, label in zip(rows, labels) if label == name]
-                ax.scatter(k + jitter.uniform(-0.15, 0.15, len(mine)), mine, alpha=0.6, s=18)
-            ax.set_xticks(range(len(class_names)), class_names)
-            ax.set_xlim(-0.5, len(class_names) - 0.5)
-            ax.set_title(f"Strongest confound: {prop.replace('_', ' ')} "
-                         f"(AUC {confounds[0]['auc']['value']:.2f})")
-            ax.set_ylabel(prop.replace("_", " "))
-        else:
-            ax.text(0.5, 0.5, "no property alone separates the classes", ha="center")
-            ax.set_axis_off()
-
-        top, bottom, left, right = lung_box().pixels()
-        for k, (name, image, mask) in enumerate(examples):
-            ax = fig.add_subplot(grid[1, k])
-            ax.imshow(image)
-            if mask is None:
-                ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False,
-                                       edgecolor="red", linewidth=2))
-                what = "the box"
-            else:
-                ax.contour(mask.max(axis=-1) > 127, levels=[0.5], colors="red")
-                what = "its lung mask"
-            ax.set_title(f"{name}: lungs_hidden blacks out {what}, lungs_only the rest",
-                         fontsize=9)
-            ax.set_axis_off()
-        fig.tight_layout()
-    return fig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -629,14 +296,15 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
                 extractor.features(external_set.store, external_set.paths), name,
                 folds.class_names,
                 outcomes)
-        screened = screening(outcomes, external_set.onehot.argmax(axis=1),
-                             external_probes[VARIANTS[0]]["probabilities"], folds.class_names,
-                             sources_of(external_set.folder, external_set.paths))
+        screened = input_check_report(outcomes, external_set.onehot.argmax(axis=1),
+                                      external_probes[VARIANTS[0]]["probabilities"],
+                                      folds.class_names,
+                                      sources_of(external_set.folder, external_set.paths))
     if config.cache_folder is not None:
         # as before: each variant's features, then the descriptions
         print(cache_line([e.caches[0] for e in extractors] + list(whole.caches[1:])))
     for result in external_probes.values():
-        del result["probabilities"]  # kept for `screening` only
+        del result["probabilities"]  # kept for `input_check_report` only
     return Probes(probes, external_probes, screened)
 
 
@@ -694,7 +362,7 @@ def audit_report(config, folds, labels, probes, judged, properties, copies, lung
         "counts": counts_per_class(folds.onehot, class_names),
         "folds": {"k": config.folds, "grouped_by_patient": folds.grouped},
         "lungs": lungs.about,
-        "lung_box": {"fractions_left_top_right_bottom": list(LUNG_BOX),
+        "lung_box": {"fractions_left_top_right_bottom": list(lung_box().box),
                      "pixels_of_224": [left, top, right, bottom]},
         "probe": probes.internal, "shortcut": judged.shortcut, "verdict": judged.text,
         "shortcut_rule": f"lungs_hidden AUC 95% CI above 0.5 and AUC >= {SHORTCUT_AUC}",
@@ -729,7 +397,7 @@ def main(argv=None) -> int:
                     config.external_folder, folds.class_names,
                     {images.digest(p): p for p in paths})))
             # where the lungs are: the masks that ship with the images, or the fixed box
-            lungs = find_lungs(config, images, paths, external_set)
+            lungs = find_lungs(config.dataset, images, paths, external_set)
             stack.callback(lungs.close)
             # 1. the probe: each variant's heads, cross-validated (and tested externally)
             probes = probe_variants(config, base_model, images, paths, folds, lungs,

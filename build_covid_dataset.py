@@ -41,13 +41,13 @@ import re
 import sys
 
 from covid19xray.building import copy_into_output, refusal
-from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
 from covid19xray.config import Config, add_flags, default_cache_folder, flag, seed_flag
-from covid19xray.covidx import SPLITS, read_split, shared_patients
+from covid19xray.covidx import SPLITS, read_split
 from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
-from covid19xray.manifest import patients_in_manifests
-from covid19xray.outputs import claim_outputs
+from covid19xray.manifest import patients_in_both, patients_in_manifests
+from covid19xray.preflight import check_output_folder
+from covid19xray.writing import claim_outputs
 
 REQUIRED_COLUMNS = ("finding", "view", "filename")
 # the raw-file root of Cohen's repository: metadata.csv and images/ are under it
@@ -442,7 +442,8 @@ def build_covidx(config):
     """COVIDx's two splits into `--output`/train/<class>/ and `--output`/test/<class>/, each
     image's patient and source in the manifest.csv of its split (covid19xray.covidx)."""
     splits = {split: read_split(config.covidx, split) for split in SPLITS}
-    shared = shared_patients(splits["train"][0], splits["test"][0])
+    shared = patients_in_both(*([(row.source, row.patient) for row in splits[split][0]]
+                                for split in SPLITS))
     if shared:
         print(f"[WARNING] {len(shared)} patient(s) have images in both of COVIDx's splits "
               f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''})", file=sys.stderr)

@@ -38,13 +38,6 @@ import sys
 import numpy as np
 
 from covid19xray import spreadsheet
-from covid19xray.calibration import calibration, print_calibration
-from covid19xray.checks import (
-    check_new_folder,
-    check_not_inside_input_folders,
-    check_output_folder,
-    check_output_path,
-)
 from covid19xray.cli import (
     ArgumentParser,
     UserError,
@@ -58,18 +51,14 @@ from covid19xray.cli import (
     warn_if_not_utf8,
 )
 from covid19xray.config import MODEL_FILE, PRECISION, PRECISIONS, Config, add_flags, flag
+from covid19xray.evaluation import report_on
 from covid19xray.export import export_saved_model, export_tflite, with_recalibration
-from covid19xray.external import by_source, print_by_source, sources_of
+from covid19xray.external_test import by_source, print_by_source, sources_of
 from covid19xray.images import damage_warning, list_images, read_bytes, save_image, skip_warning
 from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING
+from covid19xray.input_check_report import input_check_report, print_input_check_report
 from covid19xray.layout import is_mask, label_of
 from covid19xray.manifest import MANIFEST
-from covid19xray.outputs import (
-    Background,
-    commit_outputs,
-    missing_folders,
-    remove_empty_folders,
-)
 from covid19xray.prediction import (
     classify,
     csv_header,
@@ -80,9 +69,20 @@ from covid19xray.prediction import (
     overlay,
     prediction_line,
 )
+from covid19xray.preflight import (
+    check_new_folder,
+    check_not_inside_input_folders,
+    check_output_folder,
+    check_output_path,
+)
 from covid19xray.progress import progress, say
-from covid19xray.report import classification_metrics, print_evaluation, versions, write_json
-from covid19xray.screening import print_screening, screening
+from covid19xray.report import versions, write_json
+from covid19xray.writing import (
+    Background,
+    commit_outputs,
+    missing_folders,
+    remove_empty_folders,
+)
 
 # Images per forward pass: on a CPU, VGG16 computes no faster in larger batches, and only this
 # many decoded images (and their Grad-CAM maps) are held at once, whatever the number of files.
@@ -197,10 +197,7 @@ def labelled_report(config, class_names, done, truth, input_check):
     print(f"[INFO] {len(paths)} labelled images: the model's report on them (every one, "
           "whatever the input check said)")
     true_classes = np.array([truth[path] for path in paths])
-    results = classification_metrics(true_classes, probabilities, class_names)
-    print_evaluation(true_classes, probabilities, class_names, results)
-    results["calibration"] = calibration(true_classes, probabilities, class_names)
-    print_calibration(results["calibration"])
+    results = report_on(true_classes, probabilities, class_names)
     # split by source when a folder given has a manifest (external/ does)
     folder = next((item for item in config.images if os.path.isdir(item)
                    and os.path.isfile(os.path.join(item, MANIFEST))), None)
@@ -209,9 +206,9 @@ def labelled_report(config, class_names, done, truth, input_check):
     print_by_source(sources, folder, class_names)
     screened = None
     if input_check is not None:
-        screened = screening(done.outcomes, true_classes, probabilities, class_names,
+        screened = input_check_report(done.outcomes, true_classes, probabilities, class_names,
                             None if folder is None else sources_of(folder, paths))
-        print_screening(screened, class_names)
+        print_input_check_report(screened, class_names)
     return {"model": config.model, "inputs": list(config.images), "files": paths,
             "counts": {name: int((true_classes == i).sum()) for i, name in enumerate(class_names)},
             "class_names": class_names, **results, "by_source": sources,

@@ -36,10 +36,9 @@ from covid19xray.calibration import (
     fit_recalibration,
     print_calibration,
 )
-from covid19xray.checks import check_paths
 from covid19xray.cli import ArgumentParser, UserError, cli, import_tensorflow, positive, shown
 from covid19xray.config import MODEL_FILE, Config, add_flags, flag
-from covid19xray.external import check_classes
+from covid19xray.external_test import check_classes
 from covid19xray.frozen import model_batches
 from covid19xray.layout import load_dataset
 from covid19xray.model_file import (
@@ -48,7 +47,8 @@ from covid19xray.model_file import (
     read_recalibration,
     store_recalibration,
 )
-from covid19xray.outputs import commit_outputs
+from covid19xray.preflight import check_paths
+from covid19xray.writing import commit_outputs
 
 # Images per forward pass (as predict_covid19.py's).
 BATCH_SIZE = 8

@@ -25,11 +25,11 @@ import re
 import sys
 
 from covid19xray.building import copy_into_output
-from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
 from covid19xray.config import Config, add_flags, flag, seed_flag
 from covid19xray.images import list_images
-from covid19xray.outputs import claim_outputs
+from covid19xray.preflight import check_output_folder
+from covid19xray.writing import claim_outputs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -34,11 +34,11 @@ import random
 import sys
 
 from covid19xray.building import copy_into_output
-from covid19xray.checks import check_output_folder
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
 from covid19xray.config import Config, add_flags, flag, seed_flag
 from covid19xray.manifest import patients_in_manifests
-from covid19xray.outputs import claim_outputs
+from covid19xray.preflight import check_output_folder
+from covid19xray.writing import claim_outputs
 
 # NIH's label file, by its two published names
 LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")

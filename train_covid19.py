@@ -30,11 +30,12 @@ import sys
 import numpy as np
 
 from covid19xray.cache import cache_line
-from covid19xray.calibration import calibration, plot_calibration, print_calibration
-from covid19xray.checks import check_paths
+from covid19xray.calibration import plot_calibration
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.config import MODEL_FILE, RunConfig, add_flags, flag
-from covid19xray.external import check_classes, load_external, print_by_source, sources_of
+from covid19xray.cost import estimate_cost
+from covid19xray.evaluation import report_on, test_on_external
+from covid19xray.external_test import check_external_folders
 from covid19xray.extractor import Extractor, make_extractors, make_whole_extractor
 from covid19xray.head import (
     compile_head,
@@ -50,29 +51,27 @@ from covid19xray.layout import load_dataset
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, load_vgg16
 from covid19xray.model_file import MODEL_SUFFIXES, save_model
-from covid19xray.outputs import commit_outputs, file_digest
-from covid19xray.progress import duration
+from covid19xray.preflight import check_paths
 from covid19xray.report import (
-    classification_metrics,
     counts_per_class,
     plot_history,
     plot_roc,
-    print_evaluation,
     run_facts,
     save_figure,
     write_json,
 )
-from covid19xray.screening import print_screening, screening
 from covid19xray.splits import (
     balanced_class_weights,
-    class_counts,
+    check_batch_size,
     encode_labels,
     holdout_split,
     patients_of,
+    positive_class,
     require_patients,
     warn_shared_patients,
 )
 from covid19xray.transforms import UNCHANGED, Rotation
+from covid19xray.writing import commit_outputs, file_digest
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -178,37 +177,6 @@ def split_dataset(config, images, paths, labels):
                  {images.digest(path): path for path in paths})
 
 
-def positive_class(positive, class_names):
-    """The index of --positive among the classes (0, the first, without it): a `UserError`
-    for a class the dataset lacks, or with other than two classes."""
-    if positive is None:
-        return 0
-    if len(class_names) != 2:
-        raise UserError(f"--positive {positive!r}: a positive class needs two classes, the "
-                        f"dataset has {len(class_names)} ({', '.join(class_names)}); with more, "
-                        "every class is reported against the rest")
-    if positive not in class_names:
-        raise UserError(f"--positive {positive!r} is not a class of the dataset "
-                        f"({', '.join(class_names)})")
-    return class_names.index(positive)
-
-
-def check_batch_size(batch_size, trainP):
-    if batch_size > len(trainP):
-        raise UserError(f"--batch-size {batch_size} is larger than the training split "
-                        f"({len(trainP)} images); use --batch-size {len(trainP)} or less")
-
-
-def check_external(config, class_names):
-    """Each --external folder must hold the model's classes, and not be --dataset: found
-    before minutes of training."""
-    for folder in config.external_folders:
-        if os.path.realpath(folder) == os.path.realpath(config.dataset):
-            raise UserError(f"--external {folder!r} is --dataset; an external test needs images "
-                            "from somewhere else")
-        check_classes(folder, class_names)
-
-
 @dataclasses.dataclass(frozen=True)
 class Extractors:
     """The frozen base, as this run uses it (`frozen_base`)."""
@@ -237,53 +205,6 @@ def frozen_base(config, model):
         [whole] if whole is not unchanged else [])
     return Extractors(unchanged, rotated, whole,
                       [cache for extractor in used for cache in extractor.caches])
-
-
-@dataclasses.dataclass(frozen=True)
-class Cost:
-    """What the run's VGG16 work will cost (`estimate_cost`), said before it starts."""
-
-    passes: int  # VGG16 passes this run makes: the entries not found in the feature cache
-    seconds: float  # their estimate here, from a batch timed on this machine
-    cache_features_passes: int | None  # what --cache-features would make (None: it is on)
-
-
-def estimate_cost(config, extractors, images, split):
-    """Before the VGG16 work, say what it will cost: the passes this run makes (what is in the
-    feature cache is free), their time on this machine from a first batch, and what
-    --cache-features would make instead. On thousands of images the default, augmented run
-    makes one pass per training image and epoch: hours where --cache-features takes minutes."""
-    # --cache-features: one pass of each image for its features and description
-    both = extractors.whole.passes(images, split.trainP + split.testP)
-    if extractors.rotated is None:
-        parts, alternative = {"whole": both}, None
-        what = (f"{len(split.trainP) + len(split.testP):,} images, their features and "
-                "descriptions in one pass each")
-    else:
-        parts = {"cropped": extractors.unchanged.passes(images, split.testP)
-                 + extractors.rotated.passes(images, split.trainP, config.epochs),
-                 "whole": extractors.whole.passes(images, split.trainP)}
-        alternative = both
-        what = (f"{len(split.trainP):,} training images x {config.epochs} epochs, "
-                f"{len(split.testP):,} test images and {len(split.trainP):,} descriptions")
-    passes = sum(parts.values())
-    if not passes:
-        print("[INFO] VGG16 work: none, every feature this run needs is in the feature cache")
-        return Cost(0, 0.0, alternative)
-    # each timed on the first batches of this run's own work, which the run then uses
-    per_image = {"whole": extractors.whole.seconds_per_image(images, split.trainP)}
-    if "cropped" in parts:
-        per_image["cropped"] = extractors.rotated.seconds_per_image(images, split.trainP,
-                                                                    config.epochs)
-    seconds = sum(n * per_image[kind] for kind, n in parts.items())
-    line = (f"[INFO] VGG16 work: {what} = {passes:,} passes to compute, about "
-            f"{duration(seconds)} here ({max(per_image.values()) * 1e3:.0f} ms an image at "
-            "most, timed on a first batch)")
-    if alternative is not None:
-        line += (f"; --cache-features: {alternative:,}, about "
-                 f"{duration(alternative * per_image['whole'])}")
-    print(line)
-    return Cost(passes, seconds, alternative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,51 +315,8 @@ def evaluate(head, test, class_names, positive=0, seed=0):
         raise UserError("the trained model's probabilities are not finite numbers (training "
                         "diverged); nothing was written; try a lower --lr")
     true_classes = test.testY.argmax(axis=1)
-    results = classification_metrics(true_classes, probabilities, class_names, positive)
-    print_evaluation(true_classes, probabilities, class_names, results)
-    # whether its probabilities can be read as probabilities (covid19xray.calibration)
-    results["calibration"] = calibration(true_classes, probabilities, class_names, positive,
-                                         seed)
-    print_calibration(results["calibration"])
+    results = report_on(true_classes, probabilities, class_names, positive, seed)
     return Evaluation(results, probabilities, true_classes)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExternalTest:
-    """One external folder's test (`test_on_external`)."""
-
-    report: dict  # report.json's `external` entry for the folder
-    true_classes: np.ndarray  # each image's true class
-    probabilities: np.ndarray  # the model's, one row per image
-
-
-def test_on_external(config, folder, head, extractors, split, input_check):
-    """Test the trained model on an external folder, as on the test split: the same report,
-    under its own heading, then what the input check says of its images. Images identical to
-    one of --dataset are refused."""
-    with contextlib.closing(load_external(folder, split.class_names,
-                                          split.digests)) as external_set:
-        # one VGG16 pass of each external image gives both
-        extF, descriptions = extractors.whole.outputs(external_set.store, external_set.paths)
-    print(f"[INFO] {len(external_set.paths)} external images "
-          f"({class_counts(external_set.onehot, split.class_names)})")
-    probabilities = head_probabilities(head, extF)
-    true_classes = external_set.onehot.argmax(axis=1)
-    results = classification_metrics(true_classes, probabilities, split.class_names,
-                                     split.positive)
-    print_evaluation(true_classes, probabilities, split.class_names, results)
-    results["calibration"] = calibration(true_classes, probabilities, split.class_names,
-                                         split.positive, config.seed)
-    print_calibration(results["calibration"])
-    by_source = external_set.by_source(probabilities, split.class_names)
-    print_by_source(by_source, folder, split.class_names)
-    screened = screening(input_check.outcomes(input_check.distances(descriptions)),
-                         true_classes, probabilities, split.class_names,
-                         sources_of(folder, external_set.paths), split.positive)
-    print_screening(screened, split.class_names)
-    return ExternalTest({**external_set.facts(config.dataset, split.class_names), **results,
-                         "by_source": by_source, "input_check": screened},
-                        true_classes, probabilities)
 
 
 def training_report(config, split, evaluation, input_check, external_reports, batches):
@@ -510,7 +388,7 @@ def main(argv=None) -> int:
             # one-hot encode the labels and split the images 80/20
             split = split_dataset(config, images, paths, labels)
             check_batch_size(config.batch_size, split.trainP)
-            check_external(config, split.class_names)
+            check_external_folders(config.dataset, config.external_folders, split.class_names)
 
             # place the tutorial's head on the frozen base; `head` is that head on its own
             model = build_model(baseModel, len(split.class_names))
@@ -519,7 +397,7 @@ def main(argv=None) -> int:
             # the frozen base, part of the input pipeline: its features kept in the cache
             extractors = frozen_base(config, model)
             # what that will cost, before it starts
-            estimate_cost(config, extractors, images, split)
+            estimate_cost(extractors, images, split, config.epochs)
             # the test images' features, never augmented
             test = compute_test_features(extractors, images, split)
             # augment the training images, then batch them for the head
@@ -541,8 +419,8 @@ def main(argv=None) -> int:
         if config.precision != "float32":
             print(f"(frozen VGG16 computed in {config.precision}; head, loss and model in "
                   "float32)")
-        external_tests = {folder: test_on_external(config, folder, head, extractors, split,
-                                                   input_check)
+        external_tests = {folder: test_on_external(folder, config.dataset, config.seed, head,
+                                                   extractors, split, input_check)
                           for folder in config.external_folders}
         external_reports = {folder: t.report for folder, t in external_tests.items()}
 

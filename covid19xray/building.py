@@ -16,8 +16,8 @@ import sys
 from .cli import UserError, shown
 from .images import NotAnImage, damage_warning, decode, read_bytes, with_decoder_messages
 from .manifest import MANIFEST, read_manifest, update_manifest
-from .outputs import CONFLICT, COPIED, PRESENT, copy_new_file
 from .progress import progress
+from .writing import CONFLICT, COPIED, PRESENT, copy_new_file
 
 REFUSED = "refused"
 

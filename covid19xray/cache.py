@@ -30,7 +30,7 @@ import tempfile
 import numpy as np
 
 from .cli import UserError, shown
-from .outputs import atomic_output, file_kind, remove_path
+from .writing import atomic_output, file_kind, remove_path
 
 MAGIC = b"covid19-xray features v1\n"
 DIGEST_BYTES = 32

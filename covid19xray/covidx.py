@@ -152,11 +152,3 @@ def read_split(covidx, split):
         kept.append(listed[0])  # listed twice under one class: copied once
     warnings.close()
     return kept, warnings.count
-
-
-def shared_patients(train, test):
-    """The patients with images in both splits (by source: `cohen:42`), sorted."""
-    def patients(rows):
-        return {f"{row.source}:{row.patient}" for row in rows}
-
-    return sorted(patients(train) & patients(test))

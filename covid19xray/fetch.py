@@ -20,7 +20,7 @@ import urllib.parse
 
 from .cli import UserError, first_line, lazy_import, shown
 from .images import MAX_FILE_BYTES
-from .outputs import atomic_output
+from .writing import atomic_output
 
 requests = lazy_import("requests")
 urllib3 = lazy_import("urllib3")

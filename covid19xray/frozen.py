@@ -333,7 +333,7 @@ def cache_configuration(model, crops, precision, transform=UNCHANGED, output="fe
         "crops": crops,
         "precision": precision,
         "code": frozen_code_digest(),
-        "transform": transform.describe(),
+        "transform": transform.cache_key_part(),
         "output": output,
         "libraries": library_versions(),
         "device": device_class(),

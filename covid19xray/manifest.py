@@ -20,8 +20,8 @@ import os
 
 from . import spreadsheet
 from .cli import UserError
-from .outputs import atomic_output, claim_outputs
 from .spreadsheet import unquoted
+from .writing import atomic_output, claim_outputs
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "class", "patient_id", "source", "license", "url",
@@ -98,3 +98,12 @@ def patients_in_manifests(manifests, source):
         patients |= {row["patient_id"] for row in read_manifest_file(path).values()
                      if row["source"] == source and row["patient_id"]}
     return patients
+
+
+def patients_in_both(first, second):
+    """The patients named on both sides, each side (source, patient id) pairs, as `source:id`
+    (`cohen:42`; an id means nothing outside its source), sorted; empty ids are no patient."""
+    def named(pairs):
+        return {f"{source}:{patient}" for source, patient in pairs if patient}
+
+    return sorted(named(first) & named(second))

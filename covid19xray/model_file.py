@@ -35,7 +35,7 @@ from .cli import UserError, first_line, lazy_import
 from .h5attributes import read_text_attribute
 from .images import IMAGE_SIZE
 from .input_check import from_stored, metadata_text, not_ours
-from .outputs import file_kind
+from .writing import file_kind
 
 keras = lazy_import("keras")
 

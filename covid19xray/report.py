@@ -50,7 +50,7 @@ def metric(successes, trials):
             "trials": int(trials)}
 
 
-def describe(name, m):
+def metric_line(name, m):
     """`sensitivity: 1.0000 (95% CI 0.57-1.00)`: the tutorial's line plus its interval."""
     if m["value"] is None:
         return f"{name}: undefined (no images)"
@@ -143,19 +143,19 @@ def print_evaluation(true_classes, probabilities, class_names, results):
                                 zero_division=0))
     cm = np.array(results["confusion_matrix"])
     print(cm if len(class_names) == 2 else confusion_table(cm, class_names))
-    print(describe("acc", results["accuracy"]))
+    print(metric_line("acc", results["accuracy"]))
     if len(class_names) == 2:
         if not is_the_tutorials(class_names, results):
             other = next(name for name in class_names if name != results["positive_class"])
             print(f"positive class: {shown(results['positive_class'])} (sensitivity is its "
                   f"recall, specificity {shown(other)}'s; --positive chooses)")
-        print(describe("sensitivity", results["sensitivity"]))
-        print(describe("specificity", results["specificity"]))
+        print(metric_line("sensitivity", results["sensitivity"]))
+        print(metric_line("specificity", results["specificity"]))
         print(f"ROC AUC: {shown_auc(results['roc_auc'])}")
         return
     for name, m in results["per_class"].items():
-        print(f"{shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
-              f"{describe('specificity', m['specificity'])}, {describe('PPV', m['ppv'])}, "
+        print(f"{shown(name)}: {metric_line('sensitivity', m['sensitivity'])}, "
+              f"{metric_line('specificity', m['specificity'])}, {metric_line('PPV', m['ppv'])}, "
               f"AUC against the rest {shown_auc(m['auc'])}")
     print(f"ROC AUC: {shown_auc(results['roc_auc'])} (one-vs-rest, the mean of the classes' "
           "AUCs)")

@@ -139,3 +139,24 @@ def balanced_class_weights(onehot):
     present = np.unique(classes)
     weights = compute_class_weight("balanced", classes=present, y=classes)
     return {int(c): float(w) for c, w in zip(present, weights)}
+
+
+def positive_class(positive, class_names):
+    """The index of --positive among the classes (0, the first, without it): a `UserError`
+    for a class the dataset lacks, or with other than two classes."""
+    if positive is None:
+        return 0
+    if len(class_names) != 2:
+        raise UserError(f"--positive {positive!r}: a positive class needs two classes, the "
+                        f"dataset has {len(class_names)} ({', '.join(class_names)}); with more, "
+                        "every class is reported against the rest")
+    if positive not in class_names:
+        raise UserError(f"--positive {positive!r} is not a class of the dataset "
+                        f"({', '.join(class_names)})")
+    return class_names.index(positive)
+
+
+def check_batch_size(batch_size, trainP):
+    if batch_size > len(trainP):
+        raise UserError(f"--batch-size {batch_size} is larger than the training split "
+                        f"({len(trainP)} images); use --batch-size {len(trainP)} or less")

@@ -47,7 +47,7 @@ class Transform:
     entries = "image(s)"
     label = ""
 
-    def describe(self):
+    def cache_key_part(self):
         """The transform's kind and every parameter: its part of the feature cache's key."""
         return {"kind": type(self).__name__, **dataclasses.asdict(self)}
 
@@ -192,7 +192,7 @@ class LungMasks(Transform):
         if self.keep not in ("inside", "outside"):
             raise ValueError(f"keep must be 'inside' or 'outside', not {self.keep!r}")
 
-    def describe(self):
+    def cache_key_part(self):
         return {"kind": type(self).__name__, "keep": self.keep}
 
     def parameters(self, digests, epoch):

@@ -827,3 +827,10 @@ def stop_server(process, timeout=30):
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
+
+
+def outputs_in(folder):
+    """A run's outputs and cache in `folder`: never the defaults in the working folder, where
+    another test's run would hold their lock."""
+    return ["--model", str(folder / "m.h5"), "--plot", str(folder / "p.png"), "--report",
+            str(folder / "r.json"), "--cache-dir", str(folder / "c")]

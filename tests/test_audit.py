@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import audit_covid19
-from covid19xray import progress
+from covid19xray import audit_output, confounds, lungs, progress
 from covid19xray.layout import load_dataset
 from covid19xray.model import cpu_has_native_bfloat16
 from covid19xray.report import BOOTSTRAP_RESAMPLES
@@ -174,7 +174,7 @@ def test_an_edited_lung_box_recomputes_the_masked_features(tmp_path, monkeypatch
     # 8 images: as they are (features and description from one pass), and 2 masked variants
     assert counts.startswith("0 whole image(s) found, 8 computed; 0 image(s) found, 16 computed; "
                              "0 input check description(s) found, 8 computed;")
-    monkeypatch.setattr(audit_covid19, "LUNG_BOX", (0.2, 0.1, 0.9, 0.9))
+    monkeypatch.setattr(lungs, "LUNG_BOX", (0.2, 0.1, 0.9, 0.9))
     box, counts = cache_counts()
     assert box == [0.2, 0.1, 0.9, 0.9] and counts.startswith(
         "8 whole image(s) found, 0 computed; 0 image(s) found, 16 computed; "
@@ -185,7 +185,7 @@ def test_the_variants_hide_exactly_the_lung_box_or_all_but_it():
     # the end-to-end run above shows that lungs_only hides a signal outside the box; here, on
     # every pixel, that the two masks are exact complements along the box's edges (22..201)
     images = np.full((1, 224, 224, 3), 200 / 255, np.float32)
-    transforms = audit_covid19.variant_transforms(audit_covid19.box_lungs())
+    transforms = audit_covid19.variant_transforms(lungs.box_lungs())
     none = np.zeros((1, 0), np.float32)
     hidden = np.asarray(transforms["lungs_hidden"].apply(images, none))[0, :, :, 0]
     only = np.asarray(transforms["lungs_only"].apply(images, none))[0, :, :, 0]
@@ -236,12 +236,12 @@ def confounds_and_duplicates(dataset):
     VGG16 is needed for these."""
     images, paths, labels = load_dataset(dataset)
     with contextlib.closing(images):
-        measured = audit_covid19.measure(images, paths)
-        properties = audit_covid19.describe_properties(measured.rows, labels,
+        measured = confounds.measure(images, paths)
+        properties = confounds.describe_properties(measured.rows, labels,
                                                        ["covid", "normal"], seed=0)
-        copies = audit_covid19.find_duplicates(images, paths, labels, measured.hashes)
+        copies = confounds.find_duplicates(images, paths, labels, measured.hashes)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        audit_covid19.print_confounds_and_duplicates(dataset, properties.confounds, copies,
+        audit_output.print_confounds_and_duplicates(dataset, properties.confounds, copies,
                                                      ["covid", "normal"])
     return properties.per_class, properties.confounds, copies, out.getvalue()
 
@@ -387,8 +387,6 @@ def test_the_audit_uses_the_lung_masks_that_ship_with_the_images(tmp_path):
 
 def test_a_mask_of_another_shape_or_unreadable_is_refused_for_its_image_and_named(tmp_path,
                                                                                    capsys):
-    import types
-
     dataset = radiography(tmp_path / "r", {"COVID": 4, "Normal": 4})
     masks = os.path.join(dataset, "COVID", "masks")
     write_image(os.path.join(masks, "COVID-0.png"), seed=1, gray=True, size=(30, 60))  # stretched
@@ -397,7 +395,7 @@ def test_a_mask_of_another_shape_or_unreadable_is_refused_for_its_image_and_name
     write_image(os.path.join(masks, "COVID-2.png"), seed=2, gray=True, size=(60, 60))  # scaled
     images, paths, _ = load_dataset(dataset)
     capsys.readouterr()
-    lungs = audit_covid19.find_lungs(types.SimpleNamespace(dataset=dataset), images, paths)
+    found = lungs.find_lungs(dataset, images, paths)
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"[WARNING] lung mask {os.path.join(masks, 'COVID-0.png')} refused: 60x30, another "
@@ -405,15 +403,15 @@ def test_a_mask_of_another_shape_or_unreadable_is_refused_for_its_image_and_name
         f"[WARNING] lung mask {os.path.join(masks, 'COVID-1.png')} refused: cannot be read "
         "(not an image (no JPEG, PNG, BMP or TIFF signature, no DICOM marker)); the fixed box "
         "is used for its image"]
-    assert lungs.about == ("each image's own lung mask (6 from masks/); the fixed box "
+    assert found.about == ("each image's own lung mask (6 from masks/); the fixed box "
                            "[0.1, 0.1, 0.9, 0.9] for 2 whose mask was refused")
     # the two refused images are masked by the box, the scaled mask is its image's own
     box = np.zeros((224, 224), bool)
-    top, bottom, left, right = audit_covid19.lung_box().pixels()
+    top, bottom, left, right = lungs.lung_box().pixels()
     box[top:bottom, left:right] = True
     for name, boxed in [("COVID-0.png", True), ("COVID-1.png", True), ("COVID-2.png", False)]:
         digest = images.digest(os.path.join(dataset, "COVID", "images", name))
-        mask = lungs.store.read([lungs.hidden.slot_of[digest]])[0].max(axis=-1) > 127
+        mask = found.store.read([found.hidden.slot_of[digest]])[0].max(axis=-1) > 127
         assert np.array_equal(mask, box) == boxed
-    lungs.close()
+    found.close()
     images.close()

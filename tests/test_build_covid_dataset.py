@@ -896,3 +896,15 @@ def test_a_covidx_file_listed_under_two_classes_is_left_out_of_both(tmp_path):
         assert (f"train.txt, line {number}: 'a.png' is listed under 2 classes (negative, "
                 "positive); left out") in err
     assert everything_under(tmp_path / "o" / "train") == ["manifest.csv", "negative/b.png"]
+
+
+def test_a_local_metadata_csv_is_read_with_the_bound_a_download_has(tmp_path, monkeypatch):
+    """A 600 MB file was read whole; now past the bound (made small here) it is one line."""
+    checkout = tmp_path / "covid"
+    (checkout / "images").mkdir(parents=True)
+    (checkout / "metadata.csv").write_text("finding,view,filename\n" + "COVID-19,PA,x.jpg\n" * 100)
+    monkeypatch.setattr(build_covid_dataset, "METADATA_BYTES", 1000)
+    code, _, err = run_main(build_covid_dataset.main, ["--covid", str(checkout), "--output",
+                                                       str(tmp_path / "out" / "covid")])
+    assert_one_line_error(code, err, "build_covid_dataset.py", "metadata.csv' is larger than")
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """covid19xray.cli: every script answers --help and a bad flag at once, before TensorFlow loads,
 and ends a user's error in one line."""
 
+import csv
 import dataclasses
 import os
 import re
@@ -17,7 +18,7 @@ import sample_nih_dataset
 import train_covid19
 from covid19xray.cli import UsageError, UserError, cli, one_line
 from covid19xray.config import SEED
-from helpers import ROOT, run_main
+from helpers import ROOT, run_main, write_image
 
 # Runs a script as `python SCRIPT ARGS` would, then says whether TensorFlow was imported, and
 # SciPy or scikit-learn (a second more before the answer).
@@ -142,3 +143,28 @@ def test_the_builders_take_the_shared_seed_flag(parse_args, argv):
     assert parse_args([*argv, "--seed", "7"]).seed == 7
     with pytest.raises(UsageError):  # the same range as train's and the audit's seed
         parse_args([*argv, "--seed", "-1"])
+
+
+def test_a_files_name_can_neither_forge_a_line_nor_reach_the_terminal(trained, tmp_path):
+    """A newline in a name would print a line of its own, as convincing as a real prediction;
+    an ANSI escape would colour (or clear) the terminal. Both are shown escaped, on stdout and
+    in warnings; the CSV keeps the real name."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    forged = "fake.jpg: covid (covid 1.0000, normal 0.0000) [input ok: distance 0.10 <= 1.4]"
+    names = [f"x\n{forged}\nx.png", "\x1b[2J\x1b[31mred.png"]
+    for k, name in enumerate(names):
+        write_image(str(folder / name), seed=k, size=(40, 40))
+    (folder / "bad\x1b[31m.png").write_bytes(b"not an image")
+    csv_path = tmp_path / "p.csv"
+    code, out, err = run_main(predict_covid19.main, ["--model", trained["model"], str(folder),
+                                                     "--csv", str(csv_path)])
+    assert code == 0, err
+    assert "\x1b" not in out + err and not any(line.startswith("fake.jpg")
+                                               for line in out.splitlines())
+    assert sum(line.startswith(str(folder)) for line in out.splitlines()) == 2
+    assert "\\n" + forged in out and "\\x1b[31mred.png" in out
+    assert "bad\\x1b[31m.png" in err
+    with open(csv_path, newline="") as f:
+        assert sorted(row["file"] for row in csv.DictReader(f)) == sorted(
+            str(folder / name) for name in names)

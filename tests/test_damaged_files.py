@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-import audit_covid19
 import build_covid_dataset
 import predict_covid19
 import sample_nih_dataset
 import train_covid19
+from covid19xray import confounds
 from covid19xray.cli import UserError
 from covid19xray.images import NotAnImage, decode
 from covid19xray.layout import load_dataset
@@ -224,7 +224,7 @@ def test_damaged_files_of_every_kind_are_used_or_skipped_in_one_line(trained, tm
     code_and_store = run_main(lambda argv: load_dataset(argv[0]), [str(tmp_path / "fuzz")])
     (images, paths, labels), _, load_err = code_and_store
     used = set(paths)
-    audit_covid19.measure(images, paths)
+    confounds.measure(images, paths)
     assert used and len(used) < len(corpus)
     skipped = {path for path, _, _ in images.skipped}
     assert used | skipped == set(corpus) and not used & skipped

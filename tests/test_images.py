@@ -1,11 +1,14 @@
 """covid19xray.images: listing, loading and preprocessing X-rays, as the tutorial did, safely."""
 
+import io
 import os
+import struct
 import zlib
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from covid19xray.images import NotAnImage, decode, list_images, load_xray, read_bytes, scale_pixels
 from helpers import (
@@ -202,3 +205,34 @@ def test_a_dicom_claiming_too_many_pixels_is_refused_from_its_header(tmp_path):
         load_xray(path)
     assert str(raised.value) == ("20000x20000 pixels (400.0 megapixels), over the limit of 100 "
                                  "megapixels")
+
+
+def png_with_chunk(png, kind, payload):
+    """`png` with a chunk inserted before its first IDAT."""
+    at = png.index(b"IDAT") - 4
+    chunk = (struct.pack(">I", len(payload)) + kind + payload
+             + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return png[:at] + chunk + png[at:]
+
+
+def test_a_16_bit_png_whose_sbit_chunk_says_40_bits_is_read_as_if_it_had_none():
+    values = (np.arange(64 * 64).reshape(64, 64) * 7).astype(np.uint16)
+    ok, encoded = cv2.imencode(".png", values)
+    plain = encoded.tobytes()
+    lying = png_with_chunk(plain, b"sBIT", bytes([40]))
+    np.testing.assert_array_equal(decode(lying), decode(plain))
+
+
+def test_an_rgba_png_turned_by_its_exif_orientation_keeps_its_alpha_in_place():
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 255
+    rgba[:10, :, 3] = 0  # the top ten rows transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show upright
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, "PNG", exif=exif.tobytes())
+    image = decode(buffer.getvalue())
+    assert image.shape == (60, 40, 3)  # upright
+    # the top rows, turned clockwise, are the right-hand columns: black there, red elsewhere
+    assert (image[:, -10:] == 0).all() and (image[:, :-10, 2] == 200).all()

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+import train_covid19
 from covid19xray import layout
 from covid19xray.layout import (
     LAYOUTS,
@@ -16,7 +17,14 @@ from covid19xray.layout import (
     label_of,
     load_dataset,
 )
-from helpers import radiography, small_dataset, write_image
+from helpers import (
+    assert_one_line_error,
+    outputs_in,
+    radiography,
+    run_main,
+    small_dataset,
+    write_image,
+)
 
 
 @pytest.fixture
@@ -87,3 +95,63 @@ def test_class_folders_that_differ_only_by_case_or_normalization_are_refused(tmp
     message = str(refused.value)
     assert "\n" not in message and "differ only by case or Unicode normalization" in message
     assert ascii(first) in message and ascii(second) in message
+
+
+def test_the_radiography_layout_reads_images_by_class_and_never_a_mask(tmp_path):
+    dataset = radiography(tmp_path / "r", {"COVID": 3, "Normal": 2})
+    layout = find_dataset(dataset)
+    assert layout.labels == ["COVID"] * 3 + ["Normal"] * 2
+    assert all(os.sep + "images" + os.sep in path for path in layout.paths)
+    assert {os.path.relpath(m, dataset) for m in layout.masks.values()} == {
+        os.path.join(name, "masks", f"{name}-{i}.png")
+        for name, n in (("COVID", 3), ("Normal", 2)) for i in range(n)}
+    images, paths, labels = load_dataset(dataset)
+    images.close()
+    assert paths == layout.paths and labels.tolist() == layout.labels
+
+
+def one_radiography_class(root):
+    radiography(root, {"COVID": 2})
+    return os.path.join(root, "COVID")
+
+
+def kaggle_as_unpacked(root):
+    small_dataset(os.path.join(root, "train"), {"NORMAL": 2, "PNEUMONIA": 2})
+    return root
+
+
+def loose_image(root):
+    small_dataset(root, {"covid": 2})
+    write_image(os.path.join(root, "loose.png"), seed=1)
+    return root
+
+
+@pytest.mark.parametrize("make, phrase", [
+    # one class of the Radiography Database given as the dataset: "images" and "masks"
+    (one_radiography_class, "is one class of the COVID-19 Radiography Database"),
+    # Kaggle's download as it unpacks: train/NORMAL/x.png
+    (kaggle_as_unpacked, "4 image(s) are not in a class folder (train/NORMAL/0.png"),
+    # an image directly in the folder
+    (loose_image, "1 image(s) are not in a class folder (loose.png)"),
+])
+def test_a_layout_that_fits_neither_is_refused_in_one_line_before_training(tmp_path, make,
+                                                                             phrase):
+    dataset = make(str(tmp_path / "d"))
+    code, out, err = run_main(train_covid19.main, ["--dataset", dataset, "--weights", "none",
+                                                   *outputs_in(tmp_path)])
+    assert_one_line_error(code, err, "train_covid19.py", phrase)
+    assert "[INFO] training head..." not in out
+
+
+def test_a_class_folder_that_is_a_symbolic_link_is_not_entered(tmp_path):
+    """As imutils did: a linked folder is not entered, so its class is missing, and a
+    dataset left with one class is refused in one line (docs/troubleshooting.md)."""
+    small_dataset(tmp_path / "elsewhere", {"normal": 3})
+    dataset = small_dataset(tmp_path / "d", {"covid": 3})
+    os.symlink(tmp_path / "elsewhere" / "normal", tmp_path / "d" / "normal")
+    code, out, err = run_main(train_covid19.main, ["--dataset", dataset, "--weights", "none",
+                                                   "--model", str(tmp_path / "m.h5"),
+                                                   "--plot", str(tmp_path / "p.png"),
+                                                   "--report", str(tmp_path / "r.json"),
+                                                   "--cache-dir", str(tmp_path / "c")])
+    assert code == 1 and "1 class folder(s) (covid)" in err.strip().splitlines()[-1]

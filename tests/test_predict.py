@@ -713,3 +713,32 @@ def test_a_failed_conversion_is_one_line_and_leaves_nothing(trained, tmp_path, m
                           "the converter failed (TensorFlow said: E0000 converter.cc:1] a C++ "
                           "line)")
     assert os.listdir(tmp_path) == []  # neither the SavedModel written first nor half a file
+
+
+def test_the_exports_check_rejects_nan_and_infinite_input(trained):
+    """The graph both exports run (`export.network_with_check`): NaN or infinite pixels give a
+    NaN distance, which compared with a threshold is never above it; they are rejected (2)."""
+    from covid19xray.export import network_with_check
+    from covid19xray.model_file import load_classifier, read_input_check
+
+    model, _ = load_classifier(trained["model"])
+    network = network_with_check(model, read_input_check(trained["model"]))
+    images = np.full((3, 224, 224, 3), 0.5, np.float32)
+    images[0, 10, 10, 0] = np.nan
+    images[1, 20, 20, 1] = np.inf
+    outputs = network(images, training=False)
+    checked = np.asarray(outputs["input_check"]).tolist()
+    assert checked[:2] == [2, 2]
+    assert not np.isfinite(np.asarray(outputs["input_distance"])[:2]).any()
+
+
+def test_a_failed_predict_leaves_no_gradcam_folder_it_made(trained, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "junk.png").write_bytes(b"not an image")
+    gradcam = tmp_path / "new" / "deeper" / "gradcam"
+    code, _, err = run_main(predict_covid19.main, ["--model", trained["model"], str(folder),
+                                                   "--gradcam", str(gradcam)])
+    assert_one_line_error(code, err, "predict_covid19.py", "none of the given images could be "
+                          "read", warnings=1)
+    assert sorted(os.listdir(tmp_path)) == ["in"]  # new/deeper/gradcam made, then removed

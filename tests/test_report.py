@@ -7,8 +7,8 @@ from sklearn.metrics import roc_auc_score
 from covid19xray.report import (
     auc_with_interval,
     classification_metrics,
-    describe,
     metric,
+    metric_line,
     plot_history,
     wilson,
 )
@@ -27,8 +27,8 @@ def test_wilson_interval_matches_known_values(successes, trials, low, high):
 
 def test_wilson_interval_of_nothing_is_none():
     assert wilson(0, 0) is None
-    assert describe("sensitivity", metric(0, 0)) == "sensitivity: undefined (no images)"
-    assert describe("sensitivity", metric(5, 5)) == "sensitivity: 1.0000 (95% CI 0.57-1.00)"
+    assert metric_line("sensitivity", metric(0, 0)) == "sensitivity: undefined (no images)"
+    assert metric_line("sensitivity", metric(5, 5)) == "sensitivity: 1.0000 (95% CI 0.57-1.00)"
 
 
 def test_classification_metrics_count_each_class_against_the_rest():

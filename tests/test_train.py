@@ -42,6 +42,7 @@ from helpers import (
     computed_outputs,
     made_once,
     make_dataset,
+    outputs_in,
     parse_report,
     progress_counts,
     read_only,
@@ -934,7 +935,7 @@ def test_a_second_run_on_the_same_outputs_stops_at_its_start(workdir, tiny_datas
 
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom covid19xray.outputs import claim_outputs\n"
+        [sys.executable, "-c", "import time\nfrom covid19xray.writing import claim_outputs\n"
          f"with claim_outputs({str(workdir / 'report.json')!r}):\n"
          "    print('held', flush=True)\n    time.sleep(60)\n"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -1171,3 +1172,120 @@ def test_the_cost_line_counts_damaged_cache_entries_as_work_to_do(trained, tmp_p
     assert re.search(r"^\[INFO\] VGG16 work: .* = 3 passes to compute", stdout, re.M), stdout
     assert sum(computed for _, computed in cache_counts(stdout)) == 3
     assert stderr.count("is damaged or was written for something else") == 3
+
+
+def three_classes(root):
+    return small_dataset(root, {"covid": 6, "normal": 6, "pneumonia": 6})
+
+
+@pytest.mark.slow(seconds=6)
+def test_three_classes_end_to_end_train_external_and_predict(tmp_path):
+    dataset = three_classes(tmp_path / "d")
+    external = small_dataset(tmp_path / "e", {"covid": 2, "normal": 2, "pneumonia": 2},
+                             size=(31, 29))
+    report_path, model = tmp_path / "r.json", str(tmp_path / "m.h5")
+    code, out, err = run_main(train_covid19.main, [
+        "--dataset", dataset, "--external", external, "--weights", "none", "--epochs", "1",
+        "--batch-size", "4", "--cache-features", "--model", model, "--plot",
+        str(tmp_path / "p.png"), "--report", str(report_path), "--cache-dir",
+        str(tmp_path / "c")])
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    for part in (report, report["external"][external]):
+        assert set(part["per_class"]) == {"covid", "normal", "pneumonia"}
+        cm = np.array(part["confusion_matrix"])
+        for c, name in enumerate(["covid", "normal", "pneumonia"]):
+            m = part["per_class"][name]
+            # PPV: of the images predicted as the class (its column), those that are
+            assert (m["ppv"]["successes"], m["ppv"]["trials"]) == (cm[c, c], cm[:, c].sum())
+        aucs = [m["auc"] for m in part["per_class"].values()]
+        assert part["macro_auc"] == pytest.approx(np.mean(aucs))
+        assert part["roc_auc"] == pytest.approx(part["macro_auc"])
+        assert "sensitivity" not in part and "positive_class" not in part
+    csv_path = tmp_path / "p.csv"
+    code, out, err = run_main(predict_covid19.main, ["--model", model, external, "--labelled",
+                                                     "--csv", str(csv_path)])
+    assert code == 0, err
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert header[:5] == ["file", "predicted", "p_covid", "p_normal", "p_pneumonia"]
+
+
+def test_positive_chooses_the_class_whose_recall_is_the_sensitivity(tmp_path):
+    dataset = small_dataset(tmp_path / "d", {"NORMAL": 5, "PNEUMONIA": 5})
+    runs = {}
+    for positive in (None, "PNEUMONIA"):
+        report_path = tmp_path / f"{positive}.json"
+        code, out, err = run_main(train_covid19.main, [
+            "--dataset", dataset, "--weights", "none", "--epochs", "1", "--batch-size", "4",
+            "--cache-features", "--model", str(tmp_path / f"{positive}.h5"), "--plot",
+            str(tmp_path / f"{positive}.png"), "--report", str(report_path),
+            "--cache-dir", str(tmp_path / "c"), *(["--positive", positive] if positive else [])])
+        assert code == 0, err
+        runs[positive] = json.loads(report_path.read_text())
+    default, chosen = runs[None], runs["PNEUMONIA"]
+    assert default["positive_class"] == "NORMAL" and chosen["positive_class"] == "PNEUMONIA"
+    assert chosen["sensitivity"] == chosen["per_class"]["PNEUMONIA"]["sensitivity"]
+    assert chosen["specificity"] == chosen["per_class"]["PNEUMONIA"]["specificity"]
+    assert chosen["confusion_matrix"] == default["confusion_matrix"]  # the same model
+
+
+@pytest.mark.parametrize("counts, positive, phrase", [
+    ({"NORMAL": 4, "PNEUMONIA": 4}, "COVID", "--positive 'COVID' is not a class of the dataset"),
+    ({"a": 4, "b": 4, "c": 4}, "a", "a positive class needs two classes"),
+])
+def test_a_positive_class_that_cannot_be_is_one_line(tmp_path, counts, positive, phrase):
+    dataset = small_dataset(tmp_path / "d", counts)
+    code, out, err = run_main(train_covid19.main, ["--dataset", dataset, "--weights", "none",
+                                                   "--positive", positive,
+                                                   *outputs_in(tmp_path)])
+    assert_one_line_error(code, err, "train_covid19.py", phrase)
+    assert "[INFO] training head..." not in out
+
+
+def test_balanced_class_weights_are_used_and_reported(tmp_path):
+    dataset = small_dataset(tmp_path / "d", {"covid": 4, "normal": 16})
+    report_path = tmp_path / "r.json"
+    code, out, err = run_main(train_covid19.main, [
+        "--dataset", dataset, "--weights", "none", "--epochs", "1", "--batch-size", "4",
+        "--cache-features", "--class-weight", "balanced", "--model", str(tmp_path / "m.h5"),
+        "--plot", str(tmp_path / "p.png"), "--report", str(report_path), "--cache-dir",
+        str(tmp_path / "c")])
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    train = report["counts"]["train"]
+    total = sum(train.values())
+    assert report["class_weight"] == pytest.approx(
+        {name: total / (2 * n) for name, n in train.items()})
+    assert report["flags"]["class_weight"] == "balanced"
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf"])
+def test_a_learning_rate_that_is_no_number_is_a_usage_error(lr):
+    code, _, err = run_main(train_covid19.main, ["--dataset", "d", "--lr", lr])
+    assert_one_line_error(code, err, "train_covid19.py", "argument --lr: must be a finite "
+                          f"number greater than 0, got {lr}", exit_code=2)
+
+
+def test_a_learning_rate_that_makes_training_diverge_stops_before_any_output(tmp_path):
+    """1e30 is a finite number: the loss stops being one, and the run ends at that epoch in one
+    line, with no model, plot or report written."""
+    dataset = small_dataset(tmp_path / "d", {"covid": 6, "normal": 6})
+    out = tmp_path / "out"
+    out.mkdir()
+    code, stdout, err = run_main(train_covid19.main, [
+        "--dataset", dataset, "--weights", "none", "--epochs", "3", "--batch-size", "4",
+        "--lr", "1e30", "--cache-features", "--model", str(out / "m.h5"), "--plot",
+        str(out / "p.png"), "--report", str(out / "r.json"), "--cache-dir",
+        str(tmp_path / "c")])
+    assert_one_line_error(code, err, "train_covid19.py", "training diverged: the loss is",
+                          "at epoch 1", "try a lower --lr")
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("name", ["M.KERAS", "M.H5"])
+def test_an_upper_case_model_suffix_is_refused_before_training(tmp_path, name):
+    code, out, err = run_main(train_covid19.main, ["--dataset", str(tmp_path), "--model",
+                                                   str(tmp_path / name)])
+    assert_one_line_error(code, err, "train_covid19.py", "in lower case, as Keras reads the "
+                          "name")
+    assert "[INFO] loading images..." not in out

@@ -12,11 +12,16 @@ perceptual hashes that find copies of one image.
   films lie within 6 bits, their pixels correlating at 0.55 to 0.96), so the hash only finds the
   candidates; a pair is a near copy when its 64x64 grey versions also correlate at
   NEAR_DUPLICATE_CORRELATION or more.
+- `describe_properties` and `find_duplicates`: the audit's use of them, per class, the
+  confounds (a property alone separating the classes with an AUC of CONFOUND_AUC or more).
 """
+
+import dataclasses
 
 import cv2
 import numpy as np
 
+from .progress import progress
 from .report import auc_with_interval
 
 # Near copies: perceptual hashes at most this many bits of 64 apart (the candidates), whose
@@ -116,3 +121,79 @@ def duplicates(paths, labels, digests, hashes, image_of):
                                "distance": int(distance[i - start, j]),
                                "correlation": round(correlation, 4)})
     return copies
+
+
+# A property is a confound when it alone separates the classes at least this well (ROC AUC).
+CONFOUND_AUC = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Confounds:
+    """The images' properties per class, and those that alone separate the classes
+    (`describe_properties`)."""
+
+    per_class: dict  # {class: {property: its spread or tally}}
+    confounds: list  # the separating ones, strongest first
+
+
+def describe_properties(rows, labels, class_names, seed):
+    """Per class, the distributions of the images' properties (`rows`); the confounds: every
+    numeric property that alone separates the classes (with more than two, a class from the
+    rest) with an AUC of at least CONFOUND_AUC."""
+    per_class, confounds = {}, []
+    for name in class_names:
+        mine = [row for row, label in zip(rows, labels) if label == name]
+        per_class[name] = {prop: spread([row[prop] for row in mine]) for prop in NUMERIC}
+        per_class[name].update({prop: tally([row[prop] for row in mine])
+                                for prop in CATEGORICAL})
+    # two classes: the first against the other, as before; more: each against the rest
+    tested = class_names[:1] if len(class_names) == 2 else class_names
+    for prop in NUMERIC:
+        values = np.array([row[prop] for row in rows], float)
+        found = [(name, separation(labels == name, values, seed)) for name in tested]
+        name, auc = max(found, key=lambda pair: pair[1]["value"])
+        if auc["value"] >= CONFOUND_AUC:
+            rest = class_names[1] if len(class_names) == 2 else "the rest"
+            confounds.append({"property": prop, "auc": {"value": auc["value"],
+                                                        "ci95": auc["ci95"]},
+                              "separates": [name, rest],
+                              "higher_in": name if auc["higher_in_positive"] else rest,
+                              "per_class": {name: per_class[name][prop] for name in class_names}})
+    confounds.sort(key=lambda c: -c["auc"]["value"])
+    return Confounds(per_class, confounds)
+
+
+def spread(values):
+    values = np.asarray(values, float)
+    return {"min": float(values.min()), "median": float(np.median(values)),
+            "max": float(values.max())}
+
+
+def tally(values):
+    return {value: values.count(value) for value in sorted(set(values))}
+
+
+def find_duplicates(images, paths, labels, hashes):
+    """Exact and near copies among the images (`duplicates`)."""
+    return duplicates(paths, list(labels), [images.digest(path) for path in paths], hashes,
+                      images.image)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurements:
+    """Every image's properties and perceptual hash, in the order of its path (`measure`)."""
+
+    rows: list  # `image_properties` of each image
+    hashes: list  # `perceptual_hash` of each image
+
+
+def measure(images, paths):
+    """Every image's properties and perceptual hash, in one pass over the store."""
+    rows, hashes = [], []
+    with progress(len(paths), "image properties") as bar:
+        for path in paths:
+            image = images.image(path)
+            rows.append(image_properties(images.header(path), images.file_size(path), image))
+            hashes.append(perceptual_hash(image))
+            bar.update(1)
+    return Measurements(rows, hashes)

@@ -2,25 +2,26 @@
 on the ones it accepted.
 
 A test report scores every image, rejected or not, as it did before the check existed: a
-rejected image never leaves a report silently. `screening` adds, beside it, the check's counts
-(in all, by class, and by source when the folder has a manifest) and the same metrics on the
-images the check accepted (`ok` and `unlike_training`). train --external, audit --external and
-predict --labelled all report through it.
+rejected image never leaves a report silently. `input_check_report` adds, beside it, the
+check's counts (in all, by class, and by source when the folder has a manifest) and the same
+metrics on the images the check accepted (`ok` and `unlike_training`). train --external, audit
+--external and predict --labelled all report through it.
 """
 
 import numpy as np
 
 from .cli import shown
-from .external import by_size
+from .external_test import by_size
 from .input_check import OK, OUTCOMES, REJECTED, UNLIKE_TRAINING
-from .report import classification_metrics, describe, shown_auc
+from .report import classification_metrics, metric_line, shown_auc
 
 
 def _counts(outcomes):
     return {outcome: int(sum(o == outcome for o in outcomes)) for outcome in OUTCOMES}
 
 
-def screening(outcomes, true_classes, probabilities, class_names, sources=None, positive=0):
+def input_check_report(outcomes, true_classes, probabilities, class_names, sources=None,
+                       positive=0):
     """{"counts", "by_class", "by_source" (None without sources), "accepted", "on_accepted"}:
     the check's outcomes of a labelled test, and the metrics of its accepted images (None when
     they do not hold every class)."""
@@ -58,7 +59,7 @@ def print_counts(result, heading):
         print(f"  source {shown(source)} ({sum(counts.values())}): {describe_counts(counts)}")
 
 
-def print_screening(result, class_names):
+def print_input_check_report(result, class_names):
     """The lines a test report adds for the input check."""
     print_counts(result, f"input check on these {sum(result['counts'].values())} images")
     metrics = result["on_accepted"]
@@ -67,14 +68,14 @@ def print_screening(result, class_names):
               "no metrics")
         return
     print(f"on the {result['accepted']} images it accepted (ok or unlike the training images):")
-    print(f"  {describe('acc', metrics['accuracy'])}")
+    print(f"  {metric_line('acc', metrics['accuracy'])}")
     if len(class_names) == 2:
-        print(f"  {describe('sensitivity', metrics['sensitivity'])}")
-        print(f"  {describe('specificity', metrics['specificity'])}")
+        print(f"  {metric_line('sensitivity', metrics['sensitivity'])}")
+        print(f"  {metric_line('specificity', metrics['specificity'])}")
         print(f"  ROC AUC: {shown_auc(metrics['roc_auc'])}")
         return
     for name, m in metrics["per_class"].items():
-        print(f"  {shown(name)}: {describe('sensitivity', m['sensitivity'])}, "
-              f"{describe('PPV', m['ppv'])}")
+        print(f"  {shown(name)}: {metric_line('sensitivity', m['sensitivity'])}, "
+              f"{metric_line('PPV', m['ppv'])}")
     print(f"  ROC AUC: {shown_auc(metrics['roc_auc'])} (one-vs-rest, the mean of the classes' "
           "AUCs)")

@@ -1,4 +1,4 @@
-"""covid19xray.outputs: outputs are checked first, replaced whole or not at all, never overwritten,
+"""covid19xray.writing: outputs are checked first, replaced whole or not at all, never overwritten,
 and claimed by one run at a time."""
 
 import os
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from covid19xray.checks import check_output_path
 from covid19xray.cli import UserError
-from covid19xray.outputs import (
+from covid19xray.preflight import check_output_path
+from covid19xray.writing import (
     CONFLICT,
     COPIED,
     PRESENT,
@@ -70,7 +70,7 @@ def hold_claim(path):
     """Another process that claims `path` and waits; it prints 'held' once it holds it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from covid19xray.outputs import claim_outputs\n"
+         "from covid19xray.writing import claim_outputs\n"
          "with claim_outputs(sys.argv[1]):\n"
          "    print('held', flush=True)\n"
          "    time.sleep(60)\n", path],

@@ -1,10 +1,10 @@
-"""covid19xray.properties: what can tell two sources apart, and copies of one picture."""
+"""covid19xray.confounds: what can tell two sources apart, and copies of one picture."""
 
 import cv2
 import numpy as np
 import pytest
 
-from covid19xray.properties import (
+from covid19xray.confounds import (
     NEAR_DUPLICATE_BITS,
     NEAR_DUPLICATE_CORRELATION,
     duplicates,

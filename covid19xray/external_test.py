@@ -12,7 +12,7 @@ folder's shape (one folder of images per class) and is checked before it is used
   is not external: refused, counted and named), with their one-hot labels in the model's order,
   as an `ExternalSet`, whose `facts` and `by_source` every external report (train's, the
   audit's) begins with;
-- `shared_patients`: with a `manifest.csv` on both sides, the patients both hold;
+- `patients_shared_with_dataset`: with a `manifest.csv` on both sides, the patients both hold;
 - `by_source`: with a `manifest.csv`, the test split by where each image comes from (`nih`,
   `cohen`): a specificity over 101 normals says little if 98 of them are from one hospital.
 """
@@ -25,8 +25,8 @@ import numpy as np
 
 from .cli import UserError, shown
 from .layout import class_folders, load_dataset
-from .manifest import MANIFEST, manifest_key, read_manifest
-from .report import counts_per_class, describe, metric
+from .manifest import MANIFEST, manifest_key, patients_in_both, read_manifest
+from .report import counts_per_class, metric, metric_line
 
 
 def check_classes(folder, class_names, flag="--external"):
@@ -68,7 +68,7 @@ class ExternalSet:
             "counts": counts_per_class(self.onehot, class_names),
             "refused_identical_to_dataset": [os.path.relpath(path, self.folder)
                                              for path in self.refused],
-            "patients_shared_with_dataset": shared_patients(dataset, self.folder),
+            "patients_shared_with_dataset": patients_shared_with_dataset(dataset, self.folder),
         }
 
     def by_source(self, probabilities, class_names):
@@ -104,18 +104,14 @@ def load_external(folder, class_names, training_digests, flag="--external"):
     return ExternalSet(folder, images, kept, onehot, refused)
 
 
-def shared_patients(dataset, folder):
+def patients_shared_with_dataset(dataset, folder):
     """The patients that both folders' manifests name, by source (`cohen:230`); None unless
     both have a manifest. Warns, in one line, when there are any."""
     ours, theirs = read_manifest(dataset), read_manifest(folder)
     if ours is None or theirs is None:
         return None
-
-    def patients(manifest):
-        return {f"{row['source']}:{row['patient_id']}" for row in manifest.values()
-                if row["patient_id"]}
-
-    shared = sorted(patients(ours) & patients(theirs))
+    shared = patients_in_both(*([(row["source"], row["patient_id"]) for row in manifest.values()]
+                                for manifest in (ours, theirs)))
     if shared:
         print(f"[WARNING] {len(shared)} patient(s) of {shown(folder)} have images in "
               f"{shown(dataset)} too ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}"
@@ -169,7 +165,7 @@ def describe_by_source(results, class_names):
             named = [("sensitivity", result["sensitivity"]), ("specificity", result["specificity"])]
         else:
             named = [(f"{shown(name)} recall", m) for name, m in result["recall"].items()]
-        metrics = ", ".join(describe(name, m) for name, m in named if m["trials"])
+        metrics = ", ".join(metric_line(name, m) for name, m in named if m["trials"])
         lines.append(f"  {shown(source)} ({counts}): {metrics}")
     return lines
 
@@ -180,3 +176,13 @@ def print_by_source(results, folder, class_names):
     if results:
         print(f"by source ({shown(os.path.join(folder, MANIFEST))}):")
         print("\n".join(describe_by_source(results, class_names)))
+
+
+def check_external_folders(dataset, folders, class_names):
+    """Each --external folder must hold the model's classes, and not be --dataset: found
+    before minutes of training."""
+    for folder in folders:
+        if os.path.realpath(folder) == os.path.realpath(dataset):
+            raise UserError(f"--external {folder!r} is --dataset; an external test needs images "
+                            "from somewhere else")
+        check_classes(folder, class_names)
