@@ -1,5 +1,5 @@
 """Writing files without losing any: atomic replacement, no overwriting, locks (the checks made
-before any work are `checks`).
+before any work are `preflight`).
 
 - `commit_outputs`: the one way train, predict and the audit write: every output locked, written
   to a temporary file beside it, and all renamed into place only when the run succeeds: a
