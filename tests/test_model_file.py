@@ -379,3 +379,23 @@ def test_a_damaged_hdf5_header_is_one_line_from_every_model_file_reader(trained,
                 refused += 1
         path.unlink()
     assert refused > 0  # the flips did reach what is read
+
+
+def test_a_damaged_weights_file_is_one_line_for_train_and_the_audit(trained, tmp_path):
+    """--weights names an HDF5 file that train and the audit hand to Keras: with its headers
+    damaged, h5py raises RuntimeError, KeyError or TypeError besides OSError; each is one
+    line (`load_vgg16_base`), never a traceback."""
+    from covid19xray.cli import UserError
+    from covid19xray.model import load_vgg16_base
+
+    data = open(trained["model"], "rb").read()
+    where = [data.find(name) for name in (b"model_weights", b"TREE", b"HEAP")]
+    refused = 0
+    for n, mutant in enumerate(mutants(data, where, 5, seed=3)):
+        path = tmp_path / f"w{n}.h5"
+        path.write_bytes(mutant)
+        with pytest.raises(UserError) as err:
+            load_vgg16_base(str(path))
+        assert "\n" not in str(err.value) and "is not a VGG16 no-top weights file" in str(err.value)
+        refused += 1
+    assert refused == 5
