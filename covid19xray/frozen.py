@@ -201,12 +201,6 @@ def description_output(model):
     return keras.ops.concatenate([_unit(part) * weight for part in parts], axis=-1)
 
 
-def model_with_description(model):
-    """`model` with a second output, each image's description: one forward pass gives both
-    the class probabilities and what the input check needs (predict's)."""
-    return keras.Model(model.inputs, [model.output, description_output(model)])
-
-
 def layers_missing_for_description(model):
     """The layers the description reads that `model` lacks (none for the tutorial's VGG16)."""
     names = {layer.name for layer in model.layers}

@@ -495,14 +495,6 @@ def load_xray(path, size=IMAGE_SIZE):
     return model_input(decode(read_bytes(path)), size)
 
 
-def try_load_xray(path):
-    """`load_xray` as (image, None), or (None, the reason the file cannot be used)."""
-    try:
-        return load_xray(path), None
-    except NotAnImage as err:
-        return None, str(err)
-
-
 def damage_warning(path, message):
     """The one line that names a file a decoder complained of but could still decode."""
     return (f"[WARNING] {shown(path)}: damaged, used as far as it decodes (the decoder said: "

@@ -22,11 +22,10 @@ from .frozen import (
     description_output,
     layers_missing_for_description,
     model_with_precision,
-    on_image_batches,
 )
 from .images import NotAnImage, decode, model_input, scale_pixels, with_decoder_messages
 from .input_check import OK, REJECTED, UNLIKE_TRAINING
-from .model import check_precision
+from .model import check_precision, compiled
 from .model_file import read_model_file
 
 keras = lazy_import("keras")
@@ -176,11 +175,7 @@ def make_classifier(model_path, model_file, precision="float32", gradcam=False,
         tensors.append(conv_layer.output)
         heatmaps = _gradcam_tail(model, conv_layer)
     network = keras.Model(model.inputs, tensors)
-
-    def forward(images):
-        return network(images, training=False)
-
-    return Classifier(model, model_file.class_names, on_image_batches(forward, network),
+    return Classifier(model, model_file.class_names, compiled(network),
                       tuple(outputs), input_check, model_file.recalibration, heatmaps,
                       classify_rejected)
 
