@@ -90,8 +90,8 @@ def _gradcam_tail(model, conv_layer):
         weights = tf.reduce_mean(grads, axis=(1, 2))
         maps = tf.nn.relu(tf.reduce_sum(conv * weights[:, None, None, :], axis=-1))
         peaks = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-        return tf.where(peaks > 0, maps / tf.where(peaks > 0, peaks, 1.0), maps)  # all zero:
-        # no evidence anywhere
+        # scaled to a peak of 1; a map that is all zero (no evidence anywhere) stays so
+        return tf.where(peaks > 0, maps / tf.where(peaks > 0, peaks, 1.0), maps)
 
     conv_shape = conv_layer.output.shape[1:]
     compiled = tf.function(heatmaps, input_signature=[

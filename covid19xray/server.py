@@ -177,8 +177,8 @@ def create_app(service, max_upload_mb=MAX_UPLOAD_MB, max_files=MAX_FILES):
                 return _error(413, f"{len(parts)} files in one request; at most {max_files}")
             for part in parts:
                 uploads.append((part.filename or "(no name)", part.stream.read()))
-        finally:
-            for part in request.files.values():
+        finally:  # every part, under any field name: Werkzeug spools large ones to files
+            for _, part in request.files.items(multi=True):
                 part.close()
         return jsonify(strict_json(service.classify(uploads)))
 
