@@ -50,6 +50,9 @@ RECALIBRATION_ATTR, RECALIBRATION_MEMBER = ("covid19_recalibration",
 # 1,000 training images' descriptions, about 20 MB). Larger is not ours, and is never read.
 MAX_TEXT_BYTES = 64 * 1024
 MAX_ARRAY_BYTES = 64 * 1024 * 1024
+# The whole file, before Keras reads it (its own `model_config` and weights, which nothing else
+# bounds): train_covid19.py's models are 60 MB, with the check at most 80.
+MAX_MODEL_FILE_BYTES = 1 << 30
 # What each array of the input check's member may be: its dtype kinds and dimensions.
 NPY_ARRAYS = {"reference.npy": ("f", 2), "metadata.npy": ("u", 1)}
 # What h5py raises for a damaged file, besides OSError: a bad version number or checksum in a
@@ -351,6 +354,11 @@ def load_classifier(path):
         # no other loader ever reads the file (a file can parse as a zip and as HDF5 at once)
         raise UserError(f"--model {path!r} must be a model file named .h5, .hdf5 or .keras, as "
                         "train_covid19.py saves it")
+    size = os.stat(path).st_size
+    if size > MAX_MODEL_FILE_BYTES:
+        raise UserError(f"--model {path!r} is {size / 2**30:.1f} GiB, over the limit of "
+                        f"{MAX_MODEL_FILE_BYTES >> 30} GiB: not a model train_covid19.py saved "
+                        "(about 60 MB)")
     class_names = read_class_names(path)
     try:
         model = keras.models.load_model(path, compile=False)

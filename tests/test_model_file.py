@@ -399,3 +399,16 @@ def test_a_damaged_weights_file_is_one_line_for_train_and_the_audit(trained, tmp
         assert "\n" not in str(err.value) and "is not a VGG16 no-top weights file" in str(err.value)
         refused += 1
     assert refused == 5
+
+
+def test_a_model_file_over_the_size_bound_is_refused_unread(tmp_path):
+    """Keras reads its own parts of a model file (its config, the weights) with no bound of
+    ours; the file's size bounds them, checked before a byte is read (a sparse file here)."""
+    from covid19xray.model_file import MAX_MODEL_FILE_BYTES
+
+    path = tmp_path / "huge.h5"
+    with open(path, "wb") as f:
+        f.truncate(MAX_MODEL_FILE_BYTES + 1)
+    code, _, err = run_main(predict_covid19.main, ["--model", str(path), "--export",
+                                                   str(tmp_path / "e")])
+    assert_one_line_error(code, err, "predict_covid19.py", "over the limit of 1 GiB")
