@@ -14,15 +14,6 @@ output depends on:
    `make_joint_extractor`, the whole image's features and its description for the input check
    (`description_output`) from one pass.
 
-How the input check describes an image (`description_output`): the frozen VGG16 is read at its
-five pooling layers. Of each, the mean and the standard deviation of every channel over the
-image (what textures are there, and how much they vary), and the fourth pooling layer's
-channels averaged over the image's four quarters (where they are: a lateral film and a frontal
-one share textures, not their layout). Each part is square-rooted (activations are
-non-negative, and a few strong channels would otherwise drown the rest), scaled to unit length,
-and the parts are joined with equal weight. The description costs nothing beyond the forward
-pass that predicts: the pooled values are read off layers the model computes anyway.
-
 The feature extractor computes only the region of the image that the head reads. The tutorial's
 `AveragePooling2D(4x4)` on VGG16's 7x7 output uses "valid" pooling, so it reads only the
 top-left 4x4 cells; those depend only on the top-left 218x218 pixels and, after each of VGG16's

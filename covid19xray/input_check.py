@@ -10,8 +10,14 @@ and every prediction says one of three things:
 - `rejected`: not classified: farther than `REJECT_FACTOR` times that. It looks like no frontal
   chest X-ray the model knows: a photograph, a page, a blank or noise image, a CT or MR slice.
 
-Each image is described by `frozen.description_output` (the frozen VGG16's pooling layers,
-read in the forward pass the model runs anyway). The distance of an image to the training
+Each image is described by `frozen.description_output`: the frozen VGG16 is read at its five
+pooling layers. Of each, the mean and the standard deviation of every channel over the image
+(what textures are there, and how much they vary), and the fourth pooling layer's channels
+averaged over the image's four quarters (where they are: a lateral film and a frontal one share
+textures, not their layout). Each part is square-rooted (activations are non-negative, and a
+few strong channels would otherwise drown the rest), scaled to unit length, and the parts are
+joined with equal weight. It costs nothing beyond the forward pass that predicts: the pooled
+values are read off layers the model computes anyway. The distance of an image to the training
 images is the Euclidean distance of its description to the nearest training image's
 (`InputCheck.distances`). Its unit, `scale`, is the median distance of a training image to its
 nearest other training image: the thresholds are 1.4 and 1.7 of it.
