@@ -104,16 +104,23 @@ def model_record(model_path, model_file, report_path=None, audit_path=None):
     missing, notes = [], []
     training = None
     path = report_path or os.path.join(os.path.dirname(os.path.abspath(model_path)), REPORT_FILE)
-    if report_path or os.path.isfile(path):
-        training = _training(read_json_file(path, "--report"))
+    if not (report_path or os.path.lexists(path)):
+        missing.append("no training report (report.json beside the model)")
+    else:
+        try:
+            training = _training(read_json_file(path, "--report"))
+        except UserError as err:
+            if report_path:  # named: the user means it
+                raise
+            missing.append("no training report: the one beside the model cannot be used "
+                           f"({str(err).removeprefix('--report ')})")
+    if training is not None:
         if training["sha256"] and training["sha256"] != sha256:
             notes.append(f"{os.path.basename(path)} was written for another model file (its "
                          "SHA-256 differs): a copy trained again, or recalibrated")
         if training["class_names"] != model_file.class_names:
             notes.append(f"{os.path.basename(path)} names classes {training['class_names']}, "
                          f"the model {model_file.class_names}")
-    else:
-        missing.append("no training report (report.json beside the model)")
     if training is not None and not training["external"]:
         missing.append("no external test")
     audit = None

@@ -336,3 +336,15 @@ def check_the_page_in_chromium(url, shipped_model, tmp_path):
             assert outside == []
         finally:
             browser.close()
+
+
+def test_a_damaged_report_beside_the_model_is_said_and_the_page_still_serves(shipped_model,
+                                                                             tmp_path):
+    model = shutil.copy(shipped_model["model"], str(tmp_path / "covid19.h5"))
+    (tmp_path / "report.json").write_text("{not json")
+    service = serve_covid19.load_service(serve_covid19.parse_args(["--model", model]))
+    record = service_client(service).get("/api/model").get_json()
+    assert record["training"] is None
+    assert record["missing"][0].startswith("no training report: the one beside the model "
+                                           "cannot be used (")
+    assert "not JSON" in record["missing"][0]
