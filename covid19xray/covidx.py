@@ -17,6 +17,7 @@ import stat
 import sys
 
 from .cli import UserError, shown
+from .preflight import read_regular
 
 SPLITS = ("train", "test")
 # Far above COVIDx's own label files (about 3 MB for 30,000 images): not a label file beyond.
@@ -68,14 +69,9 @@ def read_label_file(path):
     """The text of a label file: a regular file of at most MAX_LABEL_FILE_BYTES, UTF-8 (a
     byte-order mark read as the marker it is), no NUL, no line over MAX_LINE_CHARS; anything
     else is a `UserError`, not a label file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as err:
-        raise UserError(f"{shown(path)!r}: cannot be read ({err.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise UserError(f"{shown(path)!r} is not a regular file, not a COVIDx label file")
-        data = f.read(MAX_LABEL_FILE_BYTES + 1)
+    data, why = read_regular(path, MAX_LABEL_FILE_BYTES)
+    if data is None:
+        raise UserError(f"{shown(path)!r} {why}, not a COVIDx label file")
     if len(data) > MAX_LABEL_FILE_BYTES:
         raise UserError(f"{shown(path)!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB: not a "
                         "COVIDx label file")

@@ -8,9 +8,12 @@ every problem one line in seconds, not a traceback after minutes of work.
   temporary folder has room for the decoded images, and the manifests can be read.
 - `check_paths`: all of a run's, for train_covid19.py and audit_covid19.py (`outputs` then
   writes them).
+- `read_regular`: a small input (a report, a label file) read whole with a bound, and only
+  when it is a regular file: a FIFO named as one would block the run.
 """
 
 import os
+import stat
 
 from .cli import UserError, shown
 from .images import list_images
@@ -142,3 +145,21 @@ def check_output_folder(folder, flag, source=None, source_flag=None):
     if not os.access(existing, os.W_OK):
         raise UserError(f"{flag} {folder!r} is not writable" if existing == os.path.abspath(folder)
                         else f"{flag} {folder!r} cannot be created: {existing!r} is not writable")
+
+
+def read_regular(path, max_bytes):
+    """(the bytes of the regular file at `path`, None), read with a bound (at most
+    `max_bytes` + 1, so that a larger file shows as one), or (None, why it cannot be read).
+    Opened without blocking and checked from the open descriptor: the file checked is the file
+    read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        return None, f"cannot be read ({err.strerror or err})"
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None, "is not a regular file (a FIFO, device, socket or folder)"
+        try:
+            return f.read(max_bytes + 1), None
+        except OSError as err:
+            return None, f"cannot be read ({err.strerror or err})"

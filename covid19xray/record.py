@@ -6,10 +6,10 @@ and from an `audit.json` audit_covid19.py wrote; whatever is missing is said, ne
 
 import json
 import os
-import stat
 
 from .building import file_sha256
 from .cli import UserError, shown
+from .preflight import read_regular
 
 # report.json and audit.json are a few hundred kB; a bound keeps a wrong file from filling memory
 MAX_RECORD_BYTES = 32 << 20
@@ -19,15 +19,9 @@ REPORT_FILE = "report.json"
 def read_json_file(path, flag):
     """The JSON object in the regular file at `path` (at most MAX_RECORD_BYTES); a `UserError`
     naming `flag` for anything else."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as err:
-        raise UserError(f"{flag} {shown(path)!r}: cannot be read ({err.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{flag} {shown(path)!r}: not a regular file")
-        data = f.read(MAX_RECORD_BYTES + 1)
+    data, why = read_regular(path, MAX_RECORD_BYTES)
+    if data is None:
+        raise UserError(f"{flag} {shown(path)!r} {why}")
     if len(data) > MAX_RECORD_BYTES:
         raise UserError(f"{flag} {shown(path)!r}: over {MAX_RECORD_BYTES >> 20} MiB, not a "
                         "report this project wrote")
