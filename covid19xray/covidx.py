@@ -72,9 +72,6 @@ def read_label_file(path):
     data, why = read_regular(path, MAX_LABEL_FILE_BYTES)
     if data is None:
         raise UserError(f"{shown(path)!r} {why}, not a COVIDx label file")
-    if len(data) > MAX_LABEL_FILE_BYTES:
-        raise UserError(f"{shown(path)!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB: not a "
-                        "COVIDx label file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

@@ -148,18 +148,22 @@ def check_output_folder(folder, flag, source=None, source_flag=None):
 
 
 def read_regular(path, max_bytes):
-    """(the bytes of the regular file at `path`, None), read with a bound (at most
-    `max_bytes` + 1, so that a larger file shows as one), or (None, why it cannot be read).
-    Opened without blocking and checked from the open descriptor: the file checked is the file
-    read."""
+    """(the bytes of the regular file at `path`, None) when it holds at most `max_bytes`, or
+    (None, why it cannot be read: not there, not a regular file, larger). Read with the bound
+    (at most `max_bytes` + 1), opened without blocking and checked from the open descriptor:
+    the file checked is the file read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
         return None, f"cannot be read ({err.strerror or err})"
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a folder
+        os.close(fd)
+        return None, "is not a regular file (a FIFO, device, socket or folder)"
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None, "is not a regular file (a FIFO, device, socket or folder)"
         try:
-            return f.read(max_bytes + 1), None
+            data = f.read(max_bytes + 1)
         except OSError as err:
             return None, f"cannot be read ({err.strerror or err})"
+    if len(data) > max_bytes:
+        return None, f"is larger than {max_bytes / 2**20:g} MiB"
+    return data, None

@@ -22,9 +22,6 @@ def read_json_file(path, flag):
     data, why = read_regular(path, MAX_RECORD_BYTES)
     if data is None:
         raise UserError(f"{flag} {shown(path)!r} {why}")
-    if len(data) > MAX_RECORD_BYTES:
-        raise UserError(f"{flag} {shown(path)!r}: over {MAX_RECORD_BYTES >> 20} MiB, not a "
-                        "report this project wrote")
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:

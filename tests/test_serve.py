@@ -200,6 +200,7 @@ def test_serve_refuses_bad_input_in_one_line(shipped_model, tmp_path):
         (["--model", shipped_model["model"], "--report", str(tmp_path / "none.json")],
          "--report"),
         (["--model", shipped_model["model"], "--audit", shipped_model["model"]], "--audit"),
+        (["--model", shipped_model["model"], "--audit", str(tmp_path)], "not a regular file"),
     ]
     for argv, phrase in cases:
         code, out, err = run_main(serve_covid19.main, argv)
