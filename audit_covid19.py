@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 
+from covid19xray.auc_interval import auc_with_interval, macro_auc_with_interval
 from covid19xray.audit_output import (
     VARIANTS,
     plot_audit,
@@ -52,8 +53,8 @@ from covid19xray.confounds import (
     find_duplicates,
     measure,
 )
-from covid19xray.external_test import check_classes, load_external, sources_of
-from covid19xray.extractor import make_extractors, make_whole_extractor
+from covid19xray.external_test import check_classes, load_external
+from covid19xray.extractor import make_extractors
 from covid19xray.head import (
     compile_head,
     fit_head,
@@ -62,20 +63,19 @@ from covid19xray.head import (
     training_batches,
 )
 from covid19xray.input_check import REJECTED, fit_input_check
-from covid19xray.input_check_report import input_check_report
 from covid19xray.layout import load_dataset
 from covid19xray.lungs import find_lungs, lung_box
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, load_vgg16
+from covid19xray.plots import save_figure
 from covid19xray.preflight import check_paths
 from covid19xray.progress import progress
 from covid19xray.report import (
-    auc_with_interval,
+    by_source,
     classification_metrics,
     counts_per_class,
-    macro_auc_with_interval,
+    input_check_report,
     run_facts,
-    save_figure,
     write_json,
 )
 from covid19xray.splits import class_counts, cv_folds, encode_labels, patients_of
@@ -270,9 +270,8 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
     # external test's input check reads it): one pass where two were made, the same features
     # with or without --external, and those train --cache-features keeps in the same cache.
     # The masked variants pass through the network cropped to what the head reads.
-    whole = make_whole_extractor(config, model)
-    extractors = [whole, *make_extractors(config, model,
-                                          [transforms[name] for name in VARIANTS[1:]])]
+    whole, masked = make_extractors(config, model, [transforms[name] for name in VARIANTS[1:]])
+    extractors = [whole, *masked]
     head = make_head(model)
     # every head of every variant starts from these weights, so that no variant's result
     # depends on the variants (or the external test) before it
@@ -298,8 +297,7 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
                 outcomes)
         screened = input_check_report(outcomes, external_set.onehot.argmax(axis=1),
                                       external_probes[VARIANTS[0]]["probabilities"],
-                                      folds.class_names,
-                                      sources_of(external_set.folder, external_set.paths))
+                                      folds.class_names, external_set.sources)
     if config.cache_folder is not None:
         # as before: each variant's features, then the descriptions
         print(cache_line([e.caches[0] for e in extractors] + list(whole.caches[1:])))
@@ -311,7 +309,7 @@ def probe_variants(config, base_model, images, paths, folds, lungs, external_set
 def check_external_inputs(config, whole, images, paths, external_set):
     """What the input check, fitted on every image of --dataset (the images the external heads
     train on), says of each external image: its outcome. `whole` describes the images
-    (`extractor.make_whole_extractor`)."""
+    (`extractor.make_extractors`)."""
     input_check = fit_input_check(whole.outputs(images, paths)[1], config.seed)
     descriptions = whole.outputs(external_set.store, external_set.paths)[1]
     return input_check.outcomes(input_check.distances(descriptions))
@@ -330,7 +328,8 @@ def probe_externally(config, head, initial, features, onehot, external_set, exte
                                    f"{name} head on every image")[n:]
     true_classes = external_set.onehot.argmax(axis=1)
     result = probe(true_classes, probabilities, class_names, config.seed)
-    result["by_source"] = external_set.by_source(probabilities, class_names)
+    result["by_source"] = by_source(external_set.sources, true_classes, probabilities,
+                                    class_names)
     accepted = np.array([outcome != REJECTED for outcome in outcomes])
     result["accepted_by_input_check"] = (
         probe(true_classes[accepted], probabilities[accepted], class_names, config.seed)

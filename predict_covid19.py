@@ -53,10 +53,9 @@ from covid19xray.cli import (
 from covid19xray.config import MODEL_FILE, PRECISION, PRECISIONS, Config, add_flags, flag
 from covid19xray.evaluation import report_on
 from covid19xray.export import export_saved_model, export_tflite, with_recalibration
-from covid19xray.external_test import by_source, print_by_source, sources_of
+from covid19xray.external_test import sources_of
 from covid19xray.images import damage_warning, list_images, read_bytes, save_image, skip_warning
 from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING
-from covid19xray.input_check_report import input_check_report, print_input_check_report
 from covid19xray.layout import is_mask, label_of
 from covid19xray.manifest import MANIFEST
 from covid19xray.prediction import (
@@ -76,7 +75,14 @@ from covid19xray.preflight import (
     check_output_path,
 )
 from covid19xray.progress import progress, say
-from covid19xray.report import versions, write_json
+from covid19xray.report import (
+    by_source,
+    input_check_report,
+    print_by_source,
+    print_input_check_report,
+    versions,
+    write_json,
+)
 from covid19xray.writing import (
     Background,
     commit_outputs,
@@ -201,17 +207,17 @@ def labelled_report(config, class_names, done, truth, input_check):
     # split by source when a folder given has a manifest (external/ does)
     folder = next((item for item in config.images if os.path.isdir(item)
                    and os.path.isfile(os.path.join(item, MANIFEST))), None)
-    sources = None if folder is None else by_source(folder, paths, true_classes,
-                                                    probabilities, class_names)
-    print_by_source(sources, folder, class_names)
+    sources = None if folder is None else sources_of(folder, paths)
+    results_by_source = by_source(sources, true_classes, probabilities, class_names)
+    print_by_source(results_by_source, folder, class_names)
     screened = None
     if input_check is not None:
         screened = input_check_report(done.outcomes, true_classes, probabilities, class_names,
-                            None if folder is None else sources_of(folder, paths))
+                                      sources)
         print_input_check_report(screened, class_names)
     return {"model": config.model, "inputs": list(config.images), "files": paths,
             "counts": {name: int((true_classes == i).sum()) for i, name in enumerate(class_names)},
-            "class_names": class_names, **results, "by_source": sources,
+            "class_names": class_names, **results, "by_source": results_by_source,
             "input_check": screened, "versions": versions()}
 
 

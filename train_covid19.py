@@ -30,14 +30,14 @@ import sys
 import numpy as np
 
 from covid19xray.cache import cache_line
-from covid19xray.calibration import plot_calibration
 from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.config import MODEL_FILE, RunConfig, add_flags, flag
 from covid19xray.cost import estimate_cost
 from covid19xray.evaluation import report_on, test_on_external
 from covid19xray.external_test import check_external_folders
-from covid19xray.extractor import Extractor, make_extractors, make_whole_extractor
+from covid19xray.extractor import Extractor, make_extractors
 from covid19xray.head import (
+    balanced_class_weights,
     compile_head,
     epoch_batches,
     fit_head,
@@ -51,17 +51,14 @@ from covid19xray.layout import load_dataset
 from covid19xray.manifest import MANIFEST
 from covid19xray.model import build_model, load_vgg16
 from covid19xray.model_file import MODEL_SUFFIXES, save_model
+from covid19xray.plots import plot_calibration, plot_history, plot_roc, save_figure
 from covid19xray.preflight import check_paths
 from covid19xray.report import (
     counts_per_class,
-    plot_history,
-    plot_roc,
     run_facts,
-    save_figure,
     write_json,
 )
 from covid19xray.splits import (
-    balanced_class_weights,
     check_batch_size,
     encode_labels,
     holdout_split,
@@ -194,12 +191,12 @@ def frozen_base(config, model):
     input check (every one with --cache-features, the external ones) passes through VGG16
     once for both. Every cache is made, and its folders checked, here, before any image passes
     through VGG16."""
-    whole = make_whole_extractor(config, model)
     if config.cache_features:
+        whole, _ = make_extractors(config, model)
         unchanged, rotated = whole, None
     else:
-        unchanged, rotated = make_extractors(config, model,
-                                             [UNCHANGED, Rotation(seed=config.seed)])
+        whole, (unchanged, rotated) = make_extractors(config, model,
+                                                      [UNCHANGED, Rotation(seed=config.seed)])
     # with --cache-features, `unchanged` is `whole`: its caches counted once
     used = [unchanged] + ([rotated] if rotated is not None else []) + (
         [whole] if whole is not unchanged else [])

@@ -12,24 +12,26 @@ Read the scripts first: they follow the tutorial step by step and call into thes
   VGG16's features, in a precision, cropped to what the head reads; the input check's
   description of an image; the cache's key, from `code_digest`), with `transforms` (rotation,
   masks); `extractor`, the scheduling around it; `cost`, what a run's VGG16 work will cost.
-- `head`: the head that learns, on the frozen base's features: its batches, compile and fit.
+- `head`: the head that learns, on the frozen base's features: its batches, class weights,
+  compile and fit.
 - `model`: VGG16 (loaded seeded) with the tutorial's head, precision; `model_file`: everything
   this project keeps in a model file; `h5attributes`: its text attributes, sized before read.
 - `prediction`: from a film's bytes to what the model says of it, Grad-CAM included (predict
   and the page); `server`, `record` and `page/`: the local page (serve_covid19.py).
-- `input_check`, `input_check_report`: the check of predict's inputs against the training
-  images, and its counts in a labelled report.
+- `input_check`: the check of predict's inputs against the training images.
 - `calibration`: whether the probabilities mean what they say (Brier, ECE, intercept and
-  slope), the reliability diagram, and the recalibration for a new site.
+  slope), and the recalibration for a new site.
 - `evaluation`: a labelled set's report as every script prints it, and train's external test;
   `external_test`: a labelled folder from elsewhere (its classes, identical files, shared
-  patients, results by source).
+  patients, where each image comes from).
 - `splits`: the class encoding, the 80/20 holdout split, cross-validation folds, patients.
-- `lungs`, `confounds`, `audit_output`: the audit's lung masks or box, its confounds and
-  near-duplicates, and what it prints and draws.
+- `lungs`, `confounds`, `auc_interval`, `audit_output`: the audit's lung masks or box, its
+  confounds and near-duplicates, its AUCs with their bootstrap intervals, and what it prints
+  and draws.
 - `config`: the tutorial's hyperparameters and every script's flags, one field each.
 - `preflight`: every path a script reads or writes, checked before any slow work.
-- `report`: metrics with their 95% intervals, the plots, the JSON reports.
+- `report`: a labelled test's metrics with their 95% intervals, by source and by the input
+  check's outcome, as printed and as the JSON reports hold them; `plots`: train's figures.
 - `writing`: atomic and locked outputs, writes in a thread; `spreadsheet`: CSV cells that stay
   text.
 - `manifest`, `building`, `fetch`, `covidx`: the dataset's manifest, the builders' copy step,

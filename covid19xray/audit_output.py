@@ -7,10 +7,9 @@ import numpy as np
 
 from .cli import shown
 from .confounds import CONFOUND_AUC
-from .external_test import describe_by_source
-from .input_check_report import print_counts
 from .lungs import lung_box
 from .manifest import MANIFEST
+from .report import describe_by_source, print_counts
 
 # What each variant of an image is: the image as it is, the lung box blacked out, all but it.
 VARIANTS = ("full", "lungs_hidden", "lungs_only")

@@ -177,35 +177,6 @@ def print_calibration(result):
               f"{describe_interval('slope', m['slope'])}")
 
 
-def plot_calibration(sets, class_names, positive=0):
-    """The reliability diagram: for each set ({name: (true classes, probabilities)}), the mean
-    probability against how often the class was true, per bin; with two classes the positive
-    class's, with more one panel per class against the rest."""
-    import matplotlib.pyplot as plt
-
-    shown_classes = [positive] if len(class_names) == 2 else list(range(len(class_names)))
-    with plt.style.context("ggplot"):
-        fig, axes = plt.subplots(1, len(shown_classes), figsize=(5 * len(shown_classes), 5),
-                                 squeeze=False)
-        for ax, c in zip(axes[0], shown_classes):
-            ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="calibrated")
-            for name, (true_classes, probabilities) in sets.items():
-                _, bins = expected_calibration_error(np.asarray(true_classes) == c,
-                                                     np.asarray(probabilities)[:, c])
-                kept = [row for row in bins if row[1]]
-                ax.plot([row[2] for row in kept], [row[3] for row in kept], marker="o",
-                        label=f"{name} ({len(true_classes)})")
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
-            ax.set_xlabel(f"mean predicted probability of {class_names[c]}")
-            ax.set_ylabel(f"share that were {class_names[c]}")
-            ax.set_title(f"Calibration: {class_names[c]}"
-                         + ("" if len(class_names) == 2 else " against the rest"))
-            ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
-    return fig
-
-
 # ---------------------------------------------------------------------------------------------
 # Recalibration for a new site
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import dataclasses
 import cv2
 import numpy as np
 
+from .auc_interval import auc_with_interval
 from .progress import progress
-from .report import auc_with_interval
 
 # Near copies: perceptual hashes at most this many bits of 64 apart (the candidates), whose
 # 64x64 grey versions correlate at least this much (the confirmation).

@@ -8,10 +8,16 @@ import dataclasses
 import numpy as np
 
 from .calibration import calibration, print_calibration
-from .external_test import load_external, print_by_source, sources_of
+from .external_test import load_external
 from .head import head_probabilities
-from .input_check_report import input_check_report, print_input_check_report
-from .report import classification_metrics, print_evaluation
+from .report import (
+    by_source,
+    classification_metrics,
+    input_check_report,
+    print_by_source,
+    print_evaluation,
+    print_input_check_report,
+)
 from .splits import class_counts
 
 
@@ -50,12 +56,12 @@ def test_on_external(folder, dataset, seed, head, extractors, split, input_check
     probabilities = head_probabilities(head, extF)
     true_classes = external_set.onehot.argmax(axis=1)
     results = report_on(true_classes, probabilities, split.class_names, split.positive, seed)
-    by_source = external_set.by_source(probabilities, split.class_names)
-    print_by_source(by_source, folder, split.class_names)
+    sources = by_source(external_set.sources, true_classes, probabilities, split.class_names)
+    print_by_source(sources, folder, split.class_names)
     screened = input_check_report(input_check.outcomes(input_check.distances(descriptions)),
-                         true_classes, probabilities, split.class_names,
-                         sources_of(folder, external_set.paths), split.positive)
+                                  true_classes, probabilities, split.class_names,
+                                  external_set.sources, split.positive)
     print_input_check_report(screened, split.class_names)
     return ExternalTest({**external_set.facts(dataset, split.class_names), **results,
-                         "by_source": by_source, "input_check": screened},
+                         "by_source": sources, "input_check": screened},
                         true_classes, probabilities)

@@ -10,11 +10,11 @@ folder's shape (one folder of images per class) and is checked before it is used
   training;
 - `load_external`: its images, minus any byte-identical to an image of `--dataset` (such a file
   is not external: refused, counted and named), with their one-hot labels in the model's order,
-  as an `ExternalSet`, whose `facts` and `by_source` every external report (train's, the
-  audit's) begins with;
+  as an `ExternalSet`, whose `facts` every external report (train's, the audit's) begins with;
 - `patients_shared_with_dataset`: with a `manifest.csv` on both sides, the patients both hold;
-- `by_source`: with a `manifest.csv`, the test split by where each image comes from (`nih`,
-  `cohen`): a specificity over 101 normals says little if 98 of them are from one hospital.
+- `sources_of`: with a `manifest.csv`, where each image comes from (`nih`, `cohen`), which
+  the report breaks its metrics down by (`report.by_source`): a specificity over 101 normals
+  says little if 98 of them are from one hospital.
 """
 
 import dataclasses
@@ -25,8 +25,8 @@ import numpy as np
 
 from .cli import UserError, shown
 from .layout import class_folders, load_dataset
-from .manifest import MANIFEST, manifest_key, patients_in_both, read_manifest
-from .report import counts_per_class, metric, metric_line
+from .manifest import manifest_key, patients_in_both, read_manifest
+from .report import counts_per_class
 
 
 def check_classes(folder, class_names, flag="--external"):
@@ -48,13 +48,14 @@ def check_classes(folder, class_names, flag="--external"):
 @dataclasses.dataclass
 class ExternalSet:
     """The usable images of an external folder: the `ImageStore` holding them, their paths,
-    their one-hot labels in the model's class order, and the files refused as copies of
-    --dataset's."""
+    their one-hot labels in the model's class order, where each comes from (`sources_of`),
+    and the files refused as copies of --dataset's."""
 
     folder: str
     store: object
     paths: list
     onehot: np.ndarray
+    sources: list | None
     refused: list
 
     def close(self):
@@ -63,18 +64,14 @@ class ExternalSet:
     def facts(self, dataset, class_names):
         """What every external report says first: its files, counts, refused copies and the
         patients it shares with `dataset`."""
+        shared = patients_shared_with_dataset(dataset, self.folder)
         return {
             "files": [os.path.relpath(path, self.folder) for path in self.paths],
             "counts": counts_per_class(self.onehot, class_names),
             "refused_identical_to_dataset": [os.path.relpath(path, self.folder)
                                              for path in self.refused],
-            "patients_shared_with_dataset": patients_shared_with_dataset(dataset, self.folder),
+            "patients_shared_with_dataset": shared,
         }
-
-    def by_source(self, probabilities, class_names):
-        """`by_source` of this test's `probabilities`."""
-        return by_source(self.folder, self.paths, self.onehot.argmax(axis=1), probabilities,
-                         class_names)
 
 
 def load_external(folder, class_names, training_digests, flag="--external"):
@@ -101,7 +98,7 @@ def load_external(folder, class_names, training_digests, flag="--external"):
     label = dict(zip(paths, labels))
     onehot = np.array([[label[path] == name for name in class_names] for path in kept],
                       dtype="float32")
-    return ExternalSet(folder, images, kept, onehot, refused)
+    return ExternalSet(folder, images, kept, onehot, sources_of(folder, kept), refused)
 
 
 def patients_shared_with_dataset(dataset, folder):
@@ -127,55 +124,6 @@ def sources_of(folder, paths):
         return None
     return [(manifest.get(manifest_key(path, folder)) or {}).get("source") or "unknown"
             for path in paths]
-
-
-def by_size(sources):
-    """The distinct sources of an array of them, the largest first (then by name)."""
-    return sorted(set(sources), key=lambda s: (-int((sources == s).sum()), s))
-
-
-def by_source(folder, paths, true_classes, probabilities, class_names):
-    """{source: {"counts", "recall" of each class, and with two classes "sensitivity" and
-    "specificity"}} of an external test, from `folder`'s manifest; None without one."""
-    sources = sources_of(folder, paths)
-    if sources is None:
-        return None
-    sources, predicted = np.array(sources), np.asarray(probabilities).argmax(axis=1)
-    true_classes = np.asarray(true_classes)
-    results = {}
-    for source in by_size(sources):
-        mine = sources == source
-        recall = {name: metric(int((mine & (true_classes == i) & (predicted == i)).sum()),
-                               int((mine & (true_classes == i)).sum()))
-                  for i, name in enumerate(class_names)}
-        results[source] = {"counts": {name: m["trials"] for name, m in recall.items()},
-                           "recall": recall}
-        if len(class_names) == 2:
-            results[source]["sensitivity"] = recall[class_names[0]]
-            results[source]["specificity"] = recall[class_names[1]]
-    return results
-
-
-def describe_by_source(results, class_names):
-    """One line per source: its counts and each defined metric with its interval."""
-    lines = []
-    for source, result in results.items():
-        counts = ", ".join(f"{shown(name)} {n}" for name, n in result["counts"].items() if n)
-        if len(class_names) == 2:
-            named = [("sensitivity", result["sensitivity"]), ("specificity", result["specificity"])]
-        else:
-            named = [(f"{shown(name)} recall", m) for name, m in result["recall"].items()]
-        metrics = ", ".join(metric_line(name, m) for name, m in named if m["trials"])
-        lines.append(f"  {shown(source)} ({counts}): {metrics}")
-    return lines
-
-
-def print_by_source(results, folder, class_names):
-    """`by_source`'s `results` of a test on `folder`, under a heading (nothing without a
-    manifest)."""
-    if results:
-        print(f"by source ({shown(os.path.join(folder, MANIFEST))}):")
-        print("\n".join(describe_by_source(results, class_names)))
 
 
 def check_external_folders(dataset, folders, class_names):

@@ -159,37 +159,33 @@ def time_own_batches(batches, keep, extract):
     return (time.perf_counter() - start) / len(first)
 
 
-def _caches(config, configurations, names):
-    """A `FeatureCache` per key in `configurations` (`frozen.cache_configuration`), each named
-    for the cache line; () with --no-cache."""
-    if config.cache_folder is None:
-        return ()
-    return tuple(FeatureCache(config.cache_folder, configuration, what=name)
-                 for configuration, name in zip(configurations, names))
+def make_extractors(config, model, transforms=()):
+    """The run's extractors, all made, and every cache's folders checked, before any image
+    passes through VGG16 (`config` is a `config.RunConfig`):
 
+    - the whole image's: its features and its description for the input check from one pass
+      (`frozen.make_joint_extractor`), each kept in its own cache and, for this run, in
+      memory: asked for one, then the other, an image passes through VGG16 once;
+    - one per transform of `transforms`: `model`'s features, cropped to what the head reads,
+      each with its cache.
 
-def make_extractors(config, model, transforms):
-    """One `Extractor` of `model`'s features, cropped to what the head reads, per transform,
-    each with its cache: all made, their folders checked, before any image passes through
-    VGG16. `config` is a `config.RunConfig`."""
-    extract, crops = make_feature_extractor(model, config.precision)
+    Returns (the whole image's, [one per transform])."""
+    joint = make_joint_extractor(model, config.precision)
+    cropped, crops = (make_feature_extractor(model, config.precision) if transforms
+                      else (None, {}))
     # every key first, then every cache
-    configurations = [cache_configuration(model, crops, config.precision, transform)
-                      for transform in transforms]
-    caches = _caches(config, configurations, [transform.entries for transform in transforms])
-    return [Extractor(extract, config.batch_size, transform, caches[n:n + 1],
-                      "VGG16 features" + (f" ({transform.label})" if transform.label else ""))
-            for n, transform in enumerate(transforms)]
-
-
-def make_whole_extractor(config, model):
-    """The features and descriptions of images as they are, from one pass of the whole image
-    for both (`frozen.make_joint_extractor`), each kept in its own cache and, for this run, in
-    memory: asked for one, then the other, an image passes through VGG16 once."""
-    extract = make_joint_extractor(model, config.precision)
     configurations = [cache_configuration(model, {}, config.precision),
-                      cache_configuration(model, {}, config.precision, output="description")]
-    caches = _caches(config, configurations,
-                     ["whole image(s)", "input check description(s)"])
-    return Extractor(extract, config.batch_size, UNCHANGED, caches,
-                     "VGG16 features and descriptions", remember=True)
+                      cache_configuration(model, {}, config.precision, output="description"),
+                      *[cache_configuration(model, crops, config.precision, transform)
+                        for transform in transforms]]
+    names = ["whole image(s)", "input check description(s)",
+             *[transform.entries for transform in transforms]]
+    caches = () if config.cache_folder is None else tuple(
+        FeatureCache(config.cache_folder, configuration, what=name)
+        for configuration, name in zip(configurations, names))
+    whole = Extractor(joint, config.batch_size, UNCHANGED, caches[:2],
+                      "VGG16 features and descriptions", remember=True)
+    return whole, [Extractor(cropped, config.batch_size, transform, caches[2 + n:3 + n],
+                             "VGG16 features" + (f" ({transform.label})" if transform.label
+                                                 else ""))
+                   for n, transform in enumerate(transforms)]

@@ -1,5 +1,6 @@
 """The head that learns: the tutorial's Dense, Dropout, Dense on the frozen base's features,
-its training batches, and its compile and fit.
+its training batches (and, with --class-weight balanced, each class's weight), and its compile
+and fit.
 
 Nothing here decides a cached feature (`frozen` does), so nothing here is part of the feature
 cache's key: editing the optimizer, the loss or the batches keeps every cached feature.
@@ -79,6 +80,17 @@ def epoch_batches(features, labels, batch_size, seed):
 # ---------------------------------------------------------------------------------------------
 # Compile and fit
 # ---------------------------------------------------------------------------------------------
+
+
+def balanced_class_weights(onehot):
+    """{class index: weight} that make every class weigh as much in the loss as the largest:
+    images / (classes x images of the class), scikit-learn's `class_weight="balanced"`."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.asarray(onehot).argmax(axis=1)
+    present = np.unique(classes)
+    weights = compute_class_weight("balanced", classes=present, y=classes)
+    return {int(c): float(w) for c, w in zip(present, weights)}
 
 
 def make_optimizer(lr, epochs):

@@ -1,23 +1,30 @@
-"""Metrics with their uncertainty, the plots, and the JSON reports.
+"""A labelled test's report: its metrics with their uncertainty, broken down by source and by
+the input check's outcome, each computed and printed here; and the JSON reports.
 
 Ten test images cannot pin a proportion down, so every proportion comes with its 95% Wilson
 score interval (SciPy's `binomtest(...).proportion_ci(method="wilson")`): 5 of 5 supports a
 sensitivity anywhere from 0.57 to 1. Each is kept as `{"value", "ci95", "successes",
-"trials"}`, the shape both `report.json` and `audit.json` use. The ROC AUC's interval, which the
-audit needs, comes from a bootstrap over images (`scipy.stats.bootstrap`, resampling each class
-on its own, so every resample has both classes).
+"trials"}`, the shape both `report.json` and `audit.json` use.
+
+A test report scores every image, rejected by the input check or not, as it did before the
+check existed: a rejected image never leaves a report silently. `input_check_report` adds,
+beside it, the check's counts (in all, by class, and by source when the folder has a
+manifest) and the same metrics on the images the check accepted (`ok` and
+`unlike_training`). train --external, audit --external and predict --labelled all report
+through it.
 """
 
 import json
 import math
+import os
 import platform
-import warnings
 
 import cv2
 import numpy as np
 
 from .cli import lazy_import, shown
-from .progress import progress
+from .input_check import OK, OUTCOMES, REJECTED, UNLIKE_TRAINING
+from .manifest import MANIFEST
 
 keras = lazy_import("keras")
 tf = lazy_import("tensorflow")
@@ -28,10 +35,6 @@ sklearn = lazy_import("sklearn")
 sklearn_metrics = lazy_import("sklearn.metrics")
 
 CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 2000
-# Resamples computed at once: memory is about 50 bytes x this x the number of images, so an
-# audit of thousands of images stays within tens of MB instead of growing with them.
-BOOTSTRAP_BATCH = 100
 
 
 def wilson(successes, trials):
@@ -161,116 +164,128 @@ def print_evaluation(true_classes, probabilities, class_names, results):
           "AUCs)")
 
 
-def _auc_statistic(positives, negatives, axis=-1):
-    """ROC AUC of `positives` against `negatives` scores (ties count half), along `axis`: the
-    Mann-Whitney U over the product of the two sizes, from ranks, vectorized for the bootstrap."""
-    both = np.concatenate([positives, negatives], axis=axis)
-    ranks = stats.rankdata(both, axis=axis)
-    n_pos, n_neg = positives.shape[axis], negatives.shape[axis]
-    rank_sum = np.take(ranks, np.arange(n_pos), axis=axis).sum(axis=axis)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+# ---------------------------------------------------------------------------------------------
+# By source: where each image of a labelled test comes from
+# ---------------------------------------------------------------------------------------------
 
 
-def auc_with_interval(is_positive, scores, seed=0):
-    """{"value", "ci95"}: the ROC AUC of `scores` for `is_positive`, with a 95% percentile
-    bootstrap interval (each class resampled on its own, BOOTSTRAP_RESAMPLES times)."""
-    is_positive = np.asarray(is_positive, bool)
-    positives, negatives = scores[is_positive], scores[~is_positive]
-    value = float(_auc_statistic(positives, negatives))
-    with warnings.catch_warnings():
-        # classes that every resample separates perfectly give the interval [1, 1]; SciPy
-        # warns that such a distribution is degenerate, which is the point
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        with progress(BOOTSTRAP_RESAMPLES, "AUC bootstrap", unit="resample") as bar:
-            def statistic(positives, negatives, axis=-1):
-                if positives.ndim > 1:  # a batch of resamples, not the data itself
-                    bar.update(int(np.prod(positives.shape[:-1])))
-                return _auc_statistic(positives, negatives, axis)
-
-            result = stats.bootstrap((positives, negatives), statistic, vectorized=True,
-                                           paired=False, n_resamples=BOOTSTRAP_RESAMPLES,
-                                           batch=BOOTSTRAP_BATCH, confidence_level=CONFIDENCE,
-                                           method="percentile",
-                                           random_state=np.random.default_rng(seed))
-    interval = result.confidence_interval
-    return {"value": value, "ci95": [float(interval.low), float(interval.high)]}
+def by_size(sources):
+    """The distinct sources of an array of them, the largest first (then by name)."""
+    return sorted(set(sources), key=lambda s: (-int((sources == s).sum()), s))
 
 
-def macro_auc_with_interval(true_classes, probabilities, seed=0):
-    """{"value", "ci95"}: the mean over the classes of each one's ROC AUC against the rest,
-    with a 95% percentile bootstrap interval (each class resampled on its own, as
-    `auc_with_interval` does, BOOTSTRAP_RESAMPLES times)."""
+def by_source(sources, true_classes, probabilities, class_names):
+    """{source: {"counts", "recall" of each class, and with two classes "sensitivity" and
+    "specificity"}} of a labelled test whose images come from `sources` (`nih`, `cohen`, ...:
+    `external_test.sources_of`); None without them."""
+    if sources is None:
+        return None
+    sources, predicted = np.array(sources), np.asarray(probabilities).argmax(axis=1)
     true_classes = np.asarray(true_classes)
-    members = [np.flatnonzero(true_classes == c) for c in range(probabilities.shape[1])]
+    results = {}
+    for source in by_size(sources):
+        mine = sources == source
+        recall = {name: metric(int((mine & (true_classes == i) & (predicted == i)).sum()),
+                               int((mine & (true_classes == i)).sum()))
+                  for i, name in enumerate(class_names)}
+        results[source] = {"counts": {name: m["trials"] for name, m in recall.items()},
+                           "recall": recall}
+        if len(class_names) == 2:
+            results[source]["sensitivity"] = recall[class_names[0]]
+            results[source]["specificity"] = recall[class_names[1]]
+    return results
 
-    def macro(picks):  # picks[c]: (resamples, images of c) indices
-        aucs = [_auc_statistic(probabilities[picks[c], c],
-                               np.concatenate([probabilities[picks[d], c]
-                                               for d in range(len(picks)) if d != c], axis=-1))
-                for c in range(len(picks))]
-        return np.mean(aucs, axis=0)
 
-    value = float(macro([m[None] for m in members])[0])
-    rng, resampled = np.random.default_rng(seed), []
-    for start in range(0, BOOTSTRAP_RESAMPLES, BOOTSTRAP_BATCH):
-        size = min(BOOTSTRAP_BATCH, BOOTSTRAP_RESAMPLES - start)
-        resampled.append(macro([rng.choice(m, size=(size, len(m))) for m in members]))
-    low, high = np.percentile(np.concatenate(resampled), [2.5, 97.5])
-    return {"value": value, "ci95": [float(low), float(high)]}
+def describe_by_source(results, class_names):
+    """One line per source: its counts and each defined metric with its interval."""
+    lines = []
+    for source, result in results.items():
+        counts = ", ".join(f"{shown(name)} {n}" for name, n in result["counts"].items() if n)
+        if len(class_names) == 2:
+            named = [("sensitivity", result["sensitivity"]), ("specificity", result["specificity"])]
+        else:
+            named = [(f"{shown(name)} recall", m) for name, m in result["recall"].items()]
+        metrics = ", ".join(metric_line(name, m) for name, m in named if m["trials"])
+        lines.append(f"  {shown(source)} ({counts}): {metrics}")
+    return lines
+
+
+def print_by_source(results, folder, class_names):
+    """`by_source`'s `results` of a test on `folder`, under a heading (nothing without a
+    manifest)."""
+    if results:
+        print(f"by source ({shown(os.path.join(folder, MANIFEST))}):")
+        print("\n".join(describe_by_source(results, class_names)))
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots
+# The input check in a test report
 # ---------------------------------------------------------------------------------------------
 
 
-def save_figure(figure, path):
-    """Write `figure` to `path` (PNG) and free it."""
-    import matplotlib.pyplot as plt
-
-    figure.savefig(path, format="png")
-    plt.close(figure)
+def _counts(outcomes):
+    return {outcome: int(sum(o == outcome for o in outcomes)) for outcome in OUTCOMES}
 
 
-def plot_history(history):
-    """The train/val loss and accuracy per epoch, in the tutorial's style, as a figure."""
-    import matplotlib.pyplot as plt
+def input_check_report(outcomes, true_classes, probabilities, class_names, sources=None,
+                       positive=0):
+    """{"counts", "by_class", "by_source" (None without sources), "accepted", "on_accepted"}:
+    the check's outcomes of a labelled test, and the metrics of its accepted images (None when
+    they do not hold every class)."""
+    outcomes, true_classes = np.asarray(outcomes), np.asarray(true_classes)
+    result = {"counts": _counts(outcomes),
+              "by_class": {name: _counts(outcomes[true_classes == i])
+                           for i, name in enumerate(class_names)},
+              "by_source": None}
+    if sources is not None:
+        sources = np.asarray(sources)
+        result["by_source"] = {source: _counts(outcomes[sources == source])
+                               for source in by_size(sources)}
+    accepted = outcomes != REJECTED
+    result["accepted"] = int(accepted.sum())
+    every_class = set(true_classes[accepted].tolist()) == set(range(len(class_names)))
+    result["on_accepted"] = (classification_metrics(true_classes[accepted],
+                                                    np.asarray(probabilities)[accepted],
+                                                    class_names, positive)
+                             if every_class else None)
+    return result
 
-    N = len(history["loss"])
-    with plt.style.context("ggplot"):
-        fig, ax = plt.subplots()
-        ax.plot(np.arange(0, N), history["loss"], label="train_loss")
-        ax.plot(np.arange(0, N), history["val_loss"], label="val_loss")
-        ax.plot(np.arange(0, N), history["accuracy"], label="train_acc")
-        ax.plot(np.arange(0, N), history["val_accuracy"], label="val_acc")
-        ax.set_title("Training Loss and Accuracy on COVID-19 Dataset")
-        ax.set_xlabel("Epoch #")
-        ax.set_ylabel("Loss/Accuracy")
-        ax.legend(loc="lower left")
-    return fig
+
+def describe_counts(counts):
+    """`97 ok, 12 unlike the training images, 1 rejected`."""
+    return (f"{counts[OK]} ok, {counts[UNLIKE_TRAINING]} unlike the training images, "
+            f"{counts[REJECTED]} rejected")
 
 
-def plot_roc(true_classes, probabilities, class_names, positive=0):
-    """The ROC curve on the test split (the positive class's with two classes, one curve per
-    class against the rest with more), with scikit-learn's RocCurveDisplay, which puts each
-    curve's AUC in the legend."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import RocCurveDisplay
+def print_counts(result, heading):
+    """`heading: 97 ok, ...`, then a line per class and per source."""
+    print(f"{heading}: {describe_counts(result['counts'])}")
+    for name, counts in result["by_class"].items():
+        print(f"  {shown(name)} ({sum(counts.values())}): {describe_counts(counts)}")
+    for source, counts in (result["by_source"] or {}).items():
+        print(f"  source {shown(source)} ({sum(counts.values())}): {describe_counts(counts)}")
 
-    shown_classes = ({positive: class_names[positive]} if len(class_names) == 2
-                     else dict(enumerate(class_names)))
-    with plt.style.context("ggplot"):
-        fig, ax = plt.subplots()
-        for n, (c, name) in enumerate(shown_classes.items()):
-            RocCurveDisplay.from_predictions(
-                true_classes == c, probabilities[:, c], ax=ax,
-                name=f"{name} vs rest" if len(shown_classes) > 1 else name,
-                plot_chance_level=(n == len(shown_classes) - 1))
-        ax.set_title("ROC curve on the test split")
-        ax.set_xlabel("False positive rate (1 - specificity)")
-        ax.set_ylabel("True positive rate (sensitivity)")
-        ax.legend(loc="lower right")
-    return fig
+
+def print_input_check_report(result, class_names):
+    """The lines a test report adds for the input check."""
+    print_counts(result, f"input check on these {sum(result['counts'].values())} images")
+    metrics = result["on_accepted"]
+    if metrics is None:
+        print(f"on the {result['accepted']} images it accepted: not every class is among them, "
+              "no metrics")
+        return
+    print(f"on the {result['accepted']} images it accepted (ok or unlike the training images):")
+    print(f"  {metric_line('acc', metrics['accuracy'])}")
+    if len(class_names) == 2:
+        print(f"  {metric_line('sensitivity', metrics['sensitivity'])}")
+        print(f"  {metric_line('specificity', metrics['specificity'])}")
+        print(f"  ROC AUC: {shown_auc(metrics['roc_auc'])}")
+        return
+    for name, m in metrics["per_class"].items():
+        print(f"  {shown(name)}: {metric_line('sensitivity', m['sensitivity'])}, "
+              f"{metric_line('PPV', m['ppv'])}")
+    print(f"  ROC AUC: {shown_auc(metrics['roc_auc'])} (one-vs-rest, the mean of the classes' "
+          "AUCs)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,17 +130,6 @@ def require_patients(dataset, patients):
                         "random")
 
 
-def balanced_class_weights(onehot):
-    """{class index: weight} that make every class weigh as much in the loss as the largest:
-    images / (classes x images of the class), scikit-learn's `class_weight="balanced"`."""
-    from sklearn.utils.class_weight import compute_class_weight
-
-    classes = np.asarray(onehot).argmax(axis=1)
-    present = np.unique(classes)
-    weights = compute_class_weight("balanced", classes=present, y=classes)
-    return {int(c): float(w) for c, w in zip(present, weights)}
-
-
 def positive_class(positive, class_names):
     """The index of --positive among the classes (0, the first, without it): a `UserError`
     for a class the dataset lacks, or with other than two classes."""

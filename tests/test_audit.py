@@ -23,9 +23,9 @@ import pytest
 
 import audit_covid19
 from covid19xray import audit_output, confounds, lungs, progress
+from covid19xray.auc_interval import BOOTSTRAP_RESAMPLES
 from covid19xray.layout import load_dataset
 from covid19xray.model import cpu_has_native_bfloat16
-from covid19xray.report import BOOTSTRAP_RESAMPLES
 from covid19xray.store import ImageStore
 from covid19xray.transforms import LungMasks
 from helpers import (

@@ -7,7 +7,7 @@ import pytest
 import train_covid19
 from covid19xray.cache import FeatureCache
 from covid19xray.cost import estimate_cost
-from covid19xray.extractor import make_extractors, make_whole_extractor
+from covid19xray.extractor import make_extractors
 from covid19xray.frozen import cache_configuration, make_feature_extractor
 from covid19xray.images import list_images
 from covid19xray.layout import load_dataset
@@ -105,9 +105,8 @@ def test_a_run_stopped_halfway_keeps_what_it_computed(tmp_path, narrow_model):
 
 def test_extractors_say_what_they_compute(narrow_model, tmp_path):
     config = train_covid19.TrainConfig(dataset="d", cache_dir=str(tmp_path / "c"))
-    [features] = make_extractors(config, narrow_model, [UNCHANGED])
+    whole, [features] = make_extractors(config, narrow_model, [UNCHANGED])
     assert features.what == "VGG16 features"
-    whole = make_whole_extractor(config, narrow_model)
     assert whole.what == "VGG16 features and descriptions"
     assert [cache.what for cache in whole.caches] == ["whole image(s)",
                                                       "input check description(s)"]
@@ -124,7 +123,7 @@ def test_one_pass_gives_an_images_features_and_description(tmp_path, narrow_mode
     store = ImageStore(paths)
     config = train_covid19.TrainConfig(dataset=dataset, batch_size=4,
                                        cache_dir=str(tmp_path / "c"))
-    whole = make_whole_extractor(config, narrow_model)
+    whole, _ = make_extractors(config, narrow_model)
     calls = []
     real = whole.extract
     whole.extract = lambda batch: calls.append(len(batch)) or real(batch)
@@ -138,6 +137,6 @@ def test_one_pass_gives_an_images_features_and_description(tmp_path, narrow_mode
     assert descriptions.shape[0] == 6 and np.allclose(np.linalg.norm(descriptions, axis=1), 1,
                                                       atol=1e-5)
     # a later run finds both in the cache: no pass at all
-    again = make_whole_extractor(config, narrow_model)
+    again, _ = make_extractors(config, narrow_model)
     assert again.passes(store, paths) == 0
     store.close()

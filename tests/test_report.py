@@ -1,15 +1,13 @@
-"""covid19xray.report: proportions with their intervals, the AUC with its interval, the plots."""
+"""covid19xray.report: proportions with their intervals, the metrics of a labelled test."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from covid19xray.report import (
-    auc_with_interval,
     classification_metrics,
     metric,
     metric_line,
-    plot_history,
     wilson,
 )
 
@@ -63,36 +61,6 @@ def test_two_classes_name_covid_the_positive_class():
     assert (results["sensitivity"]["successes"], results["sensitivity"]["trials"]) == (2, 3)
     assert (results["specificity"]["successes"], results["specificity"]["trials"]) == (1, 2)
     assert results["roc_auc"] == pytest.approx(roc_auc_score(true == 0, probabilities[:, 0]))
-
-
-def test_auc_interval_is_the_auc_with_a_bootstrap_around_it():
-    rng = np.random.default_rng(0)
-    is_positive = np.repeat([True, False], 40)
-    scores = np.where(is_positive, rng.normal(1, 1, 80), rng.normal(0, 1, 80))
-    scores[3] = scores[50]  # a tie counts half, as in scikit-learn
-    auc = auc_with_interval(is_positive, scores)
-    assert auc["value"] == pytest.approx(roc_auc_score(is_positive, scores))
-    low, high = auc["ci95"]
-    assert low < auc["value"] < high and 0.1 < high - low < 0.4
-    # perfectly separated classes: every resample separates them too
-    separated = auc_with_interval(is_positive, is_positive + rng.uniform(0, .5, 80))
-    assert separated == {"value": 1.0, "ci95": [1.0, 1.0]}
-    assert auc_with_interval(is_positive, scores, seed=0) == auc  # seeded: repeatable
-
-
-def test_history_plot_has_the_tutorials_four_curves():
-    import matplotlib.pyplot as plt
-
-    history = {"loss": [0.7, 0.6, 0.5], "val_loss": [0.69, 0.65, 0.6],
-               "accuracy": [0.5, 0.6, 0.7], "val_accuracy": [0.5, 0.5, 0.9]}
-    figure = plot_history(history)
-    axis = figure.axes[0]
-    assert [line.get_label() for line in axis.lines] == [
-        "train_loss", "val_loss", "train_acc", "val_acc"]
-    assert [list(line.get_ydata()) for line in axis.lines] == [
-        history["loss"], history["val_loss"], history["accuracy"], history["val_accuracy"]]
-    assert axis.get_title() == "Training Loss and Accuracy on COVID-19 Dataset"
-    plt.close(figure)
 
 
 def test_a_report_on_one_class_says_undefined_and_writes_strict_json(trained, tmp_path):
