@@ -32,8 +32,6 @@ URL go into `manifest.csv` beside the output folder (`mydata/manifest.csv`), whi
 `train_covid19.py --split patient` reads and which is the dataset's attribution list.
 """
 
-import codecs
-import csv
 import dataclasses
 import os
 import random
@@ -42,20 +40,13 @@ import sys
 
 from covid19xray.building import copy_into_output, refusal
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
+from covid19xray.cohen import COHEN_RAW_URL, CohenCollection, finding_labels, patient_of
 from covid19xray.config import Config, add_flags, default_cache_folder, flag, seed_flag
-from covid19xray.covidx import SPLITS, read_split
-from covid19xray.fetch import Missing, Refused, Remote, is_url, warn_missing
+from covid19xray.covidx import SPLITS, Covidx
+from covid19xray.fetch import Missing, Refused, is_url, warn_missing
 from covid19xray.manifest import patients_in_both, patients_in_manifests
 from covid19xray.preflight import check_output_folder
 from covid19xray.writing import claim_outputs
-
-REQUIRED_COLUMNS = ("finding", "view", "filename")
-# the raw-file root of Cohen's repository: metadata.csv and images/ are under it
-COHEN_RAW_URL = "https://raw.githubusercontent.com/ieee8023/covid-chestxray-dataset/master"
-# metadata.csv is about 1 MB today
-METADATA_BYTES = 100 << 20
-# what the manifest's `source` column says of these images
-SOURCE = "cohen"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,66 +116,8 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Read metadata.csv, whatever its version
+# Select rows of metadata.csv (covid19xray.cohen reads it, whatever its version)
 # ---------------------------------------------------------------------------------------------
-
-
-def read_text(path):
-    """The text of `path` in the encodings spreadsheet programs save CSV files in.
-
-    UTF-8 (with or without a byte-order mark), UTF-16 with a byte-order mark, else Windows-1252,
-    which decodes any byte: a stray Latin-1 byte in a free-text note (seen in real copies) must
-    not stop the build, and the columns this script reads are plain ASCII in every encoding.
-    """
-    with open(path, "rb") as f:
-        data = f.read(METADATA_BYTES + 1)  # bounded as a download is
-    if len(data) > METADATA_BYTES:
-        raise UserError(f"{path!r} is larger than {METADATA_BYTES >> 20} MB, far above any "
-                        "metadata.csv of Cohen's collection (about 1 MB); not read")
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16", errors="replace")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
-
-
-def read_metadata(path, shown_as=None):
-    """Rows of `<covid>/metadata.csv` as dicts keyed by trimmed, lower-cased column names.
-
-    The header changed between versions (`Patientid` vs `patientid`, `" url"`, a trailing empty
-    column, a `folder` column since June 2020); normalising the names makes all of them work.
-    A file re-saved by a spreadsheet in another encoding, or with `;` or tabs between the
-    columns, works too.
-    """
-    text = read_text(path)
-    path = shown_as or path
-    first_line = text.split("\n", 1)[0]
-    try:
-        dialect = csv.Sniffer().sniff(first_line, delimiters=",;\t")
-    except csv.Error:  # one column, or an empty file: say what is wrong below
-        dialect = csv.excel
-    reader = csv.reader(text.splitlines(), delimiter=dialect.delimiter)
-    try:
-        header = next(reader, None)
-        if header is None or not any(name.strip() for name in header):
-            raise UserError(f"{path} is empty")
-        columns = [name.strip().lower() for name in header]
-        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-        if missing:
-            raise UserError(f"{path} has no {', '.join(missing)} column; its header is: "
-                            f"{first_line.strip()[:300]}")
-        rows = [dict(zip(columns, [value.strip() for value in row])) for row in reader if row]
-    except csv.Error as err:  # a NUL byte, a field over csv's size limit
-        raise UserError(f"{path} line {reader.line_num}: not a readable CSV file ({err})") from None
-    if not rows:
-        raise UserError(f"{path} has a header but no rows")
-    return columns, rows
-
-
-def finding_labels(finding):
-    """The labels of a finding: `Pneumonia/Viral/COVID-19` -> {pneumonia, viral, covid-19}."""
-    return {label.strip().casefold() for label in re.split(r"[/,]", finding) if label.strip()}
 
 
 def normalize_license(text):
@@ -215,65 +148,14 @@ def select_rows(rows, findings, views, licenses=None):
                  or any(license_matches(row.get("license", ""), w) for w in licenses))]
 
 
-def image_relative(row):
-    """A row's image as `<folder>/<filename>` inside the collection (`images/` when the row has
-    no folder), or None when it is refused: absolute, or climbing out with `..`."""
-    folder = row.get("folder") or "images"
-    filename = row.get("filename", "")
-    parts = re.split(r"[/\\]", folder) + re.split(r"[/\\]", filename)
-    if os.path.isabs(folder) or os.path.isabs(filename) or ".." in parts \
-            or "\0" in folder + filename:  # no file has a NUL in its name; os would raise
-        return None
-    return f"{folder}/{filename}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Resolve, sample and copy
 # ---------------------------------------------------------------------------------------------
 
 
-def source_url(row):
-    """Where a row's image was published: its `url`, else its DOI as a link, else ''."""
-    if row.get("url"):
-        return row["url"]
-    return f"https://doi.org/{row['doi']}" if row.get("doi") else ""
-
-
-def resolve_sources(rows, covid=None):
-    """The distinct image files of `rows`, sorted, with counts of what was dropped.
-
-    In a checkout (`covid`), the existing files, keyed by their resolved path so that one file
-    listed twice (or through a link) is copied once. Without one (a URL), the distinct
-    `folder/filename` of the rows: a download cannot be looked at before it is chosen, so
-    missing files are found while downloading. Returns (sources, counts, rows_of): `rows_of`
-    maps each source to the first row naming it.
-    """
-    sources, counts, rows_of = {}, {"missing files": 0, "refused": 0, "duplicates": 0}, {}
-    for row in rows:
-        relative = image_relative(row)
-        if relative is None:
-            counts["refused"] += 1
-            print(f"[WARNING] refusing '{shown(row.get('filename', ''))}': not a file inside "
-                  "--covid", file=sys.stderr)
-            continue
-        # in a checkout: <covid>/<folder>/<filename>. Links inside it are followed (images/ may
-        # live on another disk); what a link leads to is checked when it is copied
-        source = relative if covid is None else os.path.join(covid, *relative.split("/"))
-        if covid is not None and not os.path.isfile(source):
-            counts["missing files"] += 1
-            continue
-        identity = source if covid is None else os.path.realpath(source)
-        if identity in sources:
-            counts["duplicates"] += 1
-        else:
-            sources[identity] = source
-            rows_of[source] = row
-    return sorted(sources.values()), counts, rows_of
-
-
 def excluded_patients(manifests):
     """The patients of this builder's source in each manifest file."""
-    return patients_in_manifests(manifests, SOURCE)
+    return patients_in_manifests(manifests, CohenCollection.name)
 
 
 def without_patients(rows, patients, manifests):
@@ -285,17 +167,13 @@ def without_patients(rows, patients, manifests):
     return kept
 
 
-def patient_of(path, row):
-    """A row's `patientid` (`Patientid` in 2020 files), or the file name when it has none."""
-    return row.get("patientid") or os.path.basename(path)
-
-
-def at_most_per_patient(sources, rows_of, per_patient, seed):
-    """At most `per_patient` of each patient's images: each patient's sorted images are shuffled
-    by one generator seeded with `seed`, patients in sorted order, and the first N are kept."""
+def at_most_per_patient(films, per_patient, seed):
+    """The paths of at most `per_patient` of each patient's films: each patient's sorted images
+    are shuffled by one generator seeded with `seed`, patients in sorted order, and the first N
+    are kept."""
     by_patient = {}
-    for path in sorted(sources):
-        by_patient.setdefault(patient_of(path, rows_of[path]), []).append(path)
+    for film in sorted(films, key=lambda film: film.path):
+        by_patient.setdefault(film.patient, []).append(film.path)
     rng, kept = random.Random(seed), []
     for patient in sorted(by_patient):
         images = by_patient[patient]
@@ -336,21 +214,6 @@ def describe_selection(config):
     return text
 
 
-def metadata_file(config, remote):
-    """The path of metadata.csv: in the checkout, or downloaded (cached) from --covid's URL."""
-    if remote is None:
-        path = os.path.join(config.covid, "metadata.csv")
-        if not os.path.isfile(path):
-            raise UserError(f"--covid {config.covid!r} has no metadata.csv; point it at a checkout "
-                            "of Cohen's covid-chestxray-dataset")
-        return path, path
-    try:
-        return remote.fetch("metadata.csv", limit=METADATA_BYTES), remote.url("metadata.csv")
-    except Missing as err:
-        raise UserError(f"--covid {config.covid!r}: {remote.url('metadata.csv')}: {err}; give the "
-                        "URL of a checkout's root, where metadata.csv and images/ are") from None
-
-
 def download_chosen(remote, order, wanted, counts):
     """Download the files of `order` one after another until `wanted` are in the cache. A file
     that fails (404, refused content) is named, counted, and replaced by the next in `order`.
@@ -373,10 +236,9 @@ def download_chosen(remote, order, wanted, counts):
 
 def build(config):
     """Read and filter metadata.csv, pick the images and copy them into --output."""
-    remote = Remote(config.covid, config.cache_dir) if is_url(config.covid) else None
+    cohen = CohenCollection(config.covid, config.cache_dir)
     # read and filter metadata.csv before creating anything
-    path, shown_as = metadata_file(config, remote)
-    columns, rows = read_metadata(path, shown_as)
+    columns, rows, shown_as = cohen.read_metadata()
     if config.license and "license" not in columns:
         raise UserError(f"{shown_as} has no license column, so --license cannot select rows; "
                         "drop --license or use a newer metadata.csv")
@@ -393,43 +255,41 @@ def build(config):
         raise UserError(f"no row has {describe_selection(config)}; "
                         f"{describe_seen(rows, config.license)}")
 
-    sources, dropped, rows_of = resolve_sources(matched, None if remote else config.covid)
-    if not sources:
+    films, dropped = cohen.locate(matched)
+    if not films:
         # The tutorial's copies end here with an empty folder and no word: say why instead.
         raise UserError(f"none of the {len(matched)} matching rows has its image in --covid "
                         f"{config.covid!r} ({', '.join(f'{k}: {v}' for k, v in dropped.items())}); "
                         "is the checkout complete, with images/ (and volumes/)?")
+    sources = [film.path for film in films]
     if config.per_patient is not None:
-        capped = at_most_per_patient(sources, rows_of, config.per_patient, config.seed)
+        capped = at_most_per_patient(films, config.per_patient, config.seed)
         print(f"[INFO] at most {config.per_patient} image(s) per patient: {len(capped)} of "
               f"{len(sources)} images (seed {config.seed})")
         sources = capped
     chosen = sample(sources, config.limit, config.seed)
     if config.limit is not None:
         print(f"[INFO] sampled {len(chosen)} of {len(sources)} images (seed {config.seed})")
-    downloaded_from = {}
+    relative_of = {path: path for path in chosen}  # a checkout's files are copied from there
+    remote = cohen.remote
     if remote is not None:
         # the same picks as from a checkout; a file that cannot be had is replaced by the next
         # in --limit's seeded order, so that the count stays --limit when enough rows exist
         before = remote.downloaded
-        got = download_chosen(remote, sample_order(sources, config.limit, config.seed),
-                              len(chosen), dropped)
+        relative_of = download_chosen(remote, sample_order(sources, config.limit, config.seed),
+                                      len(chosen), dropped)
         fetched = remote.downloaded - before
-        print(f"[INFO] {fetched} image(s) downloaded, {len(got) - fetched} already in the cache "
-              f"{shown(remote.folder)}")
-        rows_of = {path: rows_of[relative] for path, relative in got.items()}
-        downloaded_from = {path: remote.url(relative) for path, relative in got.items()}
-        chosen = sorted(got)
+        print(f"[INFO] {fetched} image(s) downloaded, {len(relative_of) - fetched} already in the "
+              f"cache {shown(remote.folder)}")
+        chosen = sorted(relative_of)
 
     def manifest_row(path):
-        row = rows_of[path]
-        return {"patient_id": patient_of(path, row), "age": row.get("age", ""),
-                "view": row.get("view", ""), "license": row.get("license", ""),
-                "url": source_url(row), "excluded_patients_of": ";".join(config.exclude_patients),
-                "downloaded_from": downloaded_from.get(path, "")}
+        return {**cohen.manifest_cells(relative_of[path]),
+                "excluded_patients_of": ";".join(config.exclude_patients),
+                "downloaded_from": "" if remote is None else remote.url(relative_of[path])}
 
     copy_into_output(chosen, config.output, {"rows read": len(rows), "rows matched": len(matched)},
-                     dropped, manifest_row=manifest_row, source_name=SOURCE)
+                     dropped, manifest_row=manifest_row, source_name=cohen.name)
     return 0
 
 
@@ -441,19 +301,19 @@ def build(config):
 def build_covidx(config):
     """COVIDx's two splits into `--output`/train/<class>/ and `--output`/test/<class>/, each
     image's patient and source in the manifest.csv of its split (covid19xray.covidx)."""
-    splits = {split: read_split(config.covidx, split) for split in SPLITS}
-    shared = patients_in_both(*([(row.source, row.patient) for row in splits[split][0]]
+    splits = {split: Covidx(config.covidx, split) for split in SPLITS}
+    shared = patients_in_both(*(zip(splits[split].sources, splits[split].patients)
                                 for split in SPLITS))
     if shared:
         print(f"[WARNING] {len(shared)} patient(s) have images in both of COVIDx's splits "
               f"({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''})", file=sys.stderr)
     conflicts, filled = 0, set()
-    for split, (rows, left_out) in splits.items():
-        print(f"[INFO] COVIDx {split}: {len(rows)} labelled image(s), {left_out} line(s) left "
-              "out")
+    for split, covidx in splits.items():
+        rows = covidx.films
+        print(f"[INFO] COVIDx {split}: {len(rows)} labelled image(s), {covidx.left_out} line(s) "
+              "left out")
         present = [row for row in rows if os.path.isfile(row.path)]
         missing = len(rows) - len(present)
-        row_of = {row.path: row for row in present}
         if present:
             filled.add(split)
         for label in sorted({row.label for row in present}):
@@ -464,9 +324,7 @@ def build_covidx(config):
                     sources, output, {"labelled": len(sources)},
                     {"missing files": sum(1 for row in rows if row.label == label
                                           and not os.path.isfile(row.path))},
-                    manifest_row=lambda path, row_of=row_of: {
-                        "patient_id": row_of[path].patient, "source": row_of[path].source},
-                    source_name="covidx")
+                    manifest_row=covidx.manifest_cells, source_name=covidx.name)
             except UserError as err:  # conflicts: the rest is still copied, then it fails
                 conflicts += 1
                 print(f"[WARNING] {err}", file=sys.stderr)

@@ -19,15 +19,13 @@ beside the output folder (`mydata/manifest.csv`).
 """
 
 import dataclasses
-import os
 import random
-import re
 import sys
 
 from covid19xray.building import copy_into_output
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
 from covid19xray.config import Config, add_flags, flag, seed_flag
-from covid19xray.images import list_images
+from covid19xray.kaggle import KaggleChestXray
 from covid19xray.preflight import check_output_folder
 from covid19xray.writing import claim_outputs
 
@@ -58,42 +56,6 @@ def parse_args(argv=None):
     return KaggleConfig.from_flags(ap.parse_args(argv))
 
 
-def find_class_folder(kaggle, split, label):
-    """`<kaggle>/<split>/<label>`, or the zip's nested `<kaggle>/chest_xray/<split>/<label>`."""
-    if not os.path.isdir(kaggle):
-        raise UserError(f"--kaggle {kaggle!r} is not a folder")
-    for folder in (os.path.join(kaggle, split, label),
-                   os.path.join(kaggle, "chest_xray", split, label)):
-        if os.path.isdir(folder):
-            return folder
-    contents = sorted(name for name in os.listdir(kaggle)
-                      if not name.startswith(".") and name != "__MACOSX")
-    raise UserError(f"--kaggle {kaggle!r} has no {split}/{label} folder (nor "
-                    f"chest_xray/{split}/{label}); it contains: "
-                    f"{', '.join(contents) if contents else 'nothing'}")
-
-
-def kaggle_patient(path):
-    """The patient in a Kaggle file name: `person1102_bacteria_2957.jpeg` -> `person1102`,
-    `IM-0033-0001.jpeg` -> `IM-0033`, `NORMAL2-IM-1427-0001.jpeg` -> `NORMAL2-IM-1427`.
-
-    A name of another shape is its own patient.
-    """
-    name = os.path.basename(path)
-    match = re.match(r"(person\d+)_|((?:NORMAL2-)?IM-\d+)-", name)
-    return (match.group(1) or match.group(2)) if match else os.path.splitext(name)[0]
-
-
-# Kaggle's dataset is CC BY 4.0 as a whole; its DOI is where each image comes from.
-KAGGLE_LICENSE = "CC BY 4.0"
-KAGGLE_URL = "https://doi.org/10.17632/rscbjbr9sj.2"
-
-
-def manifest_row(path):
-    """The manifest cells of a Kaggle image: its patient, the dataset's licence and DOI."""
-    return {"patient_id": kaggle_patient(path), "license": KAGGLE_LICENSE, "url": KAGGLE_URL}
-
-
 def sample_images(images, size, seed):
     """The first `size` images after a seeded shuffle of the sorted list: the same everywhere."""
     shuffled = sorted(images)
@@ -104,9 +66,10 @@ def sample_images(images, size, seed):
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
-    folder = find_class_folder(config.kaggle, config.kaggle_split, config.label)
+    kaggle = KaggleChestXray(config.kaggle, config.kaggle_split, config.label)
+    folder = kaggle.folder
     check_output_folder(config.output, "--output", config.kaggle, "--kaggle")
-    images = list_images(folder)
+    images = kaggle.paths
     if not images:
         raise UserError(f"{folder!r} has no images")
     chosen = sample_images(images, config.sample, config.seed)
@@ -120,7 +83,7 @@ def main(argv=None) -> int:
     with claim_outputs(config.output):  # a second sample into the same folder stops here
         copy_into_output(chosen, config.output,
                          {"images found": len(images), "sampled": len(chosen)},
-                         manifest_row=manifest_row, source_name="kaggle")
+                         manifest_row=kaggle.manifest_cells, source_name=kaggle.name)
     return 0
 
 

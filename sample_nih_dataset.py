@@ -26,9 +26,7 @@ Center and cite Wang et al., CVPR 2017 (`NIH_ATTRIBUTION`); NIH also warns that 
 not the same as normal.
 """
 
-import csv
 import dataclasses
-import glob
 import os
 import random
 import sys
@@ -37,24 +35,20 @@ from covid19xray.building import copy_into_output
 from covid19xray.cli import ArgumentParser, UserError, cli, positive, shown
 from covid19xray.config import Config, add_flags, flag, seed_flag
 from covid19xray.manifest import patients_in_manifests
+from covid19xray.nih import (
+    AGE,
+    FINDINGS,
+    FOLLOW_UP,
+    IMAGE,
+    NIH_ATTRIBUTION,
+    PATIENT,
+    VIEW,
+    NihChestXray14,
+)
 from covid19xray.preflight import check_output_folder
 from covid19xray.writing import claim_outputs
 
-# NIH's label file, by its two published names
-LABEL_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
-IMAGE, FINDINGS, FOLLOW_UP, PATIENT, AGE, VIEW = (
-    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "View Position")
-REQUIRED_COLUMNS = (IMAGE, FINDINGS, FOLLOW_UP, PATIENT, AGE, VIEW)
-# Far above NIH's own (112,120 rows, 8 MB): the bound on reading a label file
-MAX_LABEL_FILE_BYTES = 256 << 20
-SOURCE = "nih"
-NIH_URL = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
-NIH_LICENSE = "NIH: unrestricted use, with attribution"
-# what NIH asks of everyone who uses or shares its films, printed after every copy
-NIH_ATTRIBUTION = (f"the NIH Clinical Center's ChestX-ray14 ({NIH_URL}); cite Wang X, Peng Y, "
-                   "Lu L, Lu Z, Bagheri M, Summers RM. ChestX-ray8: Hospital-scale Chest X-ray "
-                   "Database and Benchmarks on Weakly-Supervised Classification and "
-                   "Localization of Common Thorax Diseases. IEEE CVPR 2017, 3462-3471")
+SOURCE = NihChestXray14.name
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,64 +86,6 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 # NIH's layout: the label file and the image folders
 # ---------------------------------------------------------------------------------------------
-
-
-def find_label_file(nih):
-    """`<nih>/Data_Entry_2017_v2020.csv` or `<nih>/Data_Entry_2017.csv`."""
-    if not os.path.isdir(nih):
-        raise UserError(f"--nih {nih!r} is not a folder")
-    for name in LABEL_FILES:
-        if os.path.isfile(os.path.join(nih, name)):
-            return os.path.join(nih, name)
-    raise UserError(f"--nih {nih!r} has no label file ({' or '.join(LABEL_FILES)}); give the "
-                    "folder of NIH's download that holds it")
-
-
-def read_labels(path):
-    """The label file's rows as dicts (NIH's column names), each checked: a missing column, a
-    file that is not a readable CSV, or an age that is not a whole number is one line."""
-    if os.path.getsize(path) > MAX_LABEL_FILE_BYTES:
-        raise UserError(f"{path} is {os.path.getsize(path) >> 20} MB, far larger than NIH's "
-                        "label file; is it the right file?")
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.DictReader(f)
-        try:
-            columns = [name.strip() for name in reader.fieldnames or []]
-            missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-            if missing:
-                raise UserError(f"{path} has no {', '.join(missing)} column; NIH's label file "
-                                f"has {', '.join(REQUIRED_COLUMNS)}")
-            reader.fieldnames = columns
-            rows = [{key: (value or "").strip() for key, value in row.items() if key}
-                    for row in reader]
-        except csv.Error as err:  # a NUL byte, a field over csv's size limit
-            raise UserError(f"{path} line {reader.line_num}: not a readable CSV file "
-                            f"({err})") from None
-    if not rows:
-        raise UserError(f"{path} has a header but no rows")
-    for line, row in enumerate(rows, start=2):
-        for column in (AGE, FOLLOW_UP):
-            if not row.get(column, "").isdigit():
-                raise UserError(f"{path} line {line}: {column} {row.get(column)!r} of "
-                                f"{row.get(IMAGE)!r} is not a whole number")
-    return rows
-
-
-def image_folders(nih):
-    """Where NIH's films are: `images/`, and `images_001/images/` ... as its archives unpack."""
-    folders = [os.path.join(nih, "images")] + sorted(
-        glob.glob(os.path.join(glob.escape(nih), "images_[0-9][0-9][0-9]", "images")))
-    return [folder for folder in folders if os.path.isdir(folder)]
-
-
-def locate_images(nih, names):
-    """{name: path} of the films named that are in one of the image folders."""
-    wanted, located = set(names), {}
-    for folder in image_folders(nih):
-        for name in os.listdir(folder):
-            if name in wanted and name not in located:
-                located[name] = os.path.join(folder, name)
-    return located
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,33 +127,27 @@ def excluded_patients(manifests):
     return patients_in_manifests(manifests, SOURCE)
 
 
-def sample(rows, limit, seed):
-    """A reproducible random `limit` of `rows` (all of them without a limit), sorted."""
-    order = sorted(rows, key=lambda row: row[IMAGE])
+def sample(films, limit, seed):
+    """A reproducible random `limit` of `films` (all of them without a limit), sorted by name."""
+    order = sorted(films, key=film_name)
     if limit is None or limit >= len(order):
         return order
     random.Random(seed).shuffle(order)
-    return sorted(order[:limit], key=lambda row: row[IMAGE])
+    return sorted(order[:limit], key=film_name)
 
 
-def manifest_row_of(rows_of, exclude_patients):
-    """The manifest cells of each copied film: its patient, age and view, NIH's licence and
-    download site, and the manifests whose patients were left out."""
-    def manifest_row(path):
-        row = rows_of[path]
-        return {"patient_id": row[PATIENT], "age": str(int(row[AGE])), "view": row[VIEW],
-                "license": NIH_LICENSE, "url": NIH_URL,
-                "excluded_patients_of": ";".join(exclude_patients)}
-    return manifest_row
+def film_name(film):
+    """A film's name: its Image Index in the label file."""
+    return os.path.basename(film.path)
 
 
 @cli
 def main(argv=None) -> int:
     config = parse_args(argv)
-    label_file = find_label_file(config.nih)
+    nih = NihChestXray14(config.nih)
     check_output_folder(config.output, "--output", config.nih, "--nih")
-    rows = read_labels(label_file)
-    print(f"[INFO] {len(rows)} rows in {shown(os.path.basename(label_file))}")
+    rows = nih.read_rows()
+    print(f"[INFO] {len(rows)} rows in {shown(os.path.basename(nih.label_file))}")
     selected = first_per_patient(select(rows, config))
     print(f"[INFO] one film per patient (the first): {len(selected)} film(s)")
     if config.exclude_patients:
@@ -228,8 +158,9 @@ def main(argv=None) -> int:
         if not selected:
             raise UserError("every selected film is of a patient in "
                             f"{', '.join(config.exclude_patients)}")
-    located = locate_images(config.nih, [row[IMAGE] for row in selected])
-    missing = [row[IMAGE] for row in selected if row[IMAGE] not in located]
+    located = nih.locate(selected)
+    found = {film_name(film) for film in located}
+    missing = [row[IMAGE] for row in selected if row[IMAGE] not in found]
     if len(missing) == len(selected):
         raise UserError(f"none of the {len(selected)} selected films is in --nih "
                         f"{config.nih!r}'s images/ or images_NNN/images/ folders (the first: "
@@ -238,17 +169,19 @@ def main(argv=None) -> int:
         print(f"[WARNING] {len(missing)} selected film(s) named in the label file are not in "
               f"the image folders ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
               f"); sampling from the {len(located)} found", file=sys.stderr)
-    chosen = sample([row for row in selected if row[IMAGE] in located], config.limit, config.seed)
+    chosen = sample(located, config.limit, config.seed)
     if config.limit is not None:
         print(f"[INFO] sampled {len(chosen)} of {len(located)} film(s) (seed {config.seed})")
-    rows_of = {located[row[IMAGE]]: row for row in chosen}
+
+    def manifest_row(path):
+        return {**nih.manifest_cells(path),
+                "excluded_patients_of": ";".join(config.exclude_patients)}
 
     with claim_outputs(config.output):  # a second sample into the same folder stops here
-        copy_into_output(sorted(rows_of), config.output,
+        copy_into_output(sorted(film.path for film in chosen), config.output,
                          {"rows read": len(rows), "films selected": len(selected),
                           "missing files": len(missing)},
-                         manifest_row=manifest_row_of(rows_of, config.exclude_patients),
-                         source_name=SOURCE)
+                         manifest_row=manifest_row, source_name=SOURCE)
     print(f"[INFO] NIH asks you to acknowledge {NIH_ATTRIBUTION}")
     return 0
 

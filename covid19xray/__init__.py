@@ -34,7 +34,9 @@ Read the scripts first: they follow the tutorial step by step and call into thes
   check's outcome, as printed and as the JSON reports hold them; `plots`: train's figures.
 - `writing`: atomic and locked outputs, writes in a thread; `spreadsheet`: CSV cells that stay
   text.
-- `manifest`, `building`, `fetch`, `covidx`: the dataset's manifest, the builders' copy step,
-  downloading a collection's files over HTTP(S), checked and cached, and COVIDx's label files.
+- `collection`, with `cohen`, `kaggle`, `nih` and `covidx`: the public collections the
+  builders copy from, one class each, giving each film's path, label, patient and source.
+- `manifest`, `building`, `fetch`: the dataset's manifest, the builders' copy step, and
+  downloading a collection's files over HTTP(S), checked and cached.
 - `export`: the SavedModel and TensorFlow Lite files; `progress`: progress bars and log lines.
 """

@@ -11,27 +11,17 @@ Lines are read with a bound on the file's size; a line of another shape, or nami
 outside its split's folder, is counted and left out, never copied.
 """
 
-import dataclasses
 import os
 import stat
 import sys
 
 from .cli import UserError, shown
+from .collection import Collection, Film
 from .preflight import read_regular
 
 SPLITS = ("train", "test")
 # Far above COVIDx's own label files (about 3 MB for 30,000 images): not a label file beyond.
 MAX_LABEL_FILE_BYTES = 64 << 20
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One labelled image of COVIDx."""
-
-    patient: str
-    path: str  # the image file, inside its split's folder
-    label: str  # the class, as the version names it
-    source: str  # the collection the image comes from (cohen, actmed, sirm, ricord, rsna...)
 
 
 # A label file's line is a patient id, a file name, a class and a source: far below this.
@@ -111,7 +101,8 @@ class Warnings:
 
 
 def read_split(covidx, split):
-    """The `Row`s of one split, and the count of lines left out: of another shape, naming a
+    """The `Film`s of one split (each one's class, patient and source as its line says), and the
+    count of lines left out: of another shape, naming a
     file outside `<covidx>/<split>/`, a class that is not one plain folder name, or a file
     listed under two classes (left out of both). Each is said in a warning (capped)."""
     folder = os.path.join(covidx, split)
@@ -131,7 +122,7 @@ def read_split(covidx, split):
         if not is_plain_name(fields[2]):
             warnings.left_out(number, f"the class {fields[2]!r} is not one plain folder name")
             continue
-        row = Row(fields[0], os.path.join(folder, fields[1]), fields[2], fields[3])
+        row = Film(os.path.join(folder, fields[1]), fields[2], fields[0], fields[3])
         lines_of.setdefault(row.path, []).append(number)
         rows.setdefault(row.path, []).append(row)
     kept = []
@@ -145,3 +136,20 @@ def read_split(covidx, split):
         kept.append(listed[0])  # listed twice under one class: copied once
     warnings.close()
     return kept, warnings.count
+
+
+class Covidx(Collection):
+    """One split of COVIDx at `covidx` (`train` or `test`): its films, read from its label file
+    (`read_split`), and how many of its lines were left out. Each film's source is the
+    collection COVIDx took it from (cohen, actmed, sirm, ricord, rsna...)."""
+
+    name = "covidx"
+
+    def __init__(self, covidx, split):
+        films, self.left_out = read_split(covidx, split)
+        super().__init__(films)
+        self.split = split
+
+    def manifest_cells(self, path):
+        film = self.film(path)
+        return {"patient_id": film.patient, "source": film.source}

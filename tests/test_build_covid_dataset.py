@@ -14,7 +14,7 @@ import pytest
 
 import build_covid_dataset
 import sample_kaggle_dataset
-from covid19xray import building, fetch
+from covid19xray import building, cohen, fetch
 from helpers import (
     HEADERS,
     ROOT,
@@ -82,13 +82,6 @@ def test_finding_and_view_flags_change_the_targets(tmp_path):
                        "--finding", "MERS-CoV")
     assert code == 0 and set(os.listdir(tmp_path / "viral")) == {
         "a.jpg", "d.png", "e.jpg", "g.jpeg", "v.jpg"}
-
-
-def test_finding_labels_split_on_slash_and_comma():
-    labels = build_covid_dataset.finding_labels
-    assert labels("Pneumonia/Viral/COVID-19") == {"pneumonia", "viral", "covid-19"}
-    assert labels("COVID-19, ARDS") == {"covid-19", "ards"}
-    assert "covid-19" not in labels("Pneumonia/Viral/MERS-CoV") | labels("SARS")
 
 
 def test_nothing_matched_fails_and_shows_what_was_seen(tmp_path):
@@ -903,7 +896,7 @@ def test_a_local_metadata_csv_is_read_with_the_bound_a_download_has(tmp_path, mo
     checkout = tmp_path / "covid"
     (checkout / "images").mkdir(parents=True)
     (checkout / "metadata.csv").write_text("finding,view,filename\n" + "COVID-19,PA,x.jpg\n" * 100)
-    monkeypatch.setattr(build_covid_dataset, "METADATA_BYTES", 1000)
+    monkeypatch.setattr(cohen, "METADATA_BYTES", 1000)
     code, _, err = run_main(build_covid_dataset.main, ["--covid", str(checkout), "--output",
                                                        str(tmp_path / "out" / "covid")])
     assert_one_line_error(code, err, "build_covid_dataset.py", "metadata.csv' is larger than")

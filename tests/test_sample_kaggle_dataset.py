@@ -164,12 +164,3 @@ def test_a_kaggle_image_named_not_utf8_is_copied_and_listed_as_it_is(tmp_path):
     assert os.listdir(tmp_path / "ds" / "normal") == [NOT_UTF8]
     with open(tmp_path / "ds" / "manifest.csv", encoding="utf-8", errors="surrogateescape") as f:
         assert f"normal/{NOT_UTF8}," in f.read()
-
-
-def test_kaggle_patient_ids():
-    assert sample_kaggle_dataset.kaggle_patient("x/person1102_bacteria_2957.jpeg") == "person1102"
-    assert sample_kaggle_dataset.kaggle_patient("person3_virus_16.jpeg") == "person3"
-    assert sample_kaggle_dataset.kaggle_patient("IM-0033-0001.jpeg") == "IM-0033"
-    assert sample_kaggle_dataset.kaggle_patient("IM-0033-0001-0002.jpeg") == "IM-0033"
-    assert sample_kaggle_dataset.kaggle_patient("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
-    assert sample_kaggle_dataset.kaggle_patient("scan.png") == "scan"
