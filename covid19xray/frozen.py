@@ -1,30 +1,13 @@
 """The frozen base: what VGG16 is given, what it computes, and the key that names the result.
 
 Only the head learns (Dense, Dropout, Dense: 32,962 weights; `head`). Everything before it,
-VGG16 plus the head's pooling and flatten, is a fixed function of the image, so it is part of
-the input pipeline: each image's output is computed once and kept in the feature cache
-(`cache`), scheduled by `extractor`. This module holds the pure code from pixels to the
-network's output, and the key (`cache_configuration`) that says which code and settings an
-output depends on:
-
-1. `model_batches`: the images of an `ImageStore`, in batches, scaled to [0, 1] and changed by
-   a transform (as they are, rotated, masked);
-2. the frozen network on those batches, in a precision (`with_precision`,
-   `model_with_precision`): `make_feature_extractor`, cropped to what the head reads, or
-   `make_joint_extractor`, the whole image's features and its description for the input check
-   (`description_output`) from one pass.
-
-The feature extractor computes only the region of the image that the head reads. The tutorial's
-`AveragePooling2D(4x4)` on VGG16's 7x7 output uses "valid" pooling, so it reads only the
-top-left 4x4 cells; those depend only on the top-left 218x218 pixels and, after each of VGG16's
-pooling layers, only on a top-left region of the map. `feature_crops` derives these regions from
-the model's own layers, walking back from the flatten layer: the same numbers with 15% fewer
-operations, and when a learner changes the head (a 7x7 pool reads everything), the crop
-follows, or there is none.
-
-The pipelines never run autotuning: tf.data's autotuning thread sleeps for up to a minute
-between rounds, and destroying an iterator waits for it to wake, which stalled the end of every
-training run by up to that long.
+VGG16 plus the head's pooling and flatten, is a fixed function of the image: each image's
+output is computed once and kept in the feature cache (`cache`), scheduled by `extractor`.
+This module holds the pure code from pixels to that output: `model_batches` (the images of an
+`ImageStore`, scaled to [0, 1] and changed by a transform), then the frozen network in a
+precision, cropped to what the head reads (`make_feature_extractor`, `feature_crops`: 15% fewer
+operations) or whole with the input check's description (`make_joint_extractor`); and the key
+(`cache_configuration`) that says which code and settings an output depends on.
 """
 
 import functools
@@ -78,8 +61,9 @@ def model_batches(images, paths, batch_size, transform=UNCHANGED, parameters=Non
 
 
 def without_autotuning(dataset):
-    """`dataset`, prefetching one element, with tf.data's autotuning off (why: the module's
-    docstring)."""
+    """`dataset`, prefetching one element, with tf.data's autotuning off: its thread sleeps for
+    up to a minute between rounds, and destroying an iterator waits for it to wake, which
+    stalled the end of every training run by up to that long."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(1).with_options(options)
@@ -119,10 +103,13 @@ def feature_crops(model):
     """{"input" or a pooling layer's name: rows and columns of its output to keep}, or {} when
     every pixel counts (or when a layer's reach cannot be derived: then nothing is cropped).
 
-    Walks back from FEATURES_LAYER, which reads all of its input, through every frozen layer,
-    computing how much of each layer's output the layers after it need. Crops are taken where
-    the old tutorial-only code took them, at the input and after each pooling layer; cropping
-    after every convolution too would save a little more and change nothing in the features.
+    The tutorial's `AveragePooling2D(4x4)` on VGG16's 7x7 output pools "valid": it reads only
+    the top-left 4x4 cells, which depend only on the top-left 218x218 pixels and, after each
+    pooling layer, on a top-left region of the map. This walks back from FEATURES_LAYER, which
+    reads all of its input, through every frozen layer, computing how much of each layer's
+    output the layers after it need; when a learner changes the head (a 7x7 pool reads
+    everything), the crop follows, or there is none. Crops are taken at the input and after
+    each pooling layer; after every convolution too would save a little more.
     """
     frozen = frozen_layers(model)
     needed = frozen[-1].input.shape[1]  # the flatten reads its whole input
@@ -201,12 +188,8 @@ def layers_missing_for_description(model):
 def on_image_batches(function, model):
     """`function` of a batch of scaled images as `model` takes them (224x224 RGB), compiled
     into one graph (a tf.function) for batches of any size: traced once, a last, smaller batch
-    too (traced anew before: a second trace of the whole network, 0.1-0.5 s), at the same
-    speed (137.6 against 138.3 ms an image for VGG16 on a Zen 4).
-
-    TensorFlow counts traces by the Python code, not by the function object, so a process that
-    builds a few models in turn (a server calling the scripts' `main`, the tests) would print
-    its "triggered tf.function retracing" warning, as Keras's `predict_on_batch` does: it is
+    too, at the same speed. TensorFlow counts traces by the Python code, so a process that
+    builds a few models in turn (the page, the tests) would print its "retracing" warning:
     omitted, every trace here being of a new model."""
     signature = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
     compiled = tf.function(function, input_signature=signature)
@@ -307,7 +290,7 @@ def weights_digest(layers):
 def cache_configuration(model, crops, precision, transform=UNCHANGED, output="features"):
     """Everything besides the image that what `model`'s frozen base computes depends on: the
     key of a `cache.FeatureCache`, built here and nowhere else. `transform` names itself and
-    its parameters (`Transform.describe`); `output` is what is kept: the head's `features`, or
+    its parameters (`cache_key_part`); `output` is what is kept: the head's `features`, or
     the input check's `description`."""
     frozen = frozen_layers(model)
     return {
