@@ -30,6 +30,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 
 atexit.register(gc.freeze)  # run at exit, before the interpreter's last collections
 
@@ -89,6 +90,27 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
+def _redeliver_lost_interrupts(hook):
+    """`sys.unraisablehook` that delivers Ctrl-C and SIGTERM again when Python dropped them.
+
+    A signal's handler runs wherever the main thread is, also inside a finalizer (`__del__`,
+    of which TensorFlow's objects run many); an exception raised there cannot propagate, so
+    Python prints "Exception ignored" and the run went on: a SIGTERM to a training run was
+    lost, and the run trained on. The signal is sent again, from another thread a moment later
+    (raised in this hook, it would be dropped as well), and handled where the main thread is
+    then. Anything else goes to `hook` as before."""
+    def unraisable(info):
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            return hook(info)
+        signum = signal.SIGTERM if isinstance(info.exc_value, Terminated) else signal.SIGINT
+        # a moment later: sent at once, it would be handled before this hook returns
+        resend = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        resend.daemon = True
+        resend.start()
+
+    return unraisable
+
+
 def cli(main):
     """Wrap a script's `main(argv)`: a `UserError`, Ctrl-C, SIGTERM or an `OSError` from the
     system (a full disk) becomes one line on stderr."""
@@ -98,6 +120,8 @@ def cli(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous_hook, sys.unraisablehook = (
+            sys.unraisablehook, _redeliver_lost_interrupts(sys.unraisablehook))
         try:
             return main(argv)
         except UserError as err:
@@ -118,6 +142,7 @@ def cli(main):
             return 1
         finally:
             signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = previous_hook
 
     return wrapper
 

@@ -168,3 +168,42 @@ def test_a_files_name_can_neither_forge_a_line_nor_reach_the_terminal(trained, t
     with open(csv_path, newline="") as f:
         assert sorted(row["file"] for row in csv.DictReader(f)) == sorted(
             str(folder / name) for name in names)
+
+
+# A script whose main is busy in a finalizer when the signal comes: Python cannot raise there
+# ("Exception ignored"), and the run went on to exit 0. Each object's __del__ spins for 0.3 s,
+# then the script waits 0.2 s: the signal, sent 0.1 s in, lands in the first finalizer.
+SIGNAL_IN_A_FINALIZER = """
+import os, signal, sys, threading, time
+from covid19xray.cli import cli
+
+class Slow:
+    def __del__(self):
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+
+@cli
+def main(argv=None):
+    threading.Timer(0.1, os.kill, (os.getpid(), getattr(signal, sys.argv[1]))).start()
+    for _ in range(10):
+        Slow()  # finalized at once
+        time.sleep(0.2)
+    print("not stopped")
+    return 0
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("signal_name, code, line", [
+    ("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(tmp_path, signal_name, code,
+                                                                  line):
+    script = tmp_path / "slow_finalizers.py"
+    script.write_text(SIGNAL_IN_A_FINALIZER)
+    result = subprocess.run([sys.executable, str(script), signal_name], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    assert (result.returncode, result.stdout) == (code, "")
+    assert result.stderr == f"slow_finalizers.py: {line}; no output was replaced\n"

@@ -919,8 +919,12 @@ def test_sigterm_during_training_is_ctrl_c_exit_143(workdir, tiny_dataset, monke
         return real_fit_head(head, *args, **kwargs)
 
     monkeypatch.setattr(train_covid19, "fit_head", fit_then_terminated)
-    code, out, err = train("--dataset", tiny_dataset, "--cache-features", "--batch-size", "4",
-                           "--epochs", "100000")
+    signal.alarm(120)  # a lost SIGTERM would train for hours: it fails the test instead
+    try:
+        code, out, err = train("--dataset", tiny_dataset, "--cache-features", "--batch-size",
+                               "4", "--epochs", "100000")
+    finally:
+        signal.alarm(0)
     assert code == 143 and 1 < len(epochs_begun) < 100000  # stopped while it trained
     assert "Epoch 2/100000" in out
     assert err.strip().splitlines()[-1] == (
