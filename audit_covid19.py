@@ -53,7 +53,7 @@ from covid19xray.confounds import (
     find_duplicates,
     measure,
 )
-from covid19xray.external_test import check_classes, load_external
+from covid19xray.external_set import check_classes, load_external
 from covid19xray.extractor import make_extractors
 from covid19xray.head import (
     compile_head,

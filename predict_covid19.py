@@ -53,7 +53,7 @@ from covid19xray.cli import (
 from covid19xray.config import MODEL_FILE, PRECISION, PRECISIONS, Config, add_flags, flag
 from covid19xray.evaluation import report_on
 from covid19xray.export import export_saved_model, export_tflite, with_recalibration
-from covid19xray.external_test import sources_of
+from covid19xray.external_set import sources_of
 from covid19xray.images import damage_warning, list_images, read_bytes, save_image, skip_warning
 from covid19xray.input_check import OK, REJECTED, UNLIKE_TRAINING
 from covid19xray.layout import is_mask, label_of

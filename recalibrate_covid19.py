@@ -38,7 +38,7 @@ from covid19xray.calibration import (
 )
 from covid19xray.cli import ArgumentParser, UserError, cli, import_tensorflow, positive, shown
 from covid19xray.config import MODEL_FILE, Config, add_flags, flag
-from covid19xray.external_test import check_classes
+from covid19xray.external_set import check_classes
 from covid19xray.frozen import model_batches
 from covid19xray.layout import load_dataset
 from covid19xray.model_file import (

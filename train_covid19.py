@@ -34,7 +34,7 @@ from covid19xray.cli import ArgumentParser, UserError, cli, shown
 from covid19xray.config import MODEL_FILE, RunConfig, add_flags, flag
 from covid19xray.cost import estimate_cost
 from covid19xray.evaluation import report_on, test_on_external
-from covid19xray.external_test import check_external_folders
+from covid19xray.external_set import check_external_folders
 from covid19xray.extractor import Extractor, make_extractors
 from covid19xray.head import (
     balanced_class_weights,

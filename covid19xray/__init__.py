@@ -22,7 +22,7 @@ Read the scripts first: they follow the tutorial step by step and call into thes
 - `calibration`: whether the probabilities mean what they say (Brier, ECE, intercept and
   slope), and the recalibration for a new site.
 - `evaluation`: a labelled set's report as every script prints it, and train's external test;
-  `external_test`: a labelled folder from elsewhere (its classes, identical files, shared
+  `external_set`: a labelled folder from elsewhere (its classes, identical files, shared
   patients, where each image comes from).
 - `splits`: the class encoding, the 80/20 holdout split, cross-validation folds, patients.
 - `lungs`, `confounds`, `auc_interval`, `audit_output`: the audit's lung masks or box, its

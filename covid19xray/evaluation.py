@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from .calibration import calibration, print_calibration
-from .external_test import load_external
+from .external_set import load_external
 from .head import head_probabilities
 from .report import (
     by_source,

@@ -177,7 +177,7 @@ def by_size(sources):
 def by_source(sources, true_classes, probabilities, class_names):
     """{source: {"counts", "recall" of each class, and with two classes "sensitivity" and
     "specificity"}} of a labelled test whose images come from `sources` (`nih`, `cohen`, ...:
-    `external_test.sources_of`); None without them."""
+    `external_set.sources_of`); None without them."""
     if sources is None:
         return None
     sources, predicted = np.array(sources), np.asarray(probabilities).argmax(axis=1)
