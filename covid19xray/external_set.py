@@ -48,15 +48,20 @@ def check_classes(folder, class_names, flag="--external"):
 @dataclasses.dataclass
 class ExternalSet:
     """The usable images of an external folder: the `ImageStore` holding them, their paths,
-    their one-hot labels in the model's class order, where each comes from (`sources_of`),
-    and the files refused as copies of --dataset's."""
+    their one-hot labels in the model's class order, the folder's manifest (read once; None
+    without one), and the files refused as copies of --dataset's."""
 
     folder: str
     store: object
     paths: list
     onehot: np.ndarray
-    sources: list | None
+    manifest: dict | None
     refused: list
+
+    @property
+    def sources(self):
+        """Where each image comes from (`sources_in`); None without a manifest."""
+        return sources_in(self.manifest, self.folder, self.paths)
 
     def close(self):
         self.store.close()
@@ -64,7 +69,7 @@ class ExternalSet:
     def facts(self, dataset, class_names):
         """What every external report says first: its files, counts, refused copies and the
         patients it shares with `dataset`."""
-        shared = patients_shared_with_dataset(dataset, self.folder)
+        shared = patients_shared_with_dataset(dataset, self.folder, self.manifest)
         return {
             "files": [os.path.relpath(path, self.folder) for path in self.paths],
             "counts": counts_per_class(self.onehot, class_names),
@@ -98,13 +103,14 @@ def load_external(folder, class_names, training_digests, flag="--external"):
     label = dict(zip(paths, labels))
     onehot = np.array([[label[path] == name for name in class_names] for path in kept],
                       dtype="float32")
-    return ExternalSet(folder, images, kept, onehot, sources_of(folder, kept), refused)
+    return ExternalSet(folder, images, kept, onehot, read_manifest(folder), refused)
 
 
-def patients_shared_with_dataset(dataset, folder):
-    """The patients that both folders' manifests name, by source (`cohen:230`); None unless
-    both have a manifest. Warns, in one line, when there are any."""
-    ours, theirs = read_manifest(dataset), read_manifest(folder)
+def patients_shared_with_dataset(dataset, folder, theirs):
+    """The patients that `dataset`'s manifest and `folder`'s (`theirs`, read already) both
+    name, by source (`cohen:230`); None unless both have one. Warns, in one line, when there
+    are any."""
+    ours = read_manifest(dataset)
     if ours is None or theirs is None:
         return None
     shared = patients_in_both(*([(row["source"], row["patient_id"]) for row in manifest.values()]
@@ -117,9 +123,14 @@ def patients_shared_with_dataset(dataset, folder):
 
 
 def sources_of(folder, paths):
-    """The source (`nih`, `cohen`, ...) of each of `paths` under `folder`, from its manifest;
-    "unknown" for a file it does not list; None without a manifest."""
-    manifest = read_manifest(folder)
+    """The source (`nih`, `cohen`, ...) of each of `paths` under `folder`, from its manifest
+    (`sources_in`)."""
+    return sources_in(read_manifest(folder), folder, paths)
+
+
+def sources_in(manifest, folder, paths):
+    """The source of each of `paths` under `folder` in its `manifest`; "unknown" for a file it
+    does not list; None without a manifest."""
     if manifest is None:
         return None
     return [(manifest.get(manifest_key(path, folder)) or {}).get("source") or "unknown"
